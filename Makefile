@@ -1,0 +1,27 @@
+# Everything a developer or CI does goes through these targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export PYTHONHASHSEED := 0
+
+.PHONY: venv test demo bench lint clean
+
+venv:
+	@bash tools/bootstrap.sh
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(BIN)/nca-scale generate configs/nca/tiny.yaml out=runs/demo/shards tokens=400000
+	$(BIN)/nca-scale nca stats configs/nca/tiny.yaml rules=1000 seed=0
+	$(BIN)/nca-scale nca show configs/nca/tiny.yaml out=runs/demo/figures
+
+bench: venv
+	$(PY) benchmarks/nca_throughput.py
+
+lint: venv
+	$(BIN)/ruff check nca_scale tests benchmarks tools
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,59 @@
+"""`nca-scale`: one command line for everything. Each subcommand is `nca-scale CMD [CONFIG] [key=value ...]`.
+
+Subcommand modules are imported only when used, so `nca-scale nca stats` does not pay for importing
+megatron-core. Any `UserError` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from nca_scale.errors import UserError
+
+# command words -> (module:function, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("generate",): ("nca_scale.cli.generate:main", "write NCA sequences as WebDataset shards (file://, s3://, memory://)"),
+    ("nca", "stats"): ("nca_scale.cli.nca_tools:stats", "complexity-score quantiles and band acceptance of random rules (JSON)"),
+    ("nca", "show"): ("nca_scale.cli.nca_tools:show", "PNG grids, GIFs and a score histogram of trajectories per band"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: nca-scale COMMAND [CONFIG.yaml] [key=value ...]", "", "commands:"]
+    for words, (_, text) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<16} {text}")
+    return "\n".join(lines)
+
+
+def resolve(argv: list[str]):
+    for n in (2, 1):
+        words = tuple(argv[:n])
+        if words in COMMANDS:
+            target = COMMANDS[words][0]
+            module, _, fn = target.partition(":")
+            return getattr(importlib.import_module(module), fn), argv[n:]
+    raise UserError(f"unknown command {' '.join(argv[:2])!r}; run `nca-scale --help` to list the commands")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    try:
+        fn, rest = resolve(argv)
+        if rest[:1] in (["-h"], ["--help"]):
+            print(fn.__doc__ or "")
+            return 0
+        return fn(rest) or 0
+    except UserError as e:
+        print(f"nca-scale: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nca-scale: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
