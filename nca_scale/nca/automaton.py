@@ -33,48 +33,79 @@ class Automaton:
                 taps.append(((rows + dy) % g) * g + (cols + dx) % g)
         self.neighbours = torch.stack(taps, -1).view(g * g, 9).to(self.device)  # (HW, 9)
         self.tap_offset = (torch.arange(9) * cfg.states).to(self.device)  # row of tap k in a rule's table
+        # States are stored in the smallest integer type that holds them (uint8 for the paper's 10).
+        self.state_dtype = torch.uint8 if cfg.states <= 255 else torch.int32
+        # weight S - s for state s: amax over near states of the weight picks the first one (argmax's tie rule)
+        self._first_weight = torch.arange(cfg.states, 0, -1, device=self.device, dtype=self.state_dtype).view(1, -1, 1)
+        self._gather_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # per batch size, see _gather_index
 
     # ---- initial states -------------------------------------------------------------------------------
     def initial_state(self, traj_keys: torch.Tensor) -> torch.Tensor:
-        """(B, HW) int64 states. reference: cells i.i.d. from softmax(z), z ~ N(0, I) per trajectory."""
+        """(B, HW) states (uint8, or int32 beyond 255 states). reference: cells i.i.d. from softmax(z), z ~ N(0, I) per trajectory."""
         cfg, dev = self.cfg, self.device
         cells = torch.arange(cfg.grid * cfg.grid, device=dev)
         u = rng.uniform(rng.INIT_CELLS, traj_keys[:, None], cells[None, :], device=dev)
         if cfg.init_state == "uniform":
-            return (u * cfg.states).long().clamp_(max=cfg.states - 1)
+            return (u * cfg.states).long().clamp_(max=cfg.states - 1).to(self.state_dtype)
         z = rng.normal(rng.INIT_Z, traj_keys[:, None], torch.arange(cfg.states, device=dev)[None, :], device=dev)
         cdf = torch.softmax(z, -1).cumsum(-1)
-        return torch.searchsorted(cdf, u, right=True).clamp_(max=cfg.states - 1)
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=cfg.states - 1).to(self.state_dtype)
 
     # ---- dynamics -------------------------------------------------------------------------------------
-    def logits(self, state: torch.Tensor, t: RuleTables) -> torch.Tensor:
-        """(B, HW, S) logits of the rule network (identity bias included) for states (B, HW)."""
-        cfg = self.cfg
+    def prepare(self, t: RuleTables) -> RuleTables:
+        """Fold the hidden bias h0 into tap 0 of the table, so a step is gather-sum -> relu -> bmm."""
+        table = t.table.clone()
+        table[:, 0] += t.h0[:, None, :]
+        return RuleTables(table, torch.zeros_like(t.h0), t.w3t, t.b3)
+
+    def _gather_index(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, HW, 9) int32 rows of the flattened tables: rule b, tap k, state of neighbour k."""
+        b, hw = state.shape
+        if self._gather_cache is None or self._gather_cache[0].shape[0] != b * hw * 9:
+            cells = (torch.arange(b, device=self.device) * hw).view(b, 1, 1) + self.neighbours
+            rows = (torch.arange(b, device=self.device) * (9 * self.cfg.states)).view(b, 1, 1) + self.tap_offset
+            rows = rows.expand(b, hw, 9).to(torch.int32)
+            self._gather_cache = (cells.reshape(-1), rows.reshape(-1))
+        cells, rows = self._gather_cache
+        return torch.add(rows, state.reshape(-1).index_select(0, cells)).view(b, hw, 9)
+
+    def _logits_by_state(self, state: torch.Tensor, t: RuleTables) -> torch.Tensor:
+        """(B, S, HW) logits: states on the middle axis so per-state slices are contiguous (see _top2)."""
         b, hw = state.shape
         hd = t.table.shape[-1]
-        rule_base = (torch.arange(b, device=self.device) * (9 * cfg.states)).view(b, 1, 1)
-        idx = state[:, self.neighbours] + (self.tap_offset + rule_base)  # (B, HW, 9)
+        idx = self._gather_index(state)  # (B, HW, 9) rows of the flattened tables
         hidden = F.embedding_bag(idx.view(b * hw, 9), t.table.view(-1, hd), mode="sum").view(b, hw, hd)
-        hidden = torch.relu_(hidden + t.h0[:, None, :])
-        out = torch.baddbmm(t.b3[:, None, :], hidden, t.w3t)
-        if cfg.identity_bias:
-            out.scatter_add_(2, state[..., None], torch.full_like(out[..., :1], cfg.identity_bias))
+        if t.h0.any():  # zero once `prepare` folded it into the table
+            hidden += t.h0[:, None, :]
+        out = torch.bmm(t.w3t.transpose(1, 2), hidden.relu_().transpose(1, 2))
+        if t.b3.any():  # biases start at zero (Flax init); skip the pass when they are
+            out += t.b3[:, :, None]
+        if self.cfg.identity_bias:
+            out.scatter_add_(1, state[:, None, :].long(), torch.full_like(out[:, :1], self.cfg.identity_bias))
         return out
 
+    def logits(self, state: torch.Tensor, t: RuleTables) -> torch.Tensor:
+        """(B, HW, S) logits of the rule network (identity bias included) for states (B, HW)."""
+        return self._logits_by_state(state, t).transpose(1, 2)
+
     def step(self, state: torch.Tensor, t: RuleTables, traj_keys: torch.Tensor, step: int) -> torch.Tensor:
-        logits = self.logits(state, t)
+        logits = self._logits_by_state(state, t)  # (B, S, HW)
+        s = self.cfg.states
         tau = self.cfg.temperature
+        # `near`: states whose logit is within tau*GUMBEL_SPAN of the cell's maximum (just the argmax, and any
+        # exact ties, when tau = 0). The first near state is the argmax of every cell that sampling cannot
+        # move; the cells with two or more near states are sampled below. Reductions over the short state
+        # axis are done as amax/sum on contiguous slices, several times faster here than argmax/topk.
+        top = logits.amax(1, keepdim=True)
+        near = logits >= top - tau * rng.GUMBEL_SPAN
+        nxt = s - (near.view(torch.uint8) * self._first_weight).amax(1)
         if tau == 0:
-            return logits.argmax(-1)
-        top = logits.topk(2, dim=-1)
-        nxt = top.indices[..., 0]
-        ambiguous = (top.values[..., 0] - top.values[..., 1]) < tau * rng.GUMBEL_SPAN
-        bi, ci = ambiguous.nonzero(as_tuple=True)
+            return nxt
+        bi, ci = (near.view(torch.uint8).sum(1, dtype=torch.uint8) > 1).nonzero(as_tuple=True)
         if bi.numel():
-            s = self.cfg.states
             counters = ci[:, None] * s + torch.arange(s, device=self.device)[None, :]
             g = rng.gumbel(rng.NOISE, traj_keys[bi][:, None], step, counters, device=self.device)
-            nxt[bi, ci] = (logits[bi, ci] / tau + g).argmax(-1)
+            nxt[bi, ci] = (logits[bi, :, ci] / tau + g).argmax(-1).to(nxt.dtype)
         return nxt
 
     def rollout(
@@ -85,6 +116,7 @@ class Automaton:
         cfg = self.cfg
         if state is None:
             state = self.initial_state(traj_keys)
+        t = self.prepare(t)
         b = state.shape[0]
         out = torch.empty(b, frames, cfg.grid * cfg.grid, dtype=torch.uint8, device=self.device)
         last = start + (frames - 1) * dt

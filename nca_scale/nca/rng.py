@@ -34,25 +34,46 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_int(x: int) -> int:
+    """mix32 on a Python int (the scalar prefix of a hash is folded without tensor ops)."""
+    x &= M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & M32
+    return x ^ (x >> 16)
+
+
 def words(value: int) -> list[int]:
     """Split a non-negative Python int (< 2^64) into two 32-bit words, low first."""
-    if value < 0:
-        raise ValueError(f"hash inputs must be non-negative, got {value}")
+    if value < 0 or value >= 2**64:
+        raise ValueError(f"hash inputs must be in [0, 2^64), got {value}")
     return [value & M32, (value >> 32) & M32]
 
 
 def hash32(*parts, device=None) -> torch.Tensor:
-    """Hash a mix of Python ints and int64 tensors (broadcast together) to 32-bit values in an int64 tensor."""
-    h = torch.tensor(0x2545F491, dtype=torch.int64, device=device)
+    """Hash Python ints and int64 tensors (broadcast together) to 32-bit values in an int64 tensor.
+
+    Each 32-bit word w is folded as h = mix32(h ^ (w + GOLDEN)). An int contributes both its words; a tensor
+    element contributes its high word only where that word is non-zero, which keeps the hash of an element a
+    function of its own value while sparing the common case (indices < 2^32) one mix.
+    """
+    h: int | torch.Tensor = 0x2545F491
     for p in parts:
         if isinstance(p, int):
             for w in words(p):
-                h = mix32(h ^ mix32(torch.tensor(w + _GOLDEN, dtype=torch.int64, device=device)))
+                if isinstance(h, int):
+                    h = _mix32_int(h ^ ((w + _GOLDEN) & M32))
+                else:
+                    h = mix32(h ^ ((w + _GOLDEN) & M32))
         else:
             p = p.to(torch.int64)
-            # tensors may carry values >= 2^32 (global indices): fold in both words
-            h = mix32(h ^ mix32((p & M32) + _GOLDEN))
-            h = mix32(h ^ mix32(((p >> 32) & M32) + 2 * _GOLDEN))
+            h = mix32(((p & M32) + _GOLDEN) ^ h)
+            high = p >> 32
+            if bool((high != 0).any()):
+                h = torch.where(high != 0, mix32(h ^ ((high & M32) + 2 * _GOLDEN)), h)
+    if isinstance(h, int):
+        return torch.tensor(h, dtype=torch.int64, device=device)
     return h
 
 
