@@ -8,8 +8,6 @@ candidate ids and scores only: weights are re-derived from the ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -23,19 +21,6 @@ from nca_scale.nca.rules import RuleTables, fold, sample_params
 SPLITS = {"train": 0, "val": 1}
 PROBE = 7  # rng domain of probe trajectories
 MAX_CANDIDATES_PER_RULE = 10_000  # give up (clear error) on bands that (almost) never accept
-
-
-@dataclass
-class RuleBank:
-    split: str
-    number: int
-    candidates: np.ndarray  # (R,) int64 accepted candidate ids, in candidate order
-    scores: np.ndarray  # (R,) float64 their complexity scores
-    tried: int  # candidates scored to fill the bank
-
-    @property
-    def acceptance(self) -> float:
-        return len(self.candidates) / max(self.tried, 1)
 
 
 def rule_key(cfg: NCAConfig, split: str, number: int) -> tuple[int, int, int]:
@@ -60,32 +45,70 @@ def probe_scores(
     return scores(cfg, frames, threads)
 
 
-def build_bank(
-    cfg: NCAConfig, split: str, number: int, size: int, device="cpu", chunk: int = 2048,
-    threads: int = 1, progress: bool = False,
-) -> RuleBank:
-    from nca_scale.errors import UserError
+class RuleBank:
+    """Bank `number` of a split: the first `size` accepted candidates, scored lazily in fixed-size chunks.
+    Without a band (complexity.lo = None) every candidate is accepted unscored and its score is NaN.
 
-    automaton = Automaton(cfg, device)
-    c = cfg.complexity
-    kept_ids, kept_scores, tried = [], [], 0
-    bar = tqdm(total=size, desc=f"rule bank {split}/{number}", unit="rule", disable=not progress, leave=False)
-    with torch.inference_mode():
-        while sum(len(k) for k in kept_ids) < size:
-            if tried >= MAX_CANDIDATES_PER_RULE * size:
-                raise UserError(
-                    f"complexity band ({c.lo}, {c.hi}) accepted {sum(len(k) for k in kept_ids)} of {tried} "
-                    f"random rules; widen the band (complexity.lo/hi) or check `nca-scale nca stats`"
-                )
-            ids = torch.arange(tried, tried + chunk, device=device)
-            s = probe_scores(cfg, automaton, split, number, ids, threads)
-            ok = in_band(c.lo, c.hi, s)
-            kept_ids.append(ids.cpu().numpy()[ok])
-            kept_scores.append(s[ok])
-            tried += chunk
-            bar.update(int(ok.sum()))
-    bar.close()
-    ids = np.concatenate(kept_ids)[:size]
-    # `tried` counts candidates up to and including the last one kept, so acceptance is chunk-independent
-    last = int(ids[-1]) + 1
-    return RuleBank(split, number, ids, np.concatenate(kept_scores)[:size], last)
+    `ensure(n)` scores just enough chunks to know the first n accepted rules, so a short run does not pay for
+    a whole bank. Chunks are scored in order and a candidate's score does not depend on its chunk, so the
+    bank is the same however it is grown.
+    """
+
+    def __init__(self, cfg: NCAConfig, split: str, number: int, size: int, device="cpu", chunk: int = 2048,
+                 threads: int = 1, progress: bool = False):
+        self.cfg, self.split, self.number, self.size = cfg, split, number, size
+        self.device, self.chunk, self.threads, self.progress = device, chunk, threads, progress
+        self.automaton = Automaton(cfg, device)
+        self._ids: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._accepted = 0
+        self.scanned = 0  # candidates scored so far
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """Accepted candidate ids known so far (at most `size`), in candidate order."""
+        return np.concatenate(self._ids)[: self.size] if self._ids else np.zeros(0, dtype=np.int64)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.concatenate(self._scores)[: self.size] if self._scores else np.zeros(0)
+
+    @property
+    def acceptance(self) -> float:
+        return self._accepted / max(self.scanned, 1)
+
+    def ensure(self, n: int) -> RuleBank:
+        from nca_scale.errors import UserError
+
+        n = min(n, self.size)
+        if self._accepted >= n:
+            return self
+        c = self.cfg.complexity
+        bar = tqdm(total=n, initial=min(self._accepted, n), desc=f"rule bank {self.split}/{self.number}",
+                   unit="rule", disable=not self.progress, leave=False)
+        with torch.inference_mode():
+            while self._accepted < n:
+                if self.scanned >= MAX_CANDIDATES_PER_RULE * max(n, 100):
+                    raise UserError(
+                        f"complexity band ({c.lo}, {c.hi}) accepted {self._accepted} of {self.scanned} random "
+                        f"rules; widen the band (complexity.lo/hi) or check `nca-scale nca stats`"
+                    )
+                ids = torch.arange(self.scanned, self.scanned + self.chunk, device=self.device)
+                if c.lo is None:  # no filter: every candidate is accepted and no probe is rolled out
+                    s = np.full(self.chunk, np.nan)
+                else:
+                    s = probe_scores(self.cfg, self.automaton, self.split, self.number, ids, self.threads)
+                ok = in_band(c.lo, c.hi, s)
+                self._ids.append(ids.cpu().numpy()[ok])
+                self._scores.append(s[ok])
+                self._accepted += int(ok.sum())
+                self.scanned += self.chunk
+                bar.update(min(self._accepted, n) - bar.n)
+        bar.close()
+        return self
+
+
+def build_bank(cfg: NCAConfig, split: str, number: int, size: int, device="cpu", chunk: int = 2048,
+               threads: int = 1, progress: bool = False) -> RuleBank:
+    """A complete bank of `size` rules."""
+    return RuleBank(cfg, split, number, size, device, chunk, threads, progress).ensure(size)

@@ -2,9 +2,11 @@
 
 Index -> sample (docs/data.md has the contract):
   bank n and position q of sequence i come from the refresh policy (never: n = 0, q = i; epoch: one bank per
-  pass over R rules; every N: n = i // N); within bank n, pass e = q // R visits the rules in the order of a
-  permutation keyed by (seed, split, n, e), so rule = perm[q % R]. The trajectory's initial state and
-  sampling noise are keyed by (seed, split, i). Nothing depends on batch size, workers or earlier indices.
+  pass over R rules; every N: n = i // N). Within bank n, pass e = q // R visits the R rules once each:
+  pass 0 in bank order (accepted rules are i.i.d. draws already, and this lets a short run score only the
+  rules it uses), later passes in the order of a permutation keyed by (seed, split, n, e); rule =
+  bank[slot], slot = perm_e[q % R]. The trajectory's initial state and sampling noise are keyed by
+  (seed, split, i). Nothing depends on batch size, workers or earlier indices.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from nca_scale.nca import rng
 from nca_scale.nca.automaton import Automaton
-from nca_scale.nca.bank import SPLITS, RuleBank, build_bank, rule_tables
+from nca_scale.nca.bank import SPLITS, RuleBank, rule_tables
 from nca_scale.nca.tokenizer import encode
 from nca_scale.nca.config import NCAConfig
 
@@ -50,14 +52,21 @@ class NCAStream:
         return i // period, i % period
 
     def bank(self, number: int) -> RuleBank:
+        """Bank `number`, grown lazily (call `.ensure(n)` for its first n rules)."""
         if number not in self._banks:
-            self._banks[number] = build_bank(
+            self._banks[number] = RuleBank(
                 self.cfg, self.split, number, self.bank_size, self.device, threads=self.threads,
                 progress=self.progress,
             )
             if len(self._banks) > _CACHE:
                 self._banks.popitem(last=False)
         return self._banks[number]
+
+    def _slots(self, number: int, epoch: int, positions: np.ndarray) -> np.ndarray:
+        """Bank slots of positions (within one pass) of pass `epoch` over bank `number`."""
+        if epoch == 0:
+            return positions
+        return self._perm(number, epoch).numpy()[positions]
 
     def _perm(self, number: int, epoch: int) -> torch.Tensor:
         key = (number, epoch)
@@ -77,7 +86,8 @@ class NCAStream:
             bank = self.bank(int(n))
             for e in np.unique(pos[sel] // self.bank_size):
                 sub = sel & (pos // self.bank_size == e)
-                slot = self._perm(int(n), int(e)).numpy()[pos[sub] % self.bank_size]
+                slot = self._slots(int(n), int(e), pos[sub] % self.bank_size)
+                bank.ensure(int(slot.max()) + 1)
                 cand[sub], score[sub] = bank.candidates[slot], bank.scores[slot]
         return banks, cand, score
 
