@@ -1,0 +1,1 @@
+"""Figures and summaries for looking at what the data engine produces (matplotlib Agg, Pillow)."""
