@@ -15,6 +15,7 @@ from nca_scale.errors import UserError
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("generate",): ("nca_scale.cli.generate:main", "write NCA sequences as WebDataset shards (file://, s3://, memory://)"),
     ("nca", "stats"): ("nca_scale.cli.nca_tools:stats", "complexity-score quantiles and band acceptance of random rules (JSON)"),
+    ("train",): ("nca_scale.cli.train:main", "train a model on NCA data (torch, megatron or deepspeed backend; nproc=N)"),
     ("nca", "show"): ("nca_scale.cli.nca_tools:show", "PNG grids, GIFs and a score histogram of trajectories per band"),
 }
 

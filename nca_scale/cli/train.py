@@ -1,0 +1,31 @@
+"""nca-scale train CONFIG.yaml [key=value ...]
+
+Train a model (configs/train/*.yaml). Common keys: out=DIR steps=N tokens=N backend=torch|megatron|deepspeed
+nproc=N tp=N pp=N vpp=N dp=N zero=0..3 checkpoint_every=N resume=never|auto|DIR init_from=CKPT; any nested key
+as model.d_model=128, optim.lr=3e-4, ... With nproc=N the command starts N local processes itself; under
+torchrun/srun (RANK set) it runs as one rank of that job. Writes OUT/metrics.jsonl and OUT/checkpoints/.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from nca_scale.train import checkpoint
+from nca_scale.train.config import from_args
+
+
+def main(args: list[str]) -> int:
+    cfg = from_args(args)  # every config and layout error is raised here, before any process starts
+    resume = checkpoint.resolve(cfg, cfg.resume)
+    if resume:
+        checkpoint.check_resumable(cfg, resume)
+    if cfg.nproc > 1 and "RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
+               "-m", "nca_scale.train.worker", *args]
+        return subprocess.call(cmd)
+    from nca_scale.train.trainer import run
+
+    run(cfg)
+    return 0

@@ -1,0 +1,1 @@
+"""Model definitions: the Llama config (counts, FLOPs) and the native PyTorch implementation."""

@@ -1,0 +1,36 @@
+"""The interface every backend implements; the Trainer talks only to this."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from nca_scale.train.config import OptimConfig
+from nca_scale.train.data import Batch
+
+
+class Engine(Protocol):
+    dp_rank: int
+    dp_size: int
+
+    def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
+        """One optimizer step over this rank's micro-batches; returns (global mean loss, grad norm before
+        clipping), identical on every rank."""
+
+    def eval_loss(self, batch: Batch) -> float:
+        """Global mean loss of a batch without updating anything."""
+
+    def save(self, path: Path) -> None:
+        """Write model and optimizer state under `path` (called on every rank; the directory exists)."""
+
+    def load(self, path: Path, optimizer: bool = True) -> None:
+        """Restore what `save` wrote (model only when optimizer=False)."""
+
+
+def torch_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    """torch Adam/AdamW; weight decay applies to every tensor, as in the paper's recipes."""
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    decay = cfg.weight_decay if cfg.name == "adamw" else 0.0
+    return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=decay)

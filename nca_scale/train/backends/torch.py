@@ -1,0 +1,69 @@
+"""Plain PyTorch backend: the native Llama, DistributedDataParallel when there are several ranks.
+
+The reference the parallel backends are checked against, and the fastest to start on a laptop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nca_scale.model.llama import Llama, masked_loss
+from nca_scale.train import dist as tdist
+from nca_scale.train.backends.base import torch_optimizer
+from nca_scale.train.config import TrainConfig
+from nca_scale.train.data import Batch
+
+
+class TorchEngine:
+    def __init__(self, cfg: TrainConfig):
+        tdist.init()
+        self.cfg, self.device = cfg, tdist.device()
+        self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
+        self.model = Llama(cfg.model, cfg.seq_len, seed=cfg.seed).to(self.device)
+        self.ddp = DDP(self.model) if self.dp_size > 1 else None
+        self.optimizer = torch_optimizer(cfg.optim, self.model.parameters())
+        self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    def _loss(self, x, y, m) -> torch.Tensor:
+        with self.autocast:
+            logits = (self.ddp or self.model)(x.to(self.device))
+        return masked_loss(logits, y.to(self.device), m.to(self.device))
+
+    def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
+        torch.manual_seed(tdist.step_seed(self.cfg.seed, step, self.dp_rank))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        n, total = len(batch.inputs), 0.0
+        self.model.train()
+        for i, mb in enumerate(zip(batch.inputs, batch.targets, batch.masks)):
+            last = i == n - 1  # DDP all-reduces gradients only on the last micro-batch
+            with self.ddp.no_sync() if self.ddp and not last else contextlib.nullcontext():
+                loss = self._loss(*mb)
+                (loss / n).backward()
+            total += loss.item()
+        clip = self.cfg.optim.clip_grad or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return tdist.mean_over(total / n), grad_norm
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> float:
+        self.model.eval()
+        losses = [self._loss(*mb).item() for mb in zip(batch.inputs, batch.targets, batch.masks)]
+        return tdist.mean_over(sum(losses) / len(losses))
+
+    def save(self, path: Path) -> None:
+        if dist.get_rank() == 0:  # replicated state: one copy
+            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, path / "state.pt")
+
+    def load(self, path: Path, optimizer: bool = True) -> None:
+        state = torch.load(path / "state.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        if optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])

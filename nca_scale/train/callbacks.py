@@ -1,0 +1,164 @@
+"""Trainer callbacks: checkpointing, speed/MFU, JSONL metrics, wandb, progress bar.
+
+Hooks run in list order: pre_train (after the model is built), post_step (with the step's metrics dict, which
+earlier callbacks may extend), post_eval, post_train. Only the checkpointer acts on every rank; the loggers
+act on global rank 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from nca_scale.config import to_dict
+from nca_scale.model.config import flops_per_token
+from nca_scale.train import checkpoint
+from nca_scale.train.speed import peak_flops_per_rank
+
+
+class Callback:
+    def pre_train(self, trainer) -> None: ...
+    def post_step(self, trainer, metrics: dict) -> None: ...
+    def post_eval(self, trainer, metrics: dict) -> None: ...
+    def post_train(self, trainer) -> None: ...
+
+
+def _rank0() -> bool:
+    return dist.get_rank() == 0
+
+
+class Checkpointer(Callback):
+    """Resumes in pre_train; saves every `checkpoint_every` steps and at the end; keeps the last k."""
+
+    def __init__(self, resume_from: Path | None):
+        self.resume_from = resume_from
+
+    def pre_train(self, trainer) -> None:
+        if self.resume_from is None:
+            return
+        meta = checkpoint.read_meta(self.resume_from)
+        trainer.engine.load(self.resume_from)
+        trainer.step, trainer.tokens = meta["step"], meta["tokens"]
+        trainer.log(f"resumed from {self.resume_from} at step {trainer.step}")
+
+    def post_step(self, trainer, metrics: dict) -> None:
+        every = trainer.cfg.checkpoint_every
+        if every and trainer.step % every == 0:
+            self.save(trainer)
+
+    def post_train(self, trainer) -> None:
+        if not checkpoint.is_complete(checkpoint.step_dir(trainer.cfg.out, trainer.step)):
+            self.save(trainer)
+
+    def save(self, trainer) -> None:
+        cfg, t0 = trainer.cfg, time.perf_counter()
+        path = checkpoint.step_dir(cfg.out, trainer.step)
+        if _rank0():
+            if path.exists():  # leftovers of an interrupted save of this step
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+        dist.barrier()
+        trainer.engine.save(path)
+        dist.barrier()
+        if _rank0():
+            checkpoint.write_meta(path, cfg, trainer.step, trainer.tokens)
+            checkpoint.prune(cfg.out, cfg.keep_last)
+        dist.barrier()
+        trainer.log(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
+
+
+class SpeedMonitor(Callback):
+    """Adds tokens_per_s (global) and mfu to each step's metrics; FLOPs per token include attention."""
+
+    def pre_train(self, trainer) -> None:
+        cfg = trainer.cfg
+        self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)["train"]
+        self.peak = (cfg.peak_flops or peak_flops_per_rank()) * dist.get_world_size()
+
+    def post_step(self, trainer, metrics: dict) -> None:
+        tps = trainer.cfg.tokens_per_step / metrics["step_time"]
+        metrics["tokens_per_s"] = tps
+        metrics["mfu"] = tps * self.flops_per_token / self.peak
+
+
+class MetricsLog(Callback):
+    """RUN_DIR/metrics.jsonl: one line per logged step and per evaluation. On resume, lines past the resumed
+    step are dropped so the file reads as one uninterrupted run."""
+
+    def pre_train(self, trainer) -> None:
+        self.path = Path(trainer.cfg.out) / "metrics.jsonl"
+        if not _rank0() or not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= trainer.step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def _write(self, metrics: dict) -> None:
+        if _rank0():
+            with self.path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+
+    def post_step(self, trainer, metrics: dict) -> None:
+        if trainer.should_log():
+            self._write(metrics)
+
+    def post_eval(self, trainer, metrics: dict) -> None:
+        self._write(metrics)
+
+
+class Wandb(Callback):
+    """wandb run in OUT/wandb, offline unless wandb= or $WANDB_MODE says otherwise; one run id per OUT, so
+    a resumed run continues the same wandb run."""
+
+    def __init__(self, mode: str):
+        self.mode, self.run = mode, None
+
+    def pre_train(self, trainer) -> None:
+        if not _rank0() or self.mode == "disabled":
+            return
+        import wandb
+
+        out = Path(trainer.cfg.out)
+        id_file = out / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        self.run = wandb.init(
+            project=trainer.cfg.wandb_project, dir=str(out), id=run_id, resume="allow", mode=self.mode,
+            config=to_dict(trainer.cfg), name=out.name,
+        )
+
+    def post_step(self, trainer, metrics: dict) -> None:
+        if self.run and trainer.should_log():
+            self.run.log(metrics, step=trainer.step)
+
+    def post_eval(self, trainer, metrics: dict) -> None:
+        if self.run:
+            self.run.log(metrics, step=trainer.step)
+
+    def post_train(self, trainer) -> None:
+        if self.run:
+            self.run.finish()
+
+
+class ProgressBar(Callback):
+    def pre_train(self, trainer) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=trainer.cfg.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+                        disable=not (_rank0() and trainer.cfg.progress))
+
+    def post_step(self, trainer, metrics: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
+
+    def post_train(self, trainer) -> None:
+        self.bar.close()
+
+
+def default_callbacks(cfg, resume_from: Path | None) -> list[Callback]:
+    mode = cfg.wandb or os.environ.get("WANDB_MODE", "offline")
+    return [Checkpointer(resume_from), SpeedMonitor(), MetricsLog(), Wandb(mode), ProgressBar()]

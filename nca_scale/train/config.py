@@ -1,0 +1,192 @@
+"""Training configuration: one typed tree, loaded from YAML plus `key=value` overrides (nca_scale.config).
+
+Run-level knobs that people change on the command line (out, steps, backend, nproc, tp, pp, dp, zero,
+checkpoint_every, resume, init_from) are top-level keys; components (model, data, optim, schedule, transfer)
+are nested. `validate()` catches every layout error before any process or process group starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from nca_scale.errors import UserError
+from nca_scale.model.config import ModelConfig
+from nca_scale.nca.config import NCAConfig
+
+BACKENDS = ("torch", "megatron", "deepspeed")
+
+
+def from_args(args: list[str]) -> TrainConfig:
+    """`CONFIG.yaml key=value ...` -> a validated TrainConfig."""
+    from nca_scale import config
+
+    positional, overrides = config.split_overrides(args)
+    if len(positional) != 1:
+        raise UserError("usage: nca-scale train CONFIG.yaml [key=value ...], e.g. configs/train/cpu-tiny.yaml")
+    return config.load(TrainConfig, positional[0], overrides)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # nca_stream: sequences generated on the fly from `nca`. nca_shards: pre-generated shards under `shards`
+    # (hook for the shard reader in nca_scale.data; see nca_scale/train/data.py).
+    source: Literal["nca_stream", "nca_shards"] = "nca_stream"
+    nca: NCAConfig = field(default_factory=NCAConfig)
+    shards: str | None = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adamw", "adam"] = "adamw"  # adam = no weight decay (the paper's stage 1)
+    lr: float = 1.0e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1.0e-8
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0  # max global grad norm; 0 = no clipping (the paper's stage 1)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    # cosine: linear warmup then cosine to min_lr_ratio * lr at `total` steps.
+    # wsd: warmup, constant, then linear decay over the last `decay_fraction` of `total` steps.
+    name: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup: int = 0
+    total: int | None = None  # schedule length in steps; None = the run's `steps`
+    min_lr_ratio: float = 0.0
+    decay_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """What `init_from=CKPT` does with the source weights. Module names: attn, mlp, norm."""
+
+    reinit_embeddings: bool = True  # new token embedding and LM head (a new vocabulary is then allowed)
+    reinit: list[str] = field(default_factory=list)  # modules re-initialised in `layers`
+    freeze: list[str] = field(default_factory=list)  # modules frozen in `layers`
+    layers: list[int] | None = None  # [first, last) layer range for reinit/freeze; None = all layers
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+    out: str = "runs/train"
+    steps: int | None = 100  # stop after this many optimizer steps ...
+    tokens: int | None = None  # ... or this many training tokens, whichever comes first
+    batch_size: int = 8  # global sequences per step, whatever the world size
+    micro_batch: int = 4  # sequences per rank per forward pass
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    backend: str = "torch"  # torch | megatron | deepspeed
+    nproc: int = 1  # local processes the CLI launches; under an external launcher, the world size
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1  # virtual pipeline stages per rank; > 1 selects the interleaved 1F1B schedule
+    dp: int | None = None  # derived as nproc / (tp * pp); if given it must agree
+    sequence_parallel: bool = False
+    distributed_optimizer: bool = True  # megatron: shard optimizer state over DP (ZeRO-1)
+    recompute: bool = False  # activation recomputation (megatron: full, uniform)
+    zero: int = 0  # deepspeed ZeRO stage
+    offload: bool = False  # deepspeed: optimizer state on the CPU
+
+    eval_every: int = 0  # 0 = no evaluation
+    eval_batches: int = 2  # global batches of the val split per evaluation
+    log_every: int = 1
+    checkpoint_every: int = 0  # 0 = only at the end of the run
+    keep_last: int = 3
+    resume: str = "never"  # never | auto (latest complete checkpoint in OUT/checkpoints) | a checkpoint path
+    init_from: str | None = None  # transfer weights from a checkpoint (see `transfer`)
+
+    wandb: str | None = None  # offline | online | disabled; None = $WANDB_MODE or offline
+    wandb_project: str = "nca_scale"
+    progress: bool = True
+    peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
+
+    # ---- derived ---------------------------------------------------------------------------------
+    @property
+    def world(self) -> int:
+        return int(os.environ.get("WORLD_SIZE", self.nproc))
+
+    @property
+    def data_parallel(self) -> int:
+        return self.world // (self.tp * self.pp)
+
+    @property
+    def seq_len(self) -> int:
+        return self.data.nca.seq_len
+
+    @property
+    def grad_accum(self) -> int:
+        return self.batch_size // (self.micro_batch * self.data_parallel)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        """The step at which the run stops: `steps`, or the token budget rounded up to whole steps."""
+        limits = [s for s in (self.steps, self.tokens and -(-self.tokens // self.tokens_per_step)) if s]
+        return min(limits)
+
+    def resolved(self, data_vocab: int) -> TrainConfig:
+        return replace(self, model=self.model.with_vocab(data_vocab))
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.nca.validate()
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if not (self.steps or self.tokens):
+            raise UserError("set steps=N or tokens=N to say when training stops")
+        for name in ("nproc", "tp", "pp", "vpp", "batch_size", "micro_batch", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        world, tp, pp = self.world, self.tp, self.pp
+        if self.backend != "megatron" and (tp > 1 or pp > 1 or self.vpp > 1 or self.sequence_parallel):
+            raise UserError(f"tp/pp/vpp/sequence_parallel need backend=megatron (backend={self.backend})")
+        if self.backend != "deepspeed" and (self.zero or self.offload):
+            raise UserError(f"zero/offload need backend=deepspeed (backend={self.backend})")
+        if world % (tp * pp):
+            raise UserError(f"tp={tp} x pp={pp} = {tp * pp} does not divide the world size {world} (nproc)")
+        if self.dp is not None and self.dp * tp * pp != world:
+            raise UserError(f"dp={self.dp} x tp={tp} x pp={pp} = {self.dp * tp * pp} != world size {world}; set nproc")
+        m = self.model
+        if m.n_heads % tp or m.kv_heads % tp:
+            raise UserError(f"model.n_heads={m.n_heads} (kv heads {m.kv_heads}) is not divisible by tp={tp}")
+        if m.n_layers % (pp * self.vpp):
+            raise UserError(f"model.n_layers={m.n_layers} is not divisible by pp={pp} x vpp={self.vpp}")
+        if self.vpp > 1 and pp < 2:
+            raise UserError("vpp > 1 (interleaved schedule) needs pp >= 2")
+        vocab = m.vocab_size or self.data.nca.vocab_size
+        if vocab % tp:
+            raise UserError(f"vocabulary {vocab} is not divisible by tp={tp}; set model.vocab_size to a padded multiple")
+        if m.ffn % tp:
+            raise UserError(f"SwiGLU width {m.ffn} is not divisible by tp={tp}")
+        if self.sequence_parallel and tp < 2:
+            raise UserError("sequence_parallel needs tp >= 2")
+        per_step = self.micro_batch * self.data_parallel
+        if self.batch_size % per_step:
+            raise UserError(
+                f"batch_size={self.batch_size} is not a multiple of micro_batch={self.micro_batch} x dp={self.data_parallel}"
+            )
+        if self.zero not in (0, 1, 2, 3):
+            raise UserError(f"zero={self.zero}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
+        if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):
+            raise UserError(f"resume={self.resume}: use never, auto or an existing checkpoint directory")
+        if self.data.source == "nca_shards" and not self.data.shards:
+            raise UserError("data.source=nca_shards needs data.shards=PATH")
+        t = self.transfer
+        for name in (*t.reinit, *t.freeze):
+            if name not in ("attn", "mlp", "norm"):
+                raise UserError(f"transfer module {name!r} unknown; use attn, mlp or norm")
+        if t.layers is not None and not (len(t.layers) == 2 and 0 <= t.layers[0] < t.layers[1] <= m.n_layers):
+            raise UserError(f"transfer.layers={t.layers} must be [first, last) within 0..{m.n_layers}")

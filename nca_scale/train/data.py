@@ -1,0 +1,76 @@
+"""Training batches as a pure function of (seed, step).
+
+The global batch of step s is sequences [s*B, (s+1)*B) of the training source (B = batch_size), whatever
+the world size; data-parallel rank r of D takes the contiguous rows [r*B/D, (r+1)*B/D) and splits them into
+micro-batches. Evaluation reads the first `eval_batches * B` sequences of the "val" split. A resumed run, or
+one on a different DP size, therefore sees exactly the global batches it would have seen. The NCA seed lives
+in the data config (data.nca.seed), so (seed, step) fixes every token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from nca_scale.errors import UserError
+from nca_scale.train.config import DataConfig
+
+
+class SequenceSource(Protocol):
+    """Anything that maps global sequence indices to (n, seq_len + 1) tokens: the NCA stream today, NCA or
+    text shard readers (nca_scale.data) next."""
+
+    def sequences(self, indices) -> torch.Tensor: ...
+
+
+def build_source(cfg: DataConfig, split: str) -> SequenceSource:
+    if cfg.source == "nca_stream":
+        from nca_scale.nca.stream import NCAStream
+
+        return NCAStream(cfg.nca, split)
+    # Hook: the shard reader (nca_scale.data) lands in parallel; it must expose `sequences(indices)` for
+    # global indices, as NCAStream does, and this branch will construct it from cfg.shards.
+    raise UserError(f"data.source={cfg.source} is not available yet; use data.source=nca_stream")
+
+
+def target_mask(cfg: DataConfig) -> torch.Tensor:
+    """(seq_len,) bool: which targets (tokens[1:]) count in the loss."""
+    from nca_scale.nca.tokenizer import loss_mask
+
+    return loss_mask(cfg.nca)
+
+
+@dataclass
+class Batch:
+    """This rank's share of one global batch: inputs, targets and loss mask per micro-batch."""
+
+    inputs: list[torch.Tensor]  # (micro_batch, seq_len) int64
+    targets: list[torch.Tensor]
+    masks: list[torch.Tensor]  # (micro_batch, seq_len) bool
+
+
+class BatchLoader:
+    def __init__(self, source: SequenceSource, mask: torch.Tensor, batch_size: int, micro_batch: int, dp_rank: int,
+                 dp_size: int):
+        self.source, self.mask = source, mask
+        self.batch_size, self.micro_batch = batch_size, micro_batch
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+
+    def indices(self, step: int) -> np.ndarray:
+        """Global sequence indices of this rank's rows of batch `step`."""
+        per_rank = self.batch_size // self.dp_size
+        start = step * self.batch_size + self.dp_rank * per_rank
+        return np.arange(start, start + per_rank)
+
+    def batch(self, step: int) -> Batch:
+        tokens = self.source.sequences(self.indices(step)).long()
+        chunks = tokens.split(self.micro_batch)
+        mask = self.mask.expand(self.micro_batch, -1)
+        return Batch(
+            inputs=[c[:, :-1].contiguous() for c in chunks],
+            targets=[c[:, 1:].contiguous() for c in chunks],
+            masks=[mask[: len(c)] for c in chunks],
+        )

@@ -1,0 +1,48 @@
+"""Process-group setup shared by the backends: gloo on CPU, NCCL on GPUs; world 1 without a launcher."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init() -> None:
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" in os.environ:  # torchrun, srun + env, or the CLI's own local launch
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    else:  # a plain single process: a one-rank group keeps every code path the same
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def step_seed(seed: int, step: int, *ranks: int) -> int:
+    """Seed of the dropout RNG at `step`: runtime randomness is a function of (seed, step, rank), so an exact
+    resume needs no saved generator state."""
+    h = seed
+    for v in (step, *ranks):
+        h = (h * 1_000_003 + v + 1) % 2**62
+    return h
+
+
+def mean_over(value: float, group=None) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, group=group)
+    return t.item() / dist.get_world_size(group)

@@ -1,0 +1,80 @@
+"""The training loop, top to bottom: build, resume, then step / log / evaluate / checkpoint until the step or
+token budget is reached. Backends differ only behind the Engine interface."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from nca_scale.model.config import describe
+from nca_scale.train import backends, checkpoint
+from nca_scale.train.callbacks import Callback, default_callbacks
+from nca_scale.train.config import TrainConfig
+from nca_scale.train.data import BatchLoader, build_source, target_mask
+from nca_scale.train.schedule import lr_at
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, engine, callbacks: list[Callback]):
+        self.cfg, self.engine, self.callbacks = cfg, engine, callbacks
+        self.step, self.tokens = 0, 0
+        self.train_data, self.val_data = self._loader("train"), self._loader("val")
+
+    def _loader(self, split: str) -> BatchLoader:
+        cfg = self.cfg
+        source, mask = build_source(cfg.data, split), target_mask(cfg.data)
+        return BatchLoader(source, mask, cfg.batch_size, cfg.micro_batch, self.engine.dp_rank, self.engine.dp_size)
+
+    def log(self, text: str) -> None:
+        if dist.get_rank() == 0:
+            print(f"[nca-scale] {text}", flush=True)
+
+    def should_log(self) -> bool:
+        return self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        for cb in self.callbacks:
+            cb.pre_train(self)
+        while self.step < cfg.total_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(cfg.schedule, cfg.optim.lr, self.step, cfg.total_steps)
+            loss, grad_norm = self.engine.train_step(self.train_data.batch(self.step), self.step, lr)
+            self.step += 1
+            self.tokens += cfg.tokens_per_step
+            metrics = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                       "step_time": time.perf_counter() - t0}
+            for cb in self.callbacks:
+                cb.post_step(self, metrics)
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate()
+        for cb in self.callbacks:
+            cb.post_train(self)
+
+    def evaluate(self) -> dict:
+        losses = [self.engine.eval_loss(self.val_data.batch(i)) for i in range(self.cfg.eval_batches)]
+        loss = sum(losses) / len(losses)
+        metrics = {"step": self.step, "tokens": self.tokens, "eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        for cb in self.callbacks:
+            cb.post_eval(self, metrics)
+        return metrics
+
+
+def run(cfg: TrainConfig) -> Trainer:
+    """Train `cfg` in this process (one rank of the job). Returns the finished Trainer."""
+    cfg = cfg.resolved(cfg.data.nca.vocab_size)
+    resume_from = checkpoint.resolve(cfg, cfg.resume)
+    engine = backends.build(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, engine, default_callbacks(cfg, resume_from))
+    trainer.log(describe(cfg.model, cfg.seq_len))
+    trainer.log(
+        f"backend {cfg.backend}: world {cfg.world} = tp {cfg.tp} x pp {cfg.pp} x dp {cfg.data_parallel}; "
+        f"batch {cfg.batch_size} x seq {cfg.seq_len} = {cfg.tokens_per_step:,} tokens/step, micro-batch "
+        f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps"
+    )
+    trainer.fit()
+    return trainer

@@ -1,0 +1,28 @@
+"""Entry point of one rank: `python -m nca_scale.train.worker CONFIG key=value ...` (what the CLI starts under
+torchrun for nproc=N, and what cluster launchers run per rank).
+
+The `__main__` guard matters: megatron's dist_checkpointing.save spawns a process that re-imports __main__.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from nca_scale.errors import UserError
+from nca_scale.train.config import from_args
+
+
+def main(args: list[str]) -> int:
+    try:
+        cfg = from_args(args)
+    except UserError as e:
+        print(f"nca-scale: error: {e}", file=sys.stderr)
+        return 2
+    from nca_scale.train.trainer import run
+
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

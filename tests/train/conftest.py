@@ -1,0 +1,16 @@
+"""Fixtures shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from train_helpers import train
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> Path:
+    """One single-process torch-backend run of 10 steps, the baseline for the parallel layouts."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(out, "steps=10")
+    return out
