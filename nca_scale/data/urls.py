@@ -1,0 +1,166 @@
+"""Where shards live: a directory URL (local path, file://, s3://, memory://) and atomic writes into it.
+
+Why not plain `fsspec.open` everywhere: the three backends differ in what "atomic" means. A local file is
+written to a hidden temp name, fsynced and `os.replace`d; an S3 object is uploaded in one PUT (or one
+completed multipart upload), which S3 publishes all at once; `memory://` (tests) writes a temp key and moves
+it. In every case a reader never sees part of an object under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.core import split_protocol
+
+from nca_scale.errors import UserError
+
+SCHEMES = ("file", "s3", "memory")  # plain paths count as file
+TEMP_MARK = ".tmp-"  # temp objects are named .<final name>.tmp-<pid>-<random>; never listed in a manifest
+
+
+def endpoint_from_env() -> str | None:
+    """S3-compatible endpoint (MinIO, moto, ...) from the standard AWS variables, if set."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+@dataclass
+class Location:
+    """A directory of objects on one filesystem. `root` is the fsspec path (no scheme)."""
+
+    url: str
+    scheme: str
+    fs: fsspec.AbstractFileSystem
+    root: str
+
+    def path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def url_of(self, name: str) -> str:
+        return f"{self.url.rstrip('/')}/{name}"
+
+    # ---- reading -------------------------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self.path(name))
+
+    def size(self, name: str) -> int | None:
+        try:
+            return int(self.fs.size(self.path(name)))
+        except FileNotFoundError:
+            return None
+
+    def read(self, name: str) -> bytes:
+        return self.fs.cat_file(self.path(name))
+
+    # ---- writing -------------------------------------------------------------------------------------
+    def put_atomic(self, name: str, data: bytes) -> None:
+        """Publish `data` under `name` all at once: no reader ever sees a partial object there."""
+        final = self.path(name)
+        if self.scheme == "s3":
+            # s3fs uploads up to its 50 MiB chunk size as one PUT and larger data as one multipart upload;
+            # both become visible only when complete.
+            self.fs.pipe_file(final, data)
+            return
+        tmp = self.path(f".{name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        if self.scheme == "file":
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, final)  # atomic within one filesystem
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise
+            _fsync_dir(self.root)
+            return
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, final)
+
+    def remove_stale_temps(self) -> int:
+        """Delete temp objects a killed writer left behind (one writer per directory is assumed)."""
+        if self.scheme == "s3":
+            return 0  # S3 writes never go through temp keys
+        try:
+            names = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return 0
+        stale = [p for p in names if p.rsplit("/", 1)[-1].startswith(".") and TEMP_MARK in p.rsplit("/", 1)[-1]]
+        for p in stale:
+            self.fs.rm_file(p)
+        return len(stale)
+
+    def check_writable(self) -> None:
+        """Create the directory if needed and prove we can write there, before any shard is generated."""
+        probe = f".nca-scale-probe{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            if self.scheme == "file":
+                os.makedirs(self.root, exist_ok=True)
+                if not os.path.isdir(self.root):
+                    raise NotADirectoryError(f"{self.root} is not a directory")
+            elif self.scheme == "s3":
+                bucket = self.root.split("/", 1)[0]
+                if not self.fs.exists(bucket):
+                    raise FileNotFoundError(f"bucket {bucket!r} does not exist (or is not visible with these credentials)")
+            self.fs.pipe_file(self.path(probe), b"")
+            self.fs.rm_file(self.path(probe))
+        except UserError:
+            raise
+        except Exception as e:  # OSError, botocore errors, ...: all mean "cannot write here"
+            raise UserError(f"out={self.url} is not writable: {_first_line(e)}") from None
+
+
+def _fsync_dir(path: str) -> None:
+    # makes the rename itself durable; some filesystems (and sandboxes) cannot fsync a directory
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def parse_location(url: str, endpoint_url: str | None = None, *, what: str = "out") -> Location:
+    """Check the URL's form (no I/O) and bind it to a filesystem. `what` names the argument in errors."""
+    url = (url or "").strip()
+    if not url:
+        raise UserError(f"{what}= is empty; give a directory: a path, file:///abs/dir, s3://bucket/prefix or memory://name")
+    scheme, path = split_protocol(url)
+    scheme = scheme or "file"
+    if scheme not in SCHEMES:
+        raise UserError(
+            f"{what}={url}: unsupported URL scheme {scheme!r}; use a local path, file://, s3:// or memory://"
+        )
+    path = path.rstrip("/")
+    if scheme == "file":
+        if not path:
+            raise UserError(f"{what}={url}: no directory given after file://")
+        root = os.path.abspath(os.path.expanduser(path))
+        return Location(url=f"file://{root}", scheme="file", fs=fsspec.filesystem("file"), root=root)
+    if scheme == "memory":
+        if not path.strip("/"):
+            raise UserError(f"{what}={url}: give a name after memory://, e.g. memory://shards")
+        fs = fsspec.filesystem("memory")
+        return Location(url=f"memory://{path.lstrip('/')}", scheme="memory", fs=fs, root=fs._strip_protocol(url))
+    bucket = path.split("/", 1)[0]
+    if not bucket:
+        raise UserError(f"{what}={url}: no bucket given; write s3://bucket/prefix")
+    endpoint_url = endpoint_url or endpoint_from_env()
+    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+    try:
+        fs = fsspec.filesystem("s3", **options)
+    except ImportError:
+        raise UserError("s3:// needs the s3fs package (pip install s3fs)") from None
+    return Location(url=f"s3://{path}", scheme="s3", fs=fs, root=path)

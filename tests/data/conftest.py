@@ -1,0 +1,68 @@
+"""Fixtures for the shard tests: the tiny config, reference sequences straight from the generator, and a way
+to run `nca-scale generate` in-process (what the console script calls)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nca_scale import cli, config
+from nca_scale.nca.config import NCAConfig
+from nca_scale.nca.stream import NCAStream
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml(repo_root) -> str:
+    return str(repo_root / "configs" / "nca" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_yaml) -> NCAConfig:
+    return config.load(NCAConfig, tiny_yaml)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_cfg):
+    """reference(indices, split="train") -> (tokens int64 array, banks, rules, scores) from NCAStream itself."""
+    streams = {}
+
+    def get(indices, split="train"):
+        if split not in streams:
+            streams[split] = NCAStream(tiny_cfg, split)
+        s = streams[split]
+        idx = np.asarray(indices, dtype=np.int64)
+        banks, rules, scores = s.rules(idx)
+        return s.sequences(idx).numpy().astype(np.int64), banks, rules, scores
+
+    return get
+
+
+@pytest.fixture
+def generate(tiny_yaml):
+    """generate(out, tokens, *more_args) -> exit status of `nca-scale generate tiny.yaml ...` run in-process."""
+
+    def run(out: str, tokens: int, *args: str) -> int:
+        return cli.main(["generate", tiny_yaml, f"out={out}", f"tokens={tokens}", "progress=false", *args])
+
+    return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_rule_banks():
+    """Share rule banks between the many NCAStreams these tests create (each `generate` makes one).
+
+    A bank is a pure function of (config, split, number), so sharing changes no token; it only avoids
+    re-scoring the same candidate rules in every test. Subprocess tests still build their own.
+    """
+    cache = {}
+    original = NCAStream.bank
+
+    def bank(self, number):
+        key = (self.cfg, self.split, int(number), self.bank_size, str(self.device))
+        if key not in cache:
+            cache[key] = original(self, number)
+        return cache[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(NCAStream, "bank", bank)
+        yield
