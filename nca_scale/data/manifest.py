@@ -35,8 +35,9 @@ def fingerprint(cfg: NCAConfig, split: str) -> str:
 
 
 def score_histogram(scores: np.ndarray) -> list[int]:
+    """HIST_BINS counts over [0, 1] (scores clipped into range), then one more: unscored (NaN) rules."""
     counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=HIST_BINS, range=(0.0, 1.0))
-    return [int(c) for c in counts]
+    return [int(c) for c in counts] + [int(np.isnan(scores).sum())]
 
 
 def loss_mask_convention(cfg: NCAConfig) -> dict:
@@ -57,7 +58,7 @@ def loss_mask_convention(cfg: NCAConfig) -> dict:
 def build_manifest(
     cfg: NCAConfig, split: str, start: int, stop: int, per_shard: int, tokens_requested: int, records: list[dict]
 ) -> dict:
-    hist = np.sum([r["score_histogram"] for r in records], axis=0).tolist() if records else [0] * HIST_BINS
+    hist = np.sum([r["score_histogram"] for r in records], axis=0).tolist() if records else [0] * (HIST_BINS + 1)
     return {
         "format": FORMAT,
         "package_version": nca_scale.__version__,
@@ -82,7 +83,11 @@ def build_manifest(
             "tokens.npy": f"({cfg.sequence_tokens},) {cfg.token_dtype}",
             "meta.json": '{"index", "bank", "rule" (candidate id), "score" (complexity)}',
         },
-        "complexity_histogram": {"bins": HIST_BINS, "range": [0.0, 1.0], "counts": [int(c) for c in hist]},
+        "complexity_histogram": {
+            "bins": HIST_BINS, "range": [0.0, 1.0], "clipped": True,
+            "counts": [int(c) for c in hist[:HIST_BINS]],
+            "unscored": int(hist[HIST_BINS]),  # complexity.lo = null: rules accepted without a score
+        },
         "shards": [
             {k: r[k] for k in ("name", "start", "stop", "sequences", "tokens", "bytes", "sha256")} for r in records
         ],

@@ -17,7 +17,7 @@ import numpy as np
 import webdataset as wds
 
 from nca_scale.data import manifest as mf
-from nca_scale.data.shards import ShardSamples, decode_npy, iter_tar_samples, parse_shard, sha256
+from nca_scale.data.shards import ShardSamples, decode_npy, iter_tar_samples, parse_shard, score_of, sha256
 from nca_scale.data.urls import parse_location
 from nca_scale.errors import UserError
 
@@ -136,7 +136,7 @@ def _decode_sample(sample: dict) -> dict:
     meta = json.loads(sample["meta.json"])
     return {
         "index": int(sample["__key__"]), "tokens": decode_npy(sample["tokens.npy"]),
-        "bank": meta["bank"], "rule": meta["rule"], "score": meta["score"], "shard": sample["__url__"],
+        "bank": meta["bank"], "rule": meta["rule"], "score": score_of(meta), "shard": sample["__url__"],
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -50,6 +51,14 @@ def _npy_header(row: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _json_float(x: float) -> str:
+    return repr(x) if math.isfinite(x) else "null"
+
+
+def score_of(meta: dict) -> float:
+    return math.nan if meta["score"] is None else float(meta["score"])
+
+
 def build_shard(s: ShardSamples) -> bytes:
     """Tar bytes of the samples, via webdataset's TarWriter (encoder off: members are pre-encoded bytes)."""
     out = io.BytesIO()
@@ -64,8 +73,9 @@ def build_shard(s: ShardSamples) -> bytes:
             tw.write({
                 "__key__": f"{index:0{KEY_DIGITS}d}",
                 "tokens.npy": header + row.tobytes(),
-                # repr of a float is the shortest round-tripping decimal, i.e. valid, exact JSON
-                "meta.json": f'{{"index":{index},"bank":{bank},"rule":{rule},"score":{score!r}}}'.encode(),
+                # repr of a finite float is the shortest round-tripping decimal, i.e. valid, exact JSON;
+                # unscored rules (no complexity band) have a NaN score, written as null
+                "meta.json": f'{{"index":{index},"bank":{bank},"rule":{rule},"score":{_json_float(score)}}}'.encode(),
             })
     return out.getvalue()
 
@@ -94,7 +104,7 @@ def parse_shard(data: bytes, name: str, dtype: str, expect: range) -> ShardSampl
             if j >= n or int(sample["__key__"]) != expect[j] or meta["index"] != expect[j]:
                 raise ValueError(f"sample {sample['__key__']} is out of place")
             rows.append(decode_npy(sample["tokens.npy"]))
-            out.banks[j], out.rules[j], out.scores[j] = meta["bank"], meta["rule"], meta["score"]
+            out.banks[j], out.rules[j], out.scores[j] = meta["bank"], meta["rule"], score_of(meta)
         if len(samples) != n:
             raise ValueError(f"{len(samples)} samples, expected {n}")
         out.tokens = np.stack(rows).astype(dtype, copy=False)

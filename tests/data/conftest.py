@@ -23,16 +23,24 @@ def tiny_cfg(tiny_yaml) -> NCAConfig:
 
 @pytest.fixture(scope="session")
 def reference(tiny_cfg):
-    """reference(indices, split="train") -> (tokens int64 array, banks, rules, scores) from NCAStream itself."""
-    streams = {}
+    """reference(indices, split="train", cfg=tiny) -> (tokens as int64, banks, rules, scores) from NCAStream.
 
-    def get(indices, split="train"):
-        if split not in streams:
-            streams[split] = NCAStream(tiny_cfg, split)
-        s = streams[split]
-        idx = np.asarray(indices, dtype=np.int64)
-        banks, rules, scores = s.rules(idx)
-        return s.sequences(idx).numpy().astype(np.int64), banks, rules, scores
+    Sequences are generated once per (config, split, index) and reused: many tests compare the same ranges.
+    """
+    streams, memo = {}, {}
+
+    def get(indices, split="train", cfg=None):
+        key = (cfg or tiny_cfg, split)
+        if key not in streams:
+            streams[key] = NCAStream(key[0], split)
+        s = streams[key]
+        idx = [int(i) for i in np.asarray(indices, dtype=np.int64)]
+        missing = sorted({i for i in idx if (key, i) not in memo})
+        if missing:
+            for i, row in zip(missing, s.sequences(np.array(missing)).numpy().astype(np.int64)):
+                memo[key, i] = row
+        banks, rules, scores = s.rules(np.array(idx, dtype=np.int64))
+        return np.stack([memo[key, i] for i in idx]), banks, rules, scores
 
     return get
 

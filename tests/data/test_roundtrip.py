@@ -14,7 +14,7 @@ from nca_scale.data.urls import parse_location
 
 SEQ_TOKENS = 129  # tiny.yaml: seq_len 128 + 1
 
-N = 300  # sequences: 3 shards of 128, 128, 44
+N = 150  # sequences: 3 shards of 64, 64, 22
 TOKENS = N * SEQ_TOKENS - 5  # not a multiple: still N sequences (ceil)
 
 
@@ -46,7 +46,7 @@ def check_dataset(url: str, endpoint: str | None, reference, start: int = 0, n: 
     # manifest: counts, layout, checksums of the bytes actually stored
     assert (m["start"], m["stop"], m["sequences"], m["split"]) == (start, start + n, n, split)
     assert m["tokens"] == n * SEQ_TOKENS and m["token_dtype"] == "uint16" and m["sequence_tokens"] == SEQ_TOKENS
-    assert [s["sequences"] for s in m["shards"]] == [128, 128, n - 256][: len(m["shards"])]
+    assert [s["sequences"] for s in m["shards"]] == [min(64, n - k) for k in range(0, n, 64)]
     assert sum(s["sequences"] for s in m["shards"]) == n
     assert sum(m["complexity_histogram"]["counts"]) == n
     assert m["complexity_histogram"]["counts"] == np.histogram(scores, bins=20, range=(0, 1))[0].tolist()
@@ -78,7 +78,7 @@ def check_dataset(url: str, endpoint: str | None, reference, start: int = 0, n: 
 def test_round_trip(kind, tmp_path, s3_bucket_factory, generate, reference):
     url, opts = _url(kind, tmp_path, s3_bucket_factory)
     extra = [f"endpoint_url={opts['endpoint_url']}"] if opts else []
-    assert generate(url, TOKENS, "sequences_per_shard=128", *extra) == 0
+    assert generate(url, TOKENS, "sequences_per_shard=64", *extra) == 0
     check_dataset(url, opts.get("endpoint_url"), reference)
     # nothing but shards, their records and the manifest: no temp or probe objects left behind
     loc = parse_location(url, opts.get("endpoint_url"))
@@ -91,22 +91,22 @@ def test_round_trip(kind, tmp_path, s3_bucket_factory, generate, reference):
 def test_s3_endpoint_from_environment(s3_endpoint, s3_bucket, monkeypatch, generate, reference):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     url = f"s3://{s3_bucket}/env"
-    assert generate(url, 100 * SEQ_TOKENS, "sequences_per_shard=128") == 0
+    assert generate(url, 40 * SEQ_TOKENS, "sequences_per_shard=64") == 0
     reader = ShardReader(url)
-    np.testing.assert_array_equal(reader.sequences(range(100)).astype(np.int64), reference(range(100))[0])
+    np.testing.assert_array_equal(reader.sequences(range(40)).astype(np.int64), reference(range(40))[0])
 
 
 def test_start_offset_and_val_split(tmp_path, generate, reference):
     out = tmp_path / "val"
-    assert generate(str(out), N * SEQ_TOKENS, "start=1000", "split=val", "sequences_per_shard=128") == 0
-    assert (out / "val-000000.tar").is_file()
-    check_dataset(str(out), None, reference, start=1000, split="val")
+    assert generate(str(out), 70 * SEQ_TOKENS, "start=1000", "split=val", "sequences_per_shard=64") == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["val-000000.tar", "val-000001.tar"]
+    check_dataset(str(out), None, reference, start=1000, n=70, split="val")
 
 
 def test_shard_bytes_are_reproducible(tmp_path, generate):
     """Fixed tar mtimes and a pure generator: the same command gives byte-identical shards anywhere."""
     for d in ("a", "b"):
-        assert generate(str(tmp_path / d), 200 * SEQ_TOKENS, "sequences_per_shard=128") == 0
+        assert generate(str(tmp_path / d), 100 * SEQ_TOKENS, "sequences_per_shard=64") == 0
     ma, mb = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("a", "b"))
     assert [s["sha256"] for s in ma["shards"]] == [s["sha256"] for s in mb["shards"]]
     assert ma["fingerprint"] == mb["fingerprint"]
