@@ -30,6 +30,8 @@ CASES = {
         grid=8, states=3, patch=4, temperature=0.0, identity_bias=-0.3, wrap_state_channels=False, seq_len=60,
         token_dtype="int32", burn_in=0, conv_channels=5, hidden=7,
     ),
+    # more states than uint8 holds (patch 1 keeps the vocabulary within int32)
+    "g6-s300-p1": NCAConfig(grid=6, states=300, patch=1, temperature=0.0, seq_len=100, token_dtype="int32", burn_in=2),
 }
 
 

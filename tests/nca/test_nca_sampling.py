@@ -70,6 +70,27 @@ def test_step_distribution_is_softmax_over_tau(tau, ib, rule):
     np.testing.assert_allclose(counts[c] / n, probs[c], atol=5 * math.sqrt(0.25 / n))
 
 
+def test_sampling_with_more_states_than_uint8_holds():
+    """256 states, tau=10: every state of every cell is within tau*GUMBEL_SPAN of the top, so all cells are
+    sampled; the count of such states must not wrap around in a narrow integer type."""
+    cfg = NCAConfig(grid=6, states=256, patch=1, seq_len=100, token_dtype="int32", temperature=10.0)
+    cfg.validate()
+    _, tables, p = _params(cfg, 1)
+    auto = Automaton(cfg)
+    state = auto.initial_state(torch.tensor([99]))
+    n = 2000
+    with torch.inference_mode():
+        nxt = auto.step(state.expand(n, -1).contiguous(), select_tables(tables, torch.zeros(n, dtype=torch.long)),
+                        torch.arange(n, dtype=torch.int64), step=1)
+    counts = np.zeros((36, 256))
+    np.add.at(counts, (np.tile(np.arange(36), n), nxt.long().reshape(-1).numpy()), 1)
+    lg = ref.logits(state.long().view(6, 6).numpy(), p, 256, True).reshape(-1, 256) / 10.0
+    probs = np.exp(lg - lg.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert (counts > 0).sum(1).min() > 100  # near-uniform over 256 states
+    assert _chi_square_z(counts, probs)[0] < 4.5
+
+
 def test_wrong_temperature_would_be_detected():
     """The chi-square check has power: draws at tau=1 are rejected against the tau=0.5 distribution."""
     cfg = NCAConfig(temperature=1.0)
