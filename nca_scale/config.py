@@ -145,24 +145,25 @@ def from_dict(cls, data: dict, *, source: str, prefix: str = ""):
     return obj
 
 
-def set_key(obj, dotted: str, raw: str, source: str = "command line"):
+def set_key(obj, dotted: str, raw: str, source: str = "command line", prefix: str = ""):
     """Apply one `a.b.c=value` override to a (nested) dataclass instance, returning a new instance."""
     head, _, rest = dotted.partition(".")
     names = {f.name for f in dataclasses.fields(obj)}
     if head not in names:
-        raise UserError(f"{source}: unknown key '{dotted}' (valid keys: {', '.join(sorted(names))})")
+        valid = ", ".join(prefix + n for n in sorted(names))
+        raise UserError(f"{source}: unknown key '{prefix}{dotted}' (valid keys: {valid})")
     hint = _hints(type(obj))[head]
     current = getattr(obj, head)
     if rest:
         if not dataclasses.is_dataclass(current):
-            raise UserError(f"{source}: key '{head}' has no sub-keys, so '{dotted}' is not a valid key")
-        new = set_key(current, rest, raw, source)
+            raise UserError(f"{source}: key '{prefix}{head}' has no sub-keys, so '{prefix}{dotted}' is not a valid key")
+        new = set_key(current, rest, raw, source, f"{prefix}{head}.")
     else:
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
             value = raw
-        new = _coerce(value, hint, dotted, source)
+        new = _coerce(value, hint, prefix + dotted, source)
     return dataclasses.replace(obj, **{head: new})
 
 

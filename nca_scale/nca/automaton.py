@@ -41,7 +41,10 @@ class Automaton:
 
     # ---- initial states -------------------------------------------------------------------------------
     def initial_state(self, traj_keys: torch.Tensor) -> torch.Tensor:
-        """(B, HW) states (uint8, or int32 beyond 255 states). reference: cells i.i.d. from softmax(z), z ~ N(0, I) per trajectory."""
+        """(B, HW) states (uint8, or int32 beyond 255 states).
+
+        reference: cells i.i.d. from softmax(z), z ~ N(0, I) drawn once per trajectory; uniform: i.i.d. uniform.
+        """
         cfg, dev = self.cfg, self.device
         cells = torch.arange(cfg.grid * cfg.grid, device=dev)
         u = rng.uniform(rng.INIT_CELLS, traj_keys[:, None], cells[None, :], device=dev)
@@ -101,7 +104,7 @@ class Automaton:
         nxt = s - (near.view(torch.uint8) * self._first_weight).amax(1)
         if tau == 0:
             return nxt
-        bi, ci = (near.view(torch.uint8).sum(1, dtype=torch.uint8) > 1).nonzero(as_tuple=True)
+        bi, ci = (near.view(torch.uint8).sum(1, dtype=self.state_dtype) > 1).nonzero(as_tuple=True)
         if bi.numel():
             counters = ci[:, None] * s + torch.arange(s, device=self.device)[None, :]
             g = rng.gumbel(rng.NOISE, traj_keys[bi][:, None], step, counters, device=self.device)
@@ -112,13 +115,13 @@ class Automaton:
         self, t: RuleTables, traj_keys: torch.Tensor, frames: int, start: int, dt: int,
         state: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Frames s_start, s_start+dt, ... (`frames` of them) as (B, frames, grid, grid) uint8."""
+        """Frames s_start, s_start+dt, ... (`frames` of them) as (B, frames, grid, grid) of `state_dtype`."""
         cfg = self.cfg
         if state is None:
             state = self.initial_state(traj_keys)
         t = self.prepare(t)
         b = state.shape[0]
-        out = torch.empty(b, frames, cfg.grid * cfg.grid, dtype=torch.uint8, device=self.device)
+        out = torch.empty(b, frames, cfg.grid * cfg.grid, dtype=self.state_dtype, device=self.device)
         last = start + (frames - 1) * dt
         for step in range(last + 1):
             if step >= start and (step - start) % dt == 0:

@@ -18,9 +18,9 @@ _GOLDEN = 0x9E3779B9
 # Domain tags: one per kind of draw, so no two kinds ever share a counter space.
 WEIGHTS, INIT_Z, INIT_CELLS, NOISE, PERM, TRAJ = 1, 2, 3, 4, 5, 6
 
-# u = (h24 + 0.5) / 2^24 is never 0 or 1, so a Gumbel draw -log(-log u) is bounded; the bound tells which
+# u = (h23 + 0.5) / 2^23 is never 0 or 1, so a Gumbel draw -log(-log u) is bounded; the bound tells which
 # cells can possibly change their argmax under sampling at a given temperature (automaton.py).
-U_MIN = 0.5 / 2**24
+U_MIN = 0.5 / 2**23
 U_MAX = 1.0 - U_MIN
 GUMBEL_SPAN = -math.log(-math.log(U_MAX)) + math.log(-math.log(U_MIN))
 
@@ -78,9 +78,10 @@ def hash32(*parts, device=None) -> torch.Tensor:
 
 
 def uniform(*parts, device=None) -> torch.Tensor:
-    """float32 uniforms in (0, 1) with 24 bits of resolution, one per broadcast element of `parts`."""
+    """float32 uniforms in (0, 1), one per broadcast element of `parts`: (k + 0.5) / 2^23 for the top 23 bits
+    k of the hash. 23 bits keep every value, 1 - 2^-24 included, exact in float32 (24 would round to 1.0)."""
     h = hash32(*parts, device=device)
-    return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / 2**24)
+    return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / 2**23)
 
 
 def gumbel(*parts, device=None) -> torch.Tensor:

@@ -35,7 +35,8 @@ def encode(cfg: NCAConfig, frames: torch.Tensor) -> torch.Tensor:
 
 
 def decode_frames(cfg: NCAConfig, tokens: torch.Tensor) -> torch.Tensor:
-    """Inverse of `encode` for the complete frames in a (B, L) token tensor -> (B, F, grid, grid) uint8."""
+    """Inverse of `encode` for the complete frames in a (B, L) token tensor -> (B, F, grid, grid) states
+    (uint8, or int32 beyond 255 states)."""
     g, p, s = cfg.grid, cfg.patch, cfg.states
     ft = cfg.frame_tokens
     b, n = tokens.shape
@@ -46,7 +47,7 @@ def decode_frames(cfg: NCAConfig, tokens: torch.Tensor) -> torch.Tensor:
     ids = body[..., 1:-1].long()
     digits = torch.stack([(ids // s**k) % s for k in range(p * p)], -1)  # (B, F, P, p*p)
     x = digits.view(b, f, g // p, g // p, p, p).transpose(-3, -2)
-    return x.reshape(b, f, g, g).to(torch.uint8)
+    return x.reshape(b, f, g, g).to(torch.uint8 if s <= 255 else torch.int32)
 
 
 def loss_mask(cfg: NCAConfig) -> torch.Tensor:
