@@ -112,7 +112,30 @@ class ShardReader:
             self._open_verified,
             iter_tar_samples,
             wds.map(_decode_sample),
+            self._check_ranges,
         )
+
+    def _check_ranges(self, src: Iterator[dict]) -> Iterator[dict]:
+        """Each shard must hold exactly its manifest range, in order (a checksum only proves the bytes)."""
+        by_name = {s["name"]: s for s in self.shards}
+        entry, expect = None, None
+
+        def close(entry, expect):
+            if entry is not None and expect != entry["stop"]:
+                raise UserError(f"shard {self.loc.url_of(entry['name'])} is corrupt: it ends at sequence {expect}, "
+                                f"manifest says {entry['stop']}")
+
+        for sample in src:
+            if entry is None or sample["shard"] != entry["name"]:
+                close(entry, expect)
+                entry = by_name[sample["shard"]]
+                expect = entry["start"]
+            if sample["index"] != expect:
+                raise UserError(f"shard {self.loc.url_of(entry['name'])} is corrupt: sequence {sample['index']} "
+                                f"where {expect} belongs")
+            expect += 1
+            yield sample
+        close(entry, expect)
 
     def samples(self) -> Iterator[dict]:
         """Every sample in index order (see `pipeline`); errors come out as `UserError` naming the shard."""

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -69,6 +70,9 @@ def build_shard(s: ShardSamples) -> bytes:
     # tolist() once per shard is far cheaper than numpy scalar access per sample
     rows = zip(s.indices.tolist(), s.banks.tolist(), s.rules.tolist(), s.scores.tolist(), tokens)
     with wds.TarWriter(out, encoder=False, mtime=MTIME) as tw:
+        # TarWriter means to default to USTAR but never passes it to tarfile, which then runs PAX checks per
+        # member; our short ASCII names need no PAX records, so the bytes are identical and ~20% cheaper
+        tw.tarstream.format = tarfile.USTAR_FORMAT
         for index, bank, rule, score, row in rows:
             tw.write({
                 "__key__": f"{index:0{KEY_DIGITS}d}",
