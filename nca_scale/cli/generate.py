@@ -61,7 +61,6 @@ def check_device(device: str) -> None:
 
 
 def main(args: list[str]) -> int:
-    """See the module docstring (`nca-scale generate --help`)."""
     from nca_scale.data.urls import parse_location
     from nca_scale.data.writer import set_threads, write_shards
 
@@ -83,3 +82,6 @@ def main(args: list[str]) -> int:
         file=sys.stdout,
     )
     return 0
+
+
+main.__doc__ = __doc__  # what `nca-scale generate --help` prints

@@ -4,10 +4,11 @@ The data contract (index -> sample, shard layout, manifest, atomic commit, resum
 """
 
 from nca_scale.data.reader import ShardReader, open_shards
-from nca_scale.data.urls import Location, parse_location
+from nca_scale.data.urls import Location, parse_location, register_gopen
 from nca_scale.data.writer import WriteResult, plan_shards, sequences_for, write_shards
 
 __all__ = [
-    "Location", "ShardReader", "WriteResult", "open_shards", "parse_location", "plan_shards", "sequences_for",
+    "Location", "ShardReader", "WriteResult", "open_shards", "parse_location", "plan_shards", "register_gopen",
+    "sequences_for",
     "write_shards",
 ]

@@ -96,6 +96,10 @@ class ShardReader:
             out[j] = self[i]
         return out
 
+    def shard_urls(self) -> list[str]:
+        """Full URLs of the listed shards, e.g. for `webdataset.WebDataset` (see `urls.register_gopen`)."""
+        return [self.loc.url_of(s["name"]) for s in self.shards]
+
     # ---- streaming ---------------------------------------------------------------------------------------
     def _open_verified(self, src: Iterator[dict]) -> Iterator[dict]:
         by_name = {s["name"]: s for s in self.shards}

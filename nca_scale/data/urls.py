@@ -132,6 +132,26 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def register_gopen(endpoint_url: str | None = None) -> None:
+    """Let plain `webdataset.WebDataset(url)` open s3:// and memory:// shards through fsspec.
+
+    webdataset has no handler for these schemes ("no gopen handler defined"); this adds one to its global
+    dispatch table (`webdataset.gopen.gopen_schemes`, reached through sys.modules because `wds.gopen` is the
+    function). Plain WebDataset does not check checksums: `ShardReader` does.
+    """
+    import sys
+
+    import webdataset  # noqa: F401 - loads webdataset.gopen
+
+    def gopen_fsspec(url, mode="rb", bufsize=8192, **kw):
+        directory, _, name = url.rpartition("/")
+        loc = parse_location(directory, endpoint_url, what="shard")
+        return loc.fs.open(loc.path(name), mode)
+
+    schemes = sys.modules["webdataset.gopen"].gopen_schemes
+    schemes["s3"] = schemes["memory"] = gopen_fsspec
+
+
 def parse_location(url: str, endpoint_url: str | None = None, *, what: str = "out") -> Location:
     """Check the URL's form (no I/O) and bind it to a filesystem. `what` names the argument in errors."""
     url = (url or "").strip()

@@ -198,10 +198,13 @@ def write_shards(
         bar.close()
     seconds = time.perf_counter() - t_gen
 
-    by_number = {r["name"]: r for r in new}
-    records = [done[p.number] or by_number[shard_name(split, p.number)] for p in plans]
+    by_name = {r["name"]: r for r in new}
+    records = [done[p.number] or by_name[shard_name(split, p.number)] for p in plans]
     m = mf.build_manifest(cfg, split, start, start + count, per_shard, tokens, records)
-    loc.put_atomic(mf.MANIFEST, json.dumps(m, indent=1).encode())
+    try:
+        loc.put_atomic(mf.MANIFEST, json.dumps(m, indent=1).encode())
+    except OSError as e:
+        raise UserError(f"writing {loc.url_of(mf.MANIFEST)} failed: {e.strerror or e}") from None
     written_tokens = sum(p.count for p in todo) * cfg.sequence_tokens
     return WriteResult(m, len(todo), len(plans) - len(todo), written_tokens, seconds)
 

@@ -8,8 +8,9 @@ import uuid
 
 import numpy as np
 import pytest
+import webdataset as wds
 
-from nca_scale.data import ShardReader
+from nca_scale.data import ShardReader, register_gopen
 from nca_scale.data.urls import parse_location
 
 SEQ_TOKENS = 129  # tiny.yaml: seq_len 128 + 1
@@ -85,6 +86,22 @@ def test_round_trip(kind, tmp_path, s3_bucket_factory, generate, reference):
     names = sorted(p.rsplit("/", 1)[-1] for p in loc.fs.ls(loc.root, detail=False))
     shards = [f"train-{k:06d}.tar" for k in range(3)]
     assert names == sorted(["manifest.json", *shards, *(f"{s}.json" for s in shards)])
+
+
+@pytest.mark.parametrize("kind", ["file", "memory", pytest.param("s3", marks=pytest.mark.s3)])
+def test_plain_webdataset_reads_the_shards(kind, tmp_path, s3_bucket_factory, generate, reference):
+    """The shards are ordinary WebDataset tars: wds.WebDataset (with our fsspec gopen handler) reads them."""
+    url, opts = _url(kind, tmp_path, s3_bucket_factory)
+    extra = [f"endpoint_url={opts['endpoint_url']}"] if opts else []
+    assert generate(url, 70 * SEQ_TOKENS, "sequences_per_shard=64", *extra) == 0
+    register_gopen(opts.get("endpoint_url"))
+    urls = ShardReader(url, endpoint_url=opts.get("endpoint_url")).shard_urls()
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode().to_tuple("__key__", "tokens.npy", "meta.json")
+    rows = list(ds)
+    assert [int(k) for k, _, _ in rows] == list(range(70))
+    assert all(t.dtype == np.uint16 and t.shape == (SEQ_TOKENS,) for _, t, _ in rows)
+    np.testing.assert_array_equal(np.stack([t for _, t, _ in rows]).astype(np.int64), reference(range(70))[0])
+    assert [m["rule"] for _, _, m in rows] == reference(range(70))[2].tolist()
 
 
 @pytest.mark.s3
