@@ -68,6 +68,13 @@ def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     for key in ("model", "data", "batch_size", "seed"):
         if saved[key] != current[key]:
             raise UserError(f"{path}: '{key}' differs from the checkpoint's; resuming would not continue the same run")
+    layout = meta["layout"]
+    moved = [k for k in ("tp", "pp", "vpp") if layout[k] != getattr(cfg, k)]
+    if cfg.backend == "megatron" and moved and saved["distributed_optimizer"]:
+        raise UserError(
+            f"{path} holds distributed-optimizer state, which reshards over DP only, but {', '.join(moved)} changed; "
+            "resume under its tp/pp/vpp (or train with distributed_optimizer=false to reshard freely)"
+        )
     return meta
 
 

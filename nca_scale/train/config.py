@@ -178,6 +178,8 @@ class TrainConfig:
             raise UserError(
                 f"batch_size={self.batch_size} is not a multiple of micro_batch={self.micro_batch} x dp={self.data_parallel}"
             )
+        if self.vpp > 1 and self.grad_accum % pp:
+            raise UserError(f"the interleaved schedule needs micro-batches per step ({self.grad_accum}) divisible by pp={pp}")
         if self.zero not in (0, 1, 2, 3):
             raise UserError(f"zero={self.zero}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
         if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):

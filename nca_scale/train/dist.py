@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 
 import torch
 import torch.distributed as dist
+
+
+def quiet_upstream_warnings() -> None:
+    """Silence warnings megatron-core and DeepSpeed emit on every run: fallbacks when Apex/TE are absent and
+    torch deprecations they still call."""
+    for message in (".*Apex.*", ".*Transformer Engine.*", ".*reduce_scatter_tensor.*", ".*all_gather_into_tensor.*",
+                    ".*non-leaf Tensor.*"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def free_port() -> int:

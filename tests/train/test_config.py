@@ -51,3 +51,18 @@ def test_derived_layout():
     cfg = from_args([str(ROOT / "configs/train/cpu-tiny.yaml"), "backend=megatron", "nproc=4", "tp=2", "batch_size=8", "micro_batch=2"])
     assert (cfg.data_parallel, cfg.grad_accum, cfg.tokens_per_step) == (2, 2, 8 * 128)
     assert from_args([str(ROOT / "configs/train/cpu-tiny.yaml"), "steps=100", "tokens=10000"]).total_steps == 10
+
+
+def test_distributed_optimizer_checkpoint_refuses_a_tp_change(tmp_path, capsys):
+    import json
+
+    from nca_scale.config import to_dict
+
+    ckpt = tmp_path / "checkpoints" / "step_00000003"
+    ckpt.mkdir(parents=True)
+    saved = from_args([str(ROOT / "configs/train/cpu-tiny.yaml"), "backend=megatron", "nproc=2", "tp=2"])
+    saved = to_dict(saved.resolved(saved.data.nca.vocab_size))
+    meta = {"step": 3, "tokens": 0, "backend": "megatron", "config": saved, "layout": {"tp": 2, "pp": 1, "vpp": 1}}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert main(["train", str(ROOT / "configs/train/cpu-tiny.yaml"), "backend=megatron", f"resume={ckpt}"]) == 2
+    assert "reshards over DP only, but tp changed" in capsys.readouterr().err

@@ -12,8 +12,8 @@ import torch
 
 ROOT = Path(__file__).parents[2]
 CLI = Path(sys.executable).parent / "nca-scale"
-# tiny model and data, small rule banks (bank building dominates start-up), no wandb, no progress bar
-FAST = ["data.nca.bank.size=8", "data.nca.bank.val_size=4", "wandb=disabled", "progress=false", "eval_every=0"]
+# tiny 4-layer model (so PP=2 x VPP=2 divides it), small rule banks (bank building dominates start-up), no wandb, no progress bar
+FAST = ["model.n_layers=4", "data.nca.bank.size=8", "data.nca.bank.val_size=4", "wandb=disabled", "progress=false", "eval_every=0"]
 
 
 def train(out: Path, *overrides: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -41,3 +41,13 @@ def assert_close(a: list[float], b: list[float], rel: float = 1e-4) -> None:
 
 def state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path / "state.pt", weights_only=True)["model"]
+
+
+def megatron_weights(ckpt: Path, tmp: Path) -> dict[str, torch.Tensor]:
+    """Model tensors of a megatron torch_dist checkpoint, gathered to full size."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    dcp_to_torch_save(ckpt / "dist", tmp / "full.pt")
+    full = torch.load(tmp / "full.pt", weights_only=False)
+    return {k: v for k, v in full.items() if isinstance(v, torch.Tensor) and not k.startswith("optimizer")}

@@ -1,0 +1,243 @@
+"""megatron-core backend: GPTModel (local layer spec; TransformerEngine's when it is installed and CUDA is
+present), TP (+ sequence parallel), PP (1F1B, or interleaved with vpp > 1), DP with megatron's DDP and
+distributed optimizer, bf16, full activation recompute, and `torch_dist` distributed checkpoints that load
+under another TP/PP layout.
+
+On CPU machines nca_scale.train.cpu_compat is activated first; on GPUs nothing is patched.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from nca_scale.model.layout import init_tensor, megatron_shard
+from nca_scale.train import cpu_compat
+from nca_scale.train import dist as tdist
+from nca_scale.train.config import TrainConfig
+from nca_scale.train.data import Batch
+
+# dp_reshardable: the sharding megatron-core 0.16's torch-Adam DistributedOptimizer can save without
+# flattened ranges (the default fully_sharded_model_space raises "flattened_range is not supported")
+_OPTIM_META = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+tdist.quiet_upstream_warnings()
+
+
+def _layer_spec():
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    try:
+        import transformer_engine  # noqa: F401
+
+        if torch.cuda.is_available():
+            return specs.get_gpt_layer_with_transformer_engine_spec()
+    except ImportError:
+        pass
+    return specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+class MegatronEngine:
+    def __init__(self, cfg: TrainConfig):
+        cpu_compat.activate(sequence_parallel=cfg.sequence_parallel)
+        tdist.init()
+        from megatron.core import parallel_state as ps
+
+        self.cfg, self.ps = cfg, ps
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
+            virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
+        )
+        self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        self._seed(step=-1)  # the RNG tracker must exist before any forward, evaluation included
+        self.config = self._transformer_config()
+        self.chunks = [self._wrap(self._build_chunk(i), bucketed=i == 0) for i in range(cfg.vpp)]
+        self.optimizer = self._optimizer()
+        s = cfg.seq_len
+        self.position_ids = torch.arange(s, device=tdist.device()).unsqueeze(0).expand(cfg.micro_batch, s)
+        self.causal_mask = torch.ones(s, s, dtype=torch.bool, device=tdist.device()).triu(1).view(1, 1, s, s)
+
+    # ---- build -------------------------------------------------------------------------------------
+    def _transformer_config(self):
+        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.transformer.transformer_config import TransformerConfig
+
+        cfg, m = self.cfg, self.cfg.model
+        dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        config = TransformerConfig(
+            num_layers=m.n_layers, hidden_size=m.d_model, num_attention_heads=m.n_heads, num_query_groups=m.kv_heads,
+            kv_channels=m.head_dim, ffn_hidden_size=m.ffn, normalization="RMSNorm", layernorm_epsilon=m.norm_eps,
+            gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0,
+            attention_dropout=m.attn_dropout, init_method_std=m.init_std,
+            tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
+            virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
+            sequence_parallel=cfg.sequence_parallel, pipeline_dtype=dtype, params_dtype=dtype,
+            bf16=cfg.precision == "bf16",
+            # gloo mismatches batch_isend_irecv's concurrent sends/receives between one pair of ranks in the
+            # interleaved schedule (micro-batch losses drift from 1F1B's); NCCL batches them correctly
+            batch_p2p_comm=torch.cuda.is_available(),
+            # weights are written from the layout-independent init below; skip megatron's own
+            use_cpu_initialization=not torch.cuda.is_available(), perform_initialization=False,
+            **(dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1) if cfg.recompute else {}),
+        )
+        config.finalize_model_grads_func = finalize_model_grads
+        return config
+
+    def _build_chunk(self, vp: int):
+        from megatron.core.models.gpt.gpt_model import GPTModel
+
+        cfg, ps = self.cfg, self.ps
+        vp_stage = vp if cfg.vpp > 1 else None
+        model = GPTModel(
+            config=self.config, transformer_layer_spec=_layer_spec(), vocab_size=cfg.model.vocab_size,
+            max_sequence_length=cfg.seq_len, position_embedding_type="rope", rotary_base=int(cfg.model.rope_theta),
+            share_embeddings_and_output_weights=cfg.model.tie_embeddings,
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage), vp_stage=vp_stage,
+        ).to(tdist.device())
+        self._write_init(model)
+        return model
+
+    def _write_init(self, model) -> None:
+        """Copy the layout-independent initial weights (nca_scale.model.layout) into this rank's shards."""
+        cfg, ps = self.cfg, self.ps
+        tp_rank, tp = ps.get_tensor_model_parallel_rank(), cfg.tp
+        get = lambda name: init_tensor(cfg.model, name, cfg.seed)  # noqa: E731
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                layer = None
+                if match := re.match(r"decoder\.layers\.(\d+)\.", name):
+                    layer = model.decoder.layers[int(match.group(1))].layer_number - 1
+                if name == "output_layer.weight" and cfg.model.tie_embeddings:
+                    continue  # tied: megatron syncs it from the embedding
+                p.copy_(megatron_shard(cfg.model, name, layer, tp_rank, tp, get))
+
+    def _wrap(self, model, bucketed: bool):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.transformer.module import Float16Module
+
+        if self.cfg.precision == "bf16":
+            model = Float16Module(self.config, model)
+        ddp = DistributedDataParallelConfig(
+            use_distributed_optimizer=self.cfg.distributed_optimizer, grad_reduce_in_fp32=True,
+        )
+        # only the first chunk is bucketed, as in Megatron-LM (later chunks would overlap nothing)
+        return DistributedDataParallel(self.config, ddp, model, disable_bucketing=not bucketed)
+
+    def _optimizer(self):
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        o, adamw = self.cfg.optim, self.cfg.optim.name == "adamw"
+        config = OptimizerConfig(
+            optimizer="adam", lr=o.lr, weight_decay=o.weight_decay if adamw else 0.0, decoupled_weight_decay=adamw,
+            adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad,
+            bf16=self.cfg.precision == "bf16", params_dtype=self.config.params_dtype,
+            use_distributed_optimizer=self.cfg.distributed_optimizer,
+        )
+        # config_overrides={}: decay every tensor, as the torch backend does (megatron's default exempts norms)
+        return get_megatron_optimizer(config, self.chunks, config_overrides={})
+
+    # ---- steps -------------------------------------------------------------------------------------
+    def _forward_step(self, data_iterator, model):
+        x, y, mask = next(data_iterator)
+        out = model(x, self.position_ids[: len(x)], self.causal_mask, labels=y)
+
+        def loss_func(per_token: torch.Tensor):
+            m = mask.to(per_token.dtype)
+            loss = (per_token.float() * m).sum() / m.sum()
+            return loss, {"loss": loss.detach().clone()}  # the schedule divides `loss` in place
+
+        return out, loss_func
+
+    def _run(self, batch: Batch, forward_only: bool) -> float:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        dev = tdist.device()
+        micro = [(x.to(dev), y.to(dev), m.to(dev)) for x, y, m in zip(batch.inputs, batch.targets, batch.masks)]
+        iterators = [iter(micro) for _ in self.chunks]
+        results = get_forward_backward_func()(
+            forward_step_func=self._forward_step, data_iterator=iterators if len(iterators) > 1 else iterators[0],
+            model=self.chunks, num_microbatches=len(micro), seq_length=self.cfg.seq_len,
+            micro_batch_size=self.cfg.micro_batch, forward_only=forward_only,
+        )
+        # the losses exist on the last pipeline stage: sum over the PP group, then average over DP
+        loss = torch.tensor([sum(r["loss"].item() for r in results) / len(micro) if results else 0.0], dtype=torch.float64)
+        dist.all_reduce(loss, group=self.ps.get_pipeline_model_parallel_group())
+        return tdist.mean_over(loss.item(), self.ps.get_data_parallel_group())
+
+    def _seed(self, step: int) -> None:
+        """Dropout RNG of `step`; model_parallel_cuda_manual_seed adds the TP-rank offset itself."""
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        pp_rank = self.ps.get_pipeline_model_parallel_rank()
+        model_parallel_cuda_manual_seed(tdist.step_seed(self.cfg.seed, step, self.dp_rank, pp_rank) % 2**31)
+
+    def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
+        self._seed(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for chunk in self.chunks:
+            chunk.train()
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        loss = self._run(batch, forward_only=False)
+        _, grad_norm, _ = self.optimizer.step()
+        return loss, float(grad_norm or 0.0)
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> float:
+        for chunk in self.chunks:
+            chunk.eval()
+        return self._run(batch, forward_only=True)
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def _sharded_state_dict(self, loading: bool) -> dict:
+        model = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(self.chunks)}
+        return {**model, "optimizer": self.optimizer.sharded_state_dict(model, is_loading=loading, metadata=_OPTIM_META)}
+
+    def save(self, path: Path) -> None:
+        from megatron.core import dist_checkpointing
+
+        target = path / "dist"
+        if dist.get_rank() == 0:
+            target.mkdir()  # dist_checkpointing.save wants an existing, empty directory
+        dist.barrier()
+        dist_checkpointing.save(self._sharded_state_dict(loading=False), str(target))
+
+    def load(self, path: Path, optimizer: bool = True) -> None:
+        from megatron.core import dist_checkpointing
+
+        if not optimizer:
+            model = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(self.chunks)}
+            loaded = dist_checkpointing.load(model, str(path / "dist"))
+            for i, chunk in enumerate(self.chunks):
+                chunk.module.load_state_dict(loaded[f"model{i}"])
+            return
+        inner = self._optimizers()
+        if self.cfg.distributed_optimizer:
+            # a fresh torch-Adam DistributedOptimizer has no state yet, so its load template cannot be built
+            # (distrib_optimizer.py asserts one 'step'); create zero state first
+            for opt in inner:
+                opt.init_state_fn(opt.optimizer, opt.config)
+                for st in opt.optimizer.state.values():
+                    st.setdefault("step", torch.tensor(0.0))
+        loaded = dist_checkpointing.load(self._sharded_state_dict(loading=True), str(path / "dist"))
+        for i, chunk in enumerate(self.chunks):
+            chunk.module.load_state_dict(loaded[f"model{i}"])
+        with torch.no_grad():  # DistributedOptimizer copies into views of leaf tensors
+            self.optimizer.load_state_dict(loaded["optimizer"])
+        if self.cfg.distributed_optimizer:
+            # the per-parameter 'step' comes back from the template (0) and shared between parameters;
+            # restore the saved step count, one tensor per parameter
+            step = float(loaded["optimizer"]["optimizer"]["param_groups"][0]["step"])
+            for opt in inner:
+                for st in opt.optimizer.state.values():
+                    st["step"] = torch.tensor(step)
+
+    def _optimizers(self) -> list:
+        return getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+
