@@ -1,0 +1,85 @@
+"""DeepSpeed backend: the native Llama under the DeepSpeed engine, ZeRO stage 0-3, bf16, optional CPU offload.
+
+The optimizer is the client torch Adam/AdamW (resume is bit-exact with it); with offload=true DeepSpeed needs
+its own DeepSpeedCPUAdam, built from the same settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nca_scale.model.llama import Llama, masked_loss
+from nca_scale.train import cpu_compat
+from nca_scale.train import dist as tdist
+from nca_scale.train.backends.base import torch_optimizer
+from nca_scale.train.config import TrainConfig
+from nca_scale.train.data import Batch
+
+_TAG = "ds"  # one tag per checkpoint directory
+tdist.quiet_upstream_warnings()
+
+
+class DeepSpeedEngine:
+    def __init__(self, cfg: TrainConfig):
+        cpu_compat.activate_deepspeed()
+        tdist.init()
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the process group above
+        self.cfg, self.device = cfg, tdist.device()
+        self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
+        model = Llama(cfg.model, cfg.seq_len, seed=cfg.seed)
+        o = cfg.optim
+        config = {
+            "train_batch_size": cfg.batch_size,
+            "train_micro_batch_size_per_gpu": cfg.micro_batch,
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "gradient_clipping": o.clip_grad,
+            "zero_optimization": {"stage": cfg.zero},
+            "bf16": {"enabled": cfg.precision == "bf16"},
+            "steps_per_print": 2**62,
+        }
+        if cfg.offload:
+            config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+            config["optimizer"] = {"type": "AdamW" if o.name == "adamw" else "Adam", "params": {
+                "lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps, "weight_decay": o.weight_decay}}
+            optimizer = None
+        else:
+            optimizer = torch_optimizer(o, model.parameters())
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+
+    def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
+        torch.manual_seed(tdist.step_seed(self.cfg.seed, step, self.dp_rank))
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.train()
+        total = 0.0
+        for x, y, m in zip(batch.inputs, batch.targets, batch.masks):
+            loss = masked_loss(self.engine(x.to(self.device)), y.to(self.device), m.to(self.device))
+            self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps
+            self.engine.step()  # updates only at the accumulation boundary
+            total += loss.item()
+        return tdist.mean_over(total / len(batch.inputs)), float(self.engine.get_global_grad_norm())
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> float:
+        self.engine.eval()
+        losses = [
+            masked_loss(self.engine(x.to(self.device)), y.to(self.device), m.to(self.device)).item()
+            for x, y, m in zip(batch.inputs, batch.targets, batch.masks)
+        ]
+        return tdist.mean_over(sum(losses) / len(losses))
+
+    def save(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path), tag=_TAG)
+
+    def load(self, path: Path, optimizer: bool = True) -> None:
+        self.engine.load_checkpoint(
+            str(path), tag=_TAG, load_optimizer_states=optimizer, load_lr_scheduler_states=False,
+            load_module_only=not optimizer,
+        )
