@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from nca_scale import cli
 from nca_scale.data import ShardReader
@@ -33,6 +34,8 @@ BAD_JOB = {
     "tokens not a number": (["tokens=lots"], "expects int"),
     "split unknown": (["tokens=100", "split=test"], "split"),
     "start < 0": (["tokens=100", "start=-1"], "start=-1"),
+    "device unknown": (["tokens=100", "device=abacus"], "not a torch device"),
+    "sequences_per_shard = 0": (["tokens=100", "sequences_per_shard=0"], "sequences_per_shard"),
 }
 
 
@@ -63,6 +66,12 @@ def test_bad_input_writes_nothing(case, tiny_yaml, tmp_path, capsys):
 def test_bad_out(out, message, tiny_yaml, capsys):
     rc, err = run_cli([tiny_yaml, f"out={out}", "tokens=1000"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda(tiny_yaml, tmp_path, capsys):
+    rc, err = run_cli([tiny_yaml, f"out={tmp_path / 'o'}", "tokens=100", "device=cuda"], capsys)
+    assert rc == 2 and "CUDA is not available" in err and not (tmp_path / "o").exists()
 
 
 def test_missing_out_and_config(tiny_yaml, capsys):
