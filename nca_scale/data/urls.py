@@ -56,6 +56,14 @@ class Location:
         except FileNotFoundError:
             return None
 
+    def names(self) -> set[str]:
+        """Names of the objects directly in the directory (one listing, not one request per object)."""
+        self.fs.invalidate_cache(self.root)  # s3fs caches listings; another process may have written since
+        try:
+            return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)}
+        except FileNotFoundError:
+            return set()
+
     def read(self, name: str) -> bytes:
         return self.fs.cat_file(self.path(name))
 
@@ -89,13 +97,9 @@ class Location:
         """Delete temp objects a killed writer left behind (one writer per directory is assumed)."""
         if self.scheme == "s3":
             return 0  # S3 writes never go through temp keys
-        try:
-            names = self.fs.ls(self.root, detail=False)
-        except FileNotFoundError:
-            return 0
-        stale = [p for p in names if p.rsplit("/", 1)[-1].startswith(".") and TEMP_MARK in p.rsplit("/", 1)[-1]]
-        for p in stale:
-            self.fs.rm_file(p)
+        stale = [n for n in self.names() if n.startswith(".") and TEMP_MARK in n]
+        for name in stale:
+            self.fs.rm_file(self.path(name))
         return len(stale)
 
     def check_writable(self) -> None:

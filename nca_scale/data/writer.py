@@ -168,7 +168,12 @@ def write_shards(
     plans = plan_shards(start, count, per_shard)
     check_existing_manifest(loc, cfg, split, start, per_shard)
     loc.remove_stale_temps()
-    done = {p.number: completed_record(loc, p, split, fp, verify) for p in plans}
+    present = loc.names()
+    done = {
+        p.number: completed_record(loc, p, split, fp, verify)
+        if mf.record_name(shard_name(split, p.number)) in present else None
+        for p in plans
+    }
     todo = [p for p in plans if done[p.number] is None]
 
     stream = NCAStream(cfg, split, device=device, batch_size=batch_size, threads=threads, progress=progress)
