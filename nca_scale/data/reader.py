@@ -107,12 +107,16 @@ class ShardReader:
             data = self.shard_bytes(by_name[item["url"]])
             yield {"url": item["url"], "stream": io.BytesIO(data)}
 
-    def pipeline(self) -> wds.DataPipeline:
+    def pipeline(self, *shard_stages) -> wds.DataPipeline:
         """webdataset pipeline over the listed shards in order, yielding dicts
-        {"index", "tokens" (np array), "bank", "rule", "score"}. Add wds stages (split_by_node, shuffle,
-        batched, ...) by composing: `wds.DataPipeline(reader.pipeline(), wds.batched(8))`."""
+        {"index", "tokens" (np array), "bank", "rule", "score", "shard"}.
+
+        `shard_stages` run on the shard list (e.g. `wds.split_by_node`, `wds.split_by_worker`); add sample
+        stages by composing: `wds.DataPipeline(reader.pipeline(), wds.shuffle(100), wds.batched(8))`.
+        """
         return wds.DataPipeline(
             wds.SimpleShardList([s["name"] for s in self.shards]),
+            *shard_stages,
             self._open_verified,
             iter_tar_samples,
             wds.map(_decode_sample),

@@ -72,6 +72,11 @@ def check_dataset(url: str, endpoint: str | None, reference, start: int = 0, n: 
     assert [s["rule"] for s in samples] == rules.tolist()
     assert [s["bank"] for s in samples] == banks.tolist()
     assert [s["score"] for s in samples] == scores.tolist()
+
+    # composing webdataset stages: shard-level (node/worker splitting) and sample-level (batching)
+    batches = list(wds.DataPipeline(reader.pipeline(wds.split_by_node), wds.to_tuple("index", "tokens"), wds.batched(50)))
+    assert [len(b[0]) for b in batches] == [min(50, n - k) for k in range(0, n, 50)]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]).astype(np.int64), want)
     return reader
 
 
