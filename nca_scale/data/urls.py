@@ -47,9 +47,6 @@ class Location:
         return f"{self.url.rstrip('/')}/{name}"
 
     # ---- reading -------------------------------------------------------------------------------------
-    def exists(self, name: str) -> bool:
-        return self.fs.exists(self.path(name))
-
     def size(self, name: str) -> int | None:
         try:
             return int(self.fs.size(self.path(name)))

@@ -64,9 +64,11 @@ class WriteResult:
 
 def check_existing_manifest(loc: Location, cfg: NCAConfig, split: str, start: int, per_shard: int) -> None:
     """Refuse to mix two different datasets in one directory (a re-run may only resume or extend)."""
-    if not loc.exists(mf.MANIFEST):
+    try:
+        raw = loc.read(mf.MANIFEST)  # a read, not exists(): listings may be cached, reads are not
+    except FileNotFoundError:
         return
-    m = mf.parse_manifest(loc.read(mf.MANIFEST), loc.url_of(mf.MANIFEST))
+    m = mf.parse_manifest(raw, loc.url_of(mf.MANIFEST))
     if (m.get("fingerprint"), m["start"], m.get("sequences_per_shard")) != (mf.fingerprint(cfg, split), start, per_shard):
         raise UserError(
             f"out={loc.url} already holds a dataset with a different config, split, start or sequences_per_shard "

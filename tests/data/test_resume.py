@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from nca_scale.data import ShardReader
 from nca_scale.data import urls as urls_mod
 from nca_scale.data.shards import parse_shard
+from nca_scale.data.urls import parse_location
 
 SEQ_TOKENS = 129  # tiny.yaml: seq_len 128 + 1
 N = 100  # 4 shards of 32, 32, 32, 4
@@ -62,6 +64,28 @@ def test_rerun_skips_complete_shards(tmp_path, generate, commits, reference):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*.tar")} == mtimes
     after = json.loads((out / "manifest.json").read_text())
     assert after["shards"] == before["shards"]
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("s3", marks=pytest.mark.s3)])
+def test_rerun_skips_and_repairs_on_object_stores(kind, request, generate, commits, reference):
+    """The same resume logic through fsspec listings, sizes and reads of memory:// and a real S3 endpoint."""
+    if kind == "s3":
+        endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("s3_bucket")
+        url, extra = f"s3://{bucket}/resume", [f"endpoint_url={endpoint}"]
+    else:
+        endpoint, url, extra = None, f"memory://resume-{uuid.uuid4().hex[:8]}", []
+    assert generate(url, N * SEQ_TOKENS, *ARGS, *extra) == 0
+    commits.clear()
+    assert generate(url, N * SEQ_TOKENS, *ARGS, *extra) == 0
+    assert commits == ["manifest.json"]
+
+    loc = parse_location(url, endpoint)
+    loc.fs.rm_file(loc.path("train-000001.tar"))  # lost shard: its record alone must not count
+    commits.clear()
+    assert generate(url, N * SEQ_TOKENS, *ARGS, *extra) == 0
+    assert [c for c in commits if c.endswith(".tar")] == ["train-000001.tar"]
+    reader = ShardReader(url, endpoint_url=endpoint)
+    np.testing.assert_array_equal(reader.sequences(range(N)).astype(np.int64), reference(range(N))[0])
 
 
 def test_rerun_repairs_missing_or_damaged_shards(tmp_path, generate, commits, reference):
