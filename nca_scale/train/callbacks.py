@@ -160,5 +160,8 @@ class ProgressBar(Callback):
 
 
 def default_callbacks(cfg, resume_from: Path | None) -> list[Callback]:
+    # Preemption last: a step is logged before a preemption stops on it
+    from nca_scale.train.preemption import Preemption
+
     mode = cfg.wandb or os.environ.get("WANDB_MODE", "offline")
-    return [Checkpointer(resume_from), SpeedMonitor(), MetricsLog(), Wandb(mode), ProgressBar()]
+    return [Checkpointer(resume_from), SpeedMonitor(), MetricsLog(), Wandb(mode), ProgressBar(), Preemption()]
