@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, transfer
 from nca_scale.train.config import from_args
 
 
@@ -21,6 +21,8 @@ def main(args: list[str]) -> int:
     resume = checkpoint.resolve(cfg, cfg.resume)
     if resume:
         checkpoint.check_resumable(cfg, resume)
+    if cfg.init_from:
+        transfer.check(cfg, checkpoint.resolve(cfg, cfg.init_from))
     if cfg.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
                "-m", "nca_scale.train.worker", *args]

@@ -82,23 +82,29 @@ def split_qkv(cfg: ModelConfig, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.
     return q.reshape(-1, qkv.shape[-1]), k.reshape(-1, qkv.shape[-1]), v.reshape(-1, qkv.shape[-1])
 
 
+def megatron_sources(name: str, layer: int | None) -> list[str]:
+    """Logical tensors that megatron parameter `name` (local name, global `layer`) is built from."""
+    m = _LAYER.fullmatch(name)
+    if not m:
+        return [_MEGATRON_TOP[name][0]]
+    prefix, suffix = f"layers.{layer}.", m.group(2)
+    if suffix == "self_attention.linear_qkv.weight":
+        return [prefix + f"attn.{w}.weight" for w in ("wq", "wk", "wv")]
+    if suffix == "mlp.linear_fc1.weight":
+        return [prefix + f"mlp.{w}.weight" for w in ("w_gate", "w_up")]
+    return [prefix + _MEGATRON_LAYER[suffix][0]]
+
+
 def megatron_shard(
     cfg: ModelConfig, name: str, layer: int | None, tp_rank: int, tp: int, get: Callable[[str], torch.Tensor]
 ) -> torch.Tensor:
     """The local value of megatron parameter `name` (local module name; `layer` = its global layer index)
     on TP rank `tp_rank` of `tp`, built from logical tensors given by `get(logical_name)`."""
+    sources = [get(n) for n in megatron_sources(name, layer)]
+    if name.endswith("linear_qkv.weight"):
+        return fuse_qkv(cfg, *sources).chunk(tp, 0)[tp_rank]
+    if name.endswith("linear_fc1.weight"):
+        return torch.cat([t.chunk(tp, 0)[tp_rank] for t in sources], 0)  # [gate_r; up_r]
     m = _LAYER.fullmatch(name)
-    if m:
-        prefix, suffix = f"layers.{layer}.", m.group(2)
-        if suffix == "self_attention.linear_qkv.weight":
-            full = fuse_qkv(cfg, *(get(prefix + f"attn.{w}.weight") for w in ("wq", "wk", "wv")))
-            return full.chunk(tp, 0)[tp_rank]
-        if suffix == "mlp.linear_fc1.weight":
-            gate, up = (get(prefix + f"mlp.{w}.weight").chunk(tp, 0)[tp_rank] for w in ("w_gate", "w_up"))
-            return torch.cat([gate, up], 0)
-        logical, dim = _MEGATRON_LAYER[suffix]
-        logical = prefix + logical
-    else:
-        logical, dim = _MEGATRON_TOP[name]
-    full = get(logical)
-    return full if dim is None else full.chunk(tp, dim)[tp_rank]
+    dim = _MEGATRON_LAYER[m.group(2)][1] if m else _MEGATRON_TOP[name][1]
+    return sources[0] if dim is None else sources[0].chunk(tp, dim)[tp_rank]

@@ -6,6 +6,8 @@ The megatron backend builds megatron-core's GPTModel from the same ModelConfig i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,7 +79,9 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_seq_len: int, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int, seed: int = 0,
+                 weights: Callable[[str], torch.Tensor] | None = None):
+        """`weights(logical name)` gives the initial tensors; default: the layout-independent init of `seed`."""
         super().__init__()
         if cfg.vocab_size is None:
             raise ValueError("Llama needs cfg.vocab_size")
@@ -92,9 +96,10 @@ class Llama(nn.Module):
         # non-persistent: derived from the config, so checkpoints hold only learned tensors
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        with torch.no_grad():  # layout-independent init, identical to the megatron backend's
+        weights = weights or (lambda name: init_tensor(cfg, name, seed))
+        with torch.no_grad():
             for name, p in self.named_parameters():
-                p.copy_(init_tensor(cfg, name, seed))
+                p.copy_(weights(name))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab) logits."""

@@ -78,7 +78,7 @@ class TrainConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
     out: str = "runs/train"
-    steps: int | None = 100  # stop after this many optimizer steps ...
+    steps: int | None = 100  # stop after this many optimizer steps (0 = only write the initial weights) ...
     tokens: int | None = None  # ... or this many training tokens, whichever comes first
     batch_size: int = 8  # global sequences per step, whatever the world size
     micro_batch: int = 4  # sequences per rank per forward pass
@@ -134,7 +134,8 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         """The step at which the run stops: `steps`, or the token budget rounded up to whole steps."""
-        limits = [s for s in (self.steps, self.tokens and -(-self.tokens // self.tokens_per_step)) if s]
+        budget = None if self.tokens is None else -(-self.tokens // self.tokens_per_step)
+        limits = [s for s in (self.steps, budget) if s is not None]
         return min(limits)
 
     def resolved(self, data_vocab: int) -> TrainConfig:
@@ -145,7 +146,7 @@ class TrainConfig:
         self.data.nca.validate()
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if not (self.steps or self.tokens):
+        if self.steps is None and self.tokens is None:
             raise UserError("set steps=N or tokens=N to say when training stops")
         for name in ("nproc", "tp", "pp", "vpp", "batch_size", "micro_batch", "log_every", "keep_last"):
             if getattr(self, name) < 1:
@@ -180,6 +181,8 @@ class TrainConfig:
             )
         if self.vpp > 1 and self.grad_accum % pp:
             raise UserError(f"the interleaved schedule needs micro-batches per step ({self.grad_accum}) divisible by pp={pp}")
+        if self.init_from is not None and not os.path.isdir(self.init_from):
+            raise UserError(f"init_from={self.init_from} is not a checkpoint directory")
         if self.zero not in (0, 1, 2, 3):
             raise UserError(f"zero={self.zero}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
         if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):

@@ -27,13 +27,12 @@ def free_port() -> int:
 def init() -> None:
     if dist.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "RANK" in os.environ:  # torchrun, srun + env, or the CLI's own local launch
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
-    else:  # a plain single process: a one-rank group keeps every code path the same
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    if "RANK" not in os.environ:  # a plain single process: a one-rank group keeps every code path the same
+        env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        os.environ.update(env)  # as torchrun would set them (DeepSpeed reads LOCAL_RANK)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def device() -> torch.device:

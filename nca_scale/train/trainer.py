@@ -10,7 +10,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from nca_scale.model.config import describe
-from nca_scale.train import backends, checkpoint
+from nca_scale.train import backends, checkpoint, transfer
 from nca_scale.train.callbacks import Callback, default_callbacks
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import BatchLoader, build_source, target_mask
@@ -21,6 +21,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, engine, callbacks: list[Callback]):
         self.cfg, self.engine, self.callbacks = cfg, engine, callbacks
         self.step, self.tokens = 0, 0
+        self.evaluated_at: int | None = None
         self.train_data, self.val_data = self._loader("train"), self._loader("val")
 
     def _loader(self, split: str) -> BatchLoader:
@@ -51,12 +52,15 @@ class Trainer:
                 cb.post_step(self, metrics)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate()
+        if cfg.eval_every and self.evaluated_at != self.step:  # the final weights are always evaluated
+            self.evaluate()
         for cb in self.callbacks:
             cb.post_train(self)
 
     def evaluate(self) -> dict:
         losses = [self.engine.eval_loss(self.val_data.batch(i)) for i in range(self.cfg.eval_batches)]
         loss = sum(losses) / len(losses)
+        self.evaluated_at = self.step
         metrics = {"step": self.step, "tokens": self.tokens, "eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
         for cb in self.callbacks:
             cb.post_eval(self, metrics)
@@ -67,7 +71,9 @@ def run(cfg: TrainConfig) -> Trainer:
     """Train `cfg` in this process (one rank of the job). Returns the finished Trainer."""
     cfg = cfg.resolved(cfg.data.nca.vocab_size)
     resume_from = checkpoint.resolve(cfg, cfg.resume)
-    engine = backends.build(cfg)
+    # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
+    weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
+    engine = backends.build(cfg, weights, transfer.frozen_names(cfg))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, engine, default_callbacks(cfg, resume_from))
     trainer.log(describe(cfg.model, cfg.seq_len))

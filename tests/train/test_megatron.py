@@ -8,7 +8,7 @@ from train_helpers import assert_close, losses, megatron_weights, train
 MEGATRON = ("backend=megatron", "nproc=2")
 
 
-@pytest.mark.parametrize("layout", [("tp=2",), ("tp=2", "sequence_parallel=true"), ("pp=2",), ("pp=2", "vpp=2"), ("dp=2",)],
+@pytest.mark.parametrize("layout", [("tp=2", "sequence_parallel=true"), ("pp=2",), ("pp=2", "vpp=2"), ("dp=2",)],
                          ids=lambda layout: "-".join(layout))
 def test_layout_matches_single_process(layout, reference, tmp_path):
     out = tmp_path / "run"

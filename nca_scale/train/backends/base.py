@@ -29,6 +29,13 @@ class Engine(Protocol):
         """Restore what `save` wrote (model only when optimizer=False)."""
 
 
+def freeze(model: torch.nn.Module, frozen: set[str]) -> list[torch.nn.Parameter]:
+    """Stop training the named (logical) parameters of a native model; returns the trainable ones."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def torch_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
     """torch Adam/AdamW; weight decay applies to every tensor, as in the paper's recipes."""
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam

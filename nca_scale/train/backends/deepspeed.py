@@ -15,16 +15,17 @@ import torch.distributed as dist
 from nca_scale.model.llama import Llama, masked_loss
 from nca_scale.train import cpu_compat
 from nca_scale.train import dist as tdist
-from nca_scale.train.backends.base import torch_optimizer
+from nca_scale.train.backends.base import freeze, torch_optimizer
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
+from nca_scale.train.transfer import Weights
 
 _TAG = "ds"  # one tag per checkpoint directory
 tdist.quiet_upstream_warnings()
 
 
 class DeepSpeedEngine:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
         cpu_compat.activate_deepspeed()
         tdist.init()
         import deepspeed
@@ -33,7 +34,8 @@ class DeepSpeedEngine:
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the process group above
         self.cfg, self.device = cfg, tdist.device()
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
-        model = Llama(cfg.model, cfg.seq_len, seed=cfg.seed)
+        model = Llama(cfg.model, cfg.seq_len, weights=weights)
+        trainable = freeze(model, frozen)
         o = cfg.optim
         config = {
             "train_batch_size": cfg.batch_size,
@@ -50,21 +52,26 @@ class DeepSpeedEngine:
                 "lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps, "weight_decay": o.weight_decay}}
             optimizer = None
         else:
-            optimizer = torch_optimizer(o, model.parameters())
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+            optimizer = torch_optimizer(o, trainable)
+        self.trainable = trainable
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable, config=config)
 
     def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
         torch.manual_seed(tdist.step_seed(self.cfg.seed, step, self.dp_rank))
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         self.engine.train()
-        total = 0.0
+        total, norm = 0.0, None
         for x, y, m in zip(batch.inputs, batch.targets, batch.masks):
             loss = masked_loss(self.engine(x.to(self.device)), y.to(self.device), m.to(self.device))
-            self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps
+            self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps; all-reduces at the boundary
+            if self.engine.is_gradient_accumulation_boundary() and self.cfg.zero == 0:
+                # without ZeRO, fp32 DeepSpeed clips but does not report the norm: take it before the step
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable]).item()
             self.engine.step()  # updates only at the accumulation boundary
             total += loss.item()
-        return tdist.mean_over(total / len(batch.inputs)), float(self.engine.get_global_grad_norm())
+        norm = self.engine.get_global_grad_norm() if norm is None else norm
+        return tdist.mean_over(total / len(batch.inputs)), float(norm)
 
     @torch.no_grad()
     def eval_loss(self, batch: Batch) -> float:

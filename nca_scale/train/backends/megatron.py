@@ -15,11 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nca_scale.model.layout import init_tensor, megatron_shard
+from nca_scale.model.layout import megatron_shard, megatron_sources
 from nca_scale.train import cpu_compat
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
+from nca_scale.train.transfer import Weights
 
 # dp_reshardable: the sharding megatron-core 0.16's torch-Adam DistributedOptimizer can save without
 # flattened ranges (the default fully_sharded_model_space raises "flattened_range is not supported")
@@ -42,12 +43,12 @@ def _layer_spec():
 
 
 class MegatronEngine:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
         cpu_compat.activate(sequence_parallel=cfg.sequence_parallel)
         tdist.init()
         from megatron.core import parallel_state as ps
 
-        self.cfg, self.ps = cfg, ps
+        self.cfg, self.ps, self.weights, self.frozen = cfg, ps, weights, frozen
         ps.initialize_model_parallel(
             tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
             virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
@@ -99,14 +100,14 @@ class MegatronEngine:
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage), vp_stage=vp_stage,
         ).to(tdist.device())
-        self._write_init(model)
+        self._write_initial_weights(model)
         return model
 
-    def _write_init(self, model) -> None:
-        """Copy the layout-independent initial weights (nca_scale.model.layout) into this rank's shards."""
+    def _write_initial_weights(self, model) -> None:
+        """Copy the run's initial weights (logical tensors) into this rank's shards; freeze a parameter when
+        every logical tensor it is built from is frozen."""
         cfg, ps = self.cfg, self.ps
         tp_rank, tp = ps.get_tensor_model_parallel_rank(), cfg.tp
-        get = lambda name: init_tensor(cfg.model, name, cfg.seed)  # noqa: E731
         with torch.no_grad():
             for name, p in model.named_parameters():
                 layer = None
@@ -114,7 +115,8 @@ class MegatronEngine:
                     layer = model.decoder.layers[int(match.group(1))].layer_number - 1
                 if name == "output_layer.weight" and cfg.model.tie_embeddings:
                     continue  # tied: megatron syncs it from the embedding
-                p.copy_(megatron_shard(cfg.model, name, layer, tp_rank, tp, get))
+                p.copy_(megatron_shard(cfg.model, name, layer, tp_rank, tp, self.weights))
+                p.requires_grad_(not set(megatron_sources(name, layer)) <= self.frozen)
 
     def _wrap(self, model, bucketed: bool):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -202,6 +204,7 @@ class MegatronEngine:
     def save(self, path: Path) -> None:
         from megatron.core import dist_checkpointing
 
+        self._ensure_optimizer_state()  # a step-0 save (init_from + steps=0) precedes any update
         target = path / "dist"
         if dist.get_rank() == 0:
             target.mkdir()  # dist_checkpointing.save wants an existing, empty directory
@@ -217,14 +220,7 @@ class MegatronEngine:
             for i, chunk in enumerate(self.chunks):
                 chunk.module.load_state_dict(loaded[f"model{i}"])
             return
-        inner = self._optimizers()
-        if self.cfg.distributed_optimizer:
-            # a fresh torch-Adam DistributedOptimizer has no state yet, so its load template cannot be built
-            # (distrib_optimizer.py asserts one 'step'); create zero state first
-            for opt in inner:
-                opt.init_state_fn(opt.optimizer, opt.config)
-                for st in opt.optimizer.state.values():
-                    st.setdefault("step", torch.tensor(0.0))
+        self._ensure_optimizer_state()
         loaded = dist_checkpointing.load(self._sharded_state_dict(loading=True), str(path / "dist"))
         for i, chunk in enumerate(self.chunks):
             chunk.module.load_state_dict(loaded[f"model{i}"])
@@ -234,9 +230,20 @@ class MegatronEngine:
             # the per-parameter 'step' comes back from the template (0) and shared between parameters;
             # restore the saved step count, one tensor per parameter
             step = float(loaded["optimizer"]["optimizer"]["param_groups"][0]["step"])
-            for opt in inner:
+            for opt in self._optimizers():
                 for st in opt.optimizer.state.values():
                     st["step"] = torch.tensor(step)
+
+    def _ensure_optimizer_state(self) -> None:
+        """A torch-Adam DistributedOptimizer without state (no step taken yet) cannot build its sharded state
+        dict (distrib_optimizer.py asserts one 'step'); create the zero state Adam's first step would create."""
+        if not self.cfg.distributed_optimizer:
+            return
+        for opt in self._optimizers():
+            if not opt.optimizer.state:
+                opt.init_state_fn(opt.optimizer, opt.config)
+                for st in opt.optimizer.state.values():
+                    st.setdefault("step", torch.tensor(0.0))
 
     def _optimizers(self) -> list:
         return getattr(self.optimizer, "chained_optimizers", [self.optimizer])

@@ -14,19 +14,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nca_scale.model.llama import Llama, masked_loss
 from nca_scale.train import dist as tdist
-from nca_scale.train.backends.base import torch_optimizer
+from nca_scale.train.backends.base import freeze, torch_optimizer
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
+from nca_scale.train.transfer import Weights
 
 
 class TorchEngine:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
         tdist.init()
         self.cfg, self.device = cfg, tdist.device()
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
-        self.model = Llama(cfg.model, cfg.seq_len, seed=cfg.seed).to(self.device)
+        self.model = Llama(cfg.model, cfg.seq_len, weights=weights).to(self.device)
+        trainable = freeze(self.model, frozen)
         self.ddp = DDP(self.model) if self.dp_size > 1 else None
-        self.optimizer = torch_optimizer(cfg.optim, self.model.parameters())
+        self.optimizer = torch_optimizer(cfg.optim, trainable)
         self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
 
     def _loss(self, x, y, m) -> torch.Tensor:
@@ -47,7 +49,7 @@ class TorchEngine:
                 (loss / n).backward()
             total += loss.item()
         clip = self.cfg.optim.clip_grad or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], clip).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return tdist.mean_over(total / n), grad_norm

@@ -1,0 +1,141 @@
+"""Initial weights of a run: the layout-independent init, or a transfer from a checkpoint (init_from=).
+
+A transfer reads the source checkpoint of any backend into logical tensors (nca_scale.model.layout names),
+then builds each target tensor: token embedding and LM head are new by default (so the vocabulary may change);
+modules named in transfer.reinit are new and those in transfer.freeze are not trained, within transfer.layers;
+every other tensor is copied from the source. Optimizer state and step are not transferred.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from nca_scale.errors import UserError
+from nca_scale.model.config import ModelConfig
+from nca_scale.model.layout import init_tensor, logical_shapes, split_qkv
+from nca_scale.train import checkpoint
+from nca_scale.train.config import TrainConfig
+
+Weights = Callable[[str], torch.Tensor]
+EMBEDDINGS = ("tok_emb.weight", "head.weight")
+MODULES = {"attn": ("attn.",), "mlp": ("mlp.",), "norm": ("attn_norm.", "mlp_norm.")}
+
+
+def _module_layer(name: str) -> tuple[str | None, int | None]:
+    """('attn' | 'mlp' | 'norm', layer index) of a logical decoder-layer tensor; (None, None) otherwise."""
+    match = re.match(r"layers\.(\d+)\.(.+)", name)
+    if not match:
+        return None, None
+    rest = match.group(2)
+    module = next(m for m, prefixes in MODULES.items() if rest.startswith(prefixes))
+    return module, int(match.group(1))
+
+
+def _selected(cfg: TrainConfig, name: str, modules: list[str]) -> bool:
+    module, layer = _module_layer(name)
+    lo, hi = cfg.transfer.layers or (0, cfg.model.n_layers)
+    return module in modules and lo <= layer < hi
+
+
+def check(cfg: TrainConfig, source: Path) -> ModelConfig:
+    """Refuse a transfer that cannot work, before any process starts; returns the source model config."""
+    meta = checkpoint.read_meta(source)
+    src = ModelConfig(**meta["config"]["model"])
+    dst = cfg.model.with_vocab(cfg.data.nca.vocab_size)
+    if not cfg.transfer.reinit_embeddings and src.vocab_size != dst.vocab_size:
+        raise UserError(
+            f"init_from={source} has vocabulary {src.vocab_size}, this run {dst.vocab_size}; keep "
+            "transfer.reinit_embeddings=true (the default) to start new embeddings"
+        )
+    src_shapes, dst_shapes = logical_shapes(src), logical_shapes(dst)
+    for name, shape in dst_shapes.items():
+        copied = not (name in EMBEDDINGS and cfg.transfer.reinit_embeddings)
+        if copied and src_shapes.get(name) != shape:
+            raise UserError(f"init_from={source}: tensor {name} is {src_shapes.get(name)} there, {shape} here")
+    return src
+
+
+def fresh_weights(cfg: TrainConfig) -> Weights:
+    return lambda name: init_tensor(cfg.model, name, cfg.seed)
+
+
+def initial_weights(cfg: TrainConfig) -> Weights:
+    """logical name -> initial tensor: the fresh init, or the transfer from cfg.init_from."""
+    fresh = fresh_weights(cfg)
+    if cfg.init_from is None:
+        return fresh
+    source = Path(cfg.init_from)
+    tensors = read_logical(source, check(cfg, source))
+    t = cfg.transfer
+
+    def weights(name: str) -> torch.Tensor:
+        if (name in EMBEDDINGS and t.reinit_embeddings) or _selected(cfg, name, t.reinit):
+            return fresh(name)
+        return tensors[name]
+
+    return weights
+
+
+def frozen_names(cfg: TrainConfig) -> set[str]:
+    """Logical tensors that transfer.freeze keeps fixed (only with init_from)."""
+    if cfg.init_from is None:
+        return set()
+    return {n for n in logical_shapes(cfg.model) if _selected(cfg, n, cfg.transfer.freeze)}
+
+
+def read_logical(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint under logical names, whichever backend wrote it."""
+    meta = checkpoint.read_meta(path)
+    backend = meta["backend"]
+    if backend == "torch":
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)["model"]
+    if backend == "deepspeed" and meta["layout"]["zero"] == 0:  # not a ZeRO checkpoint: one full copy
+        module = torch.load(path / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        return {k: v.float() for k, v in module.items()}
+    if backend == "deepspeed":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds").items()}
+    return _from_megatron(_read_dcp_model(path / "dist"), model)
+
+
+def _read_dcp_model(path: Path) -> dict[str, torch.Tensor]:
+    """The model tensors of a torch_dist checkpoint, gathered to full size, without a process group."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(path))
+    meta = reader.read_metadata().state_dict_metadata
+    wanted = {
+        k: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in meta.items()
+        if isinstance(m, TensorStorageMetadata) and not k.startswith("optimizer")
+    }
+    dcp.load(wanted, storage_reader=reader, no_dist=True)
+    return wanted
+
+
+def _from_megatron(sd: dict[str, torch.Tensor], model: ModelConfig) -> dict[str, torch.Tensor]:
+    """megatron-core's checkpoint names (layers stacked on dim 0, fc1 = [gate; up], fused per-group qkv, norms
+    stored as TE-style layer_norm_weight) -> logical names."""
+    out = {"tok_emb.weight": sd["embedding.word_embeddings.weight"], "norm.weight": sd["decoder.final_layernorm.weight"]}
+    if not model.tie_embeddings:
+        out["head.weight"] = sd["output_layer.weight"]
+    layers = "decoder.layers."
+    for i in range(model.n_layers):
+        p = f"layers.{i}."
+        q, k, v = split_qkv(model, sd[layers + "self_attention.linear_qkv.weight"][i])
+        gate, up = sd[layers + "mlp.linear_fc1.weight"][i].chunk(2)
+        out |= {
+            p + "attn_norm.weight": sd[layers + "self_attention.linear_qkv.layer_norm_weight"][i],
+            p + "attn.wq.weight": q, p + "attn.wk.weight": k, p + "attn.wv.weight": v,
+            p + "attn.wo.weight": sd[layers + "self_attention.linear_proj.weight"][i],
+            p + "mlp_norm.weight": sd[layers + "mlp.linear_fc1.layer_norm_weight"][i],
+            p + "mlp.w_gate.weight": gate, p + "mlp.w_up.weight": up,
+            p + "mlp.w_down.weight": sd[layers + "mlp.linear_fc2.weight"][i],
+        }
+    return {k: v.float().contiguous() for k, v in out.items()}

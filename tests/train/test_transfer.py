@@ -1,0 +1,81 @@
+"""init_from=CKPT: embeddings and head are new, every other tensor equals the source; reinit/freeze act on
+exactly the modules and layers they name; sources from every backend load into every other."""
+
+import pytest
+import torch
+from train_helpers import metrics, state, train
+
+from nca_scale.model.config import ModelConfig
+from nca_scale.model.layout import init_tensor
+
+CFG = ModelConfig(n_layers=4, d_model=64, n_heads=4)
+
+
+def fresh(name: str, vocab: int = 10002) -> torch.Tensor:
+    return init_tensor(CFG.with_vocab(vocab), name, 0)
+
+
+def eval_loss(out) -> float:
+    return [m for m in metrics(out) if "eval_loss" in m][-1]["eval_loss"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    out = tmp_path_factory.mktemp("src") / "run"
+    train(out, "steps=2")
+    return out / "checkpoints/step_00000002"
+
+
+def test_default_transfer_renews_embeddings_and_copies_the_rest(source, tmp_path):
+    out = tmp_path / "run"
+    train(out, "steps=0", f"init_from={source}", "model.vocab_size=10010")  # a new vocabulary is allowed
+    src, dst = state(source), state(out / "checkpoints/step_00000000")
+    for name in ("tok_emb.weight", "head.weight"):
+        assert dst[name].shape == (10010, 64) and torch.equal(dst[name], fresh(name, 10010))
+    rest = [n for n in src if n not in ("tok_emb.weight", "head.weight")]
+    assert len(rest) == 4 * 9 + 1 and all(torch.equal(dst[n], src[n]) for n in rest)
+
+
+def test_reinit_names_exactly_its_modules_and_layers(source, tmp_path):
+    out = tmp_path / "run"
+    train(out, "steps=0", f"init_from={source}", "transfer.reinit=[mlp,norm]", "transfer.layers=[1,3]")
+    src, dst = state(source), state(out / "checkpoints/step_00000000")
+    for name in src:
+        reinit = name.startswith(("layers.1.", "layers.2.")) and (".mlp." in name or "_norm." in name)
+        renewed = reinit or name in ("tok_emb.weight", "head.weight")
+        assert torch.equal(dst[name], fresh(name) if renewed else src[name]), name
+        assert renewed == (not torch.equal(dst[name], src[name])) or name.endswith("norm.weight"), name
+
+
+def test_freeze_keeps_exactly_its_modules(source, tmp_path):
+    out = tmp_path / "run"
+    train(out, "steps=2", "nproc=2", f"init_from={source}", "transfer.freeze=[attn]")
+    src, dst = state(source), state(out / "checkpoints/step_00000002")
+    for name in src:
+        assert torch.equal(dst[name], src[name]) == (".attn." in name), name
+
+
+@pytest.mark.parametrize("src_backend, dst_backend", [
+    (("backend=megatron", "nproc=2", "tp=2"), ("backend=torch",)),
+    (("backend=deepspeed", "nproc=2", "zero=3"), ("backend=megatron", "nproc=2", "pp=2")),
+], ids=["megatron-tp2-to-torch", "deepspeed-zero3-to-megatron-pp2"])
+def test_transfer_across_backends_keeps_the_model(src_backend, dst_backend, tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    train(src, "steps=2", "eval_every=2", *src_backend)
+    ckpt = src / "checkpoints/step_00000002"
+    train(dst, "steps=0", "eval_every=1", f"init_from={ckpt}", "transfer.reinit_embeddings=false", *dst_backend)
+    # the same weights under another backend and layout give the same held-out loss
+    assert abs(eval_loss(dst) - eval_loss(src)) < 1e-5 * eval_loss(src)
+
+
+def test_a_new_vocabulary_needs_new_embeddings(source, capsys):
+    from train_helpers import ROOT
+
+    from nca_scale.cli import main
+
+    args = ["train", str(ROOT / "configs/train/cpu-tiny.yaml"), f"init_from={source}", "model.n_layers=4"]
+    assert main([*args, "transfer.reinit_embeddings=false", "model.vocab_size=10010"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has vocabulary 10002, this run 10010" in err and len(err.splitlines()) == 1
+    assert main([*args, "model.d_model=128"]) == 2
+    assert "tensor layers.0.attn_norm.weight is (64,) there, (128,) here" in capsys.readouterr().err
