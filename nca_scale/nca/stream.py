@@ -20,8 +20,8 @@ import torch
 from nca_scale.nca import rng
 from nca_scale.nca.automaton import Automaton
 from nca_scale.nca.bank import SPLITS, RuleBank, rule_tables
-from nca_scale.nca.tokenizer import encode
 from nca_scale.nca.config import NCAConfig
+from nca_scale.nca.tokenizer import encode
 
 _CACHE = 4  # banks / permutations kept in memory
 
