@@ -57,7 +57,7 @@ class Preemption(Callback):
         self.progress = Path(trainer.cfg.out) / "progress.json"
         if dist.get_rank() == 0:
             self._record_restart(trainer)
-        self.t_step = time.time()
+        self.step_time = 0.0
 
     def _record_restart(self, trainer) -> None:
         if trainer.cfg.resume == "never" or not self.progress.exists():
@@ -82,7 +82,7 @@ class Preemption(Callback):
         if dist.get_rank() != 0:
             return
         state = {"step": trainer.step, "tokens": trainer.tokens, "time": time.time(),
-                 "step_time": time.time() - self.t_step, "restart": getattr(self, "restart", 0),
+                 "step_time": self.step_time, "restart": getattr(self, "restart", 0),
                  "job_id": os.environ.get("SLURM_JOB_ID"), **extra}
         tmp = self.progress.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -90,8 +90,8 @@ class Preemption(Callback):
 
     def post_step(self, trainer, metrics: dict) -> None:
         global received
+        self.step_time = metrics.get("step_time", 0.0)
         self._write_progress(trainer)
-        self.t_step = time.time()
         flag = torch.tensor([self.flag], dtype=torch.int64, device=tdist.device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         signum = int(flag.item())

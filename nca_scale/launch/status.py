@@ -1,0 +1,107 @@
+"""`nca-scale status [RUN|SWEEP ...]`: the recorded jobs with state, step, last loss, restarts and log paths.
+
+State comes from Slurm (squeue for live jobs, sacct for finished ones) or, for the local executor, from the
+job's submitit result file; step, last loss, restarts and lost steps from the run's own metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from nca_scale.errors import UserError
+from nca_scale.launch.submit import index_path
+
+
+def records(targets: list[str]) -> list[dict]:
+    """The latest record of every job in RUN/SWEEP directories (or in the index when none is given)."""
+    files = []
+    if not targets:
+        if not index_path().is_file():
+            raise UserError(f"no jobs recorded yet ({index_path()}); submit one with `nca-scale submit`")
+        files = [index_path()]
+    for t in targets:
+        f = Path(t) / "launch" / "jobs.jsonl"
+        if not f.is_file():
+            raise UserError(f"{t} has no recorded jobs ({f}); pass a run or sweep directory written by nca-scale submit")
+        files.append(f)
+    seen: dict[str, dict] = {}
+    for f in files:
+        for line in f.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                seen[rec["job_id"]] = rec
+    return list(seen.values())
+
+
+def _slurm_states(ids: list[str]) -> dict[str, str]:
+    states: dict[str, str] = {}
+    if not ids or shutil.which("sacct") is None:
+        return states
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State"],
+                         capture_output=True, text=True, timeout=60).stdout
+    for line in out.splitlines():
+        jid, _, state = line.partition("|")
+        states[jid] = state.split()[0] if state else "UNKNOWN"
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r"], capture_output=True, text=True,
+                         timeout=60).stdout  # live state, and why a job waits
+    for line in out.splitlines():
+        jid, state, reason = line.split("|")
+        states[jid] = state if reason in ("None", "") else f"{state} ({reason})"
+    return states
+
+
+def _local_state(rec: dict) -> str:
+    logs = Path(rec["logs"]).parent
+    result = logs / f"{rec['job_id']}_0_result.pkl"
+    if result.exists():
+        import pickle
+
+        kind = pickle.loads(result.read_bytes())[0]
+        return "COMPLETED" if kind == "success" else "FAILED"
+    return "RUNNING"
+
+
+def progress(out: str) -> dict:
+    """step, last loss, restarts and lost steps from OUT/metrics.jsonl."""
+    info = {"step": None, "loss": None, "restarts": 0, "lost_steps": 0}
+    f = Path(out) / "metrics.jsonl"
+    if not f.is_file():
+        return info
+    for line in f.read_text().splitlines():
+        try:
+            m = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in m:
+            info["step"], info["loss"] = m["step"], m["loss"]
+        if "restart" in m:
+            info["restarts"] = max(info["restarts"], m["restart"])
+            info["lost_steps"] += m.get("lost_steps", 0)
+    return info
+
+
+def status(targets: list[str]) -> list[dict]:
+    recs = records(targets)
+    slurm = _slurm_states([r["job_id"] for r in recs if r["executor"] == "slurm"])
+    rows = []
+    for r in recs:
+        state = slurm.get(r["job_id"], "UNKNOWN") if r["executor"] == "slurm" else _local_state(r)
+        rows.append({"job_id": r["job_id"], "name": r["name"], "state": state, **progress(r["out"]),
+                     "cell": r.get("cell", {}), "out": r["out"], "logs": r["logs"]})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'JOB':<12} {'STATE':<28} {'STEP':>6} {'LOSS':>9} {'RESTARTS':>8}  RUN / LOG"
+    lines = [head]
+    for r in rows:
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+        step = str(r["step"]) if r["step"] is not None else "-"
+        restarts = f"{r['restarts']}" + (f" (-{r['lost_steps']})" if r["lost_steps"] else "")
+        cell = " " + " ".join(f"{k}={v}" for k, v in r["cell"].items()) if r["cell"] else ""
+        lines.append(f"{r['job_id']:<12} {r['state'][:28]:<28} {step:>6} {loss:>9} {restarts:>8}  {r['out']}{cell}")
+        lines.append(f"{'':<12} {'':<28} {'':>6} {'':>9} {'':>8}  {r['logs']}")
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""`nca-scale submit [COMMAND] CONFIG [cluster=PROFILE] [submit keys] [key=value ...]`.
+
+Any nca-scale command (train, generate, eval, ...) runs as a submitit job. COMMAND defaults to `train` for a
+training config and `generate` for an NCA config. Submit's own keys:
+
+  cluster=NAME|PATH   profile (configs/cluster/, launchers/); none = this machine, submitit's local executor
+  cluster.KEY=VALUE   override one profile key (partition, nodes, time, ...)
+  sweep.KEY=A,B,...   one job-array cell per combination of values; cell i writes to OUT/cell_<i>
+  after=ID|RUN,...    start only after these jobs (ids, or runs/sweeps submitted earlier) succeeded; if one
+                      fails, this job is cancelled and never runs
+  name=NAME           the Slurm job name (default: the out directory's name)
+  wait=true|false     wait for the result (default: true for the local executor, false on Slurm)
+  dry_run=true        check everything and print the batch script; queue nothing
+
+Everything is checked before anything is queued: the command's config, the profile against the live cluster
+(sinfo and `sbatch --test-only`). Each submission is recorded in RUN/launch/jobs.jsonl (what `nca-scale
+status` reads) and in the index $NCA_SCALE_HOME/jobs.jsonl (default ~/.nca_scale).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nca_scale import config
+from nca_scale.errors import UserError
+from nca_scale.launch import profile as profiles
+from nca_scale.launch.task import Task
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    cluster: str | None = None
+    name: str | None = None
+    after: list[str] = field(default_factory=list)
+    wait: bool | None = None
+    dry_run: bool = False
+
+
+def index_path() -> Path:
+    return Path(os.environ.get("NCA_SCALE_HOME", Path.home() / ".nca_scale")) / "jobs.jsonl"
+
+
+def _command(positional: list[str]) -> tuple[list[str], str]:
+    """(command words, config path) from `[COMMAND] CONFIG`."""
+    from nca_scale.cli import COMMANDS
+
+    for n in (2, 1):
+        words = tuple(positional[:n])
+        if len(positional) > n - 1 and words in COMMANDS and words not in (("submit",), ("status",)):
+            rest = positional[n:]
+            if len(rest) != 1:
+                raise UserError(f"usage: nca-scale submit [COMMAND] CONFIG [key=value ...]; got {positional}")
+            return list(words), rest[0]
+    if len(positional) != 1:
+        raise UserError("usage: nca-scale submit [COMMAND] CONFIG.yaml [cluster=PROFILE] [key=value ...]")
+    path = positional[0]
+    keys = set(config.read_yaml(path))
+    if keys & {"optim", "backend", "steps", "batch_size", "schedule"}:
+        return ["train"], path
+    if keys & {"grid", "states", "bank", "rollout", "seq_len"} or "configs/nca" in path:
+        return ["generate"], path
+    raise UserError(f"cannot tell which command runs {path}; name it: nca-scale submit train|generate|... {path}")
+
+
+def _sweep_cells(sweep: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    axes = []
+    for key, raw in sweep:
+        values = config.yaml.safe_load(raw) if raw.strip().startswith("[") else raw.split(",")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"sweep.{key}={raw!r}: give comma-separated values, e.g. sweep.{key}=1,2,3")
+        axes.append([(key, v if isinstance(v, str) else json.dumps(v)) for v in values])
+    return [list(c) for c in itertools.product(*axes)]
+
+
+@dataclass
+class Planned:
+    argv: list[str]  # the nca-scale command line a task runs
+    out: Path  # the run directory (records, metrics)
+    cell: dict  # sweep values of this cell ({} outside sweeps)
+
+
+def _out_of(words: list[str], path: str, overrides: list[tuple[str, str]]) -> str | None:
+    for k, v in reversed(overrides):
+        if k == "out":
+            return v
+    data = config.read_yaml(path)
+    return data.get("out") if words == ["train"] else None
+
+
+def _validate_train(argv: list[str], after: bool) -> None:
+    from nca_scale.train.config import from_args
+
+    if after:  # init_from/resume may name checkpoints the jobs we wait for will write
+        argv = [a for a in argv if not a.startswith(("init_from=", "resume="))]
+    from_args(argv)
+
+
+def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: profiles.ClusterProfile,
+         after: bool) -> tuple[list[Planned], Path]:
+    """Every task's command line, checked; and the directory the submission is recorded in."""
+    sweep = [(k[len("sweep."):], v) for k, v in overrides if k.startswith("sweep.")]
+    plain = [(k, v) for k, v in overrides if not k.startswith("sweep.")]
+    out = _out_of(words, path, plain)
+    if out is None or "://" in out:
+        out = str(Path("runs/launch") / Path(path).stem)
+    train = words == ["train"]
+    if train and prof.executor == "slurm":
+        given = [v for k, v in plain if k == "nproc"]
+        if given and int(given[-1]) != prof.world:
+            raise UserError(f"nproc={given[-1]} but the profile runs {prof.nodes} node(s) x {prof.tasks} task(s) = "
+                            f"{prof.world} processes; drop nproc= or change cluster.nodes/tasks_per_node")
+        plain = [(k, v) for k, v in plain if k != "nproc"] + [("nproc", str(prof.world))]
+    if train and not any(k == "resume" for k, _ in plain):
+        plain.append(("resume", "auto"))  # a requeued or resubmitted run continues from its latest checkpoint
+    cells = _sweep_cells(sweep) if sweep else [[]]
+    planned = []
+    for i, cell in enumerate(cells):
+        over = plain + cell
+        cell_out = Path(out) / f"cell_{i:03d}" if sweep else Path(out)
+        if sweep or train:
+            over = [(k, v) for k, v in over if k != "out"] + [("out", str(cell_out))]
+        argv = [*words, path, *(f"{k}={v}" for k, v in over)]
+        if train:
+            _validate_train(argv[1:], after)
+        planned.append(Planned(argv, cell_out, dict(cell)))
+    return planned, Path(out)
+
+
+def _dependencies(after: list[str]) -> list[str]:
+    ids = []
+    for item in after:
+        if item.replace("_", "").isdigit():
+            ids.append(item)
+            continue
+        rec = Path(item) / "launch" / "jobs.jsonl"
+        if not rec.is_file():
+            raise UserError(f"after={item}: neither a job id nor a run/sweep directory with {rec}")
+        lines = [json.loads(line) for line in rec.read_text().splitlines() if line.strip()]
+        last = lines[-1]["submission"]
+        ids += [r["job_id"] for r in lines if r["submission"] == last]
+    return ids
+
+
+def _executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list[str]):
+    import submitit
+
+    if prof.executor == "local":
+        ex = submitit.LocalExecutor(folder=str(folder / "%j"))
+        ex.update_parameters(timeout_min=prof.minutes, tasks_per_node=1, nodes=1)
+        return ex
+    ex = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=prof.max_restarts)
+    extra = {"requeue": True, "chdir": os.getcwd(), **prof.sbatch}  # config paths are relative to here
+    if deps:
+        extra.update({"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"})
+    setup = [f"export {k}={shlex.quote(str(v))}" for k, v in prof.env.items()] + list(prof.setup)
+    params = dict(
+        job_name=name, partition=prof.partition, account=prof.account, qos=prof.qos, nodes=prof.nodes,
+        ntasks_per_node=prof.tasks, cpus_per_task=prof.cpus_per_task, time=prof.minutes,
+        constraint=prof.constraint, setup=setup, srun_args=[*prof.container, *prof.srun_args],
+        signal_delay_s=prof.signal_lead_s, additional_parameters=extra, stderr_to_stdout=True,
+    )
+    if prof.gpus_per_node:
+        params["gpus_per_node"] = prof.gpus_per_node
+    if prof.mem_gb:
+        params["mem"] = f"{int(prof.mem_gb * 1024)}M"
+    if prof.exclusive:
+        params["exclusive"] = True
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def submit(args: list[str]) -> int:
+    positional, overrides = config.split_overrides(args)
+    own = {"cluster", "name", "after", "wait", "dry_run"}
+    opt = config.load(SubmitOptions, None, [(k, v) for k, v in overrides if k in own])
+    prof_over = [(k[len("cluster."):], v) for k, v in overrides if k.startswith("cluster.")]
+    rest = [(k, v) for k, v in overrides if k not in own and not k.startswith("cluster.")]
+    prof, prof_name = profiles.load(opt.cluster, prof_over)
+    words, path = _command(positional)
+    if opt.after and prof.executor == "local":
+        raise UserError("after= needs a Slurm profile (the local executor has no dependencies); run the stages in order")
+    planned, out = plan(words, path, rest, prof, bool(opt.after))
+    if prof.executor == "slurm":
+        partition = profiles.check(prof)
+        profiles.test_only(prof, partition)
+    deps = _dependencies(opt.after)
+    name = opt.name or out.name
+    logs = Path(prof.logs) / name if prof.logs else out / "launch"
+    ex = _executor(prof, logs, name, deps)
+    env = dict(prof.env)
+    if opt.dry_run:
+        print(f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}")
+        for p in planned:
+            print("#  nca-scale " + " ".join(shlex.quote(a) for a in p.argv))
+        if prof.executor == "slurm":
+            print(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
+        return 0
+    tasks = [Task(p.argv, env, prof.max_restarts) for p in planned]
+    if len(tasks) == 1:
+        jobs = [ex.submit(tasks[0])]
+    else:
+        if prof.executor == "slurm":
+            ex.update_parameters(array_parallelism=len(tasks))
+        with ex.batch():
+            jobs = [ex.submit(t) for t in tasks]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    records = []
+    for p, job in zip(planned, jobs):
+        rec = {"submission": f"{stamp}-{jobs[0].job_id}", "job_id": str(job.job_id), "name": name,
+               "cluster": prof_name, "executor": prof.executor, "argv": p.argv, "out": str(p.out.resolve()),
+               "cell": p.cell, "logs": str(Path(job.paths.stdout).resolve()).replace("%t", "0"),
+               "after": deps, "submitted": stamp}
+        records.append(rec)
+        for where in {p.out, out}:
+            _append(where / "launch" / "jobs.jsonl", rec)
+        _append(index_path(), rec)
+    if len(planned) > 1:
+        (out / "sweep.json").write_text(json.dumps({"cells": [{"out": str(p.out), **p.cell} for p in planned]},
+                                                   indent=1))
+    for rec in records:
+        print(f"submitted {rec['job_id']} ({prof_name}): {' '.join(rec['argv'])}\n  log {rec['logs']}")
+    wait = opt.wait if opt.wait is not None else prof.executor == "local"
+    if not wait:
+        return 0
+    failed = 0
+    for job in jobs:
+        try:
+            job.results()
+            print(f"{job.job_id}: done")
+        except Exception as e:  # submitit raises the task's error (or UncompletedJobError) here
+            failed += 1
+            print(f"{job.job_id}: failed: {str(e).strip().splitlines()[-1][:300]}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _append(path: Path, rec: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")

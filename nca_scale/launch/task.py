@@ -1,0 +1,71 @@
+"""What runs in every task of a submitted job: environment, rendezvous, the nca-scale command, requeue.
+
+A Task is the callable submitit pickles. In each Slurm task (one per GPU, or per process on CPU) it exports
+the profile's environment and the torch.distributed variables (nca_scale.launch.rendezvous), then runs the
+nca-scale command in-process, as one rank. When the trainer stops on a preemption signal it exits with
+EXIT_PREEMPTED after saving (nca_scale.train.preemption); then:
+
+* after SIGUSR2 (submitit's warning before the time limit, or a preemption notice), global rank 0 runs
+  `scontrol requeue` while SLURM_RESTART_COUNT < max_restarts; the requeued job resumes with resume=auto;
+* after SIGTERM (`scontrol requeue`, preemption with PreemptMode=REQUEUE, scancel) Slurm decides: it has
+  requeued the job already, or it is ending it.
+
+Exiting through SystemExit leaves no submitit result file, so the job's waiters keep waiting across the requeue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import submitit
+
+from nca_scale.launch import rendezvous
+
+
+class Task(submitit.helpers.Checkpointable):
+    def __init__(self, argv: list[str], env: dict, max_restarts: int):
+        self.argv, self.env, self.max_restarts = list(argv), dict(env), max_restarts
+
+    def __call__(self) -> dict:
+        os.environ.update({k: str(v) for k, v in self.env.items()})
+        rendezvous.export()
+        from nca_scale import cli
+        from nca_scale.train import preemption
+
+        argv = list(self.argv)
+        if argv[:1] == ["train"] and int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:
+            argv.append("resume=auto")  # a requeued run continues from its latest complete checkpoint
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        if rc == preemption.EXIT_PREEMPTED:
+            self._after_preemption(preemption.received)
+        if rc:
+            raise RuntimeError(f"`nca-scale {' '.join(self.argv)}` exited with status {rc}; see this task's log")
+        return {"argv": self.argv, "rank": int(os.environ.get("RANK", 0)),
+                "restarts": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
+
+    def _after_preemption(self, signum: int | None) -> None:
+        from nca_scale.train.preemption import EXIT_PREEMPTED
+
+        job = os.environ.get("SLURM_JOB_ID")
+        if os.environ.get("SLURM_ARRAY_TASK_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        rank = int(os.environ.get("RANK", 0))
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", 0))
+        if signum == signal.SIGUSR2 and rank == 0 and job:
+            if restarts >= self.max_restarts:
+                raise RuntimeError(f"preempted or out of time after {restarts} restarts (max_restarts="
+                                   f"{self.max_restarts}); not requeued. Resume later with resume=auto")
+            print(f"[nca-scale] requeueing job {job} (restart {restarts + 1} of at most {self.max_restarts})",
+                  flush=True)
+            subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+        sys.exit(EXIT_PREEMPTED)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this on USR2 before training has installed its own handler: just run again."""
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
