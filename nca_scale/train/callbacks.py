@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import torch.distributed as dist
@@ -124,7 +125,7 @@ class Wandb(Callback):
 
         out = Path(trainer.cfg.out)
         id_file = out / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         self.run = wandb.init(
             project=trainer.cfg.wandb_project, dir=str(out), id=run_id, resume="allow", mode=self.mode,

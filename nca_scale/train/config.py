@@ -30,11 +30,13 @@ def from_args(args: list[str]) -> TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # nca_stream: sequences generated on the fly from `nca`. nca_shards: pre-generated shards under `shards`
-    # (hook for the shard reader in nca_scale.data; see nca_scale/train/data.py).
+    # nca_stream: sequences generated on the fly from `nca`. nca_shards: read from `nca-scale generate` shards
+    # (any URL nca_scale.data reads: path, file://, s3://, memory://) generated with the same `nca` config;
+    # evaluation reads `val_shards`, or generates the val split on the fly when it is not set.
     source: Literal["nca_stream", "nca_shards"] = "nca_stream"
     nca: NCAConfig = field(default_factory=NCAConfig)
     shards: str | None = None
+    val_shards: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,42 @@ from nca_scale.train.config import DataConfig
 
 
 class SequenceSource(Protocol):
-    """Anything that maps global sequence indices to (n, seq_len + 1) tokens: the NCA stream today, NCA or
-    text shard readers (nca_scale.data) next."""
+    """Anything that maps global sequence indices to (n, seq_len + 1) tokens: the NCA stream, NCA shards,
+    and (next) text shards."""
 
     def sequences(self, indices) -> torch.Tensor: ...
 
 
 def build_source(cfg: DataConfig, split: str) -> SequenceSource:
-    if cfg.source == "nca_stream":
+    url = cfg.shards if split == "train" else cfg.val_shards
+    if cfg.source == "nca_stream" or url is None:
         from nca_scale.nca.stream import NCAStream
 
         return NCAStream(cfg.nca, split)
-    # Hook: the shard reader (nca_scale.data) lands in parallel; it must expose `sequences(indices)` for
-    # global indices, as NCAStream does, and this branch will construct it from cfg.shards.
-    raise UserError(f"data.source={cfg.source} is not available yet; use data.source=nca_stream")
+    return ShardSource(cfg, url, split)
+
+
+class ShardSource:
+    """Shards written by `nca-scale generate`: the same tokens the stream would generate for each index."""
+
+    def __init__(self, cfg: DataConfig, url: str, split: str):
+        from nca_scale.data import ShardReader
+
+        self.reader = ShardReader(url)
+        if self.reader.config != cfg.nca or self.reader.split != split:
+            raise UserError(
+                f"shards at {url} hold the {self.reader.split} split of another NCA config than data.nca; pass the "
+                "config they were generated with (their manifest.json records it)"
+            )
+
+    def sequences(self, indices) -> torch.Tensor:
+        idx = np.asarray(indices)
+        if idx.min() < self.reader.start or idx.max() >= self.reader.stop:
+            raise UserError(
+                f"the run needs sequences {idx.min()}..{idx.max()}, the shards hold {self.reader.start}.."
+                f"{self.reader.stop - 1}; generate more (nca-scale generate ... tokens=) or train fewer steps"
+            )
+        return torch.from_numpy(self.reader.sequences(idx).astype(np.int64))
 
 
 def target_mask(cfg: DataConfig) -> torch.Tensor:

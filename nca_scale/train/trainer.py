@@ -43,11 +43,13 @@ class Trainer:
         while self.step < cfg.total_steps:
             t0 = time.perf_counter()
             lr = lr_at(cfg.schedule, cfg.optim.lr, self.step, cfg.total_steps)
-            loss, grad_norm = self.engine.train_step(self.train_data.batch(self.step), self.step, lr)
+            batch = self.train_data.batch(self.step)  # NCA data is generated here, on the fly
+            t1 = time.perf_counter()
+            loss, grad_norm = self.engine.train_step(batch, self.step, lr)
             self.step += 1
             self.tokens += cfg.tokens_per_step
             metrics = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                       "step_time": time.perf_counter() - t0}
+                       "step_time": time.perf_counter() - t0, "data_time": t1 - t0}
             for cb in self.callbacks:
                 cb.post_step(self, metrics)
             if cfg.eval_every and self.step % cfg.eval_every == 0:

@@ -13,6 +13,7 @@ def test_metrics_lines(reference):
     assert steps[-1]["tokens"] == 10 * 8 * 128
     assert steps[-1]["loss"] < steps[0]["loss"]
     assert (reference / "checkpoints" / "step_00000010" / "meta.json").is_file()
+    assert list((reference / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
 def test_eval_lines(tmp_path):
