@@ -25,7 +25,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nca_scale import config
@@ -179,17 +179,19 @@ def _executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list
 def submit(args: list[str]) -> int:
     positional, overrides = config.split_overrides(args)
     own = {"cluster", "name", "after", "wait", "dry_run"}
-    opt = config.load(SubmitOptions, None, [(k, v) for k, v in overrides if k in own])
+    after = [a for k, v in overrides if k == "after" for a in v.split(",") if a.strip()]
+    opt = config.load(SubmitOptions, None, [(k, v) for k, v in overrides if k in own and k != "after"])
+    opt = replace(opt, after=after)
     prof_over = [(k[len("cluster."):], v) for k, v in overrides if k.startswith("cluster.")]
     rest = [(k, v) for k, v in overrides if k not in own and not k.startswith("cluster.")]
     prof, prof_name = profiles.load(opt.cluster, prof_over)
     words, path = _command(positional)
     if opt.after and prof.executor == "local":
         raise UserError("after= needs a Slurm profile (the local executor has no dependencies); run the stages in order")
-    planned, out = plan(words, path, rest, prof, bool(opt.after))
-    if prof.executor == "slurm":
+    if prof.executor == "slurm":  # the profile against the live cluster first, then the command's config
         partition = profiles.check(prof)
         profiles.test_only(prof, partition)
+    planned, out = plan(words, path, rest, prof, bool(opt.after))
     deps = _dependencies(opt.after)
     name = opt.name or out.name
     logs = Path(prof.logs) / name if prof.logs else out / "launch"
