@@ -58,6 +58,8 @@ def init_tensor(cfg: ModelConfig, name: str, seed: int) -> torch.Tensor:
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 _MEGATRON_LAYER = {  # megatron suffix -> logical suffix, TP split dim (None = replicated)
     "input_layernorm.weight": ("attn_norm.weight", None),
+    "self_attention.linear_qkv.layer_norm_weight": ("attn_norm.weight", None),  # TE spec: norm fused into qkv
+    "mlp.linear_fc1.layer_norm_weight": ("mlp_norm.weight", None),  # TE spec: norm fused into fc1
     "self_attention.linear_proj.weight": ("attn.wo.weight", 1),
     "pre_mlp_layernorm.weight": ("mlp_norm.weight", None),
     "mlp.linear_fc2.weight": ("mlp.w_down.weight", 1),

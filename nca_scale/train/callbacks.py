@@ -46,6 +46,10 @@ class Checkpointer(Callback):
         trainer.engine.load(self.resume_from)
         trainer.step, trainer.tokens = meta["step"], meta["tokens"]
         trainer.log(f"resumed from {self.resume_from} at step {trainer.step}")
+        saved = meta["config"]
+        before, now = saved["schedule"]["total"] or saved["steps"], trainer.cfg.schedule.total or trainer.cfg.total_steps
+        if before != now:  # schedule.total defaults to the run length: extending a run stretches the schedule
+            trainer.log(f"note: the LR schedule now spans {now} steps (it spanned {before}); pin schedule.total to keep it")
 
     def post_step(self, trainer, metrics: dict) -> None:
         every = trainer.cfg.checkpoint_every

@@ -12,5 +12,6 @@ from train_helpers import train
 def reference(tmp_path_factory) -> Path:
     """One single-process torch-backend run of 10 steps, the baseline for the parallel layouts."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    train(out, "steps=10", "wandb=offline")  # the one test run that also exercises wandb (offline)
+    # the one test run that also exercises wandb (offline) and evaluation
+    train(out, "steps=10", "wandb=offline", "eval_every=5", "eval_batches=1")
     return out

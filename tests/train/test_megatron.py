@@ -46,3 +46,11 @@ def test_tp2_checkpoint_loads_under_another_layout(target, tp2_run, tmp_path):
     train(out, "steps=4", f"resume={src}/checkpoints/step_00000003", *target, *RESHARDABLE)
     # step 4's loss is computed on the weights saved at step 3: the same batch, the same loss
     assert_close(losses(out)[-1:], losses(src)[-1:], rel=1e-5)
+
+
+def test_gqa_and_tied_embeddings_match_single_process(tmp_path):
+    variant = ("model.n_kv_heads=2", "model.tie_embeddings=true")
+    single, piped = tmp_path / "single", tmp_path / "pp2"
+    train(single, "steps=4", *variant)  # torch backend
+    train(piped, "steps=4", *MEGATRON, "pp=2", *variant)  # the last stage holds its own copy of the embedding
+    assert_close(losses(piped), losses(single))

@@ -108,13 +108,14 @@ class MegatronEngine:
         every logical tensor it is built from is frozen."""
         cfg, ps = self.cfg, self.ps
         tp_rank, tp = ps.get_tensor_model_parallel_rank(), cfg.tp
+        tied = cfg.model.tie_embeddings
         with torch.no_grad():
             for name, p in model.named_parameters():
                 layer = None
                 if match := re.match(r"decoder\.layers\.(\d+)\.", name):
                     layer = model.decoder.layers[int(match.group(1))].layer_number - 1
-                if name == "output_layer.weight" and cfg.model.tie_embeddings:
-                    continue  # tied: megatron syncs it from the embedding
+                if tied and name == "output_layer.weight":  # the last stage's copy of the tied embedding
+                    name = "embedding.word_embeddings.weight"
                 p.copy_(megatron_shard(cfg.model, name, layer, tp_rank, tp, self.weights))
                 p.requires_grad_(not set(megatron_sources(name, layer)) <= self.frozen)
 
