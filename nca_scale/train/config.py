@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from nca_scale.data.dyck import DyckConfig
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.nca.config import NCAConfig
@@ -33,10 +34,62 @@ class DataConfig:
     # nca_stream: sequences generated on the fly from `nca`. nca_shards: read from `nca-scale generate` shards
     # (any URL nca_scale.data reads: path, file://, s3://, memory://) generated with the same `nca` config;
     # evaluation reads `val_shards`, or generates the val split on the fly when it is not set.
-    source: Literal["nca_stream", "nca_shards"] = "nca_stream"
+    # text_shards: packed text from `nca-scale corpus tokenize` (seq_len and vocabulary come from its manifest;
+    # evaluation, i.e. held-out perplexity, reads `val_shards`). dyck: the Dyck-k baseline, generated on the
+    # fly from `dyck` (train and val use disjoint index ranges, see train/data.py).
+    source: Literal["nca_stream", "nca_shards", "text_shards", "dyck"] = "nca_stream"
     nca: NCAConfig = field(default_factory=NCAConfig)
+    dyck: DyckConfig = field(default_factory=DyckConfig)
     shards: str | None = None
     val_shards: str | None = None
+    skip_corrupt: bool = False  # text_shards: drop (and report) corrupt shards instead of stopping
+
+    @property
+    def seq_len(self) -> int:
+        if self.source == "text_shards":
+            return text_manifest(self.shards)["seq_len"]
+        return self.dyck.seq_len if self.source == "dyck" else self.nca.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        if self.source == "text_shards":
+            return text_manifest(self.shards)["vocab_size"]
+        return self.dyck.vocab_size if self.source == "dyck" else self.nca.vocab_size
+
+    def validate(self) -> None:
+        if self.source == "dyck":
+            self.dyck.validate()
+            return
+        self.nca.validate()
+        if self.source == "nca_shards" and not self.shards:
+            raise UserError("data.source=nca_shards needs data.shards=PATH")
+        if self.source != "text_shards":
+            return
+        if not self.shards:
+            raise UserError("data.source=text_shards needs data.shards=URL (from `nca-scale corpus tokenize`)")
+        train = text_manifest(self.shards)
+        if train.get("eval_only"):
+            raise UserError(f"data.shards={self.shards} holds evaluation-only text ({train['corpus']['name']}/"
+                            f"{train['split']}), which is never trained on; tokenize the train split instead")
+        if self.val_shards:
+            val = text_manifest(self.val_shards)
+            if (val["seq_len"], val["tokenizer"]["sha256"]) != (train["seq_len"], train["tokenizer"]["sha256"]):
+                raise UserError(f"data.val_shards={self.val_shards} was packed with another tokenizer or seq_len than "
+                                f"data.shards; tokenize both with the same tokenizer= and seq_len=")
+
+
+def text_manifest(url: str | None) -> dict:
+    """The manifest of a text shard directory (read once per process and URL)."""
+    if not url:
+        raise UserError("data.source=text_shards needs data.shards=URL (from `nca-scale corpus tokenize`)")
+    if url not in _TEXT_MANIFESTS:
+        from nca_scale.data.text.shards import TextShardReader
+
+        _TEXT_MANIFESTS[url] = TextShardReader(url).manifest
+    return _TEXT_MANIFESTS[url]
+
+
+_TEXT_MANIFESTS: dict[str, dict] = {}
 
 
 @dataclass(frozen=True)
@@ -123,7 +176,7 @@ class TrainConfig:
 
     @property
     def seq_len(self) -> int:
-        return self.data.nca.seq_len
+        return self.data.seq_len
 
     @property
     def grad_accum(self) -> int:
@@ -140,12 +193,14 @@ class TrainConfig:
         limits = [s for s in (self.steps, budget) if s is not None]
         return min(limits)
 
-    def resolved(self, data_vocab: int) -> TrainConfig:
-        return replace(self, model=self.model.with_vocab(data_vocab))
+    def resolved(self, data_vocab: int | None = None) -> TrainConfig:
+        # the data's vocabulary comes from the data config itself (NCA, Dyck or a text shard manifest);
+        # `data_vocab` is accepted for older callers that pass cfg.data.nca.vocab_size
+        return replace(self, model=self.model.with_vocab(self.data.vocab_size))
 
     def validate(self) -> None:
         self.model.validate()
-        self.data.nca.validate()
+        self.data.validate()
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.steps is None and self.tokens is None:
@@ -169,7 +224,7 @@ class TrainConfig:
             raise UserError(f"model.n_layers={m.n_layers} is not divisible by pp={pp} x vpp={self.vpp}")
         if self.vpp > 1 and pp < 2:
             raise UserError("vpp > 1 (interleaved schedule) needs pp >= 2")
-        vocab = m.vocab_size or self.data.nca.vocab_size
+        vocab = m.vocab_size or self.data.vocab_size
         if vocab % tp:
             raise UserError(f"vocabulary {vocab} is not divisible by tp={tp}; set model.vocab_size to a padded multiple")
         if m.ffn % tp:
@@ -189,8 +244,6 @@ class TrainConfig:
             raise UserError(f"zero={self.zero}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
         if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):
             raise UserError(f"resume={self.resume}: use never, auto or an existing checkpoint directory")
-        if self.data.source == "nca_shards" and not self.data.shards:
-            raise UserError("data.source=nca_shards needs data.shards=PATH")
         t = self.transfer
         for name in (*t.reinit, *t.freeze):
             if name not in ("attn", "mlp", "norm"):

@@ -28,6 +28,13 @@ class SequenceSource(Protocol):
 
 def build_source(cfg: DataConfig, split: str) -> SequenceSource:
     url = cfg.shards if split == "train" else cfg.val_shards
+    if cfg.source == "dyck":
+        return DyckSource(cfg, split)
+    if cfg.source == "text_shards":
+        if url is None:
+            raise UserError("data.source=text_shards evaluates on data.val_shards; tokenize the corpus's val split "
+                            "(nca-scale corpus tokenize CORPUS split=val ...) and set data.val_shards=URL, or eval_every=0")
+        return TextShardSource(cfg, url, split)
     if cfg.source == "nca_stream" or url is None:
         from nca_scale.nca.stream import NCAStream
 
@@ -58,9 +65,52 @@ class ShardSource:
         return torch.from_numpy(self.reader.sequences(idx).astype(np.int64))
 
 
+class TextShardSource:
+    """Packed text from `nca-scale corpus tokenize`: row i of the shard directory is sequence i."""
+
+    def __init__(self, cfg: DataConfig, url: str, split: str):
+        from nca_scale.data.text.shards import TextShardReader
+
+        self.reader = TextShardReader(url, skip_corrupt=cfg.skip_corrupt)
+        self.url = url
+        if split == "train" and self.reader.eval_only:
+            raise UserError(f"{url} holds evaluation-only text, which is never trained on")
+        if self.reader.skipped:
+            print(f"[nca-scale] {url}: skipped {len(self.reader.skipped)} corrupt shards "
+                  f"({self.reader.skipped_sequences} sequences): {'; '.join(e for _, e in self.reader.skipped)}",
+                  flush=True)
+
+    def sequences(self, indices) -> torch.Tensor:
+        idx = np.asarray(indices)
+        if idx.min() < 0 or idx.max() >= len(self.reader):
+            raise UserError(
+                f"the run needs sequences {idx.min()}..{idx.max()}, {self.url} holds {len(self.reader)}; tokenize "
+                "more text, lower steps/tokens/eval_batches, or batch_size"
+            )
+        return torch.from_numpy(self.reader.sequences(idx).astype(np.int64))
+
+
+class DyckSource:
+    """Dyck-k sequences on the fly; the val split reads indices from 2**40 on, disjoint from any training run."""
+
+    VAL_OFFSET = 1 << 40
+
+    def __init__(self, cfg: DataConfig, split: str):
+        from nca_scale.data.dyck import DyckStream
+
+        self.stream = DyckStream(cfg.dyck)
+        self.offset = 0 if split == "train" else self.VAL_OFFSET
+
+    def sequences(self, indices) -> torch.Tensor:
+        return self.stream.sequences(np.asarray(indices, dtype=np.int64) + self.offset)
+
+
 def target_mask(cfg: DataConfig) -> torch.Tensor:
     """(seq_len,) bool: which targets (tokens[1:]) count in the loss."""
     from nca_scale.nca.tokenizer import loss_mask
+
+    if cfg.source in ("text_shards", "dyck"):
+        return torch.ones(cfg.seq_len, dtype=torch.bool)  # every next token is supervised
 
     return loss_mask(cfg.nca)
 

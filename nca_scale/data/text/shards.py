@@ -1,0 +1,303 @@
+"""Packed text token shards: documents + EOS concatenated and cut into rows of seq_len + 1 tokens.
+
+The shard directory follows the NCA shard scheme (docs/data.md): WebDataset tars `SPLIT-NNNNNN.tar` of
+consecutive global indices, key = index zero-padded to 12 digits, member `tokens.npy` = (seq_len + 1,)
+tokens; a `<shard>.json` record after each shard; `manifest.json` last, listing every shard with its index
+range, token count, size and sha256. Row i of a directory is a pure function of (corpus, split, tokenizer,
+seq_len, shuffle seed), so training order stays a function of (seed, step).
+
+Packing: documents are read in corpus order, shuffled within windows of `shuffle_window` documents (keyed by
+`seed` and the document hashes), encoded, each followed by EOS, concatenated, and cut into rows of
+seq_len + 1 tokens (nanoGPT-style blocks); the incomplete tail is dropped and counted (`tokens_dropped`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import webdataset as wds
+
+import nca_scale
+from nca_scale.data.shards import KEY_DIGITS, MTIME, decode_npy, iter_tar_samples, sha256, shard_name
+from nca_scale.data.urls import Location, parse_location
+from nca_scale.errors import UserError
+
+FORMAT = "nca_scale.text_shards/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    seq_len: int = 1024  # rows hold seq_len + 1 tokens: inputs tokens[:-1], targets tokens[1:]
+    sequences_per_shard: int = 8192
+    seed: int = 0  # document shuffle
+    shuffle_window: int = 100_000  # documents shuffled together (a full shuffle for corpora up to this size)
+    encode_batch: int = 256  # documents per sentencepiece call
+    threads: int = 0  # encoding threads; 0 = all cores
+    max_sequences: int | None = None  # stop after this many rows (e.g. a token budget); None = all
+
+    def validate(self) -> None:
+        if self.seq_len < 1 or self.sequences_per_shard < 1 or self.encode_batch < 1 or self.shuffle_window < 1:
+            raise UserError("seq_len, sequences_per_shard, encode_batch and shuffle_window must be >= 1")
+        if self.max_sequences is not None and self.max_sequences < 1:
+            raise UserError(f"max_sequences={self.max_sequences} must be >= 1 (or null)")
+
+
+def _shuffled(docs: Iterator[dict], seed: int, window: int) -> Iterator[dict]:
+    def key(d):
+        return hashlib.sha256(f"{seed}:{d['sha256']}".encode()).digest()
+
+    buf: list[dict] = []
+    for d in docs:
+        buf.append(d)
+        if len(buf) >= window:
+            yield from sorted(buf, key=key)
+            buf = []
+    yield from sorted(buf, key=key)
+
+
+def build_tar(indices: range, rows: np.ndarray) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(rows[0]))
+    header = header.getvalue()
+    out = io.BytesIO()
+    with wds.TarWriter(out, encoder=False, mtime=MTIME) as tw:
+        tw.tarstream.format = tarfile.USTAR_FORMAT  # see nca_scale.data.shards.build_shard
+        for i, row in zip(indices, np.ascontiguousarray(rows)):
+            tw.write({"__key__": f"{i:0{KEY_DIGITS}d}", "tokens.npy": header + row.tobytes()})
+    return out.getvalue()
+
+
+def fingerprint(corpus, split: str, tok, cfg: PackConfig) -> str:
+    ident = {"format": FORMAT, "corpus": corpus.fingerprint, "split": split, "tokenizer": tok.sha256,
+             "pack": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("threads", "encode_batch")}}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(loc: Location) -> dict | None:
+    try:
+        raw = loc.read(MANIFEST)
+    except FileNotFoundError:
+        return None
+    try:
+        m = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{loc.url_of(MANIFEST)}: not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise UserError(f"{loc.url_of(MANIFEST)}: not a text shard manifest (format {FORMAT!r}); NCA shards are "
+                        "read with data.source=nca_shards")
+    return m
+
+
+def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: str | None = None,
+         force: bool = False, log=print) -> tuple[dict, bool]:
+    """Tokenize and pack `split` of `corpus` into shards at `out`; returns (manifest, cached?)."""
+    cfg.validate()
+    if corpus.count(split) == 0:
+        raise UserError(f"corpus {corpus.name} has no {split} documents")
+    loc = parse_location(out, endpoint_url)
+    fp = fingerprint(corpus, split, tok, cfg)
+    old = read_manifest(loc)
+    if old is not None and old.get("fingerprint") == fp and not force:
+        return old, True
+    if old is not None and not force:
+        raise UserError(f"out={loc.url} already holds other shards (different corpus, split, tokenizer or packing); "
+                        "choose another out= or pass force=true to replace them")
+    loc.check_writable()
+    loc.remove_stale_temps()
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.int32)
+    row_len = cfg.seq_len + 1
+    threads = cfg.threads or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    records: list[dict] = []
+    rows: list[np.ndarray] = []
+    pending = np.empty(0, dtype=dtype)
+    n_docs = doc_bytes = doc_tokens = 0
+    done = False
+
+    def commit(rows_: list[np.ndarray]) -> None:
+        start = sum(r["sequences"] for r in records)
+        arr = np.stack(rows_)
+        name = shard_name(split, len(records))
+        data = build_tar(range(start, start + len(arr)), arr)
+        rec = {"fingerprint": fp, "name": name, "start": start, "stop": start + len(arr), "sequences": len(arr),
+               "tokens": int(arr.size), "bytes": len(data), "sha256": sha256(data)}
+        try:
+            loc.put_atomic(name, data)
+            loc.put_atomic(f"{name}.json", json.dumps(rec).encode())
+        except OSError as e:
+            raise UserError(f"writing {loc.url_of(name)} failed: {e.strerror or e}") from None
+        records.append(rec)
+
+    docs = _shuffled(corpus.documents(split), cfg.seed, cfg.shuffle_window)
+    while not done:
+        batch = [d for _, d in zip(range(cfg.encode_batch), docs)]
+        if not batch:
+            break
+        encoded = tok.encode([d["text"] for d in batch], threads)
+        pieces = [pending]
+        for d, ids in zip(batch, encoded):
+            pieces.append(np.asarray(ids + [tok.eos_id], dtype=dtype))
+            n_docs += 1
+            doc_bytes += len(d["text"].encode("utf-8"))
+            doc_tokens += len(ids) + 1
+        flat = np.concatenate(pieces)
+        full = len(flat) // row_len
+        rows.extend(flat[: full * row_len].reshape(full, row_len))
+        pending = flat[full * row_len :]
+        if cfg.max_sequences is not None:
+            keep = cfg.max_sequences - sum(r["sequences"] for r in records)
+            done = len(rows) >= keep
+            rows = rows[:keep]
+        while len(rows) >= cfg.sequences_per_shard:
+            commit(rows[: cfg.sequences_per_shard])
+            rows = rows[cfg.sequences_per_shard :]
+    while rows:
+        commit(rows[: cfg.sequences_per_shard])
+        rows = rows[cfg.sequences_per_shard :]
+    if not records:
+        raise UserError(f"{corpus.name}/{split}: {doc_tokens} tokens do not fill one row of seq_len + 1 = "
+                        f"{row_len}; lower seq_len or add documents")
+    sequences = sum(r["sequences"] for r in records)
+    m = {
+        "format": FORMAT, "package_version": nca_scale.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "fingerprint": fp,
+        "corpus": {"name": corpus.name, "domain": corpus.domain, "fingerprint": corpus.fingerprint,
+                   "url": corpus.loc.url},
+        "split": split, "eval_only": split == "eval" or corpus.manifest["splits"][split].get("eval_only", False),
+        "tokenizer": tok.describe(), "pack": dataclasses.asdict(cfg),
+        "seq_len": cfg.seq_len, "sequence_tokens": row_len, "start": 0, "stop": sequences, "sequences": sequences,
+        "sequences_per_shard": cfg.sequences_per_shard,
+        "documents": n_docs, "document_bytes": doc_bytes, "document_tokens": doc_tokens,
+        "tokens": sequences * row_len, "tokens_dropped": doc_tokens - sequences * row_len,
+        "bytes_per_token": round(doc_bytes / max(doc_tokens, 1), 4),
+        "token_dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+        "packing": "documents (window-shuffled) + EOS, concatenated, cut into rows of seq_len + 1; tail dropped",
+        "loss_mask": {"inputs": "tokens[:-1]", "targets": "tokens[1:]", "rule": "every target is supervised"},
+        "sample": {"key": "global sequence index, zero-padded to 12 digits",
+                   "tokens.npy": f"({row_len},) {dtype.name}"},
+        "shards": [{k: r[k] for k in ("name", "start", "stop", "sequences", "tokens", "bytes", "sha256")}
+                   for r in records],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    loc.put_atomic(MANIFEST, json.dumps(m, indent=1).encode())
+    listed = {r["name"] for r in records}
+    for name in loc.names():  # shards of an earlier run with more data are no longer part of this directory
+        base = name[:-5] if name.endswith(".tar.json") else name
+        if base.endswith(".tar") and base not in listed:
+            loc.fs.rm_file(loc.path(name))
+    return m, False
+
+
+class TextShardReader:
+    """Rows of a text shard directory by global index, each shard checked (size, sha256, index range) before
+    use. `skip_corrupt=True` verifies every shard up front, drops the bad ones (`skipped` names them) and
+    renumbers the rest contiguously; otherwise a bad shard raises `UserError` naming it."""
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None, skip_corrupt: bool = False,
+                 cache_shards: int = 4):
+        self.loc = parse_location(url, endpoint_url, what="shards")
+        m = read_manifest(self.loc)
+        if m is None:
+            raise UserError(f"{self.loc.url_of(MANIFEST)} does not exist: not a finished text shard directory; "
+                            "run `nca-scale corpus tokenize` (an interrupted run leaves no manifest)")
+        self.manifest = m
+        self.seq_len: int = m["seq_len"]
+        self.vocab_size: int = m["vocab_size"]
+        self.eval_only: bool = m.get("eval_only", False)
+        self.split: str = m["split"]
+        self.dtype = np.dtype(m["token_dtype"])
+        self.skipped: list[tuple[str, str]] = []
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_shards
+        shards = m["shards"]
+        if skip_corrupt:
+            good = []
+            for s in shards:
+                try:
+                    self._cache_put(s["name"], self._load(s))
+                    good.append(s)
+                except UserError as e:
+                    self.skipped.append((s["name"], str(e)))
+            shards = good
+        # logical index ranges (contiguous over the kept shards)
+        self.shards, self._starts, pos = [], [], 0
+        for s in shards:
+            self.shards.append({**s, "logical_start": pos})
+            self._starts.append(pos)
+            pos += s["sequences"]
+        self.length = pos
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def skipped_sequences(self) -> int:
+        by = {s["name"]: s["sequences"] for s in self.manifest["shards"]}
+        return sum(by[n] for n, _ in self.skipped)
+
+    def _cache_put(self, name: str, rows: np.ndarray) -> None:
+        self._cache[name] = rows
+        self._cache.move_to_end(name)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _load(self, s: dict) -> np.ndarray:
+        url = self.loc.url_of(s["name"])
+        try:
+            data = self.loc.read(s["name"])
+        except FileNotFoundError:
+            raise UserError(f"shard {url} is listed in the manifest but missing") from None
+        if len(data) != s["bytes"]:
+            raise UserError(f"shard {url} is corrupt: {len(data)} bytes, manifest says {s['bytes']} (truncated?)")
+        if sha256(data) != s["sha256"]:
+            raise UserError(f"shard {url} is corrupt: sha256 does not match the manifest")
+        try:
+            samples = list(iter_tar_samples([{"url": url, "stream": io.BytesIO(data)}]))
+            keys = [int(x["__key__"]) for x in samples]
+            if keys != list(range(s["start"], s["stop"])):
+                raise ValueError(f"samples {keys[:1]}..{keys[-1:]} do not match the range {s['start']}..{s['stop']}")
+            rows = np.stack([decode_npy(x["tokens.npy"]) for x in samples]).astype(self.dtype, copy=False)
+        except Exception as e:
+            raise UserError(f"shard {url} is corrupt: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if rows.shape != (s["sequences"], self.seq_len + 1):
+            raise UserError(f"shard {url} is corrupt: rows of shape {rows.shape}, expected "
+                            f"({s['sequences']}, {self.seq_len + 1})")
+        return rows
+
+    def shard_rows(self, s: dict) -> np.ndarray:
+        if s["name"] not in self._cache:
+            self._cache_put(s["name"], self._load(s))
+        self._cache.move_to_end(s["name"])
+        return self._cache[s["name"]]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = int(index)
+        k = bisect.bisect_right(self._starts, index) - 1
+        if index < 0 or k < 0 or index >= self.length:
+            raise IndexError(f"sequence {index} is not in this dataset (0..{self.length - 1})")
+        s = self.shards[k]
+        return self.shard_rows(s)[index - s["logical_start"]]
+
+    def sequences(self, indices) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.empty((len(idx), self.seq_len + 1), dtype=self.dtype)
+        for j, i in enumerate(idx.tolist()):
+            out[j] = self[i]
+        return out
+
+    def rows(self) -> Iterator[np.ndarray]:
+        """Every row in index order."""
+        for s in self.shards:
+            yield from self.shard_rows(s)
