@@ -4,7 +4,8 @@ Writes NCA sequences [start, start + ceil(N / (seq_len + 1))) as WebDataset shar
 (docs/data.md). URL: a local path, file:///dir, s3://bucket/prefix or memory://name.
 Job keys: out, tokens, split (train|val), start, sequences_per_shard, batch_size, threads (0 = all cores),
 device (cpu|cuda|cuda:N), endpoint_url (S3-compatible endpoint; default $AWS_ENDPOINT_URL),
-verify (re-hash existing shards before skipping them), progress. Any other key=value overrides CONFIG.
+verify (re-hash existing shards before skipping them), progress, tar_workers (processes building tars;
+0 = a thread). Any other key=value overrides CONFIG.
 Re-running the same command skips complete shards; only the manifest publishes a directory.
 """
 
@@ -33,6 +34,7 @@ class GenerateJob:
     endpoint_url: str = ""
     verify: bool = True
     progress: bool = True
+    tar_workers: int = 1  # a process: tar building is pure Python and would hold the generator's GIL
 
     def validate(self) -> None:
         if not self.out.strip():
@@ -43,6 +45,8 @@ class GenerateJob:
             raise UserError(f"start={self.start} must be >= 0 (the first global sequence index)")
         if self.sequences_per_shard < 1 or self.batch_size < 1:
             raise UserError("sequences_per_shard and batch_size must be >= 1")
+        if self.tar_workers < 0:
+            raise UserError(f"tar_workers={self.tar_workers} must be >= 0 (0 = build tars in a thread)")
         if self.threads < 0:
             raise UserError(f"threads={self.threads} must be >= 0 (0 = all cores)")
 
@@ -74,6 +78,7 @@ def main(args: list[str]) -> int:
     result = write_shards(
         cfg, loc, tokens=job.tokens, split=job.split, start=job.start, per_shard=job.sequences_per_shard,
         batch_size=job.batch_size, threads=threads, device=job.device, verify=job.verify, progress=job.progress,
+        tar_workers=job.tar_workers,
     )
     m = result.manifest
     print(

@@ -1,17 +1,24 @@
 """Generate NCA sequences into a shard directory: plan, skip what is done, overlap generation and writing.
 
-The main thread generates tokens (torch releases the GIL inside its ops); one writer thread builds each tar,
-hashes it and commits it (hashlib and file/network I/O release the GIL too), so the two overlap. A bounded
-queue keeps at most two finished shards in memory waiting for the writer.
+The main thread generates tokens; tars are built (and hashed) in `tar_workers` worker processes, and one
+writer thread commits them in order. Why processes: building a tar is per-sample pure Python (tarfile), and
+in a thread it holds the GIL that the generator needs between its many small torch calls, which slowed
+generation several-fold in our measurements; hashing and I/O release the GIL, so committing stays a thread.
+`tar_workers=0` builds in the writer thread instead (no process start-up, which costs ~2 s of imports).
+A bounded queue keeps at most two finished shards waiting for the writer.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import queue
 import threading
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from nca_scale.data import manifest as mf
-from nca_scale.data.shards import ShardSamples, build_shard, sha256, shard_name
+from nca_scale.data.shards import ShardSamples, build_and_hash, exit_with_parent, sha256, shard_name
 from nca_scale.data.urls import Location
 from nca_scale.errors import UserError
 from nca_scale.nca.config import NCAConfig
@@ -92,8 +99,33 @@ def completed_record(loc: Location, plan: ShardPlan, split: str, fp: str, verify
     return rec
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _build_in_pool(workers: int, samples: ShardSamples) -> Future | None:
+    """Start building a shard's tar in a worker process; None: build it in the writer thread instead.
+
+    Pools are created once per process and reused by later runs (tests and notebooks run many). "spawn",
+    not fork: the parent has torch/OpenMP and fsspec threads whose locks a forked child could inherit held.
+    """
+    if workers <= 0:
+        return None
+    for _ in range(2):  # a pool broken by a killed worker (e.g. Ctrl-C) is replaced once
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent, initargs=(os.getpid(),),
+            )
+        try:
+            return pool.submit(build_and_hash, samples)
+        except BrokenProcessPool:
+            _POOLS.pop(workers, None)
+    return None
+
+
 class _ShardCommitter(threading.Thread):
-    """Builds, hashes and atomically commits shards handed over through a bounded queue."""
+    """Atomically commits shards, in order, handed over through a bounded queue (building them if needed)."""
 
     def __init__(self, loc: Location, fp: str):
         super().__init__(name="shard-writer", daemon=True)
@@ -106,17 +138,20 @@ class _ShardCommitter(threading.Thread):
         while (job := self.jobs.get()) is not None:
             if self.error is not None:
                 continue  # drain so the producer never blocks; the error is raised in the main thread
-            name, plan, samples = job
+            name, plan, samples, built = job
             try:
-                self.records.append(self.commit(name, plan, samples))
+                self.records.append(self.commit(name, plan, samples, built))
             except BaseException as e:  # noqa: B036 - reported to, and re-raised by, the main thread
                 self.error = e
 
-    def commit(self, name: str, plan: ShardPlan, s: ShardSamples) -> dict:
-        data = build_shard(s)
+    def commit(self, name: str, plan: ShardPlan, s: ShardSamples, built: Future | None) -> dict:
+        try:
+            data, digest = built.result() if built is not None else build_and_hash(s)
+        except BrokenProcessPool:  # the worker died (killed, out of memory): build here rather than fail
+            data, digest = build_and_hash(s)
         rec = {
             "fingerprint": self.fp, "name": name, "start": plan.start, "stop": plan.stop,
-            "sequences": plan.count, "tokens": int(s.tokens.size), "bytes": len(data), "sha256": sha256(data),
+            "sequences": plan.count, "tokens": int(s.tokens.size), "bytes": len(data), "sha256": digest,
             "score_histogram": mf.score_histogram(s.scores),
         }
         try:
@@ -141,9 +176,11 @@ class _ShardCommitter(threading.Thread):
         """Drop queued shards (never committed, so never visible) and stop after the one in progress."""
         while True:
             try:
-                self.jobs.get_nowait()
+                job = self.jobs.get_nowait()
             except queue.Empty:
                 break
+            if job is not None and job[3] is not None:
+                job[3].cancel()
         self.jobs.put(None)
         self.join()
 
@@ -158,12 +195,13 @@ class _ShardCommitter(threading.Thread):
 def write_shards(
     cfg: NCAConfig, loc: Location, *, tokens: int, split: str = "train", start: int = 0,
     per_shard: int = 8192, batch_size: int = 512, threads: int = 1, device: str = "cpu",
-    verify: bool = True, progress: bool = True,
+    verify: bool = True, progress: bool = True, tar_workers: int = 0,
 ) -> WriteResult:
     """Write sequences [start, start + ceil(tokens / (seq_len+1))) of `split` under `loc`, then the manifest.
 
     Complete shards from an earlier run of the same dataset are kept; the caller has validated the inputs and
-    checked that `loc` is writable (nothing here is written before generation starts).
+    checked that `loc` is writable (nothing here is written before generation starts). With tar_workers > 0,
+    call this under `if __name__ == "__main__":` in scripts (spawned workers re-import the main module).
     """
     fp = mf.fingerprint(cfg, split)
     count = sequences_for(tokens, cfg)
@@ -177,6 +215,8 @@ def write_shards(
         for p in plans
     }
     todo = [p for p in plans if done[p.number] is None]
+    if len(todo) < 2:
+        tar_workers = 0  # nothing to overlap the tar with, so a worker process's start-up would only add time
 
     stream = NCAStream(cfg, split, device=device, batch_size=batch_size, threads=threads, progress=progress)
     dtype = np.dtype(cfg.token_dtype)
@@ -196,7 +236,8 @@ def write_shards(
                 seqs = stream.sequences(idx[lo : lo + batch_size])
                 out[lo : lo + len(seqs)] = seqs.cpu().numpy()
                 bar.update(seqs.numel())
-            committer.submit((shard_name(split, plan.number), plan, ShardSamples(idx, out, banks, rules, scores)))
+            samples = ShardSamples(idx, out, banks, rules, scores)
+            committer.submit((shard_name(split, plan.number), plan, samples, _build_in_pool(tar_workers, samples)))
         new = committer.finish()
     except BaseException:
         committer.abort()

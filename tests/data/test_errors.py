@@ -36,6 +36,7 @@ BAD_JOB = {
     "start < 0": (["tokens=100", "start=-1"], "start=-1"),
     "device unknown": (["tokens=100", "device=abacus"], "not a torch device"),
     "sequences_per_shard = 0": (["tokens=100", "sequences_per_shard=0"], "sequences_per_shard"),
+    "tar_workers < 0": (["tokens=100", "tar_workers=-1"], "tar_workers=-1"),
 }
 
 

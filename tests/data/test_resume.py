@@ -51,6 +51,27 @@ def assert_complete_and_correct(d: Path, name: str, reference, cfg=None):
     np.testing.assert_array_equal(shard.tokens.astype(np.int64), want)
 
 
+def spawned_workers(parent_pid: int) -> list[int]:
+    """Pids of multiprocessing workers whose parent is `parent_pid` (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent_pid and b"spawn_main" in (d / "cmdline").read_bytes():
+                pids.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def assert_exit_soon(pids: list[int], timeout: float = 15.0):
+    """Tar workers of a SIGKILLed generator must exit too (they poll their parent, see shards.py)."""
+    deadline = time.monotonic() + timeout
+    while alive := [p for p in pids if Path(f"/proc/{p}").exists()]:
+        assert time.monotonic() < deadline, f"tar workers {alive} outlived their killed parent"
+        time.sleep(0.2)
+
+
 def test_rerun_skips_complete_shards(tmp_path, generate, commits, reference):
     out = tmp_path / "d"
     assert generate(str(out), N * SEQ_TOKENS, *ARGS) == 0
@@ -172,10 +193,13 @@ def test_killed_run_leaves_only_complete_shards(tmp_path, tiny_yaml, tiny_cfg, r
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no shard written in 120 s"
             time.sleep(0.01)
+        workers = spawned_workers(proc.pid)  # the tar-building process (tar_workers=1, the default)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    assert len(workers) == 1
+    assert_exit_soon(workers)
     assert not (out / "manifest.json").exists()
     visible = tars(out)
     assert 2 <= len(visible) < n // per_shard
