@@ -159,7 +159,10 @@ def _executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list
     extra = {"requeue": True, "chdir": os.getcwd(), **prof.sbatch}  # config paths are relative to here
     if deps:
         extra.update({"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"})
-    setup = [f"export {k}={shlex.quote(str(v))}" for k, v in prof.env.items()] + list(prof.setup)
+    # the batch shell must survive a USR2 meant for the tasks (Slurm 22.05 signals it too when the warning
+    # comes before the step has started)
+    setup = ["trap 'echo \"batch script: SIGUSR2 (the tasks handle it)\"' USR2"]
+    setup += [f"export {k}={shlex.quote(str(v))}" for k, v in prof.env.items()] + list(prof.setup)
     params = dict(
         job_name=name, partition=prof.partition, account=prof.account, qos=prof.qos, nodes=prof.nodes,
         ntasks_per_node=prof.tasks, cpus_per_task=prof.cpus_per_task, time=prof.minutes,
@@ -186,6 +189,9 @@ def submit(args: list[str]) -> int:
     rest = [(k, v) for k, v in overrides if k not in own and not k.startswith("cluster.")]
     prof, prof_name = profiles.load(opt.cluster, prof_over)
     words, path = _command(positional)
+    if words != ["train"] and prof.world > 1:  # only training is multi-process; other commands run once
+        print(f"note: `{' '.join(words)}` runs as a single task (the profile's {prof.world} tasks are for training)")
+        prof = replace(prof, nodes=1, tasks_per_node=1, gpus_per_node=min(prof.gpus_per_node, 1))
     if opt.after and prof.executor == "local":
         raise UserError("after= needs a Slurm profile (the local executor has no dependencies); run the stages in order")
     if prof.executor == "slurm":  # the profile against the live cluster first, then the command's config
@@ -204,7 +210,7 @@ def submit(args: list[str]) -> int:
         if prof.executor == "slurm":
             print(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
         return 0
-    tasks = [Task(p.argv, env, prof.max_restarts) for p in planned]
+    tasks = [Task(p.argv, env, prof.max_restarts, prof.minutes, prof.signal_lead_s) for p in planned]
     if len(tasks) == 1:
         jobs = [ex.submit(tasks[0])]
     else:

@@ -5,7 +5,8 @@ the profile's environment and the torch.distributed variables (nca_scale.launch.
 nca-scale command in-process, as one rank. When the trainer stops on a preemption signal it exits with
 EXIT_PREEMPTED after saving (nca_scale.train.preemption); then:
 
-* after SIGUSR2 (submitit's warning before the time limit, or a preemption notice), global rank 0 runs
+* after SIGUSR2 (a preemption notice, or the warning `signal_lead_s` before the time limit, which rank 0
+  also sends itself on every attempt, since Slurm sends its `--signal` once per job), global rank 0 runs
   `scontrol requeue` while SLURM_RESTART_COUNT < max_restarts; the requeued job resumes with resume=auto;
 * after SIGTERM (`scontrol requeue`, preemption with PreemptMode=REQUEUE, scancel) Slurm decides: it has
   requeued the job already, or it is ending it.
@@ -19,19 +20,33 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import submitit
 
 from nca_scale.launch import rendezvous
 
 
+def _time_limit_warning(limit_min: int, lead_s: int) -> None:
+    """USR2 to this process `lead_s` before this attempt's time limit, on every attempt: Slurm's own
+    `--signal=USR2@lead` is sent once per job (a requeued job does not get it again, Slurm 22.05), and
+    squeue's end time is stale right after a requeue, so the limit is counted from this task's start."""
+    if not os.environ.get("SLURM_JOB_ID") or os.environ.get("RANK", "0") != "0":
+        return  # rank 0 is enough: the trainer all-reduces the flag
+    timer = threading.Timer(max(0.0, limit_min * 60 - lead_s), os.kill, (os.getpid(), signal.SIGUSR2))
+    timer.daemon = True
+    timer.start()
+
+
 class Task(submitit.helpers.Checkpointable):
-    def __init__(self, argv: list[str], env: dict, max_restarts: int):
+    def __init__(self, argv: list[str], env: dict, max_restarts: int, limit_min: int, lead_s: int):
         self.argv, self.env, self.max_restarts = list(argv), dict(env), max_restarts
+        self.limit_min, self.lead_s = limit_min, lead_s
 
     def __call__(self) -> dict:
         os.environ.update({k: str(v) for k, v in self.env.items()})
         rendezvous.export()
+        _time_limit_warning(self.limit_min, self.lead_s)
         from nca_scale import cli
         from nca_scale.train import preemption
 

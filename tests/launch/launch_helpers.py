@@ -27,7 +27,8 @@ def cluster_up() -> str | None:
     except subprocess.TimeoutExpired:
         return "sinfo timed out"
     if out.returncode != 0:
-        return f"sinfo failed: {out.stderr.strip()[:200]}"
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"sinfo failed: {last[:200]}"
     nodes = {line.split()[0] for line in out.stdout.splitlines() if line.split()[1] not in ("down", "drain", "down*")}
     if len(nodes) < 2:
         return f"the cluster has {len(nodes)} usable nodes, the tests need 2 (tools/local_slurm.sh up)"

@@ -156,3 +156,34 @@ def test_bad_profile_is_an_error_at_submit_time(bad, message, env, tmp_path):
     after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
     assert set(after.split()) <= set(before.split())  # nothing queued
     assert not (tmp_path / "run" / "launch").exists()
+
+
+@pytest.mark.slow
+def test_time_limit_is_requeued_and_resumed(env, tmp_path):
+    """A 2-minute job whose training needs longer: the USR2 warning (signal_lead_s before the limit; Slurm may
+    send it up to a minute early) makes it save and requeue itself, on every attempt, until it finishes."""
+    out = tmp_path / "run"
+    nca(env, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm", "cluster.nodes=1", "cluster.time=2",
+        "cluster.signal_lead_s=30", "cluster.max_restarts=8", "steps=200", *FAST, f"out={out}")
+    job = job_ids(out)[0]
+    assert wait_for(job, timeout=900) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
+    restarts = [m for m in metrics(out) if "restart" in m]
+    assert restarts and all(r["reason"] == "SIGUSR2" and r["lost_steps"] == 0 for r in restarts)
+    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, 201))
+
+
+def test_max_restarts_stops_requeueing(env, tmp_path):
+    out = tmp_path / "run"
+    nca(env, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm", "cluster.nodes=1",
+        "cluster.max_restarts=0", "steps=400", *FAST, f"out={out}")
+    job = job_ids(out)[0]
+    t0 = time.time()
+    while logged_steps(out) < 3:
+        assert time.time() - t0 < 120, state(job)
+        time.sleep(0.3)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    assert wait_for(job) == "FAILED"
+    log = (out / "launch" / job / f"{job}_0_log.out").read_text()
+    assert "not requeued" in log and "max_restarts=0" in log
+    saved = sorted((out / "checkpoints").glob("step_*"))
+    assert saved and (saved[-1] / "meta.json").is_file()  # it saved before giving up: resume=auto continues it
