@@ -19,6 +19,13 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("nca", "show"): ("nca_scale.cli.nca_tools:show", "PNG grids, GIFs and a score histogram of trajectories per band"),
     ("submit",): ("nca_scale.cli.submit:main", "run any job through submitit: Slurm (cluster=PROFILE), arrays, dependencies"),
     ("status",): ("nca_scale.cli.status:main", "state, step, last loss, restarts and logs of submitted jobs"),
+    ("corpus", "build"): ("nca_scale.cli.corpus:build", "build a text corpus (web, math, code, or a YAML: files/globs, HF)"),
+    ("corpus", "list"): ("nca_scale.cli.corpus:list_", "the embedded corpora and whether they are built"),
+    ("corpus", "tokenize"): ("nca_scale.cli.corpus:tokenize", "pack a corpus split into text token shards (WebDataset)"),
+    ("tokenizer", "train"): ("nca_scale.cli.tokenizer:train", "train a SentencePiece tokenizer on one or more corpora"),
+    ("export",): ("nca_scale.cli.export:export_main", "a checkpoint (any backend/layout) as a Hugging Face Llama directory"),
+    ("import",): ("nca_scale.cli.export:import_main", "a Hugging Face Llama directory as an nca_scale checkpoint"),
+    ("eval",): ("nca_scale.cli.eval:main", "perplexity, HumanEval, GSM8K, BIG-bench-Lite on a checkpoint (JSON)"),
 }
 
 

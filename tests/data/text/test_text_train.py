@@ -1,0 +1,106 @@
+"""End to end through the CLI: tokenizer train -> corpus tokenize -> nca-scale train from text shards with
+held-out perplexity, on the torch and megatron backends; Dyck as a training source; eval-only refusal."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nca_scale import cli
+from nca_scale.errors import UserError
+from nca_scale.train.config import from_args
+from nca_scale.train.data import BatchLoader, build_source, target_mask
+
+ROOT = Path(__file__).parents[3]
+CLI = Path(sys.executable).parent / "nca-scale"
+
+
+@pytest.fixture(scope="module")
+def text_data(code_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    assert cli.main(["tokenizer", "train", str(code_dir), f"out={d / 'tok'}", "vocab_size=800",
+                     "max_train_bytes=1500000", "threads=2"]) == 0
+    for split in ("train", "val", "eval"):
+        assert cli.main(["corpus", "tokenize", str(code_dir), f"tokenizer={d / 'tok'}", f"out={d / split}",
+                         f"split={split}", "seq_len=64", "tokens=200000", "sequences_per_shard=512"]) == 0
+    return d
+
+
+def train(out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", "wandb=disabled", "progress=false",
+           "model.n_layers=2", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def evals(out: Path) -> list[float]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [m["eval_ppl"] for m in lines if "eval_ppl" in m]
+
+
+def run_backend(text_data, out: Path, backend: str) -> list[float]:
+    p = train(out, "data.source=text_shards", f"data.shards={text_data / 'train'}",
+              f"data.val_shards={text_data / 'val'}", "steps=8", "eval_every=4", "eval_batches=4", f"backend={backend}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "vocab 800" in p.stdout and "seq 64" in p.stdout
+    ppl = evals(out)
+    assert len(ppl) == 2 and all(math.isfinite(x) for x in ppl)
+    assert ppl[-1] < ppl[0] < 2 * 800  # learning; the start is near-uniform over 800 pieces
+    return ppl
+
+
+@pytest.fixture(scope="module")
+def torch_ppl(text_data, tmp_path_factory) -> list[float]:
+    return run_backend(text_data, tmp_path_factory.mktemp("torch-run"), "torch")
+
+
+def test_train_and_perplexity_torch(torch_ppl):
+    assert torch_ppl  # the fixture ran the checks
+
+
+@pytest.mark.slow
+def test_train_and_perplexity_megatron(text_data, torch_ppl, tmp_path):
+    assert np.allclose(run_backend(text_data, tmp_path, "megatron"), torch_ppl, rtol=1e-3)
+
+
+def test_cli_summaries(text_data, code_dir, capsys, tmp_path):
+    m = json.loads((text_data / "train" / "manifest.json").read_text())
+    assert m["sequences"] == math.ceil(200000 / 65) and m["tokens"] == m["sequences"] * 65
+    assert cli.main(["corpus", "build", "code", f"out={code_dir}"]) == 0
+    assert "(cached)" in capsys.readouterr().out
+    assert cli.main(["corpus", "tokenize", str(code_dir), f"tokenizer={text_data / 'tok'}"]) == 2
+    assert "out= is required" in capsys.readouterr().err
+    assert cli.main(["corpus", "tokenize", str(code_dir), f"tokenizer={tmp_path}", f"out={tmp_path}"]) == 2
+    assert "tokenizer train" in capsys.readouterr().err
+    assert cli.main(["corpus", "tokenize", str(tmp_path), f"tokenizer={text_data / 'tok'}", f"out={tmp_path}"]) == 2
+    assert "corpus build" in capsys.readouterr().err
+    assert cli.main(["corpus", "list"]) == 0 and "code" in capsys.readouterr().out
+
+
+def test_eval_only_never_trained_on(text_data):
+    with pytest.raises(UserError, match="evaluation-only"):
+        from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={text_data / 'eval'}"])
+    cfg = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={text_data / 'train'}",
+                     f"data.val_shards={text_data / 'eval'}"])  # evaluating on it is what it is for
+    assert cfg.seq_len == 64 and cfg.resolved().model.vocab_size == 800
+    with pytest.raises(UserError, match="needs data.shards"):
+        from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards"])
+
+
+def test_dyck_source():
+    cfg = from_args(["configs/train/cpu-tiny.yaml", "data.source=dyck", "data.dyck.k=8", "data.dyck.seq_len=32",
+                     "batch_size=4", "micro_batch=2"])
+    assert cfg.seq_len == 32 and cfg.resolved().model.vocab_size == 16
+    loader = BatchLoader(build_source(cfg.data, "train"), target_mask(cfg.data), 4, 2, 0, 1)
+    b = loader.batch(3)
+    assert [x.shape for x in b.inputs] == [torch.Size([2, 32])] * 2 and bool(b.masks[0].all())
+    val = build_source(cfg.data, "val").sequences([0])
+    assert not torch.equal(val, build_source(cfg.data, "train").sequences([0]))
