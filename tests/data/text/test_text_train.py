@@ -104,3 +104,16 @@ def test_dyck_source():
     assert [x.shape for x in b.inputs] == [torch.Size([2, 32])] * 2 and bool(b.masks[0].all())
     val = build_source(cfg.data, "val").sequences([0])
     assert not torch.equal(val, build_source(cfg.data, "train").sequences([0]))
+
+
+def test_shipped_data_configs(repo_root):
+    from nca_scale import config as config_io
+    from nca_scale.data.text.tokenizer import TokenizerConfig
+    from nca_scale.train.config import DataConfig
+
+    cfg = from_args(["configs/train/cpu-tiny.yaml", "data=configs/data/dyck-paper.yaml"])
+    assert cfg.data.source == "dyck" and cfg.resolved().model.vocab_size == 128 and cfg.seq_len == 1024
+    for path in sorted((repo_root / "configs" / "data").glob("tokenizer-*.yaml")):
+        config_io.load(TokenizerConfig, path)
+    text = config_io.from_dict(DataConfig, config_io.read_yaml(repo_root / "configs/data/text-web.yaml"), source="x")
+    assert text.source == "text_shards"
