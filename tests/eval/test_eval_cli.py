@@ -1,0 +1,78 @@
+"""`nca-scale eval` end to end on CPU: a tiny trained model on every task, results as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import CLI, ENV
+
+pytestmark = pytest.mark.slow
+
+
+def nca_eval(*args, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run([CLI, "eval", *map(str, args)], env=ENV, capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "step_00000003"
+    corpus = tmp_path / "heldout.jsonl"
+    stdlib = Path(os.__file__).parent
+    corpus.write_text("".join(json.dumps({"text": p.read_text()}) + "\n" for p in sorted((stdlib / "email").glob("_*.py"))[:3]))
+
+    # held-out perplexity: the NCA val split and a text corpus; the HF export gives the same number
+    nca_eval(tiny_run, "task=ppl", "data=nca", "max_sequences=8")
+    ppl = json.loads((tiny_run / "eval" / "ppl-step00000003.json").read_text())
+    assert ppl["metrics"]["sequences"] == 8 and 1 < ppl["metrics"]["ppl"] < 20000
+    nca_eval(ckpt, "task=ppl", f"data={corpus}", f"tokenizer={sp_model}", "seq_len=64", "max_sequences=12",
+             f"out={tmp_path / 'text.json'}")
+    text = json.loads((tmp_path / "text.json").read_text())
+    assert text["metrics"]["tokens"] == 12 * 64 and text["data"]["kind"] == "text"
+    subprocess.run([CLI, "export", ckpt, f"out={tmp_path / 'hf'}", f"tokenizer={sp_model}"], env=ENV, check=True,
+                   capture_output=True)
+    nca_eval(tmp_path / "hf", "task=ppl", f"data={corpus}", "seq_len=64", "max_sequences=12", f"out={tmp_path / 'hf.json'}")
+    assert json.loads((tmp_path / "hf.json").read_text())["metrics"]["loss"] == pytest.approx(text["metrics"]["loss"], rel=1e-6)
+
+    # HumanEval: generation (KV cache, paper stop strings) and sandboxed execution of every sample
+    nca_eval(ckpt, "task=humaneval", f"tokenizer={sp_model}", "limit=2", "n=3", "max_new_tokens=12", "ks=[1,2]",
+             f"out={tmp_path / 'he.json'}", "timeout=10")
+    he = json.loads((tmp_path / "he.json").read_text())
+    assert he["metrics"]["problems"] == 2 and he["metrics"]["pass@1"] == 0.0 and set(he["metrics"]) >= {"pass@2"}
+    assert he["sampling"]["temperature"] == 0.4 and he["sampling"]["top_p"] == 0.95
+    assert [len(s) for s in he["samples"]] == [3, 3] and all(r["result"] != "passed" for s in he["samples"] for r in s)
+
+    # GSM8K from ../shared/data/gsm8k and BBL from the (tiny) bigbench archive
+    gsm = nca_eval(ckpt, "task=gsm8k", f"tokenizer={sp_model}", "limit=2", "n=2", "max_new_tokens=8",
+                   f"out={tmp_path / 'gsm.json'}", check=False)
+    if gsm.returncode == 0:
+        g = json.loads((tmp_path / "gsm.json").read_text())
+        assert g["metrics"]["problems"] == 2 and g["sampling"]["temperature"] == 0.6 and "pass@2" in g["metrics"]
+    else:
+        assert "GSM8K not found" in gsm.stderr
+    nca_eval(ckpt, "task=bbl", f"bigbench={tiny_bigbench}", "tasks=[toy_copy,toy_choice]", "min_train_examples=10",
+             "limit=3", "n=2", f"tokenizer={sp_model}", f"out={tmp_path / 'bbl.json'}", "ks=[1,2]")
+    b = json.loads((tmp_path / "bbl.json").read_text())
+    assert set(b["per_task"]) == {"toy_copy", "toy_choice"} and "normalised_pass@2" in b["metrics"]
+
+    lines = [json.loads(x) for x in (tiny_run / "eval" / "results.jsonl").read_text().splitlines()]
+    assert {x["task"] for x in lines} >= {"ppl", "humaneval", "bbl"} and all(x["step"] == 3 for x in lines)
+
+
+def test_eval_errors_are_one_line(tiny_run, tmp_path, capsys):
+    from nca_scale.cli import main
+
+    def err(*args) -> str:
+        assert main(["eval", *map(str, args)]) == 2
+        return capsys.readouterr().err
+
+    assert "needs the model's tokenizer" in err(tiny_run, "task=humaneval")
+    assert "choose one of" in err(tiny_run, "task=nope")
+    assert "neither a checkpoint" in err(tmp_path, "task=ppl", "data=nca")
+    assert "bigbench=" in err(tiny_run, "task=bbl")
+    assert "needs data=" in err(tiny_run, "task=ppl")
