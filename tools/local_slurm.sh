@@ -29,7 +29,7 @@ install_packages() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing Slurm, munge, slurmdbd, MariaDB (missing: ${missing[*]})"
-    [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock || true)" ] || apt-get update -q
+    apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         slurmctld slurmd slurm-client munge slurmdbd mariadb-server >/dev/null
 }

@@ -27,15 +27,16 @@ import submitit
 from nca_scale.launch import rendezvous
 
 
-def _time_limit_warning(limit_min: int, lead_s: int) -> None:
+def _time_limit_warning(limit_min: int, lead_s: int) -> threading.Timer | None:
     """USR2 to this process `lead_s` before this attempt's time limit, on every attempt: Slurm's own
     `--signal=USR2@lead` is sent once per job (a requeued job does not get it again, Slurm 22.05), and
     squeue's end time is stale right after a requeue, so the limit is counted from this task's start."""
     if not os.environ.get("SLURM_JOB_ID") or os.environ.get("RANK", "0") != "0":
-        return  # rank 0 is enough: the trainer all-reduces the flag
+        return None  # rank 0 is enough: the trainer all-reduces the flag
     timer = threading.Timer(max(0.0, limit_min * 60 - lead_s), os.kill, (os.getpid(), signal.SIGUSR2))
     timer.daemon = True
     timer.start()
+    return timer
 
 
 class Task(submitit.helpers.Checkpointable):
@@ -46,7 +47,7 @@ class Task(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         os.environ.update({k: str(v) for k, v in self.env.items()})
         rendezvous.export()
-        _time_limit_warning(self.limit_min, self.lead_s)
+        timer = _time_limit_warning(self.limit_min, self.lead_s)
         from nca_scale import cli
         from nca_scale.train import preemption
 
@@ -57,6 +58,10 @@ class Task(submitit.helpers.Checkpointable):
             rc = cli.main(argv)
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else 1
+        if timer is not None:
+            timer.cancel()
+        if rc == 0:  # done: a warning arriving while the process exits must not kill it (the job would FAIL)
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         if rc == preemption.EXIT_PREEMPTED:
             self._after_preemption(preemption.received)
         if rc:

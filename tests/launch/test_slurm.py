@@ -164,12 +164,12 @@ def test_time_limit_is_requeued_and_resumed(env, tmp_path):
     send it up to a minute early) makes it save and requeue itself, on every attempt, until it finishes."""
     out = tmp_path / "run"
     nca(env, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm", "cluster.nodes=1", "cluster.time=2",
-        "cluster.signal_lead_s=30", "cluster.max_restarts=8", "steps=200", *FAST, f"out={out}")
+        "cluster.signal_lead_s=30", "cluster.max_restarts=8", "steps=150", *FAST, f"out={out}")
     job = job_ids(out)[0]
     assert wait_for(job, timeout=900) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
     restarts = [m for m in metrics(out) if "restart" in m]
     assert restarts and all(r["reason"] == "SIGUSR2" and r["lost_steps"] == 0 for r in restarts)
-    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, 201))
+    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, 151))
 
 
 def test_max_restarts_stops_requeueing(env, tmp_path):
