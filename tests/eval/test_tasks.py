@@ -69,3 +69,23 @@ def test_bigbench_reader_prompts_and_scores(tiny_bigbench):
     assert per_task["toy_choice"]["normalised_pass@2"] == 1.0
     assert per_task["toy_sub"]["pass@1"] == 1.0
     assert summary["normalised_pass@1"] == pytest.approx((0.5 + 0.0 + 1.0) / 3) and summary["tasks"] == 3
+
+
+def test_finetune_documents_keep_evaluation_data_out(test_set, tiny_bigbench, tmp_path):
+    from nca_scale.analysis.eval import finetune
+
+    docs = finetune.gsm8k_documents(None, shots=5, epochs=2, seed=0)
+    train = gsm8k.read("train")
+    assert len(docs) == 2 * len(train)
+    assert docs[0]["text"].count("Question:\n") == 6 and docs[0]["text"].endswith(gsm8k.format_example(train[0]["question"], train[0]["answer"]))
+    assert docs[0]["text"] != docs[len(train)]["text"]  # fresh shots each epoch
+    assert not any(t["question"].strip() in docs[0]["text"] for t in test_set[:200])
+    bbl, dropped = finetune.bbl_documents(tiny_bigbench, ["toy_copy", "toy_choice", "toy_tiny"], max_per_task=50,
+                                          min_train_examples=10, val_fraction=0.25, seed=0)
+    assert "toy_tiny" in dropped and len(bbl) == 30 + 22  # the train sides of 40 and 30 examples
+    tasks, _ = bigbench.build(tiny_bigbench, ["toy_copy"], shots=2, max_examples=50, min_train_examples=10,
+                              val_fraction=0.25, seed=0)
+    for ex in tasks["toy_copy"]["examples"]:  # no validation query is ever a fine-tuning document's last example
+        assert not any(d["text"].endswith(bigbench.query(ex) + ex["targets"][0]) for d in bbl)
+    out = finetune.write_jsonl(bbl, tmp_path / "bbl.jsonl")
+    assert len(out.read_text().splitlines()) == len(bbl)
