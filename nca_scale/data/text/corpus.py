@@ -281,11 +281,11 @@ class Corpus:
     @classmethod
     def open(cls, name_or_url: str, endpoint_url: str | None = None) -> Corpus:
         """A corpus by URL, or an embedded one by name from the cache (with the command that builds it)."""
-        if name_or_url in DEFAULTS:
-            path = default_location(name_or_url)
-            if not (Path(path) / MANIFEST).is_file():
-                raise UserError(f"corpus {name_or_url} is not built yet; run `nca-scale corpus build {name_or_url}`")
-            return cls(path)
+        cached = Path(default_location(name_or_url)) if name_or_url and "/" not in name_or_url else None
+        if name_or_url in DEFAULTS and not (cached / MANIFEST).is_file():
+            raise UserError(f"corpus {name_or_url} is not built yet; run `nca-scale corpus build {name_or_url}`")
+        if cached is not None and (cached / MANIFEST).is_file() and not Path(name_or_url).exists():
+            return cls(str(cached))  # a corpus built into the cache under its name (embedded or from a YAML)
         return cls(name_or_url, endpoint_url)
 
     def count(self, split: str) -> int:

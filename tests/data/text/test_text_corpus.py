@@ -184,3 +184,13 @@ def test_missing_package_and_checksum(tmp_path):
     (tmp_path / art.filename).write_bytes(b"not the wheel")
     with pytest.raises(UserError, match="has sha256 .* delete the file"):
         sources.fetch(art, tmp_path)
+
+
+def test_open_by_cache_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("NCA_SCALE_CACHE", str(tmp_path))
+    (tmp_path / "a.txt").write_text("some document text " * 20)
+    build_corpus(CorpusConfig("mine", "web", [SourceConfig(files=[str(tmp_path / "a.txt")], eval_only=True)]),
+                 log=quiet)
+    assert Corpus.open("mine").count("eval") == 1
+    with pytest.raises(UserError, match="not built yet; run `nca-scale corpus build web`"):
+        Corpus.open("web")
