@@ -117,3 +117,30 @@ def test_shipped_data_configs(repo_root):
         config_io.load(TokenizerConfig, path)
     text = config_io.from_dict(DataConfig, config_io.read_yaml(repo_root / "configs/data/text-web.yaml"), source="x")
     assert text.source == "text_shards"
+
+
+def test_batches_are_a_function_of_step(text_data, tmp_path, capsys):
+    import shutil
+
+    from nca_scale.data.text.shards import TextShardReader
+
+    cfg = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={text_data / 'train'}",
+                     "batch_size=8", "micro_batch=2"])
+    rows = TextShardReader(str(text_data / "train")).sequences(np.arange(40 * 8, 41 * 8)).astype(np.int64)
+    for rank in (0, 1):  # two data-parallel ranks take contiguous halves of global batch 40
+        b = BatchLoader(build_source(cfg.data, "train"), target_mask(cfg.data), 8, 2, rank, 2).batch(40)
+        got = torch.cat([torch.cat([i, t[:, -1:]], dim=1) for i, t in zip(b.inputs, b.targets)])
+        assert torch.equal(got, torch.from_numpy(rows[rank * 4 : rank * 4 + 4]))
+    # a corrupt shard stops the run with its name, or is skipped and reported when asked
+    d = tmp_path / "train"
+    shutil.copytree(text_data / "train", d)
+    (d / "train-000000.tar").write_bytes(b"garbage")
+    bad = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={d}"])
+    with pytest.raises(UserError, match="train-000000.tar is corrupt"):
+        build_source(bad.data, "train").sequences([0])
+    skip = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={d}",
+                      "data.skip_corrupt=true"])
+    src = build_source(skip.data, "train")
+    assert "skipped 1 corrupt shards (512 sequences)" in capsys.readouterr().out
+    assert torch.equal(src.sequences([0]), torch.from_numpy(
+        TextShardReader(str(text_data / "train")).sequences([512]).astype(np.int64)))
