@@ -208,35 +208,16 @@ def test_generation_batch_independence_stops_and_top_p():
     assert {sample_token(logits, 1.0, 0.5, g).item() for _ in range(50)} == {0}
 
 
-def test_cli_export_and_import_of_a_trained_checkpoint(tmp_path, sp_project, repo_root):
-    sp_model = sp_project
-    """nca-scale train (torch) -> export -> transformers logits == ours; import -> eval-able checkpoint."""
-    run = tmp_path / "run"
-    train(run, "steps=2", cwd=repo_root)
-    subprocess.run([*CLI, "export", str(run), f"out={tmp_path / 'hf'}", f"tokenizer={sp_model}"], check=True, env=ENV,
-                   capture_output=True)
-    from nca_scale.analysis.eval import model_io
-
-    cfg, tensors, info = model_io.read_weights(run)
-    assert info["step"] == 2 and info["backend"] == "torch"
-    ours = model_io.build(cfg, tensors, 128)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    x = torch.randint(0, cfg.vocab_size, (2, 50))
-    with torch.no_grad():
-        assert (theirs(x).logits - ours(x)).abs().max().item() < 1e-5
-    r = subprocess.run([*CLI, "import", str(tmp_path / "hf"), f"out={tmp_path / 'imported'}"], env=ENV,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    cfg2, tensors2, info2 = model_io.read_weights(tmp_path / "imported")
-    assert cfg2 == cfg and all(torch.equal(tensors2[k], tensors[k]) for k in tensors)
-    assert info2["tokenizer"] and Path(info2["tokenizer"]).read_bytes() == sp_model.read_bytes()
-    bad = subprocess.run([*CLI, "export", str(tmp_path / "nothing"), f"out={tmp_path / 'x'}"], env=ENV,
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+@pytest.fixture(scope="module")
+def megatron_run(tmp_path_factory, repo_root) -> Path:
+    """`nca-scale train` with the megatron backend, TP=2 over 2 processes, one step, evaluated at the end."""
+    run = tmp_path_factory.mktemp("meg") / "run"
+    train(run, "steps=1", "backend=megatron", "nproc=2", "tp=2", "eval_every=1", "eval_batches=1", cwd=repo_root)
+    return run
 
 
 @pytest.mark.slow
-def test_megatron_tp2_checkpoint_exports_to_the_loss_megatron_computed(tmp_path, repo_root):
+def test_megatron_tp2_checkpoint_exports_to_the_loss_megatron_computed(tmp_path, megatron_run):
     """A megatron TP=2 checkpoint (fused, sharded, torch_dist) exported and run by transformers gives the
     eval loss megatron itself logged for those weights."""
     import json
@@ -249,8 +230,7 @@ def test_megatron_tp2_checkpoint_exports_to_the_loss_megatron_computed(tmp_path,
     from nca_scale.nca.stream import NCAStream
     from nca_scale.nca.tokenizer import loss_mask
 
-    run = tmp_path / "meg"
-    train(run, "steps=1", "backend=megatron", "nproc=2", "tp=2", "eval_every=1", "eval_batches=1", cwd=repo_root)
+    run = megatron_run
     subprocess.run([*CLI, "export", str(run), f"out={tmp_path / 'hf'}"], check=True, env=ENV, capture_output=True)
     logged = [m["eval_loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_loss" in m]
     meta = json.loads(next((run / "checkpoints").glob("step_*/meta.json")).read_text())
@@ -262,3 +242,30 @@ def test_megatron_tp2_checkpoint_exports_to_the_loss_megatron_computed(tmp_path,
     losses = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none").view(len(rows), -1)
     ours = losses[:, loss_mask(nca)].mean().item()
     assert abs(ours - logged[-1]) < 1e-5 * abs(logged[-1]), (ours, logged)
+
+
+@pytest.mark.slow
+def test_cli_export_and_import_of_a_trained_checkpoint(tmp_path, sp_project, megatron_run):
+    """nca-scale export (run directory -> latest checkpoint) -> transformers logits == ours; nca-scale import
+    -> a checkpoint with the same config and tensors that eval/export/init_from read."""
+    from nca_scale.analysis.eval import model_io
+
+    r = subprocess.run([*CLI, "export", str(megatron_run), f"out={tmp_path / 'hf'}", f"tokenizer={sp_project}"], env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg, tensors, info = model_io.read_weights(megatron_run)
+    assert info["step"] == 1 and info["backend"] == "megatron" and info["layout"]["tp"] == 2
+    ours = model_io.build(cfg, tensors, 128)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    x = torch.randint(0, cfg.vocab_size, (2, 50))
+    with torch.no_grad():
+        assert (theirs(x).logits - ours(x)).abs().max().item() < 1e-5
+    r = subprocess.run([*CLI, "import", str(tmp_path / "hf"), f"out={tmp_path / 'imported'}"], env=ENV,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg2, tensors2, info2 = model_io.read_weights(tmp_path / "imported")
+    assert cfg2 == cfg and tensors2.keys() == tensors.keys() and all(torch.equal(tensors2[k], tensors[k]) for k in tensors)
+    assert info2["tokenizer"] and Path(info2["tokenizer"]).read_bytes() == sp_project.read_bytes()
+    bad = subprocess.run([*CLI, "export", str(tmp_path / "nothing"), f"out={tmp_path / 'x'}"], env=ENV,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -50,7 +50,8 @@ def read_weights(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]
     cfg = ModelConfig(**model)
     tensors = transfer.read_logical(path, cfg)
     info = {"kind": "checkpoint", "path": str(path), "backend": meta["backend"], "layout": meta.get("layout"),
-            "step": meta.get("step"), "tokens": meta.get("tokens"), "seq_len": _seq_len(config),
+            "step": meta.get("step"), "tokens": meta.get("tokens"),
+            "seq_len": meta.get("imported_from", {}).get("max_position_embeddings") or _seq_len(config),
             "tokenizer": find_tokenizer(path, config)}
     return cfg, tensors, info
 
