@@ -28,3 +28,6 @@ def main(args: list[str]) -> int:
     cfg = config.load(EvalConfig, yamls[0] if yamls else None, overrides)
     run(rest[0], cfg)
     return 0
+
+
+main.__doc__ = __doc__

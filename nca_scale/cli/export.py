@@ -91,3 +91,6 @@ def import_main(args: list[str]) -> int:
     print(f"[nca-scale] imported {src} -> {out} (torch checkpoint, {cfg.n_layers} layers, d {cfg.d_model}, "
           f"vocab {cfg.vocab_size})")
     return 0
+
+
+export_main.__doc__ = import_main.__doc__ = __doc__

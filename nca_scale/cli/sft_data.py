@@ -47,3 +47,6 @@ def main(args: list[str]) -> int:
     out = finetune.write_jsonl(docs, job.out)
     print(f"[nca-scale] {len(docs)} documents -> {out}" + (f"; dropped {dropped}" if dropped else ""))
     return 0
+
+
+main.__doc__ = __doc__
