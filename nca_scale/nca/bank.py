@@ -77,6 +77,13 @@ class RuleBank:
     def acceptance(self) -> float:
         return self._accepted / max(self.scanned, 1)
 
+    def _next_chunk(self, n: int) -> int:
+        """Candidates to score next: about what n rules still need at the acceptance seen so far (a half
+        before any is known), in multiples of 64, capped at `chunk`. Banks do not depend on it."""
+        rate = self.acceptance if self.scanned else 0.5
+        want = 1.25 * (n - self._accepted) / max(rate, 0.01)
+        return int(min(self.chunk, max(64, -(-want // 64) * 64)))
+
     def ensure(self, n: int) -> RuleBank:
         from nca_scale.errors import UserError
 
@@ -93,16 +100,16 @@ class RuleBank:
                         f"complexity band ({c.lo}, {c.hi}) accepted {self._accepted} of {self.scanned} random "
                         f"rules; widen the band (complexity.lo/hi) or check `nca-scale nca stats`"
                     )
-                ids = torch.arange(self.scanned, self.scanned + self.chunk, device=self.device)
+                ids = torch.arange(self.scanned, self.scanned + self._next_chunk(n), device=self.device)
                 if c.lo is None:  # no filter: every candidate is accepted and no probe is rolled out
-                    s = np.full(self.chunk, np.nan)
+                    s = np.full(len(ids), np.nan)
                 else:
                     s = probe_scores(self.cfg, self.automaton, self.split, self.number, ids, self.threads)
                 ok = in_band(c.lo, c.hi, s)
                 self._ids.append(ids.cpu().numpy()[ok])
                 self._scores.append(s[ok])
                 self._accepted += int(ok.sum())
-                self.scanned += self.chunk
+                self.scanned += len(ids)
                 bar.update(min(self._accepted, n) - bar.n)
         bar.close()
         return self
