@@ -3,6 +3,8 @@ and on CUDA when present. Prints one JSON object. Medians of `--repeats` runs me
 
 Steady state = sequences generated from an already-scored bank prefix (what a long run sees); bank scoring is
 reported separately as seconds per 1,000 accepted rules, since the release draws one bank per run.
+End to end = `write_shards` (what `nca-scale generate` runs): bank scoring, generation, tar building in a
+worker process, sha256 and atomic commits to a local directory, manifest.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -48,6 +51,20 @@ def steady_state(cfg: NCAConfig, device: str, threads: int, sequences: int, batc
     }
 
 
+def end_to_end(cfg: NCAConfig, threads: int, tokens: int) -> dict:
+    from nca_scale.data.urls import parse_location
+    from nca_scale.data.writer import write_shards
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        loc = parse_location(os.path.join(tmp, "shards"))
+        loc.check_writable()  # creates the directory, as `nca-scale generate` does
+        t = time.perf_counter()
+        result = write_shards(cfg, loc, tokens=tokens, threads=threads, progress=False, tar_workers=1)
+        seconds = time.perf_counter() - t
+    return {"tokens": result.written_tokens, "seconds": seconds, "tokens_per_s": result.written_tokens / seconds}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="configs/nca/paper.yaml")
@@ -55,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cuda-sequences", type=int, default=65536)
+    ap.add_argument("--e2e-tokens", type=int, default=8_000_000, help="tokens for the end-to-end runs (0: skip)")
     args = ap.parse_args()
 
     filtered = config.load(NCAConfig, args.config)
@@ -74,6 +92,10 @@ def main() -> None:
         for name, cfg in (("unfiltered", unfiltered), ("gzip_50plus", filtered)):
             key = f"{name}_threads{threads}"
             result["cpu_results"][key] = steady_state(cfg, "cpu", threads, args.sequences, args.batch, args.repeats)
+    if args.e2e_tokens:
+        result["end_to_end_gzip_50plus"] = {
+            f"threads{threads}": end_to_end(filtered, threads, args.e2e_tokens) for threads in (1, 2)
+        }
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name()
         result["cuda_results"] = {
