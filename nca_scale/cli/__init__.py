@@ -26,6 +26,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export",): ("nca_scale.cli.export:export_main", "a checkpoint (any backend/layout) as a Hugging Face Llama directory"),
     ("import",): ("nca_scale.cli.export:import_main", "a Hugging Face Llama directory as an nca_scale checkpoint"),
     ("eval",): ("nca_scale.cli.eval:main", "perplexity, HumanEval, GSM8K, BIG-bench-Lite on a checkpoint (JSON)"),
+    ("eval", "report"): ("nca_scale.cli.eval:report", "a table of every evaluation recorded under run/sweep directories"),
     ("sft-data",): ("nca_scale.cli.sft_data:main", "the paper's GSM8K / BBL fine-tuning documents as JSONL"),
 }
 

@@ -31,3 +31,24 @@ def main(args: list[str]) -> int:
 
 
 main.__doc__ = __doc__
+
+
+def report(args: list[str]) -> int:
+    """nca-scale eval report DIR [DIR ...] [out=FILE.json]
+
+    Every evaluation recorded under the directories (RUN/eval/results.jsonl of each run of a sweep), latest per
+    run, task, step and data, as a Markdown table on stdout and, with out=, as JSON rows."""
+    import json
+
+    from nca_scale.analysis.eval.report import collect, markdown
+
+    positional, overrides = config.split_overrides(args)
+    unknown = [k for k, _ in overrides if k != "out"]
+    if not positional or unknown:
+        raise UserError("usage: nca-scale eval report DIR [DIR ...] [out=FILE.json]")
+    rows = collect(positional)
+    print(markdown(rows))
+    for _, out in overrides:
+        with open(out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0

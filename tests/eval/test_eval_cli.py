@@ -146,3 +146,17 @@ def test_eval_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert "neither a checkpoint" in err(tmp_path, "task=ppl", "data=nca")
     assert "bigbench=" in err(tiny_run, "task=bbl")
     assert "needs data=" in err(tiny_run, "task=ppl")
+
+
+def test_eval_report_collects_a_sweep(tiny_run, tmp_path):
+    from nca_scale.cli import main
+
+    (tiny_run / "eval").mkdir(exist_ok=True)
+    with open(tiny_run / "eval" / "results.jsonl", "a") as f:  # two evaluations of the same step: the later counts
+        for ppl in (5.0, 4.0):
+            f.write(json.dumps({"task": "ppl", "data": "nca", "step": 99, "tokens": 1, "checkpoint": "c",
+                                "metrics": {"ppl": ppl, "loss": 1.0}}) + "\n")
+    assert main(["eval", "report", str(tiny_run.parent), f"out={tmp_path / 'r.json'}"]) == 0
+    rows = [r for r in json.loads((tmp_path / "r.json").read_text()) if r["step"] == 99]
+    assert [r["metrics"]["ppl"] for r in rows] == [4.0] and rows[0]["run"] == str(tiny_run)
+    assert main(["eval", "report", str(tmp_path / "empty")]) == 2

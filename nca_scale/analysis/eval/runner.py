@@ -125,7 +125,7 @@ def _default_out(info: dict, task: str) -> Path:
 
 
 def _append_summary(info: dict, task: str, result: dict, out: Path) -> None:
-    line = {"task": task, "step": info.get("step"), "tokens": info.get("tokens"), "checkpoint": info["path"],
+    line = {"task": task, "data": result.get("data", {}).get("source"), "step": info.get("step"), "tokens": info.get("tokens"), "checkpoint": info["path"],
             "metrics": result["metrics"], "result": str(out), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = _run_dir(info) / "eval" / "results.jsonl"
     try:
