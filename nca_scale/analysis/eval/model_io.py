@@ -101,8 +101,9 @@ def find_tokenizer(path: Path, config: dict) -> str | None:
 
     manifest = _text_manifest(config)
     candidates = list(walk(config))
-    if manifest:  # the tokenizer the training text was packed with
-        candidates += [v for v in walk({"tokenizer": manifest.get("tokenizer", {})}) if v.endswith(".model") or "/" in v]
+    if manifest and isinstance(manifest.get("tokenizer"), dict):  # the tokenizer the training text was packed with
+        url = str(manifest["tokenizer"].get("url") or "")
+        candidates.append(url.removeprefix("file://"))
     for value in candidates:
         p = Path(value)
         if p.is_file():
