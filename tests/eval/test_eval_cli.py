@@ -160,3 +160,23 @@ def test_eval_report_collects_a_sweep(tiny_run, tmp_path):
     rows = [r for r in json.loads((tmp_path / "r.json").read_text()) if r["step"] == 99]
     assert [r["metrics"]["ppl"] for r in rows] == [4.0] and rows[0]["run"] == str(tiny_run)
     assert main(["eval", "report", str(tmp_path / "empty")]) == 2
+
+
+def test_text_trained_model_end_to_end(text_run, tmp_path):
+    """Perplexity on the run's own val shards is the loss the trainer logged; the tokenizer is found from the
+    checkpoint (its text-shard manifest), so no tokenizer= is needed for generation tasks."""
+    from nca_scale.cli import main
+
+    logged = [json.loads(x) for x in (text_run / "metrics.jsonl").read_text().splitlines()]
+    logged = [m["eval_loss"] for m in logged if "eval_loss" in m][-1]
+    meta = json.loads(next((text_run / "checkpoints").glob("step_*/meta.json")).read_text())
+    val = meta["config"]["data"]["val_shards"]
+    assert main(["eval", str(text_run), "task=ppl", f"data={val}", f"max_sequences={meta['config']['batch_size']}",
+                 f"out={tmp_path / 'ppl.json'}"]) == 0
+    ppl = json.loads((tmp_path / "ppl.json").read_text())
+    assert ppl["metrics"]["loss"] == pytest.approx(logged, rel=1e-6) and ppl["data"]["kind"] == "text shards"
+    assert main(["eval", str(text_run), "task=humaneval", "limit=1", "n=2", "max_new_tokens=16", "ks=[1]",
+                 f"out={tmp_path / 'he.json'}"]) == 0
+    he = json.loads((tmp_path / "he.json").read_text())
+    assert he["tokenizer"]["path"].endswith("tokenizer.model") and he["tokenizer"]["eos_id"] == 1
+    assert len(he["samples"][0]) == 2 and he["metrics"]["problems"] == 1
