@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nca_scale.model.config import ModelConfig
 from nca_scale.model.layout import init_tensor
@@ -86,6 +87,7 @@ class Llama(nn.Module):
         if cfg.vocab_size is None:
             raise ValueError("Llama needs cfg.vocab_size")
         self.cfg = cfg
+        self.recompute = False  # activation recomputation: keep only layer inputs, redo the layer in backward
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -107,7 +109,10 @@ class Llama(nn.Module):
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         x = self.tok_emb(tokens)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            if self.recompute and self.training:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
         return self.head(self.norm(x))
 
 

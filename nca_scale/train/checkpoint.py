@@ -62,7 +62,7 @@ def resolve(cfg: TrainConfig, which: str | None) -> Path | None:
 def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     """Refuse a resume that could not continue the same run exactly."""
     meta = read_meta(path)
-    saved, current = meta["config"], to_dict(cfg.resolved(cfg.data.nca.vocab_size))
+    saved, current = meta["config"], to_dict(cfg.resolved())
     if meta["backend"] != cfg.backend:
         raise UserError(f"{path} was written by backend={meta['backend']}; resume it with that backend, or use init_from=")
     for key in ("model", "data", "batch_size", "seed"):

@@ -148,7 +148,7 @@ class TrainConfig:
     dp: int | None = None  # derived as nproc / (tp * pp); if given it must agree
     sequence_parallel: bool = False
     distributed_optimizer: bool = True  # megatron: shard optimizer state over DP (ZeRO-1)
-    recompute: bool = False  # activation recomputation (megatron: full, uniform)
+    recompute: bool = False  # activation recomputation, every layer (megatron: full, uniform)
     zero: int = 0  # deepspeed ZeRO stage
     offload: bool = False  # deepspeed: optimizer state on the CPU
 
@@ -193,9 +193,8 @@ class TrainConfig:
         limits = [s for s in (self.steps, budget) if s is not None]
         return min(limits)
 
-    def resolved(self, data_vocab: int | None = None) -> TrainConfig:
-        # the data's vocabulary comes from the data config itself (NCA, Dyck or a text shard manifest);
-        # `data_vocab` is accepted for older callers that pass cfg.data.nca.vocab_size
+    def resolved(self) -> TrainConfig:
+        """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest)."""
         return replace(self, model=self.model.with_vocab(self.data.vocab_size))
 
     def validate(self) -> None:

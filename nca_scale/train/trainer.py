@@ -71,7 +71,7 @@ class Trainer:
 
 def run(cfg: TrainConfig) -> Trainer:
     """Train `cfg` in this process (one rank of the job). Returns the finished Trainer."""
-    cfg = cfg.resolved(cfg.data.nca.vocab_size)
+    cfg = cfg.resolved()
     resume_from = checkpoint.resolve(cfg, cfg.resume)
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)

@@ -45,7 +45,7 @@ def check(cfg: TrainConfig, source: Path) -> ModelConfig:
     """Refuse a transfer that cannot work, before any process starts; returns the source model config."""
     meta = checkpoint.read_meta(source)
     src = ModelConfig(**meta["config"]["model"])
-    dst = cfg.model.with_vocab(cfg.data.nca.vocab_size)
+    dst = cfg.resolved().model
     if not cfg.transfer.reinit_embeddings and src.vocab_size != dst.vocab_size:
         raise UserError(
             f"init_from={source} has vocabulary {src.vocab_size}, this run {dst.vocab_size}; keep "

@@ -70,3 +70,20 @@ def test_megatron_shards_reassemble_the_logical_tensors():
     proj = shard("decoder.layers.0.self_attention.linear_proj.weight", 0)
     assert torch.equal(proj, get("layers.0.attn.wo.weight")[:, :32])
     assert torch.equal(shard("decoder.final_layernorm.weight", 1), torch.ones(64))
+
+
+def test_recompute_gives_the_same_loss_and_gradients():
+    from nca_scale.model.llama import masked_loss
+
+    cfg = ModelConfig(vocab_size=100, attn_dropout=0.1)
+    tokens = torch.randint(0, 100, (2, 17), generator=torch.Generator().manual_seed(0))
+    results = []
+    for recompute in (False, True):
+        model = Llama(cfg, 16)
+        model.recompute = recompute
+        torch.manual_seed(0)  # dropout masks must be redrawn identically in the recomputation
+        loss = masked_loss(model(tokens[:, :-1]), tokens[:, 1:], torch.ones(2, 16, dtype=torch.bool))
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (a, ga), (b, gb) = results
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))

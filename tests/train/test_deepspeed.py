@@ -8,18 +8,22 @@ from train_helpers import assert_close, losses, train
 DEEPSPEED = ("backend=deepspeed", "nproc=2")
 
 
-@pytest.mark.parametrize("zero", [1, 2, 3])
+@pytest.mark.parametrize("zero", [1, 2])
 def test_zero_matches_single_process(zero, reference, tmp_path):
     out = tmp_path / "run"
     train(out, "steps=10", *DEEPSPEED, f"zero={zero}")
     assert_close(losses(out), losses(reference))
 
 
+def test_zero3_matches_single_process(deepspeed_zero3, reference):
+    assert_close(losses(deepspeed_zero3), losses(reference))
+
+
 def test_resume_is_bit_identical(tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     full, split = tmp_path / "full", tmp_path / "split"
-    common = (*DEEPSPEED, "zero=3", "model.attn_dropout=0.1")
+    common = (*DEEPSPEED, "zero=3", "model.attn_dropout=0.1", "schedule.total=6")
     train(full, "steps=6", *common)
     train(split, "steps=3", *common)
     train(split, "steps=6", "resume=auto", *common)

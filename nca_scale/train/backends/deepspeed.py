@@ -35,6 +35,7 @@ class DeepSpeedEngine:
         self.cfg, self.device = cfg, tdist.device()
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
         model = Llama(cfg.model, cfg.seq_len, weights=weights)
+        model.recompute = cfg.recompute
         trainable = freeze(model, frozen)
         o = cfg.optim
         config = {

@@ -26,6 +26,7 @@ class TorchEngine:
         self.cfg, self.device = cfg, tdist.device()
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
         self.model = Llama(cfg.model, cfg.seq_len, weights=weights).to(self.device)
+        self.model.recompute = cfg.recompute
         trainable = freeze(self.model, frozen)
         self.ddp = DDP(self.model) if self.dp_size > 1 else None
         self.optimizer = torch_optimizer(cfg.optim, trainable)
