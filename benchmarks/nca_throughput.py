@@ -34,18 +34,21 @@ def steady_state(cfg: NCAConfig, device: str, threads: int, sequences: int, batc
     accepted = min(sequences, stream.bank_size)
     idx = np.arange(sequences)
     stream.sequences(idx[: min(batch, sequences)])  # warm-up: caches, allocator, CUDA context
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         stream.sequences(idx)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         rates.append(sequences * cfg.sequence_tokens / (time.perf_counter() - t))
+        cpu_rates.append(sequences * cfg.sequence_tokens / (time.process_time() - c))
     return {
         "tokens_per_s": statistics.median(rates),
         "runs": [round(r) for r in rates],
+        # tokens per CPU-second of this process: less sensitive than wall time to other load on the machine
+        "tokens_per_cpu_s": statistics.median(cpu_rates),
         "bank_s_per_1000_rules": 1000 * bank_s / accepted,
         "acceptance": stream.bank(0).acceptance,
     }
