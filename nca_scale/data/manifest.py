@@ -94,6 +94,22 @@ def build_manifest(
     }
 
 
+def read_json_manifest(loc, name: str, fmt: str, not_ours: str) -> dict | None:
+    """The JSON manifest `name` under `loc` (None when absent), checked to be of format `fmt`; `not_ours`
+    completes the error for a readable manifest of another kind."""
+    try:
+        raw = loc.read(name)
+    except FileNotFoundError:
+        return None
+    try:
+        m = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{loc.url_of(name)}: not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != fmt:
+        raise UserError(f"{loc.url_of(name)}: {not_ours}")
+    return m
+
+
 def parse_manifest(data: bytes, where: str) -> dict:
     try:
         m = json.loads(data)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 import nca_scale
+from nca_scale.data.manifest import read_json_manifest
 from nca_scale.data.text import sources as src
 from nca_scale.data.urls import Location, parse_location
 from nca_scale.errors import UserError
@@ -176,17 +177,7 @@ class _PartWriter:
 
 
 def read_manifest(loc: Location) -> dict | None:
-    try:
-        raw = loc.read(MANIFEST)
-    except FileNotFoundError:
-        return None
-    try:
-        m = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{loc.url_of(MANIFEST)}: not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise UserError(f"{loc.url_of(MANIFEST)}: not an nca_scale corpus manifest (format {FORMAT!r})")
-    return m
+    return read_json_manifest(loc, MANIFEST, FORMAT, f"not an nca_scale corpus manifest (format {FORMAT!r})")
 
 
 def build_corpus(cfg: CorpusConfig, out: str | None = None, *, downloads: Path | None = None,

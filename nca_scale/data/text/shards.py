@@ -29,6 +29,7 @@ import numpy as np
 import webdataset as wds
 
 import nca_scale
+from nca_scale.data.manifest import read_json_manifest
 from nca_scale.data.shards import KEY_DIGITS, MTIME, decode_npy, iter_tar_samples, sha256, shard_name
 from nca_scale.data.urls import Location, parse_location
 from nca_scale.errors import UserError
@@ -86,18 +87,8 @@ def fingerprint(corpus, split: str, tok, cfg: PackConfig) -> str:
 
 
 def read_manifest(loc: Location) -> dict | None:
-    try:
-        raw = loc.read(MANIFEST)
-    except FileNotFoundError:
-        return None
-    try:
-        m = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{loc.url_of(MANIFEST)}: not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise UserError(f"{loc.url_of(MANIFEST)}: not a text shard manifest (format {FORMAT!r}); NCA shards are "
-                        "read with data.source=nca_shards")
-    return m
+    return read_json_manifest(loc, MANIFEST, FORMAT, f"not a text shard manifest (format {FORMAT!r}); NCA shards "
+                              "are read with data.source=nca_shards")
 
 
 def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: str | None = None,
