@@ -94,29 +94,29 @@ def build_manifest(
     }
 
 
-def read_json_manifest(loc, name: str, fmt: str, not_ours: str) -> dict | None:
-    """The JSON manifest `name` under `loc` (None when absent), checked to be of format `fmt`; `not_ours`
-    completes the error for a readable manifest of another kind."""
-    try:
-        raw = loc.read(name)
-    except FileNotFoundError:
-        return None
-    try:
-        m = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{loc.url_of(name)}: not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != fmt:
-        raise UserError(f"{loc.url_of(name)}: {not_ours}")
-    return m
-
-
-def parse_manifest(data: bytes, where: str) -> dict:
+def load_json_manifest(data: bytes, where: str, fmt: str, not_ours: str) -> dict:
+    """A JSON manifest's contents, checked to be of format `fmt`; `not_ours` completes the error for a
+    readable manifest of another kind."""
     try:
         m = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{where}: manifest is not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise UserError(f"{where}: not an nca_scale shard manifest (expected format {FORMAT!r})")
+    if not isinstance(m, dict) or m.get("format") != fmt:
+        raise UserError(f"{where}: {not_ours}")
+    return m
+
+
+def read_json_manifest(loc, name: str, fmt: str, not_ours: str) -> dict | None:
+    """The JSON manifest `name` under `loc`, or None when there is none."""
+    try:
+        raw = loc.read(name)
+    except FileNotFoundError:
+        return None
+    return load_json_manifest(raw, loc.url_of(name), fmt, not_ours)
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    m = load_json_manifest(data, where, FORMAT, f"not an nca_scale shard manifest (expected format {FORMAT!r})")
     missing = [k for k in ("config", "split", "start", "stop", "shards", "token_dtype") if k not in m]
     if missing:
         raise UserError(f"{where}: manifest lacks {', '.join(missing)}")
