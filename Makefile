@@ -12,10 +12,13 @@ venv:
 test: venv
 	$(PY) -m pytest -q tests
 
+# The main job on the embedded defaults: CPU, local files, submitit's local executor, wandb offline.
 demo: venv
-	$(BIN)/nca-scale generate configs/nca/tiny.yaml out=runs/demo/shards tokens=400000
 	$(BIN)/nca-scale nca stats configs/nca/tiny.yaml rules=1000 seed=0
 	$(BIN)/nca-scale nca show configs/nca/tiny.yaml out=runs/demo/figures
+	$(BIN)/nca-scale generate configs/nca/tiny.yaml out=runs/demo/shards tokens=400000
+	$(BIN)/nca-scale submit configs/train/cpu-tiny.yaml out=runs/demo/train steps=20 wait=true
+	$(BIN)/nca-scale status runs/demo/train
 
 bench: venv
 	$(PY) benchmarks/nca_throughput.py
