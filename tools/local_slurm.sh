@@ -131,6 +131,9 @@ up() {
         wait_for 30 mariadb -e "select 1" || { log "MariaDB did not start (see $STATE/log/mariadb.log)"; exit 1; }
         echo /run/mysqld/mysqld.pid >> "$STATE/started"
     fi
+    # A fresh StateSaveLocation numbers jobs from 1 again, so accounting from an earlier `up` on this machine
+    # would answer sacct for our new job ids with old jobs' states: start the accounting database empty too.
+    mariadb -e "DROP DATABASE IF EXISTS slurm_acct_db"
     mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db; CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmpw'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
     slurmdbd; echo "$STATE/slurmdbd.pid" >> "$STATE/started"
     wait_for 30 sacctmgr -n list cluster || { log "slurmdbd did not answer (see $STATE/log/slurmdbd.log)"; exit 1; }

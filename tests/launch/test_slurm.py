@@ -29,6 +29,7 @@ from launch_helpers import (
 pytestmark = pytest.mark.usefixtures("slurm")
 
 STEPS = 30
+STEPS_LONG = 450  # the time-limit test: more than one 2-minute attempt of training
 TP2 = ["configs/train/cpu-tiny.yaml", "cluster=local-slurm", f"steps={STEPS}", "backend=megatron", "tp=2", *FAST]
 FINAL = f"checkpoints/step_{STEPS:08d}"
 
@@ -161,15 +162,16 @@ def test_bad_profile_is_an_error_at_submit_time(bad, message, env, tmp_path):
 @pytest.mark.slow
 def test_time_limit_is_requeued_and_resumed(env, tmp_path):
     """A 2-minute job whose training needs longer: the USR2 warning (signal_lead_s before the limit; Slurm may
-    send it up to a minute early) makes it save and requeue itself, on every attempt, until it finishes."""
+    send it up to a minute early) makes it save and requeue itself, on every attempt, until it finishes.
+    450 steps take ~2.5 min on an idle 2-core machine (150 finished inside one attempt there)."""
     out = tmp_path / "run"
     nca(env, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm", "cluster.nodes=1", "cluster.time=2",
-        "cluster.signal_lead_s=30", "cluster.max_restarts=8", "steps=150", *FAST, f"out={out}")
+        "cluster.signal_lead_s=30", "cluster.max_restarts=8", f"steps={STEPS_LONG}", *FAST, f"out={out}")
     job = job_ids(out)[0]
     assert wait_for(job, timeout=900) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
     restarts = [m for m in metrics(out) if "restart" in m]
     assert restarts and all(r["reason"] == "SIGUSR2" and r["lost_steps"] == 0 for r in restarts)
-    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, 151))
+    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, STEPS_LONG + 1))
 
 
 def test_max_restarts_stops_requeueing(env, tmp_path):
