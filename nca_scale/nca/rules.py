@@ -31,9 +31,6 @@ class RuleParams:
     w3: torch.Tensor  # (B, S, Hd)
     b3: torch.Tensor  # (B, S)
 
-    def to(self, device) -> RuleParams:
-        return RuleParams(*(t.to(device) for t in (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3)))
-
 
 @dataclass
 class RuleTables:
@@ -88,10 +85,6 @@ def fold(cfg: NCAConfig, p: RuleParams) -> RuleTables:
     table = torch.einsum("bcsk,bhc->bksh", per_state, p.w2)
     h0 = torch.einsum("bc,bhc->bh", p.b1, p.w2) + p.b2
     return RuleTables(table.contiguous(), h0, p.w3.transpose(1, 2).contiguous(), p.b3)
-
-
-def cat_tables(parts: list[RuleTables]) -> RuleTables:
-    return RuleTables(*(torch.cat([getattr(t, f) for t in parts]) for f in ("table", "h0", "w3t", "b3")))
 
 
 def select_tables(t: RuleTables, idx: torch.Tensor) -> RuleTables:
