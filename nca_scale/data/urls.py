@@ -3,12 +3,14 @@
 Why not plain `fsspec.open` everywhere: the three backends differ in what "atomic" means. A local file is
 written to a hidden temp name, fsynced and `os.replace`d; an S3 object is uploaded in one PUT (or one
 completed multipart upload), which S3 publishes all at once; `memory://` (tests) writes a temp key and moves
-it. In every case a reader never sees part of an object under its final name.
+it. In every case a reader never sees part of an object under its final name. A failed write (a flaky
+network, a full disk) is retried with exponential backoff (`RETRIES`, `BACKOFF_S`), then reported as one line.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -19,6 +21,8 @@ from nca_scale.errors import UserError
 
 SCHEMES = ("file", "s3", "memory")  # plain paths count as file
 TEMP_MARK = ".tmp-"  # temp objects are named .<final name>.tmp-<pid>-<random>; never listed in a manifest
+RETRIES = 4  # attempts per object write
+BACKOFF_S = 0.5  # wait before the 2nd attempt; doubles after each failure
 
 
 def endpoint_from_env() -> str | None:
@@ -65,8 +69,28 @@ class Location:
         return self.fs.cat_file(self.path(name))
 
     # ---- writing -------------------------------------------------------------------------------------
+    def sub(self, name: str) -> Location:
+        """The directory `name` inside this one."""
+        return Location(url=self.url_of(name), scheme=self.scheme, fs=self.fs, root=self.path(name))
+
     def put_atomic(self, name: str, data: bytes) -> None:
-        """Publish `data` under `name` all at once: no reader ever sees a partial object there."""
+        """Publish `data` under `name` (which may contain `/`) all at once: no reader ever sees a partial
+        object there. Failed attempts are retried with backoff; after the last one, a UserError."""
+        if "/" in name:
+            directory, _, name = name.rpartition("/")
+            return self.sub(directory).put_atomic(name, data)
+        delay = BACKOFF_S
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return self._put_once(name, data)
+            except OSError as e:  # s3fs reports S3 and network errors as OSError subclasses too
+                if attempt == RETRIES:
+                    raise UserError(f"writing {self.url_of(name)} failed {RETRIES} times ({_first_line(e)}); "
+                                    "nothing was published under that name") from None
+                time.sleep(delay)
+                delay *= 2
+
+    def _put_once(self, name: str, data: bytes) -> None:
         final = self.path(name)
         if self.scheme == "s3":
             # s3fs uploads up to its 50 MiB chunk size as one PUT and larger data as one multipart upload;
@@ -75,6 +99,7 @@ class Location:
             return
         tmp = self.path(f".{name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if self.scheme == "file":
+            os.makedirs(self.root, exist_ok=True)
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -87,8 +112,13 @@ class Location:
                 raise
             _fsync_dir(self.root)
             return
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, final)
+        try:
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, final)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm_file(tmp)
+            raise
 
     def remove_stale_temps(self) -> int:
         """Delete temp objects a killed writer left behind (one writer per directory is assumed)."""

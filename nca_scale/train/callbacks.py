@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch.distributed as dist
 
 from nca_scale.config import to_dict
 from nca_scale.model.config import flops_per_token
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, mirror
 from nca_scale.train.speed import peak_flops_per_rank
 
 
@@ -27,6 +26,7 @@ class Callback:
     def post_step(self, trainer, metrics: dict) -> None: ...
     def post_eval(self, trainer, metrics: dict) -> None: ...
     def post_train(self, trainer) -> None: ...
+    def rewound(self, trainer) -> None: ...  # after a rollback set trainer.step back
 
 
 def _rank0() -> bool:
@@ -34,7 +34,8 @@ def _rank0() -> bool:
 
 
 class Checkpointer(Callback):
-    """Resumes in pre_train; saves every `checkpoint_every` steps and at the end; keeps the last k."""
+    """Resumes in pre_train; saves every `checkpoint_every` steps and at the end (checkpoint.py: staged, then
+    committed by rank 0); keeps the last k; with checkpoint_url= also publishes each one there."""
 
     def __init__(self, resume_from: Path | None):
         self.resume_from = resume_from
@@ -42,14 +43,20 @@ class Checkpointer(Callback):
     def pre_train(self, trainer) -> None:
         if self.resume_from is None:
             return
-        meta = checkpoint.read_meta(self.resume_from)
-        trainer.engine.load(self.resume_from)
-        trainer.step, trainer.tokens = meta["step"], meta["tokens"]
+        meta = self.restore(trainer, self.resume_from)
         trainer.log(f"resumed from {self.resume_from} at step {trainer.step}")
         saved = meta["config"]
         before, now = saved["schedule"]["total"] or saved["steps"], trainer.cfg.schedule.total or trainer.cfg.total_steps
         if before != now:  # schedule.total defaults to the run length: extending a run stretches the schedule
             trainer.log(f"note: the LR schedule now spans {now} steps (it spanned {before}); pin schedule.total to keep it")
+
+    @staticmethod
+    def restore(trainer, path: Path) -> dict:
+        meta = checkpoint.read_meta(path)
+        trainer.engine.load(path)
+        trainer.step, trainer.tokens = meta["step"], meta["tokens"]
+        trainer.skipped = set(meta.get("skipped_steps", []))
+        return meta
 
     def post_step(self, trainer, metrics: dict) -> None:
         every = trainer.cfg.checkpoint_every
@@ -62,17 +69,16 @@ class Checkpointer(Callback):
 
     def save(self, trainer) -> None:
         cfg, t0 = trainer.cfg, time.perf_counter()
+        if _rank0():
+            checkpoint.begin(cfg.out, trainer.step)
+        dist.barrier()
+        trainer.engine.save(checkpoint.staging_dir(cfg.out, trainer.step))
+        dist.barrier()
         path = checkpoint.step_dir(cfg.out, trainer.step)
         if _rank0():
-            if path.exists():  # leftovers of an interrupted save of this step
-                shutil.rmtree(path)
-            path.mkdir(parents=True)
-        dist.barrier()
-        trainer.engine.save(path)
-        dist.barrier()
-        if _rank0():
-            checkpoint.write_meta(path, cfg, trainer.step, trainer.tokens)
-            checkpoint.prune(cfg.out, cfg.keep_last)
+            checkpoint.commit(cfg, trainer.step, trainer.tokens, skipped_steps=sorted(trainer.skipped))
+            if cfg.checkpoint_url:
+                mirror.publish(path, cfg.checkpoint_url, cfg.keep_last)
         dist.barrier()
         trainer.log(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
 
@@ -97,9 +103,12 @@ class MetricsLog(Callback):
 
     def pre_train(self, trainer) -> None:
         self.path = Path(trainer.cfg.out) / "metrics.jsonl"
+        self.rewound(trainer)
+
+    def rewound(self, trainer) -> None:
         if not _rank0() or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= trainer.step]
+        keep = [line for line in self.path.read_text().splitlines() if _step_of(line) <= trainer.step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def _write(self, metrics: dict) -> None:
@@ -113,6 +122,13 @@ class MetricsLog(Callback):
 
     def post_eval(self, trainer, metrics: dict) -> None:
         self._write(metrics)
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except ValueError:  # the torn last line of a killed process
+        return float("inf")
 
 
 class Wandb(Callback):

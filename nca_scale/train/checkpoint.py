@@ -1,16 +1,32 @@
-"""Checkpoint directories: OUT/checkpoints/step_00000010/{<backend files>, meta.json}.
+"""Checkpoint directories, committed atomically and verified on load.
 
-meta.json is written last, by rank 0, after every rank has finished writing: a directory without it is
-incomplete and never resumed from. It records step, tokens, the data position, the layout, the full config
-and the package version. Optimizer, scheduler and RNG need no more: the schedule and the dropout RNG are
-functions of the step (nca_scale.train.schedule, nca_scale.train.dist.step_seed).
+    OUT/checkpoints/step_00000010/      a committed checkpoint: the backend's files + meta.json (the manifest)
+    OUT/checkpoints/step_00000012.tmp/  a save in progress, or one a kill interrupted: never read
+    OUT/checkpoints/latest              "step_00000010": the newest committed checkpoint
+
+A save (callbacks.Checkpointer) has every rank write its backend files into `step_N.tmp/`; after a barrier,
+rank 0 `commit`s: fsyncs the files, writes meta.json (step, tokens, data position, layout, config, version,
+and every file's size and sha256) and fsyncs it, renames `step_N.tmp` to `step_N` (atomic on one filesystem),
+then replaces `latest` (the pointer moves last), then prunes. A kill at any moment leaves the previous
+checkpoints untouched plus either nothing new or a complete new one. Optimizer, scheduler and RNG need no
+more: the schedule and the dropout RNG are functions of the step (schedule.py, dist.step_seed).
+
+Loading verifies the manifest (sizes, then checksums). `resume=auto` takes the newest committed checkpoint
+that verifies, reporting (one line each) the newer ones that do not; keep-last-k never removes the checkpoint
+`latest` names nor the newest one that is complete. meta.json files written before manifests existed (no
+"files") are accepted unverified. With `checkpoint_url=` each committed checkpoint is also published to an
+fsspec URL (mirror.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nca_scale
@@ -19,6 +35,9 @@ from nca_scale.errors import UserError
 from nca_scale.train.config import TrainConfig
 
 META = "meta.json"
+LATEST = "latest"
+STAGING = ".tmp"
+_NAME = re.compile(r"step_(\d{8})")
 
 
 def root(out: str | Path) -> Path:
@@ -29,33 +48,109 @@ def step_dir(out: str | Path, step: int) -> Path:
     return root(out) / f"step_{step:08d}"
 
 
+def staging_dir(out: str | Path, step: int) -> Path:
+    return root(out) / f"step_{step:08d}{STAGING}"
+
+
 def is_complete(path: Path) -> bool:
+    """Committed (has its manifest); `verify` also checks the files against it."""
     return (path / META).is_file()
 
 
 def complete_checkpoints(out: str | Path) -> list[Path]:
+    """Committed checkpoints, oldest first (staging directories are never listed)."""
     base = root(out)
     if not base.is_dir():
         return []
-    return sorted(p for p in base.iterdir() if p.name.startswith("step_") and is_complete(p))
+    return sorted(p for p in base.iterdir() if _NAME.fullmatch(p.name) and is_complete(p))
 
 
 def read_meta(path: Path) -> dict:
     return json.loads((path / META).read_text())
 
 
-def resolve(cfg: TrainConfig, which: str | None) -> Path | None:
-    """The checkpoint named by a resume=/init_from= value, checked before any process starts."""
+def latest_name(out: str | Path) -> str | None:
+    pointer = root(out) / LATEST
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+# ---- integrity -------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).as_posix() != META)
+
+
+def file_table(path: Path) -> dict[str, dict]:
+    return {p.relative_to(path).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(path)}
+
+
+def verify(path: Path) -> str | None:
+    """What is wrong with the checkpoint at `path` (None if nothing): its manifest against its files."""
+    try:
+        meta = read_meta(path)
+    except FileNotFoundError:
+        return f"no {META}: it was interrupted while saving"
+    except (OSError, ValueError) as e:
+        return f"unreadable {META} ({type(e).__name__})"
+    files = meta.get("files")
+    if files is None:
+        return None  # written before manifests carried checksums
+    for name, want in files.items():
+        p = path / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != want["size"]:
+            return f"{name} has {p.stat().st_size} bytes, the manifest says {want['size']}"
+    for name, want in files.items():
+        if _sha256(path / name) != want["sha256"]:
+            return f"{name} does not match its sha256 in {META}"
+    return None
+
+
+def say(text: str) -> None:
+    """One line on stdout, from global rank 0 only (or a process outside any launcher)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[nca-scale] {text}", flush=True)
+
+
+def latest_verified(out: str | Path, report: Callable[[str], None] = say) -> Path | None:
+    """The newest committed checkpoint that verifies; each newer unusable one is reported."""
+    for path in reversed(complete_checkpoints(out)):
+        problem = verify(path)
+        if problem is None:
+            return path
+        report(f"checkpoint {path} is unusable ({problem}); falling back to the previous one")
+    return None
+
+
+def resolve(cfg: TrainConfig, which: str | None, report: Callable[[str], None] = say) -> Path | None:
+    """The checkpoint named by a resume=/init_from= value, verified before any process starts."""
     if which in (None, "never"):
         return None
     if which == "auto":
-        found = complete_checkpoints(cfg.out)
-        return found[-1] if found else None
+        if cfg.checkpoint_url:
+            from nca_scale.train import mirror
+
+            try:
+                mirror.fetch_latest(cfg.checkpoint_url, cfg.out, report)
+            except OSError as e:
+                raise UserError(f"checkpoint_url={cfg.checkpoint_url} cannot be read: {e}") from None
+        return latest_verified(cfg.out, report)
     path = Path(which)
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist")
     if not is_complete(path):
         raise UserError(f"checkpoint {path} is incomplete (no {META}); it was interrupted while saving")
+    problem = verify(path)
+    if problem:
+        raise UserError(f"checkpoint {path} is corrupt: {problem}; resume from an older one (or resume=auto)")
     return path
 
 
@@ -75,10 +170,43 @@ def check_resumable(cfg: TrainConfig, path: Path) -> dict:
             f"{path} holds distributed-optimizer state, which reshards over DP only, but {', '.join(moved)} changed; "
             "resume under its tp/pp/vpp (or train with distributed_optimizer=false to reshard freely)"
         )
+    if cfg.backend == "deepspeed" and layout.get("zero") and layout["dp"] != cfg.data_parallel:
+        # DeepSpeed partitions ZeRO optimizer state per DP rank and cannot load it into another partitioning
+        raise UserError(
+            f"{path} holds DeepSpeed ZeRO-{layout['zero']} state partitioned over dp={layout['dp']}, but this run has "
+            f"dp={cfg.data_parallel}; resume with nproc={layout['world']}, or start from its weights with init_from="
+        )
     return meta
 
 
-def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int) -> None:
+# ---- writing ---------------------------------------------------------------------------------------
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically and durably (temp file, fsync, rename, fsync the directory)."""
+    tmp = path.with_name(f".{path.name}{STAGING}")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, **extra) -> dict:
+    """The manifest of the checkpoint directory `path`: run state plus every file's size and sha256."""
     meta = {
         "step": step,
         "tokens": tokens,
@@ -87,12 +215,72 @@ def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int) -> None:
         "layout": {"world": cfg.world, "tp": cfg.tp, "pp": cfg.pp, "vpp": cfg.vpp, "dp": cfg.data_parallel, "zero": cfg.zero},
         "version": nca_scale.__version__,
         "config": to_dict(cfg),
+        **extra,
+        "files": file_table(path),
     }
-    tmp = path / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path / META)
+    _write_durably(path / META, json.dumps(meta, indent=1))
+    return meta
+
+
+def _pause_for_tests(where: str) -> None:
+    """The chaos test (tests/train/test_chaos.py) widens the windows between commit steps so its kills land
+    inside them; NCA_SCALE_TEST_SAVE_PAUSE is seconds per window, unset in real runs."""
+    seconds = float(os.environ.get("NCA_SCALE_TEST_SAVE_PAUSE", 0) or 0)
+    if seconds:
+        print(f"[nca-scale] test pause: {where}", flush=True)
+        time.sleep(seconds)
+
+
+def begin(out: str | Path, step: int) -> Path:
+    """A fresh, empty staging directory for `step` (rank 0; one writer per OUT), stale ones removed."""
+    base = root(out)
+    base.mkdir(parents=True, exist_ok=True)
+    for stale in base.iterdir():
+        if stale.name.endswith(STAGING) and stale.is_dir():
+            shutil.rmtree(stale)
+    staging = staging_dir(out, step)
+    staging.mkdir()
+    return staging
+
+
+def commit(cfg: TrainConfig, step: int, tokens: int, **extra) -> Path:
+    """Publish the staging directory of `step` whose backend files every rank has finished (rank 0)."""
+    staging, final = staging_dir(cfg.out, step), step_dir(cfg.out, step)
+    for f in _files(staging):
+        _fsync(f)
+    _pause_for_tests("files written")
+    write_meta(staging, cfg, step, tokens, **extra)
+    _pause_for_tests("manifest written")
+    if final.exists():  # the same step saved again (after a rollback): the older copy goes first
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    _fsync(final.parent)
+    _pause_for_tests("renamed")
+    _write_durably(root(cfg.out) / LATEST, final.name + "\n")
+    prune(cfg.out, cfg.keep_last)
+    return final
 
 
 def prune(out: str | Path, keep: int) -> None:
+    """Remove all but the newest `keep` committed checkpoints; the one `latest` names is always kept."""
+    protected = latest_name(out)
     for old in complete_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != protected:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_weights_only(backend: str) -> None:
+    """Make every torch.load in this process weights-only, including those inside DeepSpeed (whose
+    checkpoint engine and zero_to_fp32 pass weights_only=False) and megatron-core (which registers its own
+    safe classes): unpickling a checkpoint then cannot run code. For DeepSpeed, the three plain-data classes
+    its ZeRO optimizer files hold are allowed by name."""
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        raise UserError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set; nca-scale loads checkpoints weights-only: unset it")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    if backend == "deepspeed":
+        import torch
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum, fragment_address])

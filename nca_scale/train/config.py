@@ -157,6 +157,9 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 0  # 0 = only at the end of the run
     keep_last: int = 3
+    checkpoint_url: str | None = None  # also publish checkpoints here (file://, s3://, memory://); resume fetches
+    on_nonfinite: Literal["stop", "rollback"] = "stop"  # NaN/inf loss or grad norm: stop, or reload the last
+    max_rollbacks: int = 3  # checkpoint and skip the offending step's batch (at most this many times per run)
     resume: str = "never"  # never | auto (latest complete checkpoint in OUT/checkpoints) | a checkpoint path
     init_from: str | None = None  # transfer weights from a checkpoint (see `transfer`)
 
@@ -241,6 +244,10 @@ class TrainConfig:
             raise UserError(f"init_from={self.init_from} is not a checkpoint directory")
         if self.zero not in (0, 1, 2, 3):
             raise UserError(f"zero={self.zero}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
+        if self.checkpoint_url:
+            from nca_scale.data.urls import parse_location
+
+            parse_location(self.checkpoint_url, what="checkpoint_url")
         if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):
             raise UserError(f"resume={self.resume}: use never, auto or an existing checkpoint directory")
         t = self.transfer

@@ -1,5 +1,11 @@
 """The training loop, top to bottom: build, resume, then step / log / evaluate / checkpoint until the step or
-token budget is reached. Backends differ only behind the Engine interface."""
+token budget is reached. Backends differ only behind the Engine interface.
+
+A step whose loss or gradient norm is NaN or infinite (identical on every rank) never reaches the callbacks,
+so it is neither logged as a normal step nor checkpointed. By default the run stops with the step named;
+with on_nonfinite=rollback it reloads the newest verified checkpoint and skips that step's batch (the step
+counts, the weights do not change), at most max_rollbacks times. Skipped steps are recorded in every later
+checkpoint, so a resumed run skips them too and stays identical to the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from nca_scale.errors import UserError
 from nca_scale.model.config import describe
 from nca_scale.train import backends, checkpoint, transfer
 from nca_scale.train.callbacks import Callback, default_callbacks
@@ -21,6 +28,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, engine, callbacks: list[Callback]):
         self.cfg, self.engine, self.callbacks = cfg, engine, callbacks
         self.step, self.tokens = 0, 0
+        self.skipped: set[int] = set()  # steps whose batch is not trained on (on_nonfinite=rollback)
+        self.rollbacks = 0
         self.evaluated_at: int | None = None
         self.train_data, self.val_data = self._loader("train"), self._loader("val")
 
@@ -41,11 +50,19 @@ class Trainer:
         for cb in self.callbacks:
             cb.pre_train(self)
         while self.step < cfg.total_steps:
+            if self.step in self.skipped:
+                self.log(f"step {self.step + 1}: skipped (its batch gave a non-finite loss or gradient)")
+                self.step += 1
+                self.tokens += cfg.tokens_per_step
+                continue
             t0 = time.perf_counter()
             lr = lr_at(cfg.schedule, cfg.optim.lr, self.step, cfg.total_steps)
             batch = self.train_data.batch(self.step)  # NCA data is generated here, on the fly
             t1 = time.perf_counter()
             loss, grad_norm = self.engine.train_step(batch, self.step, lr)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                self.non_finite(loss, grad_norm)
+                continue
             self.step += 1
             self.tokens += cfg.tokens_per_step
             metrics = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
@@ -58,6 +75,28 @@ class Trainer:
             self.evaluate()
         for cb in self.callbacks:
             cb.post_train(self)
+
+    def non_finite(self, loss: float, grad_norm: float) -> None:
+        """Stop, or roll back to the newest verified checkpoint and skip this step from now on."""
+        cfg, bad = self.cfg, self.step + 1
+        what = f"step {bad}: loss {loss}, grad norm {grad_norm}"
+        if cfg.on_nonfinite == "stop":
+            raise UserError(f"{what} (non-finite); stopped without saving. Lower optim.lr, check the data, or set "
+                            f"on_nonfinite=rollback to skip such batches")
+        if self.rollbacks >= cfg.max_rollbacks:
+            raise UserError(f"{what} (non-finite) after {self.rollbacks} rollbacks (max_rollbacks); stopped without saving")
+        target = checkpoint.latest_verified(cfg.out, self.log)
+        if target is None:
+            raise UserError(f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint_every=N")
+        from nca_scale.train.callbacks import Checkpointer
+
+        skipped = self.skipped | {self.step}
+        Checkpointer.restore(self, target)
+        self.skipped |= skipped
+        self.rollbacks += 1
+        for cb in self.callbacks:
+            cb.rewound(self)
+        self.log(f"{what} (non-finite): rolled back to {target.name}; step {bad} will be skipped")
 
     def evaluate(self) -> dict:
         losses = [self.engine.eval_loss(self.val_data.batch(i)) for i in range(self.cfg.eval_batches)]
@@ -72,7 +111,8 @@ class Trainer:
 def run(cfg: TrainConfig) -> Trainer:
     """Train `cfg` in this process (one rank of the job). Returns the finished Trainer."""
     cfg = cfg.resolved()
-    resume_from = checkpoint.resolve(cfg, cfg.resume)
+    checkpoint.load_weights_only(cfg.backend)
+    resume_from = checkpoint.resolve(cfg, cfg.resume, report=lambda _: None)  # the CLI reported already
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))

@@ -13,14 +13,13 @@ from nca_scale.train.config import from_args
 
 
 def main(args: list[str]) -> int:
-    try:
-        cfg = from_args(args)
-    except UserError as e:
-        print(f"nca-scale: error: {e}", file=sys.stderr)
-        return 2
     from nca_scale.train.trainer import run
 
-    run(cfg)
+    try:
+        run(from_args(args))
+    except UserError as e:  # a bad config, or a run stopped on a non-finite loss
+        print(f"nca-scale: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
