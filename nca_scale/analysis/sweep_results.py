@@ -1,0 +1,169 @@
+"""A sweep's finished runs, read from SWEEP_DIR/results.jsonl (the contract in docs/sweeps.md).
+
+Readers keep the LAST record per run name (a re-run replaces its earlier record). A record whose eval curve
+is empty falls back to the eval lines of its run's metrics.jsonl. Lines that are not JSON or lack a contract
+key are skipped and named in `Sweep.notes`, so one damaged line does not hide the rest of a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nca_scale.errors import UserError
+
+RESULTS = "results.jsonl"
+REQUIRED = ("run", "stage", "coords", "params", "non_embedding_params", "tokens", "flops", "eval_curve", "final")
+PRE_ARMS = ("nca", "text", "dyck")  # arms with a stage-1 run before language training
+MATCHED = "scratch_matched"
+
+
+def fmt_count(n: float | None) -> str:
+    """1_000_000 -> '1M', 164e6 -> '164M', 2.5e9 -> '2.5B' (tokens, parameters)."""
+    if n is None:
+        return "-"
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    stage: int
+    size: str
+    arm: str
+    band: str | None
+    stage1_tokens: int | None
+    domain: str | None
+    stage2_tokens: int | None
+    seed: int
+    extra: dict
+    params: int
+    non_embedding_params: int
+    tokens: int
+    flops: float
+    stage1_flops: float | None
+    curve_tokens: tuple[float, ...]
+    curve_ppl: tuple[float, ...]
+    curve_loss: tuple[float, ...]
+    final_ppl: float
+    final_loss: float
+    wall_s: float | None
+    restarts: int | None
+    out: str | None
+    code_version: str | None
+
+    @property
+    def matched_to(self) -> str | None:
+        return self.extra.get("matched_to")
+
+    @property
+    def arm_label(self) -> str:
+        """The arm with its stage-1 coordinates and other swept keys: 'nca 50+ 1M', 'scratch', 'text 1M lr=0.001'."""
+        parts = [self.arm]
+        if self.band:
+            parts.append(self.band)
+        if self.stage1_tokens:
+            parts.append(fmt_count(self.stage1_tokens))
+        parts += [f"{k}={v}" for k, v in sorted(self.extra.items()) if k != "matched_to"]
+        return " ".join(parts)
+
+    @property
+    def cell(self) -> tuple[str, str, int]:
+        """What a comparison holds fixed: model size, stage-2 domain, stage-2 tokens."""
+        return (self.size, self.domain or "-", self.stage2_tokens or 0)
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops + (self.stage1_flops or 0.0)
+
+
+@dataclass
+class Sweep:
+    directory: Path
+    name: str
+    runs: list[Run]  # stage-2 runs (every comparison is about these)
+    stage1: list[Run]
+    notes: list[str] = field(default_factory=list)
+
+
+def _curve_from_metrics(out: str | None, sweep_dir: Path, run: str) -> list[dict]:
+    for d in (Path(out) if out else None, sweep_dir / "runs" / run):
+        if d is not None and (d / "metrics.jsonl").is_file():
+            return read_eval_lines(d / "metrics.jsonl")
+    return []
+
+
+def read_eval_lines(path: Path) -> list[dict]:
+    """The eval lines {step, tokens, eval_loss, eval_ppl} of a run's metrics.jsonl, in file order."""
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(rec, dict) and "eval_ppl" in rec and "tokens" in rec:
+            lines.append(rec)
+    return lines
+
+
+def _run(rec: dict, sweep_dir: Path) -> Run:
+    c = rec["coords"]
+    curve = rec["eval_curve"] or _curve_from_metrics(rec.get("out"), sweep_dir, rec["run"])
+    if not curve:
+        raise KeyError("eval_curve (empty, and no eval lines in the run's metrics.jsonl)")
+    final = rec["final"]
+    return Run(
+        name=rec["run"], stage=int(rec["stage"]), size=str(c["size"]), arm=str(c["arm"]), band=c.get("band"),
+        stage1_tokens=c.get("stage1_tokens"), domain=c.get("domain"), stage2_tokens=c.get("stage2_tokens"),
+        seed=int(c["seed"]), extra=dict(c.get("extra") or {}), params=int(rec["params"]),
+        non_embedding_params=int(rec["non_embedding_params"]), tokens=int(rec["tokens"]), flops=float(rec["flops"]),
+        stage1_flops=rec.get("stage1_flops"),
+        curve_tokens=tuple(float(p["tokens"]) for p in curve), curve_ppl=tuple(float(p["eval_ppl"]) for p in curve),
+        curve_loss=tuple(float(p["eval_loss"]) for p in curve),
+        final_ppl=float(final["eval_ppl"]), final_loss=float(final["eval_loss"]),
+        wall_s=rec.get("wall_s"), restarts=rec.get("restarts"), out=rec.get("out"),
+        code_version=rec.get("code_version"),
+    )
+
+
+def load_sweep(sweep_dir: str | Path) -> Sweep:
+    d = Path(sweep_dir)
+    if not d.is_dir():
+        raise UserError(f"{d} is not a directory; pass a sweep directory (runs/sweeps/<spec name>)")
+    path = d / RESULTS
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: no finished runs in {d}; run `nca-scale sweep launch SPEC` and "
+                        "wait for runs to finish (`nca-scale sweep status SPEC`)")
+    notes: list[str] = []
+    latest: dict[str, dict] = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            notes.append(f"{RESULTS} line {i} is not JSON (skipped)")
+            continue
+        missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            notes.append(f"{RESULTS} line {i} lacks {', '.join(missing)} (skipped)")
+            continue
+        latest[rec["run"]] = rec
+    runs, stage1 = [], []
+    name = ""
+    for rec in latest.values():
+        try:
+            run = _run(rec, d)
+        except (KeyError, TypeError, ValueError) as e:
+            notes.append(f"run {rec['run']}: unusable record ({e}) (skipped)")
+            continue
+        name = name or rec.get("sweep") or ""
+        (stage1 if run.stage == 1 else runs).append(run)
+    if not runs:
+        raise UserError(f"{path} holds no finished stage-2 run ({len(stage1)} stage-1 runs"
+                        f"{', ' + str(len(notes)) + ' unusable lines' if notes else ''}); nothing to report yet")
+    return Sweep(d, name or d.name, runs, stage1, notes)

@@ -1,0 +1,75 @@
+"""The scaling part of a sweep report: fits of final loss vs N per arm, L(N, D), and gain / speedup vs N.
+
+N is the non-embedding parameter count (embeddings and head change with the vocabulary, not with depth and
+width; Kaplan et al.'s convention). Loss is the final validation loss (nats per token) of stage 2.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from nca_scale.analysis import fits
+from nca_scale.analysis.sweep_metrics import Bootstrap
+from nca_scale.analysis.sweep_results import Sweep
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    resamples: int = 200  # bootstrap refits per fit (each a multi-start optimisation)
+    seed: int = 0
+
+
+def _n_grid(ns: list[float]) -> np.ndarray:
+    lo, hi = min(ns), max(ns)
+    return np.geomspace(lo / 1.5, hi * 3.0, 40)
+
+
+def loss_fits(sweep: Sweep, boot: Bootstrap, settings: FitSettings) -> list[dict]:
+    """One loss-vs-N fit per (domain, stage-2 tokens, arm)."""
+    groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[tuple, dict[float, str]] = defaultdict(dict)
+    for r in sweep.runs:
+        key = (r.domain or "-", r.stage2_tokens or 0, r.arm_label)
+        groups[key][float(r.non_embedding_params)].append(r.final_loss)
+        sizes[key][float(r.non_embedding_params)] = r.size
+    rows = []
+    for key, by_n in sorted(groups.items()):
+        points = sorted((n, ls) for n, ls in by_n.items())
+        res = fits.loss_vs_n(points, level=boot.level, resamples=settings.resamples, seed=settings.seed,
+                             grid_n=_n_grid([p[0] for p in points]))
+        rows.append({"domain": key[0], "stage2_tokens": key[1], "arm": key[2],
+                     "points": [{"n": n, "size": sizes[key][n], "losses": ls} for n, ls in points], **res})
+    return rows
+
+
+def nd_fits(sweep: Sweep) -> list[dict]:
+    """One L(N, D) fit per (domain, arm) over every (size, stage-2 tokens) cell with a finished run."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in sweep.runs:
+        if r.stage2_tokens:
+            groups[(r.domain or "-", r.arm_label)].append((float(r.non_embedding_params), float(r.stage2_tokens),
+                                                          r.final_loss))
+    return [{"domain": d, "arm": a, **fits.loss_nd(points)} for (d, a), points in sorted(groups.items())]
+
+
+def metric_trends(rows: list[dict], metric: str, boot: Bootstrap, settings: FitSettings) -> list[dict]:
+    """`metric` ("improvement_pct" or "speedup") of vs-scratch rows as a function of N, per (domain, tokens, arm):
+    per-size mean and interval (from the rows) and the slope per decade of N with a bootstrap interval."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        c = row["cell"]
+        groups[(c["domain"], c["stage2_tokens"], row["arm"])].append(row)
+    out = []
+    for (domain, tokens, arm), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: r["cell"]["non_embedding_params"])
+        points = [(float(r["cell"]["non_embedding_params"]),
+                   [v for v in r[metric]["per_seed"].values() if v is not None]) for r in rs]
+        res = fits.trend(points, level=boot.level, resamples=settings.resamples, seed=settings.seed)
+        out.append({"domain": domain, "stage2_tokens": tokens, "arm": arm, "metric": metric,
+                    "per_size": [{"size": r["cell"]["size"], "n": r["cell"]["non_embedding_params"],
+                                  "mean": r[metric]["mean"], "ci": r[metric]["ci"], "n_seeds": r[metric]["n"],
+                                  "seeds": r[metric]["seeds"]} for r in rs], **res})
+    return out
