@@ -28,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval",): ("nca_scale.cli.eval:main", "perplexity, HumanEval, GSM8K, BIG-bench-Lite on a checkpoint (JSON)"),
     ("eval", "report"): ("nca_scale.cli.eval:report", "a table of every evaluation recorded under run/sweep directories"),
     ("sft-data",): ("nca_scale.cli.sft_data:main", "the paper's GSM8K / BBL fine-tuning documents as JSONL"),
+    ("report",): ("nca_scale.cli.report:main", "a sweep's metrics, intervals, fits and plots (Markdown, HTML, JSON)"),
 }
 
 
