@@ -88,9 +88,14 @@ def speedup_text(sp: dict) -> str:
     return text
 
 
+def domain_text(d: dict) -> str:
+    """The domain, with the other swept keys when the sweep has any."""
+    return f"{d['domain']} {d['axes']}".strip()
+
+
 def cell_text(c: dict) -> str:
     return (f"{c['size']} (N={fmt_count(c['non_embedding_params'])} non-emb., {fmt_count(c['params'])} total), "
-            f"{c['domain']}, {fmt_tokens(c['stage2_tokens'])}")
+            f"{c['domain']}, {fmt_tokens(c['stage2_tokens'])}" + (f", {c['axes']}" if c["axes"] else ""))
 
 
 # ---- the numbers -------------------------------------------------------------------------------------------
@@ -117,7 +122,7 @@ def compute(sweep: Sweep, cfg: ReportConfig) -> dict:
     if not matched:
         notes.append("no scratch_matched runs: the compute-matched comparison (does NCA beat training longer?) "
                      "is not measured in this sweep")
-    bands = [{"domain": r["cell"]["domain"], "size": r["cell"]["size"], "n": r["cell"]["non_embedding_params"],
+    bands = [{"domain": r["cell"]["domain"], "axes": r["cell"]["axes"], "size": r["cell"]["size"], "n": r["cell"]["non_embedding_params"],
               "stage2_tokens": r["cell"]["stage2_tokens"], "stage1_tokens": r["stage1_tokens"], "band": r["band"],
               "arm": r["arm"], "mean": r["improvement_pct"]["mean"], "ci": r["improvement_pct"]["ci"],
               "n_seeds": r["improvement_pct"]["n"]} for r in rows if r["kind"] == "nca" and r["band"]]
@@ -219,7 +224,7 @@ def document(rep: dict, images: dict[str, str]) -> Doc:
     doc.h("Complexity band per domain")
     if rep["bands"]:
         doc.table(["domain", "size", "stage-1 tokens", "band", "improvement %"],
-                  [[b["domain"], b["size"], fmt_tokens(b["stage1_tokens"]), b["band"],
+                  [[domain_text(b), b["size"], fmt_tokens(b["stage1_tokens"]), b["band"],
                     fmt_summary({"mean": b["mean"], "ci": b["ci"], "n": b["n_seeds"], "seeds": b["n_seeds"]},
                                 "{:+.2f}", "%")] for b in rep["bands"]])
     if "bands" in images:
@@ -240,14 +245,14 @@ def document(rep: dict, images: dict[str, str]) -> Doc:
             for k, v in f["fit"]["params"].items()) if f["fit"] else "not fitted")
         hold = (f"{f['holdout']['predicted']:.4g} predicted vs {f['holdout']['observed_mean']:.4g} observed at "
                 f"N={fmt_count(f['holdout']['n'])} ({f['holdout']['error_pct']:+.2f}%)" if f["holdout"] else "-")
-        fit_rows.append([f["domain"], fmt_tokens(f["stage2_tokens"]), f["arm"], str(f["sizes"]),
+        fit_rows.append([domain_text(f), fmt_tokens(f["stage2_tokens"]), f["arm"], str(f["sizes"]),
                          f["form"] or "-", params, hold, "; ".join(f["notes"]) or "-"])
     doc.table(["domain", "stage-2 tokens", "arm", "sizes", "form", "parameters [interval]", "holdout", "notes"],
               fit_rows)
     if "loss_fits" in images:
         doc.img(images["loss_fits"], "Final loss vs N per arm: dots = seeds, line = fit, band = interval, "
                 "x = holdout prediction of the largest size")
-    nd_rows = [[f["domain"], f["arm"], str(f["cells"]),
+    nd_rows = [[domain_text(f), f["arm"], str(f["cells"]),
                 "; ".join(f"{k} {v:.4g}" for k, v in f["fit"]["params"].items()) if f["fit"] else "not fitted",
                 f"{f['holdout']['mean_abs_error_pct']:.2f}%" if f.get("holdout") else "-",
                 "; ".join(f["notes"]) or "-"] for f in sl["loss_nd"]]
@@ -259,7 +264,7 @@ def document(rep: dict, images: dict[str, str]) -> Doc:
             slope = "-" if t["slope_per_decade"] is None else f"{t['slope_per_decade']:+.3g} {unit} per 10x N"
             if t["ci"]:
                 slope += f" [{t['ci'][0]:+.3g}, {t['ci'][1]:+.3g}]"
-            trend_rows.append([key.replace("_vs_n", ""), t["domain"], fmt_tokens(t["stage2_tokens"]), t["arm"],
+            trend_rows.append([key.replace("_vs_n", ""), domain_text(t), fmt_tokens(t["stage2_tokens"]), t["arm"],
                                str(t["sizes"]), slope, "; ".join(t["notes"]) or "-"])
     doc.p("Does the gain hold as models grow? Least-squares slope of the per-seed metric against log10 N:")
     doc.table(["metric", "domain", "stage-2 tokens", "arm", "sizes", "slope [interval]", "notes"], trend_rows)

@@ -76,7 +76,7 @@ def summary(per_seed: dict[int, float | None], boot: Bootstrap) -> dict:
 
 
 def cells(runs: list[Run]) -> dict[tuple, dict[str, dict[int, Run]]]:
-    """cell (size, domain, stage2_tokens) -> arm label -> seed -> run."""
+    """cell (size, domain, stage2_tokens, axes) -> arm label -> seed -> run."""
     out: dict[tuple, dict[str, dict[int, Run]]] = defaultdict(lambda: defaultdict(dict))
     for r in runs:
         out[r.cell][r.arm_label][r.seed] = r
@@ -84,8 +84,8 @@ def cells(runs: list[Run]) -> dict[tuple, dict[str, dict[int, Run]]]:
 
 
 def cell_dict(cell: tuple, any_run: Run) -> dict:
-    size, domain, stage2 = cell
-    return {"size": size, "domain": domain, "stage2_tokens": stage2, "params": any_run.params,
+    size, domain, stage2, axes = cell
+    return {"size": size, "domain": domain, "stage2_tokens": stage2, "axes": axes, "params": any_run.params,
             "non_embedding_params": any_run.non_embedding_params}
 
 
@@ -106,7 +106,7 @@ def vs_scratch(sweep: Sweep, boot: Bootstrap, notes: list[str]) -> list[dict]:
     rows = []
     for cell, arms in sorted(cells(sweep.runs).items()):
         scratch = arms.get("scratch")
-        where = f"{cell[0]} {cell[1]} {fmt_tokens(cell[2])}"
+        where = f"{cell[0]} {cell[1]} {fmt_tokens(cell[2])} {cell[3]}".rstrip()
         others = [a for a in arms if a != "scratch" and not a.startswith(MATCHED)]
         if not scratch:
             if others:
@@ -138,14 +138,13 @@ def vs_scratch(sweep: Sweep, boot: Bootstrap, notes: list[str]) -> list[dict]:
 
 
 def _matched_partner(run: Run, arms: dict[str, dict[int, Run]]) -> Run | None:
-    """The pre-pre-trained run a scratch_matched run was given the FLOPs of: by run name (coords.extra.matched_to),
-    else the only pre-pre-trained arm of the cell with that seed."""
-    pre = [r for label, seeds in arms.items() for s, r in seeds.items()
-           if r.arm in PRE_ARMS and s == run.seed]
-    named = [r for r in pre if r.name == run.matched_to]
-    if named:
+    """The pre-pre-trained run a scratch_matched run was given the FLOPs of: same cell and seed, named by coords.extra.matched_to (the arm label inside the partner's run name
+    s2-<domain>-<size>-<label>-..., or the whole run name); else the only such pre-pre-trained run."""
+    pre = [r for seeds in arms.values() for s, r in seeds.items() if r.arm in PRE_ARMS and s == run.seed]
+    named = [r for r in pre if run.matched_to and (r.name == run.matched_to or f"-{run.matched_to}-" in r.name)]
+    if len(named) == 1:
         return named[0]
-    return pre[0] if len(pre) == 1 else None
+    return pre[0] if len(pre) == 1 and not named else None
 
 
 def compute_matched(sweep: Sweep, boot: Bootstrap, notes: list[str]) -> list[dict]:
@@ -153,7 +152,7 @@ def compute_matched(sweep: Sweep, boot: Bootstrap, notes: list[str]) -> list[dic
     grouped: dict[tuple, dict[int, tuple[Run, Run]]] = defaultdict(dict)
     for cell, arms in sorted(cells(sweep.runs).items()):
         for label, seeds in arms.items():
-            if not label.startswith(MATCHED):
+            if not label.startswith(MATCHED + " "):
                 continue
             for s, m in seeds.items():
                 partner = _matched_partner(m, arms)

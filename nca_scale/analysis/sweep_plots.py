@@ -29,6 +29,12 @@ def _panels(n: int, width: float = 4.6, height: float = 3.4):
     return fig, axes
 
 
+def title_of(*parts) -> str:
+    """'web · 2M tok' from (domain, stage-2 tokens, axes) or (size, domain, tokens, axes); empty axes left out."""
+    *head, tokens, axes = parts
+    return " · ".join([*head, fmt_tokens(tokens)] + ([axes] if axes else []))
+
+
 def _err(mean, ci):
     if ci is None:
         return [[0.0], [0.0]]
@@ -68,7 +74,7 @@ def loss_curves(sweep: Sweep, colors: dict, path: Path, title: str) -> bool:
         ax.set_xlabel("stage-2 tokens")
         ax.set_ylabel("validation perplexity")
         ax.set_yscale("log")
-        ax.set_title(f"{cell[0]} · {cell[1]} · {fmt_tokens(cell[2])}", fontsize=9)
+        ax.set_title(title_of(cell[0], *cell[1:]), fontsize=9)
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     return _save(fig, path, title)
@@ -77,9 +83,9 @@ def loss_curves(sweep: Sweep, colors: dict, path: Path, title: str) -> bool:
 def ppl_bars(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
     panels = defaultdict(list)
     for row in rows:
-        panels[(row["cell"]["domain"], row["cell"]["stage2_tokens"])].append(row)
+        panels[(row["cell"]["domain"], row["cell"]["stage2_tokens"], row["cell"]["axes"])].append(row)
     fig, axes = _panels(len(panels), width=5.2)
-    for ax, ((domain, tokens), rs) in zip(axes, sorted(panels.items())):
+    for ax, (panel, rs) in zip(axes, sorted(panels.items())):
         sizes = sorted({r["cell"]["size"] for r in rs}, key=lambda s: next(
             r["cell"]["non_embedding_params"] for r in rs if r["cell"]["size"] == s))
         arms = sorted({r["arm"] for r in rs}, key=lambda a: (a != "scratch", a))
@@ -100,7 +106,7 @@ def ppl_bars(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
         ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9) - 0.02 * lo, hi + 0.15 * (hi - lo + 1e-9) + 0.02 * hi)
         ax.set_xticks(range(len(sizes)), sizes, fontsize=8)
         ax.set_ylabel("final validation perplexity")
-        ax.set_title(f"{domain} · {fmt_tokens(tokens)}", fontsize=9)
+        ax.set_title(title_of(*panel), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     _legend(fig, axes)
     return _save(fig, path, title)
@@ -109,11 +115,11 @@ def ppl_bars(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
 def metric_vs_n(trends: list[dict], colors: dict, path: Path, title: str, ylabel: str, ref: float) -> bool:
     panels = defaultdict(list)
     for t in trends:
-        panels[(t["domain"], t["stage2_tokens"])].append(t)
+        panels[(t["domain"], t["stage2_tokens"], t["axes"])].append(t)
     if not panels:
         return False
     fig, axes = _panels(len(panels))
-    for ax, ((domain, tokens), ts) in zip(axes, sorted(panels.items())):
+    for ax, (panel, ts) in zip(axes, sorted(panels.items())):
         for t in ts:
             pts = [p for p in t["per_size"] if p["mean"] is not None]
             for p in pts:
@@ -128,7 +134,7 @@ def metric_vs_n(trends: list[dict], colors: dict, path: Path, title: str, ylabel
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{domain} · {fmt_tokens(tokens)}", fontsize=9)
+        ax.set_title(title_of(*panel), fontsize=9)
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     return _save(fig, path, title)
@@ -137,9 +143,9 @@ def metric_vs_n(trends: list[dict], colors: dict, path: Path, title: str, ylabel
 def loss_fits(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
     panels = defaultdict(list)
     for row in rows:
-        panels[(row["domain"], row["stage2_tokens"])].append(row)
+        panels[(row["domain"], row["stage2_tokens"], row["axes"])].append(row)
     fig, axes = _panels(len(panels))
-    for ax, ((domain, tokens), rs) in zip(axes, sorted(panels.items())):
+    for ax, (panel, rs) in zip(axes, sorted(panels.items())):
         for row in rs:
             c = colors[row["arm"]]
             for p in row["points"]:
@@ -158,7 +164,7 @@ def loss_fits(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
         ax.set_yscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("final validation loss (nats/token)")
-        ax.set_title(f"{domain} · {fmt_tokens(tokens)}  (x: holdout prediction)", fontsize=9)
+        ax.set_title(title_of(*panel) + "  (x: holdout prediction)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
     _legend(fig, axes)
     return _save(fig, path, title)
@@ -171,10 +177,10 @@ def band_effect(rows: list[dict], path: Path, title: str) -> bool:
         return False
     panels = defaultdict(list)
     for r in banded:
-        panels[r["domain"]].append(r)
+        panels[(r["domain"], r["axes"])].append(r)
     order = list(BANDS)
     fig, axes = _panels(len(panels))
-    for ax, (domain, rs) in zip(axes, sorted(panels.items())):
+    for ax, ((domain, axes_text), rs) in zip(axes, sorted(panels.items())):
         series = defaultdict(list)
         for r in rs:
             series[(r["n"], r["size"], r["stage1_tokens"], r["stage2_tokens"])].append(r)
@@ -190,7 +196,7 @@ def band_effect(rows: list[dict], path: Path, title: str) -> bool:
         ax.set_xticks(range(len(order)), [b + ("%" if not b.endswith("+") else "") for b in order], fontsize=8)
         ax.set_xlabel("NCA complexity band (gzip score of the rule probe)")
         ax.set_ylabel("improvement vs scratch (%)")
-        ax.set_title(domain, fontsize=9)
+        ax.set_title(f"{domain} {axes_text}".strip(), fontsize=9)
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     return _save(fig, path, title)

@@ -15,7 +15,8 @@ from nca_scale.errors import UserError
 
 RESULTS = "results.jsonl"
 REQUIRED = ("run", "stage", "coords", "params", "non_embedding_params", "tokens", "flops", "eval_curve", "final")
-PRE_ARMS = ("nca", "text", "dyck")  # arms with a stage-1 run before language training
+PRE_ARMS = ("nca", "text", "dyck")
+ARM_KEYS = ("matched_to", "stage1_corpus")  # coords.extra keys that describe the arm; every other key is an axis  # arms with a stage-1 run before language training
 MATCHED = "scratch_matched"
 
 
@@ -62,19 +63,28 @@ class Run:
 
     @property
     def arm_label(self) -> str:
-        """The arm with its stage-1 coordinates and other swept keys: 'nca 50+ 1M', 'scratch', 'text 1M lr=0.001'."""
+        """The arm with its stage-1 coordinates: 'nca 50+ 1M', 'scratch', 'text 1M corpus=web',
+        'scratch_matched (to nca-b50-t1M)'."""
         parts = [self.arm]
         if self.band:
             parts.append(self.band)
         if self.stage1_tokens:
             parts.append(fmt_count(self.stage1_tokens))
-        parts += [f"{k}={v}" for k, v in sorted(self.extra.items()) if k != "matched_to"]
+        if "stage1_corpus" in self.extra:
+            parts.append(f"corpus={self.extra['stage1_corpus']}")
+        if self.arm == MATCHED:
+            parts.append(f"(to {self.matched_to})")
         return " ".join(parts)
 
     @property
-    def cell(self) -> tuple[str, str, int]:
-        """What a comparison holds fixed: model size, stage-2 domain, stage-2 tokens."""
-        return (self.size, self.domain or "-", self.stage2_tokens or 0)
+    def axes(self) -> str:
+        """The other swept keys ('lr=0.001 warmup=100', or ''): only runs that share them are compared."""
+        return " ".join(f"{k}={v}" for k, v in sorted(self.extra.items()) if k not in ARM_KEYS)
+
+    @property
+    def cell(self) -> tuple[str, str, int, str]:
+        """What a comparison holds fixed: model size, stage-2 domain, stage-2 tokens, other swept keys."""
+        return (self.size, self.domain or "-", self.stage2_tokens or 0, self.axes)
 
     @property
     def total_flops(self) -> float:

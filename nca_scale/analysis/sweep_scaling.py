@@ -32,7 +32,7 @@ def loss_fits(sweep: Sweep, boot: Bootstrap, settings: FitSettings) -> list[dict
     groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     sizes: dict[tuple, dict[float, str]] = defaultdict(dict)
     for r in sweep.runs:
-        key = (r.domain or "-", r.stage2_tokens or 0, r.arm_label)
+        key = (r.domain or "-", r.stage2_tokens or 0, r.axes, r.arm_label)
         groups[key][float(r.non_embedding_params)].append(r.final_loss)
         sizes[key][float(r.non_embedding_params)] = r.size
     rows = []
@@ -40,7 +40,7 @@ def loss_fits(sweep: Sweep, boot: Bootstrap, settings: FitSettings) -> list[dict
         points = sorted((n, ls) for n, ls in by_n.items())
         res = fits.loss_vs_n(points, level=boot.level, resamples=settings.resamples, seed=settings.seed,
                              grid_n=_n_grid([p[0] for p in points]))
-        rows.append({"domain": key[0], "stage2_tokens": key[1], "arm": key[2],
+        rows.append({"domain": key[0], "stage2_tokens": key[1], "axes": key[2], "arm": key[3],
                      "points": [{"n": n, "size": sizes[key][n], "losses": ls} for n, ls in points], **res})
     return rows
 
@@ -50,9 +50,9 @@ def nd_fits(sweep: Sweep) -> list[dict]:
     groups: dict[tuple, list] = defaultdict(list)
     for r in sweep.runs:
         if r.stage2_tokens:
-            groups[(r.domain or "-", r.arm_label)].append((float(r.non_embedding_params), float(r.stage2_tokens),
+            groups[(r.domain or "-", r.axes, r.arm_label)].append((float(r.non_embedding_params), float(r.stage2_tokens),
                                                           r.final_loss))
-    return [{"domain": d, "arm": a, **fits.loss_nd(points)} for (d, a), points in sorted(groups.items())]
+    return [{"domain": d, "axes": x, "arm": a, **fits.loss_nd(points)} for (d, x, a), points in sorted(groups.items())]
 
 
 def metric_trends(rows: list[dict], metric: str, boot: Bootstrap, settings: FitSettings) -> list[dict]:
@@ -61,14 +61,14 @@ def metric_trends(rows: list[dict], metric: str, boot: Bootstrap, settings: FitS
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         c = row["cell"]
-        groups[(c["domain"], c["stage2_tokens"], row["arm"])].append(row)
+        groups[(c["domain"], c["stage2_tokens"], c["axes"], row["arm"])].append(row)
     out = []
-    for (domain, tokens, arm), rs in sorted(groups.items()):
+    for (domain, tokens, axes, arm), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["cell"]["non_embedding_params"])
         points = [(float(r["cell"]["non_embedding_params"]),
                    [v for v in r[metric]["per_seed"].values() if v is not None]) for r in rs]
         res = fits.trend(points, level=boot.level, resamples=settings.resamples, seed=settings.seed)
-        out.append({"domain": domain, "stage2_tokens": tokens, "arm": arm, "metric": metric,
+        out.append({"domain": domain, "stage2_tokens": tokens, "axes": axes, "arm": arm, "metric": metric,
                     "per_size": [{"size": r["cell"]["size"], "n": r["cell"]["non_embedding_params"],
                                   "mean": r[metric]["mean"], "ci": r[metric]["ci"], "n_seeds": r[metric]["n"],
                                   "seeds": r[metric]["seeds"]} for r in rs], **res})

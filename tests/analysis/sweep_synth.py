@@ -46,6 +46,17 @@ def record(sweep: str, name: str, stage: int, coords: dict, n: int, tokens: int,
             "wall_s": 1.0, "restarts": 0, "out": str(out)}
 
 
+def arm_label(kind: str, band: str | None) -> str:
+    """The sweep engine's arm label as it appears in run names: scratch, nca-b50-t1M, matched-nca-b50-t1M."""
+    if kind == "nca":
+        return f"nca-b{band.replace('+', '')}-t1M"
+    return MATCHED_LABEL if kind == "scratch_matched" else kind
+
+
+MATCHED_TO = "nca-b50-t1M"
+MATCHED_LABEL = f"matched-{MATCHED_TO}"
+
+
 def write_sweep(root: Path, *, sizes=tuple(SIZES), seeds=(0, 1, 2), arms=tuple(SHIFT), stage2_tokens=2_000_000,
                 stage1_tokens=1_000_000, domain="web", name="synth") -> Path:
     root.mkdir(parents=True, exist_ok=True)
@@ -57,20 +68,21 @@ def write_sweep(root: Path, *, sizes=tuple(SIZES), seeds=(0, 1, 2), arms=tuple(S
                 kind, _, band = arm.partition("-")
                 band = band or None
                 pre = kind == "nca"
-                s1_flops = 6.0 * n * stage1_tokens if pre else None
+                label = arm_label(kind, band)
                 coords = {"size": size, "arm": kind, "band": band, "stage1_tokens": stage1_tokens if pre else None,
                           "domain": domain, "stage2_tokens": stage2_tokens, "seed": seed, "extra": {}}
                 tokens = stage2_tokens
                 if kind == "scratch_matched":
                     tokens = stage2_tokens + stage1_tokens  # same N: stage-1 FLOPs as extra language tokens
-                    coords["extra"] = {"matched_to": f"s2-{domain}-{size}-nca-b50+-s{seed}"}
+                    coords["extra"] = {"matched_to": MATCHED_TO}
                 if pre:
-                    s1 = f"s1-{size}-{arm}-s{seed}"
+                    s1 = f"s1-{size}-{label}-s{seed}"
                     s1_curve = _write_run(root, s1, n, stage1_tokens, "scratch", seed)
                     records.append(record(name, s1, 1, {**coords, "domain": None, "stage2_tokens": None}, n,
                                           stage1_tokens, s1_curve, None, root / "runs" / s1))
-                run = f"s2-{domain}-{size}-{kind}" + (f"-b{band}" if band else "") + f"-s{seed}"
+                run = f"s2-{domain}-{size}-{label}-d{stage2_tokens // 1_000_000}M-s{seed}"
                 curve = _write_run(root, run, n, tokens, arm, seed)
-                records.append(record(name, run, 2, coords, n, tokens, curve, s1_flops, root / "runs" / run))
+                records.append(record(name, run, 2, coords, n, tokens, curve,
+                                      6.0 * n * stage1_tokens if pre else None, root / "runs" / run))
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root
