@@ -6,7 +6,9 @@ share (tokens/s excluding data generation), MFU against the pinned peak table, a
   python benchmarks/train_throughput.py --model configs/model/cpu-5m.yaml --steps 8 --only torch,megatron-tp2
 
 `bare` is the yardstick: a plain PyTorch loop (same model class, same NCA batches, AdamW, clipping, one
-thread) with none of the trainer around it; `ratio_to_bare` = a setting's tokens/s over the bare loop's.
+thread) with none of the trainer around it. The machine is noisy, so the settings run in `--rounds` rounds,
+each round measuring bare and then every setting back to back; `ratio_to_bare` is the median over rounds of
+(a setting's tokens/s / the same round's bare tokens/s), and `round_ratios` lists them.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def measure_bare(args: argparse.Namespace) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     if proc.returncode:
         return {"setting": "bare", "error": proc.stderr.strip().splitlines()[-1:]}
-    return {"setting": "bare", "tokens_per_s": round(statistics.median(json.loads(proc.stdout.splitlines()[-1])))}
+    return {"setting": "bare", "tokens_per_s": statistics.median(json.loads(proc.stdout.splitlines()[-1]))}
 
 
 def measure(name: str, args: argparse.Namespace, out: Path) -> dict:
@@ -88,10 +90,10 @@ def measure(name: str, args: argparse.Namespace, out: Path) -> dict:
     med = lambda key: statistics.median(m[key] for m in steps)  # noqa: E731
     tokens = steps[0]["tokens"] // steps[0]["step"]
     return {
-        "setting": name, "tokens_per_s": round(med("tokens_per_s")), "model_tokens_per_s": round(
-            statistics.median(tokens / (m["step_time"] - m["data_time"]) for m in steps)),
-        "mfu": round(med("mfu"), 4), "step_time_s": round(med("step_time"), 3), "data_time_s": round(med("data_time"), 3),
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "setting": name, "tokens_per_s": med("tokens_per_s"), "model_tokens_per_s": statistics.median(
+            tokens / (m["step_time"] - m["data_time"]) for m in steps),
+        "mfu": med("mfu"), "step_time_s": med("step_time"), "data_time_s": med("data_time"),
+        "wall_s": time.perf_counter() - t0,
     }
 
 
@@ -103,6 +105,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="bare + every setting, this many times, interleaved")
     p.add_argument("--only", default=",".join(SETTINGS), help="comma-separated settings: " + ", ".join(SETTINGS))
     p.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
@@ -110,18 +113,40 @@ def main() -> None:
     if args.bare_worker:
         bare_loop(args)
         return
-    results = [measure_bare(args)]
-    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    names = args.only.split(",")
+    rounds: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only.split(","):
-            results.append(measure(name, args, Path(tmp) / name))
-            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    bare = results[0].get("tokens_per_s")
-    for r in results[1:]:
-        if bare and "tokens_per_s" in r:
-            r["ratio_to_bare"] = round(r["tokens_per_s"] / bare, 3)
+        for r in range(args.rounds):
+            this = {"bare": measure_bare(args)}
+            for name in names:
+                this[name] = measure(name, args, Path(tmp) / f"{name}-{r}")
+            rounds.append(this)
+            print(json.dumps({"round": r, **{k: v.get("tokens_per_s") for k, v in this.items()}}), file=sys.stderr,
+                  flush=True)
     print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                      "model": args.model, "batch_size": args.batch_size, "results": results}, indent=1))
+                      "load_avg": os.getloadavg(), "model": args.model, "batch_size": args.batch_size,
+                      "rounds": args.rounds, "results": [summarize(name, rounds) for name in ["bare", *names]]},
+                     indent=1))
+
+
+def summarize(name: str, rounds: list[dict[str, dict]]) -> dict:
+    """Medians over rounds; for a setting, also its per-round ratios to that round's bare loop."""
+    runs = [r[name] for r in rounds]
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        return {"setting": name, "error": errors[0]}
+    out = {"setting": name}
+    for key, digits in (("tokens_per_s", 0), ("model_tokens_per_s", 0), ("mfu", 4), ("step_time_s", 3),
+                        ("data_time_s", 3), ("wall_s", 1)):
+        if key in runs[0]:
+            value = statistics.median(r[key] for r in runs)
+            out[key] = round(value, digits) if digits else round(value)
+    bare = [r["bare"].get("tokens_per_s") for r in rounds]
+    if name != "bare" and all(bare):
+        ratios = [run["tokens_per_s"] / b for run, b in zip(runs, bare)]
+        out["ratio_to_bare"] = round(statistics.median(ratios), 3)
+        out["round_ratios"] = [round(x, 3) for x in ratios]
+    return out
 
 
 if __name__ == "__main__":

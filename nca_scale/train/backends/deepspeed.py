@@ -91,3 +91,21 @@ class DeepSpeedEngine:
             str(path), tag=_TAG, load_optimizer_states=optimizer, load_lr_scheduler_states=False,
             load_module_only=not optimizer,
         )
+        if optimizer and self.cfg.offload:
+            _replay_cpu_adam_powers(self.engine.optimizer.optimizer)
+
+
+def _replay_cpu_adam_powers(cpu_adam) -> None:
+    """Make a resumed DeepSpeedCPUAdam continue bit-exactly. Its C++ side keeps beta1^t and beta2^t as running
+    products (one multiplication per step, cpu_adam.h IncrementStep), but a fresh process at step k computes
+    them with pow(beta, k), which differs in the last bits. Stepping the same optimizer id through steps 1..k on
+    a one-element dummy rebuilds the products exactly as the uninterrupted run formed them."""
+    steps = {int(s["step"]) for s in cpu_adam.state.values() if "step" in s}
+    if not steps:
+        return
+    group = cpu_adam.param_groups[0]
+    beta1, beta2 = group["betas"]
+    dummy = [torch.zeros(1) for _ in range(4)]  # param, grad, exp_avg, exp_avg_sq
+    for t in range(1, max(steps) + 1):
+        cpu_adam.ds_opt_adam.adam_update(cpu_adam.opt_id, t, group["lr"], beta1, beta2, group["eps"],
+                                         group["weight_decay"], group["bias_correction"], *dummy)
