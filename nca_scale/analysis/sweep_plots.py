@@ -171,13 +171,17 @@ def loss_fits(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
 
 
 def band_effect(rows: list[dict], path: Path, title: str) -> bool:
-    """Improvement vs scratch per complexity band, one panel per domain, one line per (size, stage-1 tokens)."""
+    """Improvement vs scratch per complexity band, one panel per domain that ran >= 2 bands, one line per
+    (size, stage-1 tokens, stage-2 tokens)."""
     banded = [r for r in rows if r["band"] is not None and r["band"] in BANDS]
     if not banded:
         return False
     panels = defaultdict(list)
     for r in banded:
         panels[(r["domain"], r["axes"])].append(r)
+    panels = {k: rs for k, rs in panels.items() if len({r["band"] for r in rs}) >= 2}  # one band: no effect to see
+    if not panels:
+        return False
     order = list(BANDS)
     fig, axes = _panels(len(panels))
     for ax, ((domain, axes_text), rs) in zip(axes, sorted(panels.items())):
