@@ -28,8 +28,12 @@ def gzip_ratio(raw: bytes) -> float:
 
 def gzip_scores(cfg: NCAConfig, frames: torch.Tensor, threads: int = 1) -> np.ndarray:
     """(B, F, grid, grid) frames -> (B,) float64 gzip scores."""
-    ids = patch_ids(cfg, frames).flatten(1).to(torch.int32).cpu().numpy().astype("<i4")
-    rows = [row.tobytes() for row in ids]
+    return gzip_token_scores(patch_ids(cfg, frames).flatten(1).to(torch.int32).cpu().numpy(), threads)
+
+
+def gzip_token_scores(ids: np.ndarray, threads: int = 1) -> np.ndarray:
+    """(B, T) token ids -> (B,) gzip scores, each row as int32 little-endian bytes (also used for text tokens)."""
+    rows = [row.tobytes() for row in np.asarray(ids).astype("<i4")]
     if threads > 1 and len(rows) > 64:
         with ThreadPoolExecutor(threads) as pool:
             return np.fromiter(pool.map(gzip_ratio, rows, chunksize=256), dtype=np.float64, count=len(rows))
