@@ -17,6 +17,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("nca", "stats"): ("nca_scale.cli.nca_tools:stats", "complexity-score quantiles and band acceptance of random rules (JSON)"),
     ("train",): ("nca_scale.cli.train:main", "train a model on NCA data (torch, megatron or deepspeed backend; nproc=N)"),
     ("nca", "show"): ("nca_scale.cli.nca_tools:show", "PNG grids, GIFs and a score histogram of trajectories per band"),
+    ("nca", "match"): ("nca_scale.cli.nca_tools:match", "gzip complexity of a text corpus, measured like NCA rules: the closest band"),
     ("submit",): ("nca_scale.cli.submit:main", "run any job through submitit: Slurm (cluster=PROFILE), arrays, dependencies"),
     ("status",): ("nca_scale.cli.status:main", "state, step, last loss, restarts and logs of submitted jobs"),
     ("corpus", "build"): ("nca_scale.cli.corpus:build", "build a text corpus (web, math, code, or a YAML: files/globs, HF)"),

@@ -128,3 +128,73 @@ def show(args: list[str]) -> int:
             )
     print(f"wrote {len(index['files'])} files to {job.out} ({index['scanned']} rules scanned)")
     return 0
+
+
+@dataclass(frozen=True)
+class MatchJob:
+    tokenizer: str = ""  # the stage-2 tokenizer directory (or .model), or "bytes" for UTF-8 bytes (required)
+    nca: str = ""  # NCA config whose probe and rules are compared (default: the built-in defaults)
+    windows: int = 2000  # corpus windows scored
+    max_bytes: int = 4_000_000  # text drawn from the corpus's train split (documents chosen by hash)
+    rules: int = 2000  # random candidate rules scored for the band distributions
+    threads: int = 2
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if not self.tokenizer:
+            raise UserError("tokenizer= is required: the tokenizer the corpus is trained with (a directory from "
+                            "`nca-scale tokenizer train`), or tokenizer=bytes for UTF-8 bytes")
+        if self.windows < 10 or self.rules < 100 or self.max_bytes < 1:
+            raise UserError("windows must be >= 10, rules >= 100 and max_bytes >= 1")
+        _check_threads(self.threads)
+        _check_device(self.device)
+
+
+def match(args: list[str]) -> int:
+    """nca-scale nca match CORPUS tokenizer=DIR|bytes [nca=CONFIG.yaml] [windows=2000] [max_bytes=4000000]
+    [rules=2000] [NCA key=value ...]
+
+    Scores the corpus (an embedded name or a built corpus URL) the way the NCA filter scores rules: windows of
+    as many tokens as the NCA probe (360 for the reference), as int32 little-endian bytes, gzip level 9,
+    compressed / raw size; scores `rules` random rules of the NCA config, and prints one JSON line: corpus
+    score quantiles, each band's in-band rule scores and 1-Wasserstein distance to the corpus, the recommended
+    (closest) band, and the method with its caveat (docs/analysis.md).
+    """
+    from nca_scale import config
+    from nca_scale.data.text import complexity as tc
+    from nca_scale.data.text.corpus import Corpus
+    from nca_scale.data.text.tokenizer import Tokenizer
+    from nca_scale.nca.stats import random_rule_scores
+
+    positional, overrides = config.split_overrides(args)
+    if len(positional) != 1:
+        raise UserError("expected exactly one CORPUS (web, math, code, or a built corpus directory/URL)")
+    job_fields = set(MatchJob.__dataclass_fields__)
+    job = config.load(MatchJob, None, [(k, v) for k, v in overrides if k in job_fields])
+    cfg = config.load(NCAConfig, job.nca or None, [(k, v) for k, v in overrides if k.split(".")[0] not in job_fields])
+    corpus = Corpus.open(positional[0])
+    tokenizer = None if job.tokenizer == tc.BYTES else Tokenizer(job.tokenizer)
+    window = tc.probe_tokens(cfg)
+    t0 = time.perf_counter()
+    scores = tc.corpus_scores(corpus, tokenizer, window, job.windows, job.max_bytes, job.threads)
+    with _torch_threads(job.threads), _bar(job.rules, "scoring random rules") as bar:
+        rule_scores = random_rule_scores(cfg, job.rules, device=job.device, threads=job.threads, on_chunk=bar.update)
+    result = {
+        "corpus": {"name": corpus.name, "domain": corpus.domain, "url": corpus.loc.url},
+        "tokenizer": tc.BYTES if tokenizer is None else tokenizer.describe(),
+        "window_tokens": window, "window_bytes": 4 * window, "windows": int(scores.size),
+        "corpus_score": {"mean": round(float(scores.mean()), 6), "quantiles": tc.quantiles(scores)},
+        "rules": int(rule_scores.size), "nca_config": job.nca or "defaults", "seed": cfg.seed,
+        **tc.recommend(scores, rule_scores),
+        "method": ("windows of window_tokens corpus tokens (documents + end-of-document id, concatenated, "
+                   "non-overlapping, evenly spaced) and the NCA probe's patch tokens, each as int32 little-endian "
+                   "bytes, gzip level 9, score = compressed/raw; recommended = band whose in-band random-rule "
+                   "scores are closest to the corpus scores in 1-Wasserstein distance"),
+        "caveat": ("text token ids and NCA patch ids are different alphabets: the corpus score depends on the "
+                   "tokenizer, and equal scores mean equal gzip redundancy per int32 symbol, not equal structure; "
+                   "compare corpora under one tokenizer and test the band as a sweep axis"),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
