@@ -4,13 +4,17 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test chaos demo bench lint clean
 
 venv:
 	@bash tools/bootstrap.sh
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# kill -9 training runs 20 (1 process) + 6 (2 processes) times; `make test` runs a 3 + 1 kill version
+chaos: venv
+	NCA_SCALE_CHAOS=1 $(PY) -m pytest -q -s tests/train/test_chaos.py
 
 # The main job on the embedded defaults: CPU, local files, submitit's local executor, wandb offline.
 demo: venv

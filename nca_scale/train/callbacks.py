@@ -109,7 +109,9 @@ class MetricsLog(Callback):
         if not _rank0() or not self.path.exists():
             return
         keep = [line for line in self.path.read_text().splitlines() if _step_of(line) <= trainer.step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        tmp = self.path.with_suffix(".tmp")  # replaced whole: a kill mid-write must not lose history
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def _write(self, metrics: dict) -> None:
         if _rank0():
