@@ -28,6 +28,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("import",): ("nca_scale.cli.export:import_main", "a Hugging Face Llama directory as an nca_scale checkpoint"),
     ("eval",): ("nca_scale.cli.eval:main", "perplexity, HumanEval, GSM8K, BIG-bench-Lite on a checkpoint (JSON)"),
     ("eval", "report"): ("nca_scale.cli.eval:report", "a table of every evaluation recorded under run/sweep directories"),
+    ("sweep", "plan"): ("nca_scale.cli.sweep:plan", "the runs of a sweep spec: parameters, tokens, FLOPs, recipe, GPU-hours"),
+    ("sweep", "launch"): ("nca_scale.cli.sweep:launch", "prepare data and submit a sweep's missing or failed runs"),
+    ("sweep", "status"): ("nca_scale.cli.sweep:status", "state, step and losses of every run of a sweep"),
+    ("sweep", "run"): ("nca_scale.cli.sweep:run", "one run of a launched sweep: train, then append its record"),
     ("sft-data",): ("nca_scale.cli.sft_data:main", "the paper's GSM8K / BBL fine-tuning documents as JSONL"),
     ("report",): ("nca_scale.cli.report:main", "a sweep's metrics, intervals, fits and plots (Markdown, HTML, JSON)"),
 }

@@ -1,0 +1,258 @@
+"""From a sweep spec to the list of runs: stage-1 runs (shared by every cell that needs the same checkpoint) and the
+stage-2 runs that depend on them, each with its full train command line, recipe values, tokens and FLOPs.
+
+Nothing here reads training data: vocabularies come from the NCA / Dyck / tokenizer configs and the sequence
+length from the spec, so `sweep plan` works for a cluster study on a laptop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nca_scale import config
+from nca_scale.launch import profile as profiles
+from nca_scale.launch.sweep_spec import (
+    ArmSpec,
+    DomainSpec,
+    SweepSpec,
+    corpus_name,
+    model_path,
+    parse_band,
+    short_count,
+    size_name,
+)
+from nca_scale.model.config import flops_per_token, param_counts
+from nca_scale.nca.config import NCAConfig
+from nca_scale.train import recipe as recipes
+from nca_scale.train.config import DataConfig, TrainConfig
+
+
+@dataclass
+class Run:
+    name: str
+    stage: int
+    coords: dict
+    out: str
+    train_args: list[str]  # CONFIG.yaml key=value ...: what `nca-scale train` runs
+    parent: str | None  # the stage-1 run a stage-2 run starts from
+    seq_len: int
+    vocab_size: int
+    params: int
+    non_embedding_params: int
+    tokens: int  # steps x batch x seq_len
+    steps: int
+    flops_6nd: float  # 6 x non-embedding parameters x tokens
+    flops: float  # exact: flops_per_token (head and attention included) x tokens
+    stage1_flops: float | None
+    gpu_hours: float
+    hyper: dict = field(default_factory=dict)  # lr, beta2, batch_size, micro_batch, warmup
+
+
+def _value(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _pairs(d: dict) -> list[tuple[str, str]]:
+    return [(k, _value(v)) for k, v in d.items()]
+
+
+def _partial_config(base: str, over: list[tuple[str, str]]) -> TrainConfig:
+    """The train config these overrides give, without validation (text shards may not be built yet)."""
+    cfg = config.from_dict(TrainConfig, config.read_yaml(base), source=base)
+    for k, v in over:
+        cfg = config.set_key(cfg, k, v, source=f"sweep override {k}={v}")
+    return cfg
+
+
+def _tag(key: str, value) -> str:
+    return "-" + re.sub(r"[^A-Za-z0-9.]", "", f"{key.split('.')[-1]}{value}")
+
+
+class Planner:
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+        self.dir = spec.sweep_dir
+        prof, _ = profiles.load(spec.cluster)
+        self.world = prof.world if prof.executor == "slurm" else None
+        tok = config.read_yaml(spec.data.tokenizer)
+        self.text_vocab = int(tok.get("vocab_size", 8000))
+        self.runs: dict[str, Run] = {}
+
+    # ---- data sections --------------------------------------------------------------------------------
+    def text_paths(self, corpus: str) -> dict[str, str]:
+        name, stem = corpus_name(corpus), Path(self.spec.data.tokenizer).stem
+        base = Path(self.spec.data.dir)
+        return {"tokenizer": str(base / f"tok-{name}-{stem}"),
+                "train": str(base / f"{name}-{stem}-L{self.spec.seq_len}-train"),
+                "val": str(base / f"{name}-{stem}-L{self.spec.seq_len}-val")}
+
+    def _data(self, arm: ArmSpec | None, domain: DomainSpec | None) -> tuple[list[tuple[str, str]], int]:
+        """(train overrides selecting the data, its vocabulary size)."""
+        s = self.spec.seq_len
+        if domain is not None or arm.arm == "text":
+            p = self.text_paths(domain.corpus_source if domain else arm.corpus)
+            return [("data.source", "text_shards"), ("data.shards", p["train"]), ("data.val_shards", p["val"])], \
+                self.text_vocab
+        if arm.arm == "nca":
+            path = arm.data or self.spec.nca
+            lo, hi = parse_band(arm.band)
+            nca = config.set_key(config.from_dict(NCAConfig, config.read_yaml(path), source=path), "seq_len", str(s))
+            return [("data.source", "nca_stream"), ("data.nca", path), ("data.nca.seq_len", str(s)),
+                    ("data.nca.complexity.lo", str(lo)), ("data.nca.complexity.hi", str(hi))], nca.vocab_size
+        path = arm.data or self.spec.dyck
+        dyck = config.from_dict(DataConfig, config.read_yaml(path), source=path).dyck
+        return [("data", path), ("data.source", "dyck"), ("data.dyck.seq_len", str(s))], dyck.vocab_size
+
+    # ---- one run --------------------------------------------------------------------------------------
+    def _run(self, name: str, stage: int, coords: dict, size: str, data: tuple, user: list, tokens: int,
+             parent: Run | None = None, stage1_flops: float | None = None) -> Run:
+        spec = self.spec
+        data_over, vocab = data
+        out = str(self.dir / "runs" / name)
+        head = [("model", str(model_path(size))), *data_over]
+        cfg0 = _partial_config(spec.train, head + user)
+        model = cfg0.model.with_vocab(cfg0.model.vocab_size or vocab)
+        counts = param_counts(model)
+        rec = []
+        if spec.recipe.rule == "olmo-core":
+            nproc = self.world or cfg0.nproc
+            dp = max(1, nproc // (cfg0.tp * cfg0.pp))
+            h = recipes.hyper(spec.recipe, counts["non_embedding"], spec.seq_len, tokens, cfg0.micro_batch, dp)
+            mine = {k for k, _ in user}  # what the spec sets explicitly wins; micro_batch follows the batch
+            rec = [(k, v) for k, v in h.overrides() if k not in mine or k == "micro_batch"]
+        over = head + user + rec + [("seed", str(coords["seed"])), ("steps", "null"), ("tokens", str(tokens))]
+        cfg = _partial_config(spec.train, over)
+        steps = -(-tokens // (cfg.batch_size * spec.seq_len))
+        if not any(k == "eval_every" for k, _ in user):
+            over.append(("eval_every", str(max(1, steps // spec.evals))))
+        over += [("out", out), ("resume", "auto")]  # a restarted or relaunched run continues from its checkpoint
+        if parent is not None:
+            over.append(("init_from", f"{parent.out}/checkpoints/step_{parent.steps:08d}"))
+        cfg = _partial_config(spec.train, over)
+        trained = steps * cfg.batch_size * spec.seq_len
+        flops = float(flops_per_token(model, spec.seq_len)["train"] * trained)
+        est = spec.estimate
+        run = Run(
+            name=name, stage=stage, coords=coords, out=out, train_args=[spec.train, *(f"{k}={v}" for k, v in over)],
+            parent=parent.name if parent else None, seq_len=spec.seq_len, vocab_size=model.vocab_size,
+            params=counts["total"], non_embedding_params=counts["non_embedding"], tokens=trained, steps=steps,
+            flops_6nd=6.0 * counts["non_embedding"] * trained, flops=flops, stage1_flops=stage1_flops,
+            gpu_hours=flops / (est.mfu * est.peak_flops) / 3600,
+            hyper={"lr": cfg.optim.lr, "beta2": cfg.optim.beta2, "batch_size": cfg.batch_size,
+                   "micro_batch": cfg.micro_batch, "warmup": cfg.schedule.warmup},
+        )
+        self.runs[name] = run
+        return run
+
+    def _stage1(self, size: str, arm: ArmSpec, seed: int, extra: dict, tag: str) -> Run:
+        name = f"s1-{size_name(size)}-{arm.label}-s{seed}{tag}"
+        if name in self.runs:
+            return self.runs[name]
+        coords = {"size": size_name(size), "arm": arm.arm, "band": arm.band, "stage1_tokens": arm.tokens,
+                  "domain": None, "stage2_tokens": None, "seed": seed, "extra": self._extra(arm, extra)}
+        user = _pairs(self.spec.overrides) + _pairs(self.spec.stage1) + _pairs(arm.overrides) + list(extra.items())
+        return self._run(name, 1, coords, size, self._data(arm, None), user, arm.tokens)
+
+    @staticmethod
+    def _extra(arm: ArmSpec, extra: dict) -> dict:
+        out = {k: config.yaml.safe_load(v) for k, v in extra.items()}
+        if arm.arm == "text":
+            out["stage1_corpus"] = corpus_name(arm.corpus)
+        return out
+
+    def _stage2(self, size: str, arm: ArmSpec, domain: DomainSpec, t2: int, seed: int, extra: dict, tag: str,
+                parent: Run | None = None, matched: tuple[str, Run] | None = None) -> Run:
+        label = arm.label if matched is None else f"matched-{matched[0]}"
+        name = f"s2-{domain.domain}-{size_name(size)}-{label}-d{short_count(t2)}-s{seed}{tag}"
+        ex = self._extra(arm, extra)
+        if matched is not None:
+            ex["matched_to"] = matched[0]
+        coords = {"size": size_name(size), "arm": arm.arm, "band": arm.band if arm.arm == "nca" else None,
+                  "stage1_tokens": arm.tokens if parent else None, "domain": domain.domain, "stage2_tokens": t2,
+                  "seed": seed, "extra": ex}
+        user = _pairs(self.spec.overrides) + _pairs(self.spec.stage2) + _pairs(domain.overrides) + list(extra.items())
+        data = self._data(None, domain)
+        tokens = t2
+        if matched is not None:  # the stage-1 FLOPs as extra stage-2 tokens, at this model's FLOPs per token
+            cfg0 = _partial_config(self.spec.train, [("model", str(model_path(size))), *data[0], *user])
+            model = cfg0.model.with_vocab(cfg0.model.vocab_size or data[1])
+            tokens = t2 + round(matched[1].flops / flops_per_token(model, self.spec.seq_len)["train"])
+        return self._run(name, 2, coords, size, data, user, tokens, parent=parent,
+                         stage1_flops=parent.flops if parent else None)
+
+    def plan(self) -> list[Run]:
+        spec = self.spec
+        staged = [a for a in spec.arms if a.arm in ("nca", "text", "dyck")]
+        keys = list(spec.axes)
+        for size in spec.sizes:
+            for seed in spec.seeds:
+                for values in itertools.product(*(spec.axes[k] for k in keys)):
+                    extra = {k: _value(v) for k, v in zip(keys, values)}
+                    tag = "".join(_tag(k, v) for k, v in zip(keys, values))
+                    s1 = {a.label: self._stage1(size, a, seed, extra, tag) for a in staged}
+                    for domain in spec.domains:
+                        for t2 in domain.tokens:
+                            for arm in spec.arms:
+                                if arm.arm == "scratch":
+                                    self._stage2(size, arm, domain, t2, seed, extra, tag)
+                                elif arm.arm == "scratch_matched":
+                                    for label in [arm.matched_to] if arm.matched_to else list(s1):
+                                        self._stage2(size, arm, domain, t2, seed, extra, tag, matched=(label, s1[label]))
+                                else:
+                                    self._stage2(size, arm, domain, t2, seed, extra, tag, parent=s1[arm.label])
+        return sorted(self.runs.values(), key=lambda r: r.stage)
+
+
+def plan(spec: SweepSpec) -> list[Run]:
+    return Planner(spec).plan()
+
+
+def write(spec: SweepSpec, spec_path: str, runs: list[Run]) -> Path:
+    """SWEEP_DIR/spec.yaml (the resolved spec) and SWEEP_DIR/plan.json."""
+    d = spec.sweep_dir
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "spec.yaml").write_text(f"# resolved from {spec_path}\n" + config.yaml.safe_dump(asdict(spec), sort_keys=False))
+    doc = {"sweep": spec.name, "spec": spec_path, "out": str(d), "estimate": asdict(spec.estimate),
+           "recipe": asdict(spec.recipe), "runs": [asdict(r) for r in runs]}
+    tmp = d / "plan.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(d / "plan.json")
+    return d / "plan.json"
+
+
+def read(sweep_dir: str | Path) -> dict:
+    from nca_scale.errors import UserError
+
+    f = Path(sweep_dir) / "plan.json"
+    if not f.is_file():
+        raise UserError(f"{sweep_dir} has no plan.json; run `nca-scale sweep plan SPEC` or `sweep launch SPEC` first")
+    return json.loads(f.read_text())
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def table(spec: SweepSpec, runs: list[Run]) -> str:
+    est = spec.estimate
+    head = (f"{'RUN':<48} {'ST':>2} {'N(non-emb)':>12} {'PARAMS':>12} {'TOKENS':>12} {'STEPS':>7} {'BATCH':>9} "
+            f"{'LR':>9} {'B2':>5} {'WARM':>6} {'6ND':>9} {'FLOPS':>9} {'GPU-H':>9}")
+    lines = [f"# sweep {spec.name}: {len(runs)} runs ({sum(r.stage == 1 for r in runs)} stage-1, "
+             f"{sum(r.stage == 2 for r in runs)} stage-2) in {spec.sweep_dir}; recipe {spec.recipe.rule}"
+             + (f" (lr x{spec.recipe.lr_multiplier}, batch x{spec.recipe.batch_multiplier}, warmup <= "
+                f"{spec.recipe.max_warmup_fraction:g} of the run)" if spec.recipe.rule == "olmo-core" else ""),
+             f"# GPU-hours at {est.mfu:g} MFU of {est.peak_flops:.3g} FLOP/s per GPU ({est.gpu}); FLOPS = exact "
+             "training FLOPs (head and attention included), 6ND with N = non-embedding parameters", head]
+    for r in runs:
+        h = r.hyper
+        lines.append(f"{r.name:<48} {r.stage:>2} {r.non_embedding_params:>12,} {r.params:>12,} {r.tokens:>12,} "
+                     f"{r.steps:>7} {h['batch_size']:>4}x{r.seq_len:<4} {h['lr']:>9.3g} {h['beta2']:>5} "
+                     f"{h['warmup']:>6} {_g(r.flops_6nd):>9} {_g(r.flops):>9} {r.gpu_hours:>9.3g}")
+    total = sum(r.flops for r in runs)
+    lines.append(f"# total: {sum(r.tokens for r in runs):,} tokens, {_g(total)} FLOPs, "
+                 f"{sum(r.gpu_hours for r in runs):.3g} GPU-hours")
+    return "\n".join(lines)

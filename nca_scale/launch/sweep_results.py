@@ -1,0 +1,87 @@
+"""SWEEP_DIR/results.jsonl: one record per finished run, written by the run's own job (docs/sweeps.md has the
+contract with the analysis side). Readers keep the last record per run name, so a re-run replaces a record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import nca_scale
+from nca_scale.launch.status import progress
+from nca_scale.model.config import flops_per_token, param_counts
+from nca_scale.train.config import from_args
+
+RESULTS = "results.jsonl"
+
+
+def code_version() -> str:
+    """nca_scale's version, plus the git commit of its checkout when there is one ("+dirty" with local edits)."""
+    root = Path(nca_scale.__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return nca_scale.__version__
+    if sha.returncode != 0:
+        return nca_scale.__version__
+    return f"{nca_scale.__version__}+g{sha.stdout.strip()[:12]}" + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def metric_lines(out: str | Path) -> list[dict]:
+    f = Path(out) / "metrics.jsonl"
+    lines = []
+    for line in f.read_text().splitlines() if f.is_file() else []:
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill; the trainer drops it on resume
+            continue
+    return lines
+
+
+def record(sweep: str, run: dict, wall_s: float) -> dict:
+    """The results.jsonl record of a finished planned run (a plan.json entry), from its config and metrics."""
+    cfg = from_args(run["train_args"]).resolved()
+    lines = metric_lines(run["out"])
+    train = [m for m in lines if "loss" in m]
+    curve = [{k: m[k] for k in ("step", "tokens", "eval_loss", "eval_ppl")} for m in lines if "eval_loss" in m]
+    tokens = train[-1]["tokens"] if train else 0
+    counts = param_counts(cfg.model)
+    final = curve[-1] if curve else {"eval_loss": None, "eval_ppl": None}
+    return {
+        "sweep": sweep,
+        "run": run["name"],
+        "stage": run["stage"],
+        "config_hash": hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest(),
+        "code_version": code_version(),
+        "coords": run["coords"],
+        "params": counts["total"],
+        "non_embedding_params": counts["non_embedding"],
+        "tokens": tokens,
+        "flops": float(flops_per_token(cfg.model, cfg.seq_len)["train"] * tokens),
+        "stage1_flops": run["stage1_flops"],
+        "eval_curve": curve,
+        "final": {"eval_loss": final["eval_loss"], "eval_ppl": final["eval_ppl"]},
+        "wall_s": round(wall_s, 3),
+        "restarts": progress(run["out"])["restarts"],
+        "out": str(Path(run["out"]).resolve()),
+    }
+
+
+def append(sweep_dir: str | Path, rec: dict) -> None:
+    with (Path(sweep_dir) / RESULTS).open("a") as f:  # one short write per line: appends from jobs interleave whole
+        f.write(json.dumps(rec) + "\n")
+
+
+def read(sweep_dir: str | Path) -> dict[str, dict]:
+    """run name -> its last record."""
+    f = Path(sweep_dir) / RESULTS
+    out: dict[str, dict] = {}
+    for line in f.read_text().splitlines() if f.is_file() else []:
+        if line.strip():
+            rec = json.loads(line)
+            out[rec["run"]] = rec
+    return out
