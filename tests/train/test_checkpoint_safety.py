@@ -1,0 +1,163 @@
+"""Checkpoint integrity: the commit protocol, verification on load, fallback past a corrupt newest
+checkpoint, keep-last-k, refused resumes, weights-only loading, and a mirror on an fsspec URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import FAST, ROOT, state, train
+
+from nca_scale.cli import main
+from nca_scale.errors import UserError
+from nca_scale.train import checkpoint
+from nca_scale.train.config import from_args
+
+CONFIG = str(ROOT / "configs/train/cpu-tiny.yaml")
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    return from_args([CONFIG, f"out={tmp_path / 'run'}", *overrides]).resolved()  # as the trainer holds it
+
+
+def _save(cfg, step: int, value: float | None = None) -> Path:
+    """A committed torch checkpoint at `step` the way Checkpointer.save makes one (one rank)."""
+    staging = checkpoint.begin(cfg.out, step)
+    torch.save({"model": {"w": torch.full((64,), float(step if value is None else value))}}, staging / "state.pt")
+    return checkpoint.commit(cfg, step, step * cfg.tokens_per_step)
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_commit_publishes_whole_directories_and_moves_latest_last(tmp_path):
+    cfg = _cfg(tmp_path, "keep_last=5")
+    first = _save(cfg, 2)
+    assert checkpoint.latest_name(cfg.out) == first.name and checkpoint.verify(first) is None
+    assert set(checkpoint.read_meta(first)["files"]) == {"state.pt"}
+    leftover = checkpoint.begin(cfg.out, 4)  # a save killed before its commit
+    (leftover / "state.pt").write_bytes(b"partial")
+    assert checkpoint.complete_checkpoints(cfg.out) == [first]  # staging directories are never listed
+    assert checkpoint.latest_verified(cfg.out) == first
+    second = _save(cfg, 4)  # the next save clears the leftovers first
+    assert sorted(p.name for p in checkpoint.root(cfg.out).iterdir()) == ["latest", first.name, second.name]
+    assert checkpoint.latest_name(cfg.out) == second.name
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda p: _flip_byte(p / "state.pt"), "state.pt does not match its sha256 in meta.json"),
+    (lambda p: (p / "state.pt").write_bytes((p / "state.pt").read_bytes()[:100]), "state.pt has 100 bytes"),
+    (lambda p: (p / "state.pt").unlink(), "state.pt is missing"),
+    (lambda p: (p / "meta.json").write_text('{"step": '), "unreadable meta.json"),
+])
+def test_auto_resume_reports_a_corrupt_newest_checkpoint_and_uses_the_previous(tmp_path, damage, problem):
+    cfg = _cfg(tmp_path)
+    older, newer = _save(cfg, 2), _save(cfg, 4)
+    damage(newer)
+    lines = []
+    assert checkpoint.resolve(cfg, "auto", report=lines.append) == older
+    assert len(lines) == 1 and problem in lines[0] and "falling back to the previous one" in lines[0], lines
+
+
+def test_a_checkpoint_committed_but_not_yet_pointed_to_is_used(tmp_path):
+    cfg = _cfg(tmp_path)
+    _save(cfg, 2)
+    newer = _save(cfg, 4)
+    (checkpoint.root(cfg.out) / "latest").write_text("step_00000002\n")  # killed between rename and pointer
+    assert checkpoint.resolve(cfg, "auto") == newer
+
+
+def test_explicit_resume_of_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
+    cfg = _cfg(tmp_path)
+    bad = _save(cfg, 2)
+    _flip_byte(bad / "state.pt")
+    assert main(["train", CONFIG, f"out={cfg.out}", f"resume={bad}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is corrupt: state.pt does not match its sha256" in err and len(err.splitlines()) == 1
+
+
+def test_keep_last_never_removes_the_checkpoint_latest_names(tmp_path):
+    cfg = _cfg(tmp_path, "keep_last=1")
+    _save(cfg, 2)
+    _save(cfg, 4)
+    assert [p.name for p in checkpoint.complete_checkpoints(cfg.out)] == ["step_00000004"]
+    (checkpoint.root(cfg.out) / "latest").write_text("step_00000004\n")
+    shutil.copytree(checkpoint.step_dir(cfg.out, 4), checkpoint.step_dir(cfg.out, 6))  # committed, not pointed to
+    checkpoint.prune(cfg.out, 1)
+    assert [p.name for p in checkpoint.complete_checkpoints(cfg.out)] == ["step_00000004", "step_00000006"]
+
+
+def test_deepspeed_zero_resume_under_another_dp_size_is_refused(tmp_path, capsys):
+    saved = _cfg(tmp_path, "backend=deepspeed", "zero=2", "nproc=2")
+    path = checkpoint.begin(saved.out, 3)
+    (path / "ds").mkdir()
+    checkpoint.commit(saved, 3, 0)
+    ckpt = checkpoint.step_dir(saved.out, 3)
+    assert main(["train", CONFIG, f"out={saved.out}", "backend=deepspeed", "zero=2", "nproc=1", f"resume={ckpt}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds DeepSpeed ZeRO-2 state partitioned over dp=2, but this run has dp=1; resume with nproc=2" in err
+
+
+# ---- weights-only loading ----------------------------------------------------------------------------
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/nca_scale_pwned",))
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    calls = []
+    for path in (ROOT / "nca_scale").rglob("*.py"):
+        text = path.read_text()
+        calls += [(path, m.group(0)) for m in re.finditer(r"torch\.load\((?:[^()]|\([^()]*\))*\)", text)]
+    assert calls and all("weights_only=True" in c for _, c in calls), calls
+
+
+def test_a_pickled_exploit_in_a_checkpoint_is_refused_even_by_deepspeed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0")  # restored after the test
+    target = Path("/tmp/nca_scale_pwned")
+    target.unlink(missing_ok=True)
+    evil = tmp_path / "state.pt"
+    torch.save({"model": _Exploit()}, evil)
+    checkpoint.load_weights_only("torch")
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        TorchCheckpointEngine().load(str(evil))  # upstream passes weights_only=False
+    assert not target.exists()
+
+
+def test_forcing_unsafe_loads_is_refused(monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(UserError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set"):
+        checkpoint.load_weights_only("torch")
+
+
+# ---- end to end: a real run, a corrupted newest checkpoint, a mirror ----------------------------------
+RUN = [*FAST, "model.n_layers=2", "checkpoint_every=2", "schedule.total=6"]
+
+
+def test_resume_skips_a_corrupt_checkpoint_and_a_mirror_restores_lost_ones(tmp_path):
+    url = f"file://{tmp_path / 'mirror'}"
+    out = tmp_path / "run"
+    train(out, *RUN, "steps=4", f"checkpoint_url={url}")
+    mirrored = tmp_path / "mirror"
+    assert (mirrored / "latest").read_text().strip() == "step_00000004"
+    assert json.loads((mirrored / "step_00000004" / "meta.json").read_text())["step"] == 4
+    _flip_byte(checkpoint.step_dir(out, 4) / "state.pt")
+    proc = train(out, *RUN, "steps=6", "resume=auto")  # no mirror: falls back to step 2 and redoes 3-4
+    assert "step_00000004 is unusable (state.pt does not match its sha256" in proc.stdout
+    assert "resumed from" in proc.stdout and "step_00000002 at step 2" in proc.stdout
+    elsewhere = tmp_path / "elsewhere"  # a new machine: no local checkpoints, only the mirror
+    proc = train(elsewhere, *RUN, "steps=6", "resume=auto", f"checkpoint_url={url}")
+    assert "fetched" in proc.stdout and "at step 4" in proc.stdout
+    final = state(checkpoint.step_dir(elsewhere, 6))
+    assert all(torch.equal(final[k], v) for k, v in state(checkpoint.step_dir(out, 6)).items())
