@@ -66,11 +66,18 @@ def fmt_summary(s: dict, fmt: str = "{:.4g}", unit: str = "") -> str:
 
 
 def verdict(s: dict, ref: float) -> str:
-    """What the interval says about the arm vs the reference value (0 % improvement, speedup 1)."""
+    """What the seeds say about the arm vs the reference value (0 % improvement, speedup 1): with >= 3 seeds
+    the interval decides; with fewer, only the per-seed signs are stated."""
     if s["mean"] is None:
         return "not reached"
-    if s["ci"] is None:
-        return "no interval: cannot tell"
+    values = [v for v in s["per_seed"].values() if v is not None]
+    if len(values) < 3:
+        who = "both seeds" if len(values) == 2 else "its only seed"
+        if all(v > ref for v in values):
+            return f"better in {who} (too few seeds for an interval to decide)"
+        if all(v < ref for v in values):
+            return f"worse in {who} (too few seeds for an interval to decide)"
+        return "the two seeds disagree"
     lo, hi = s["ci"]
     if lo > ref:
         return "better"

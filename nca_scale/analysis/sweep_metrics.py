@@ -76,9 +76,10 @@ def summary(per_seed: dict[int, float | None], boot: Bootstrap) -> dict:
 
 
 def cells(runs: list[Run]) -> dict[tuple, dict[str, dict[int, Run]]]:
-    """cell (size, domain, stage2_tokens, axes) -> arm label -> seed -> run."""
+    """cell (size, domain, stage2_tokens, axes) -> arm label -> seed -> run; cells ordered by domain, budget,
+    axes, then model size (non-embedding parameters)."""
     out: dict[tuple, dict[str, dict[int, Run]]] = defaultdict(lambda: defaultdict(dict))
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r.cell[1:], r.non_embedding_params, r.size)):
         out[r.cell][r.arm_label][r.seed] = r
     return out
 
@@ -91,7 +92,7 @@ def cell_dict(cell: tuple, any_run: Run) -> dict:
 
 def final_ppl_table(sweep: Sweep, boot: Bootstrap) -> list[dict]:
     rows = []
-    for cell, arms in sorted(cells(sweep.runs).items()):
+    for cell, arms in cells(sweep.runs).items():
         for label, seeds in sorted(arms.items()):
             first = next(iter(seeds.values()))
             rows.append({"cell": cell_dict(cell, first), "arm": label, "kind": first.arm,
@@ -104,7 +105,7 @@ def final_ppl_table(sweep: Sweep, boot: Bootstrap) -> list[dict]:
 def vs_scratch(sweep: Sweep, boot: Bootstrap, notes: list[str]) -> list[dict]:
     """Every non-scratch arm against scratch of the same cell, seed by seed."""
     rows = []
-    for cell, arms in sorted(cells(sweep.runs).items()):
+    for cell, arms in cells(sweep.runs).items():
         scratch = arms.get("scratch")
         where = f"{cell[0]} {cell[1]} {fmt_tokens(cell[2])} {cell[3]}".rstrip()
         others = [a for a in arms if a != "scratch" and not a.startswith(MATCHED)]
@@ -150,7 +151,7 @@ def _matched_partner(run: Run, arms: dict[str, dict[int, Run]]) -> Run | None:
 def compute_matched(sweep: Sweep, boot: Bootstrap, notes: list[str]) -> list[dict]:
     """Pre-pre-trained arm vs scratch_matched at (nearly) equal total FLOPs, per seed."""
     grouped: dict[tuple, dict[int, tuple[Run, Run]]] = defaultdict(dict)
-    for cell, arms in sorted(cells(sweep.runs).items()):
+    for cell, arms in cells(sweep.runs).items():
         for label, seeds in arms.items():
             if not label.startswith(MATCHED + " "):
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from nca_scale.analysis.nca_figures import _figure
+from nca_scale.analysis.nca_figures import _figure, band_label
 from nca_scale.analysis.sweep_metrics import fmt_tokens
 from nca_scale.analysis.sweep_results import Sweep, fmt_count
 from nca_scale.nca.complexity import BANDS
@@ -22,7 +22,7 @@ def arm_colors(labels) -> dict[str, tuple]:
 def _panels(n: int, width: float = 4.6, height: float = 3.4):
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig = _figure(width * cols + 0.6, height * rows + 0.8)
+    fig = _figure(max(width * cols + 0.6, 7.5), height * rows + 1.2)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -41,21 +41,27 @@ def _err(mean, ci):
     return [[mean - ci[0]], [ci[1] - mean]]
 
 
-def _legend(fig, axes) -> None:
+def _legend(fig, axes) -> int:
+    """One legend for all panels, below them; returns its number of rows."""
     handles, labels = {}, []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
-    if handles:
-        fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
-                   frameon=False)
+    if not handles:
+        return 0
+    width_px = fig.get_size_inches()[0] * fig.dpi
+    ncol = int(max(1, min(4, width_px // (6.5 * max(map(len, labels)) + 40))))
+    fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), ncol), fontsize=8,
+               frameon=False)
+    return -(-len(labels) // ncol)
 
 
-def _save(fig, path: Path, title: str, n_legend_rows: int = 1) -> bool:
+def _save(fig, path: Path, title: str, legend_rows: int) -> bool:
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 * n_legend_rows, 1, 0.97))
+    inches = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, min(0.4, 0.22 * legend_rows / inches + 0.02), 1, 0.97))
     fig.savefig(path)
     return True
 
@@ -73,11 +79,9 @@ def loss_curves(sweep: Sweep, colors: dict, path: Path, title: str) -> bool:
                         markersize=3, label=label if i == 0 else None)
         ax.set_xlabel("stage-2 tokens")
         ax.set_ylabel("validation perplexity")
-        ax.set_yscale("log")
         ax.set_title(title_of(cell[0], *cell[1:]), fontsize=9)
         ax.grid(alpha=0.3)
-    _legend(fig, axes)
-    return _save(fig, path, title)
+    return _save(fig, path, title, _legend(fig, axes))
 
 
 def ppl_bars(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
@@ -108,8 +112,7 @@ def ppl_bars(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
         ax.set_ylabel("final validation perplexity")
         ax.set_title(title_of(*panel), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    _legend(fig, axes)
-    return _save(fig, path, title)
+    return _save(fig, path, title, _legend(fig, axes))
 
 
 def metric_vs_n(trends: list[dict], colors: dict, path: Path, title: str, ylabel: str, ref: float) -> bool:
@@ -136,8 +139,7 @@ def metric_vs_n(trends: list[dict], colors: dict, path: Path, title: str, ylabel
         ax.set_ylabel(ylabel)
         ax.set_title(title_of(*panel), fontsize=9)
         ax.grid(alpha=0.3)
-    _legend(fig, axes)
-    return _save(fig, path, title)
+    return _save(fig, path, title, _legend(fig, axes))
 
 
 def loss_fits(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
@@ -161,13 +163,11 @@ def loss_fits(rows: list[dict], colors: dict, path: Path, title: str) -> bool:
             if h:
                 ax.plot([h["n"]], [h["predicted"]], marker="x", color=c, markersize=8, linestyle="none")
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("final validation loss (nats/token)")
         ax.set_title(title_of(*panel) + "  (x: holdout prediction)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
-    _legend(fig, axes)
-    return _save(fig, path, title)
+    return _save(fig, path, title, _legend(fig, axes))
 
 
 def band_effect(rows: list[dict], path: Path, title: str) -> bool:
@@ -197,11 +197,10 @@ def band_effect(rows: list[dict], path: Path, title: str) -> bool:
             ax.plot(xs, [p["mean"] for p in pts], color=f"C{k}",
                     label=f"{size}, NCA {fmt_count(s1)} -> {fmt_tokens(s2)}")
         ax.axhline(0.0, color="0.3", linestyle="--", linewidth=0.8)
-        ax.set_xticks(range(len(order)), [b + ("%" if not b.endswith("+") else "") for b in order], fontsize=8)
+        ax.set_xticks(range(len(order)), [band_label(b) for b in order], fontsize=8)
         ax.set_xlabel("NCA complexity band (gzip score of the rule probe)")
         ax.set_ylabel("improvement vs scratch (%)")
         ax.set_title(f"{domain} {axes_text}".strip(), fontsize=9)
         ax.grid(alpha=0.3)
-    _legend(fig, axes)
-    return _save(fig, path, title)
+    return _save(fig, path, title, _legend(fig, axes))
 

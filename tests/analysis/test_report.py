@@ -130,6 +130,7 @@ def test_small_sweep_degrades_to_notes(tmp_path):
     assert all(f["fit"] is None and "too few" in f["notes"][0] for f in rep["scaling"]["loss_vs_n"])
     row = rep["vs_scratch"][0]
     assert row["improvement_pct"]["ci"] is None and "(1 seed, no interval)" in md
+    assert "better in its only seed (too few seeds for an interval to decide)" in md
     assert "Not measured: the sweep has no scratch_matched runs." in md
     assert "bands.png" not in rep["files"]
 
