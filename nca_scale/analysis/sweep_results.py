@@ -8,6 +8,7 @@ key are skipped and named in `Sweep.notes`, so one damaged line does not hide th
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,8 @@ def _run(rec: dict, sweep_dir: Path) -> Run:
     if not curve:
         raise KeyError("eval_curve (empty, and no eval lines in the run's metrics.jsonl)")
     final = rec["final"]
+    if not math.isfinite(float(final["eval_ppl"])):
+        raise ValueError(f"final eval_ppl is {final['eval_ppl']} (a diverged run)")
     return Run(
         name=rec["run"], stage=int(rec["stage"]), size=str(c["size"]), arm=str(c["arm"]), band=c.get("band"),
         stage1_tokens=c.get("stage1_tokens"), domain=c.get("domain"), stage2_tokens=c.get("stage2_tokens"),
