@@ -1,1 +1,2 @@
-"""Figures and summaries for looking at what the data engine produces (matplotlib Agg, Pillow)."""
+"""Figures and summaries: what the data engine produces (nca_figures), evaluation (eval/), and sweep reports:
+the paper's metrics, scaling fits and `nca-scale report` (sweep_*.py, fits.py, report.py; docs/analysis.md)."""
