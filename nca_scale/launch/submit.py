@@ -31,6 +31,7 @@ from pathlib import Path
 from nca_scale import config
 from nca_scale.errors import UserError
 from nca_scale.launch import profile as profiles
+from nca_scale.launch import safety
 from nca_scale.launch.task import Task
 
 
@@ -188,6 +189,7 @@ def submit(args: list[str]) -> int:
     prof_over = [(k[len("cluster."):], v) for k, v in overrides if k.startswith("cluster.")]
     rest = [(k, v) for k, v in overrides if k not in own and not k.startswith("cluster.")]
     prof, prof_name = profiles.load(opt.cluster, prof_over)
+    safety.check_profile(prof)  # before sbatch --test-only sees it
     words, path = _command(positional)
     if words != ["train"] and prof.world > 1:  # only training is multi-process; other commands run once
         print(f"note: `{' '.join(words)}` runs as a single task (the profile's {prof.world} tasks are for training)")
@@ -201,6 +203,7 @@ def submit(args: list[str]) -> int:
     deps = _dependencies(opt.after)
     name = opt.name or out.name
     logs = Path(prof.logs) / name if prof.logs else out / "launch"
+    safety.check_submission(name, path, rest, str(logs))  # before the batch script and the pickled job
     ex = _executor(prof, logs, name, deps)
     env = dict(prof.env)
     if opt.dry_run:
