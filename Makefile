@@ -16,13 +16,15 @@ test: venv
 chaos: venv
 	NCA_SCALE_CHAOS=1 $(PY) -m pytest -q -s tests/train/test_chaos.py
 
-# The main job on the embedded defaults: CPU, local files, submitit's local executor, wandb offline.
+# The study end to end on the embedded defaults (CPU, local files, submitit's local executor): NCA figures, then
+# the demo sweep (data prep, NCA pre-pre-training of two tiny sizes, transfer to web text vs scratch, two seeds;
+# configs/sweeps/demo.yaml) and its report. A relaunch skips finished runs.
 demo: venv
 	$(BIN)/nca-scale nca stats configs/nca/tiny.yaml rules=1000 seed=0
 	$(BIN)/nca-scale nca show configs/nca/tiny.yaml out=runs/demo/figures
-	$(BIN)/nca-scale generate configs/nca/tiny.yaml out=runs/demo/shards tokens=400000
-	$(BIN)/nca-scale submit configs/train/cpu-tiny.yaml out=runs/demo/train steps=20 wait=true
-	$(BIN)/nca-scale status runs/demo/train
+	$(BIN)/nca-scale sweep launch configs/sweeps/demo.yaml
+	$(BIN)/nca-scale sweep status configs/sweeps/demo.yaml
+	$(BIN)/nca-scale report runs/sweeps/demo
 
 bench: venv
 	$(PY) benchmarks/nca_throughput.py

@@ -245,12 +245,13 @@ def status_rows(spec: sweep_spec.SweepSpec) -> list[dict]:
 
 
 def status_table(rows: list[dict]) -> str:
-    lines = [f"{'RUN':<48} {'STATE':<16} {'STEP':>11} {'LOSS':>8} {'EVAL':>8} {'RST':>3}  JOB"]
+    w = max([len(r["run"]) for r in rows] + [3])
+    lines = [f"{'RUN':<{w}} {'STATE':<16} {'STEP':>11} {'LOSS':>8} {'EVAL':>8} {'RST':>3}  JOB"]
     for r in rows:
         step = f"{r['step'] or 0}/{r['steps']}"
         loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
         ev = f"{r['eval_loss']:.4f}" if r["eval_loss"] is not None else "-"
-        lines.append(f"{r['run']:<48} {r['state'][:16]:<16} {step:>11} {loss:>8} {ev:>8} {r['restarts']:>3}  "
+        lines.append(f"{r['run']:<{w}} {r['state'][:16]:<16} {step:>11} {loss:>8} {ev:>8} {r['restarts']:>3}  "
                      f"{r['job_id'] or '-'}")
     counts: dict[str, int] = {}
     for r in rows:

@@ -22,7 +22,6 @@ from nca_scale.launch.sweep_spec import (
     corpus_name,
     model_path,
     parse_band,
-    short_count,
     size_name,
 )
 from nca_scale.model.config import flops_per_token, param_counts
@@ -164,10 +163,11 @@ class Planner:
             out["stage1_corpus"] = corpus_name(arm.corpus)
         return out
 
-    def _stage2(self, size: str, arm: ArmSpec, domain: DomainSpec, t2: int, seed: int, extra: dict, tag: str,
-                parent: Run | None = None, matched: tuple[str, Run] | None = None) -> Run:
+    def _stage2(self, size: str, arm: ArmSpec, domain: DomainSpec, budget: tuple[int, str], seed: int, extra: dict,
+                tag: str, parent: Run | None = None, matched: tuple[str, Run] | None = None) -> Run:
+        t2 = budget[0]
         label = arm.label if matched is None else f"matched-{matched[0]}"
-        name = f"s2-{domain.domain}-{size_name(size)}-{label}-d{short_count(t2)}-s{seed}{tag}"
+        name = f"s2-{domain.domain}-{size_name(size)}-{label}-d{budget[1]}-s{seed}{tag}"
         ex = self._extra(arm, extra)
         if matched is not None:
             ex["matched_to"] = matched[0]
@@ -189,21 +189,23 @@ class Planner:
         staged = [a for a in spec.arms if a.arm in ("nca", "text", "dyck")]
         keys = list(spec.axes)
         for size in spec.sizes:
+            n_params = param_counts(_partial_config(spec.train, [("model", str(model_path(size)))]).model.with_vocab(2))[
+                "non_embedding"]
             for seed in spec.seeds:
                 for values in itertools.product(*(spec.axes[k] for k in keys)):
                     extra = {k: _value(v) for k, v in zip(keys, values)}
                     tag = "".join(_tag(k, v) for k, v in zip(keys, values))
                     s1 = {a.label: self._stage1(size, a, seed, extra, tag) for a in staged}
                     for domain in spec.domains:
-                        for t2 in domain.tokens:
+                        for b in domain.budgets(n_params):
                             for arm in spec.arms:
                                 if arm.arm == "scratch":
-                                    self._stage2(size, arm, domain, t2, seed, extra, tag)
+                                    self._stage2(size, arm, domain, b, seed, extra, tag)
                                 elif arm.arm == "scratch_matched":
                                     for label in [arm.matched_to] if arm.matched_to else list(s1):
-                                        self._stage2(size, arm, domain, t2, seed, extra, tag, matched=(label, s1[label]))
+                                        self._stage2(size, arm, domain, b, seed, extra, tag, matched=(label, s1[label]))
                                 else:
-                                    self._stage2(size, arm, domain, t2, seed, extra, tag, parent=s1[arm.label])
+                                    self._stage2(size, arm, domain, b, seed, extra, tag, parent=s1[arm.label])
         return sorted(self.runs.values(), key=lambda r: r.stage)
 
 
@@ -239,7 +241,8 @@ def _g(x: float) -> str:
 
 def table(spec: SweepSpec, runs: list[Run]) -> str:
     est = spec.estimate
-    head = (f"{'RUN':<48} {'ST':>2} {'N(non-emb)':>12} {'PARAMS':>12} {'TOKENS':>12} {'STEPS':>7} {'BATCH':>9} "
+    w = max([len(r.name) for r in runs] + [3])
+    head = (f"{'RUN':<{w}} {'ST':>2} {'N(non-emb)':>12} {'PARAMS':>12} {'TOKENS':>12} {'STEPS':>7} {'BATCH':>9} "
             f"{'LR':>9} {'B2':>5} {'WARM':>6} {'6ND':>9} {'FLOPS':>9} {'GPU-H':>9}")
     lines = [f"# sweep {spec.name}: {len(runs)} runs ({sum(r.stage == 1 for r in runs)} stage-1, "
              f"{sum(r.stage == 2 for r in runs)} stage-2) in {spec.sweep_dir}; recipe {spec.recipe.rule}"
@@ -249,7 +252,7 @@ def table(spec: SweepSpec, runs: list[Run]) -> str:
              "training FLOPs (head and attention included), 6ND with N = non-embedding parameters", head]
     for r in runs:
         h = r.hyper
-        lines.append(f"{r.name:<48} {r.stage:>2} {r.non_embedding_params:>12,} {r.params:>12,} {r.tokens:>12,} "
+        lines.append(f"{r.name:<{w}} {r.stage:>2} {r.non_embedding_params:>12,} {r.params:>12,} {r.tokens:>12,} "
                      f"{r.steps:>7} {h['batch_size']:>4}x{r.seq_len:<4} {h['lr']:>9.3g} {h['beta2']:>5} "
                      f"{h['warmup']:>6} {_g(r.flops_6nd):>9} {_g(r.flops):>9} {r.gpu_hours:>9.3g}")
     total = sum(r.flops for r in runs)

@@ -79,7 +79,8 @@ class ArmSpec:
 @dataclass(frozen=True)
 class DomainSpec:
     domain: Literal["web", "math", "code"]
-    tokens: list[int]  # stage-2 token budgets
+    tokens: list[int] = field(default_factory=list)  # stage-2 token budgets ...
+    tokens_per_param: list[float] = field(default_factory=list)  # ... and/or budgets of k x non-embedding params
     corpus: str | None = None  # default: the embedded corpus of that name
     overrides: dict[str, Any] = field(default_factory=dict)  # stage-2 train keys for this domain
 
@@ -87,9 +88,16 @@ class DomainSpec:
     def corpus_source(self) -> str:
         return self.corpus or self.domain
 
+    def budgets(self, n_params: int) -> list[tuple[int, str]]:
+        """(stage-2 tokens, name tag) for a model of n_params non-embedding parameters."""
+        fixed = [(t, short_count(t)) for t in self.tokens]
+        return fixed + [(round(k * n_params), f"{k:g}N") for k in self.tokens_per_param]
+
     def validate(self) -> None:
-        if not self.tokens or any(t < 1 for t in self.tokens):
-            raise UserError(f"domain {self.domain}: tokens: must be a non-empty list of budgets >= 1")
+        if not (self.tokens or self.tokens_per_param):
+            raise UserError(f"domain {self.domain}: give tokens: [N, ...] and/or tokens_per_param: [k, ...]")
+        if any(t < 1 for t in self.tokens) or any(k <= 0 for k in self.tokens_per_param):
+            raise UserError(f"domain {self.domain}: token budgets must be >= 1 and tokens_per_param > 0")
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ class SweepSpec:
             if a.arm == "scratch_matched" and a.matched_to is not None and a.matched_to not in staged:
                 raise UserError(f"scratch_matched: matched_to {a.matched_to!r} is not an arm with a stage 1 "
                                 f"(labels: {', '.join(staged) or 'none'})")
+        if any(a.arm == "scratch_matched" for a in self.arms) and not staged:
+            raise UserError("arm scratch_matched needs an arm with a stage 1 (nca, text or dyck) to match")
         if len({d.domain for d in self.domains}) != len(self.domains):
             raise UserError("domains: each domain may appear once (list several token budgets in its tokens:)")
         if len(set(self.seeds)) != len(self.seeds):
@@ -185,7 +195,8 @@ def model_path(size: str) -> Path:
 
 
 def size_name(size: str) -> str:
-    return Path(size).stem
+    """The size's part of a run name: the preset name, or a model YAML's file name without .yaml."""
+    return re.sub(r"\.ya?ml$", "", Path(size).name)
 
 
 def corpus_name(corpus: str) -> str:
