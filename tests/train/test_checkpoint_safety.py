@@ -161,3 +161,15 @@ def test_resume_skips_a_corrupt_checkpoint_and_a_mirror_restores_lost_ones(tmp_p
     assert "fetched" in proc.stdout and "at step 4" in proc.stdout
     final = state(checkpoint.step_dir(elsewhere, 6))
     assert all(torch.equal(final[k], v) for k, v in state(checkpoint.step_dir(out, 6)).items())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["checkpoint_url=gs://b/x"], "checkpoint_url=gs://b/x: unsupported URL scheme 'gs'; use a local path, file://"),
+    (["checkpoint_url=s3://"], "checkpoint_url=s3://: no bucket given; write s3://bucket/prefix"),
+    (["on_nonfinite=skip"], "key 'on_nonfinite' must be one of 'stop', 'rollback', got 'skip'"),
+], ids=["url-scheme", "url-bucket", "on-nonfinite"])
+def test_bad_reliability_settings_are_one_line_errors(overrides, message, tmp_path, capsys):
+    assert main(["train", CONFIG, f"out={tmp_path / 'run'}", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
