@@ -2,10 +2,11 @@
 
 Writes NCA sequences [start, start + ceil(N / (seq_len + 1))) as WebDataset shards plus manifest.json
 (docs/data.md). URL: a local path, file:///dir, s3://bucket/prefix or memory://name.
-Job keys: out, tokens, split (train|val), start, sequences_per_shard, batch_size, threads (0 = all cores),
-device (cpu|cuda|cuda:N), endpoint_url (S3-compatible endpoint; default $AWS_ENDPOINT_URL),
-verify (re-hash existing shards before skipping them), progress, tar_workers (processes building tars;
-0 = a thread). Any other key=value overrides CONFIG.
+Job keys: out, tokens, split (train|val), start, sequences_per_shard, batch_size, workers (generating
+processes, one thread each; 0 = one per core on CPU, 1 on CUDA; 1 = this process only), threads (intra-op
+threads when workers=1; 0 = all cores), device (cpu|cuda|cuda:N), endpoint_url (S3-compatible endpoint;
+default $AWS_ENDPOINT_URL), verify (re-hash existing shards before skipping them), progress, tar_workers
+(processes building tars when workers=1; 0 = a thread). Any other key=value overrides CONFIG.
 Re-running the same command skips complete shards; only the manifest publishes a directory.
 """
 
@@ -29,6 +30,7 @@ class GenerateJob:
     start: int = 0  # first global sequence index
     sequences_per_shard: int = 8192
     batch_size: int = 512
+    workers: int = 0  # 0: one process per core on CPU (1 on CUDA)
     threads: int = 0
     device: str = "cpu"
     endpoint_url: str = ""
@@ -47,6 +49,8 @@ class GenerateJob:
             raise UserError("sequences_per_shard and batch_size must be >= 1")
         if self.tar_workers < 0:
             raise UserError(f"tar_workers={self.tar_workers} must be >= 0 (0 = build tars in a thread)")
+        if self.workers < 0:
+            raise UserError(f"workers={self.workers} must be >= 0 (0 = one process per core)")
         if self.threads < 0:
             raise UserError(f"threads={self.threads} must be >= 0 (0 = all cores)")
 
@@ -71,14 +75,19 @@ def main(args: list[str]) -> int:
     # Everything is validated before anything is written: config, job keys, URL form, device, writability.
     job, cfg, _ = parse_job(GenerateJob, NCAConfig, args, config_required=True)
     loc = parse_location(job.out, job.endpoint_url or None)
+    cpu = job.device == "cpu"
+    if job.workers > 1 and not cpu:
+        raise UserError(f"workers={job.workers} is for CPU generation; use workers=1 with device={job.device}")
     check_device(job.device)
     loc.check_writable()
+    workers = job.workers or ((os.cpu_count() or 1) if cpu else 1)
     threads = job.threads or os.cpu_count() or 1
-    set_threads(job.threads)  # 0: keep torch's default
+    if workers == 1:
+        set_threads(job.threads)  # 0: keep torch's default
     result = write_shards(
         cfg, loc, tokens=job.tokens, split=job.split, start=job.start, per_shard=job.sequences_per_shard,
         batch_size=job.batch_size, threads=threads, device=job.device, verify=job.verify, progress=job.progress,
-        tar_workers=job.tar_workers,
+        tar_workers=job.tar_workers, workers=workers,
     )
     m = result.manifest
     print(

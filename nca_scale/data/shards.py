@@ -63,8 +63,10 @@ def score_of(meta: dict) -> float:
     return math.nan if meta["score"] is None else float(meta["score"])
 
 
-def build_shard(s: ShardSamples) -> bytes:
-    """Tar bytes of the samples, via webdataset's TarWriter (encoder off: members are pre-encoded bytes)."""
+def tar_members(s: ShardSamples) -> bytes:
+    """The tar members (headers and padded data) of the samples, without the end-of-archive blocks, via
+    webdataset's TarWriter (encoder off: members are pre-encoded bytes). Members of consecutive runs of
+    samples concatenate into one tar (`tar_from_members`): generating workers build them in parallel."""
     out = io.BytesIO()
     if not len(s.indices):
         raise ValueError("a shard needs at least one sample")
@@ -84,7 +86,19 @@ def build_shard(s: ShardSamples) -> bytes:
                 # unscored rules (no complexity band) have a NaN score, written as null
                 "meta.json": f'{{"index":{index},"bank":{bank},"rule":{rule},"score":{_json_float(score)}}}'.encode(),
             })
-    return out.getvalue()
+        members = tw.tarstream.offset  # closing appends the end-of-archive blocks after this
+    return out.getvalue()[:members]
+
+
+def tar_from_members(parts: list[bytes]) -> bytes:
+    """One tar from member runs: what tarfile appends on close, two zero blocks padded to a whole record."""
+    size = sum(map(len, parts)) + 2 * tarfile.BLOCKSIZE
+    return b"".join([*parts, bytes(2 * tarfile.BLOCKSIZE + (-size) % tarfile.RECORDSIZE)])
+
+
+def build_shard(s: ShardSamples) -> bytes:
+    """Tar bytes of the samples."""
+    return tar_from_members([tar_members(s)])
 
 
 def build_and_hash(s: ShardSamples) -> tuple[bytes, str]:

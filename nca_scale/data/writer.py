@@ -1,11 +1,22 @@
 """Generate NCA sequences into a shard directory: plan, skip what is done, overlap generation and writing.
 
-The main thread generates tokens; tars are built (and hashed) in `tar_workers` worker processes, and one
-writer thread commits them in order. Why processes: building a tar is per-sample pure Python (tarfile), and
-in a thread it holds the GIL that the generator needs between its many small torch calls, which slowed
-generation several-fold in our measurements; hashing and I/O release the GIL, so committing stays a thread.
-`tar_workers=0` builds in the writer thread instead (no process start-up, which costs ~2 s of imports).
-A bounded queue keeps at most two finished shards waiting for the writer.
+Two ways to run (`workers`):
+- workers > 1 (the CLI default on CPU: one per core): a pool of single-threaded processes, forked from this
+  one, scores the rule bank in pieces (`RuleBank.ensure(n, pool)`) and generates batches of sequences, each
+  batch returned as ready-made tar members (`shards.tar_members`); this process only orders the pieces,
+  joins a shard's members into its tar, hashes it and commits it (in a writer thread). Why processes, not
+  torch's intra-op threads: the generator is many small ops, and intra-op threads spin-wait whenever the
+  other core is busy (8x slower than one thread under load, docs/performance.md). Why fork, not spawn: a
+  spawned process re-imports torch (~2.5 CPU-seconds each on our CI machine, more than the bank scoring of
+  a whole 8M-token run); a forked one starts at once. The pool is forked before any thread of this module
+  starts, and each worker sets one intra-op thread before any torch work, as torch's DataLoader does.
+- workers = 1: everything in this process (`threads` intra-op threads; CUDA). Tars are built (and hashed)
+  in `tar_workers` spawned processes, and one writer thread commits them in order. Why processes: building
+  a tar is per-sample pure Python (tarfile), and in a thread it holds the GIL that the generator needs
+  between its many small torch calls. `tar_workers=0` builds in the writer thread instead.
+
+Either way a sequence's tokens depend only on its index (nca/stream.py), so the shards are byte-identical
+for any number of workers. A bounded queue keeps at most two finished shards waiting for the writer.
 """
 
 from __future__ import annotations
@@ -17,16 +28,25 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from nca_scale.data import manifest as mf
-from nca_scale.data.shards import ShardSamples, build_and_hash, exit_with_parent, sha256, shard_name
+from nca_scale.data.shards import (
+    ShardSamples,
+    build_and_hash,
+    exit_with_parent,
+    sha256,
+    shard_name,
+    tar_from_members,
+    tar_members,
+)
 from nca_scale.data.urls import Location
 from nca_scale.errors import UserError
 from nca_scale.nca.config import NCAConfig
@@ -124,6 +144,32 @@ def _build_in_pool(workers: int, samples: ShardSamples) -> Future | None:
     return None
 
 
+@dataclass
+class _ShardJob:
+    """A shard for the writer thread: `build()` returns its tar bytes and sha256 (waiting for workers)."""
+
+    name: str
+    plan: ShardPlan
+    tokens: int
+    scores: np.ndarray
+    build: Callable[[], tuple[bytes, str]]
+    futures: list[Future] = field(default_factory=list)  # cancelled when the run is aborted
+
+
+def _local_job(name: str, plan: ShardPlan, s: ShardSamples, tar_workers: int) -> _ShardJob:
+    built = _build_in_pool(tar_workers, s)
+
+    def build() -> tuple[bytes, str]:
+        if built is not None:
+            try:
+                return built.result()
+            except BrokenProcessPool:  # the worker died (killed, out of memory): build here rather than fail
+                pass
+        return build_and_hash(s)
+
+    return _ShardJob(name, plan, int(s.tokens.size), s.scores, build, [built] if built is not None else [])
+
+
 class _ShardCommitter(threading.Thread):
     """Atomically commits shards, in order, handed over through a bounded queue (building them if needed)."""
 
@@ -138,31 +184,28 @@ class _ShardCommitter(threading.Thread):
         while (job := self.jobs.get()) is not None:
             if self.error is not None:
                 continue  # drain so the producer never blocks; the error is raised in the main thread
-            name, plan, samples, built = job
             try:
-                self.records.append(self.commit(name, plan, samples, built))
+                self.records.append(self.commit(job))
             except BaseException as e:  # noqa: B036 - reported to, and re-raised by, the main thread
                 self.error = e
 
-    def commit(self, name: str, plan: ShardPlan, s: ShardSamples, built: Future | None) -> dict:
-        try:
-            data, digest = built.result() if built is not None else build_and_hash(s)
-        except BrokenProcessPool:  # the worker died (killed, out of memory): build here rather than fail
-            data, digest = build_and_hash(s)
+    def commit(self, job: _ShardJob) -> dict:
+        data, digest = job.build()
+        plan = job.plan
         rec = {
-            "fingerprint": self.fp, "name": name, "start": plan.start, "stop": plan.stop,
-            "sequences": plan.count, "tokens": int(s.tokens.size), "bytes": len(data), "sha256": digest,
-            "score_histogram": mf.score_histogram(s.scores),
+            "fingerprint": self.fp, "name": job.name, "start": plan.start, "stop": plan.stop,
+            "sequences": plan.count, "tokens": job.tokens, "bytes": len(data), "sha256": digest,
+            "score_histogram": mf.score_histogram(job.scores),
         }
         try:
-            self.loc.put_atomic(name, data)
+            self.loc.put_atomic(job.name, data)
             # the record goes after the shard: a record always describes a complete shard
-            self.loc.put_atomic(mf.record_name(name), json.dumps(rec).encode())
+            self.loc.put_atomic(mf.record_name(job.name), json.dumps(rec).encode())
         except OSError as e:
-            raise UserError(f"writing {self.loc.url_of(name)} failed: {e.strerror or e}") from None
+            raise UserError(f"writing {self.loc.url_of(job.name)} failed: {e.strerror or e}") from None
         return rec
 
-    def submit(self, job) -> None:
+    def submit(self, job: _ShardJob) -> None:
         while True:  # never block forever on a dead writer
             if self.error is not None:
                 raise self.error
@@ -179,8 +222,8 @@ class _ShardCommitter(threading.Thread):
                 job = self.jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is not None and job[3] is not None:
-                job[3].cancel()
+            for f in job.futures if job is not None else ():
+                f.cancel()
         self.jobs.put(None)
         self.join()
 
@@ -192,17 +235,77 @@ class _ShardCommitter(threading.Thread):
         return self.records
 
 
+# ---- the generating pool (workers > 1) -------------------------------------------------------------------
+_GENERATORS: dict[int, ProcessPoolExecutor] = {}
+_WORKER_STREAMS: dict[tuple[NCAConfig, str], NCAStream] = {}
+
+
+def _init_generator(parent_pid: int) -> None:
+    torch.set_num_threads(1)  # before any torch work in the child
+    exit_with_parent(parent_pid)
+
+
+def generator_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` single-threaded generating processes, forked once per process and reused by later runs.
+    All of them are forked here, at once (Python forks a whole pool on its first task)."""
+    pool = _GENERATORS.get(workers)
+    if pool is not None:
+        try:
+            pool.submit(os.getpid).result()  # a worker killed since the last run (Ctrl-C) breaks the pool
+            return pool
+        except BrokenProcessPool:
+            pass
+    pool = _GENERATORS[workers] = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_generator,
+        initargs=(os.getpid(),),
+    )
+    pool.submit(os.getpid).result()
+    return pool
+
+
+def _generate_members(cfg: NCAConfig, split: str, s: ShardSamples) -> bytes:
+    """Worker task: the sequences of `s` (its rules given) as tar members."""
+    key = (cfg, split)
+    if key not in _WORKER_STREAMS:
+        _WORKER_STREAMS.clear()  # one config at a time: a worker's memory stays small
+        _WORKER_STREAMS[key] = NCAStream(cfg, split)
+    tokens = _WORKER_STREAMS[key].generate(s.banks, s.rules, s.indices).numpy()
+    return tar_members(ShardSamples(s.indices, tokens.astype(cfg.token_dtype), s.banks, s.rules, s.scores))
+
+
+def _pooled_job(pool: ProcessPoolExecutor, cfg: NCAConfig, split: str, name: str, plan: ShardPlan,
+                s: ShardSamples, batch_size: int, bar: tqdm) -> _ShardJob:
+    """Submit the shard's batches to the pool; the job joins their members in index order."""
+    futures = []
+    for lo in range(0, plan.count, batch_size):
+        part = slice(lo, lo + batch_size)
+        f = pool.submit(_generate_members, cfg, split,
+                        ShardSamples(s.indices[part], None, s.banks[part], s.rules[part], s.scores[part]))
+        rows = len(s.indices[part])
+        f.add_done_callback(lambda f, rows=rows: f.cancelled() or bar.update(rows * cfg.sequence_tokens))
+        futures.append(f)
+
+    def build() -> tuple[bytes, str]:
+        data = tar_from_members([f.result() for f in futures])
+        return data, sha256(data)
+
+    return _ShardJob(name, plan, plan.count * cfg.sequence_tokens, s.scores, build, futures)
+
+
 def write_shards(
     cfg: NCAConfig, loc: Location, *, tokens: int, split: str = "train", start: int = 0,
     per_shard: int = 8192, batch_size: int = 512, threads: int = 1, device: str = "cpu",
-    verify: bool = True, progress: bool = True, tar_workers: int = 0,
+    verify: bool = True, progress: bool = True, tar_workers: int = 0, workers: int = 1,
 ) -> WriteResult:
     """Write sequences [start, start + ceil(tokens / (seq_len+1))) of `split` under `loc`, then the manifest.
 
     Complete shards from an earlier run of the same dataset are kept; the caller has validated the inputs and
-    checked that `loc` is writable (nothing here is written before generation starts). With tar_workers > 0,
+    checked that `loc` is writable (nothing here is written before generation starts). `workers` > 1 forks
+    that many generating processes (CPU only; see the module docstring). With tar_workers > 0 (workers = 1),
     call this under `if __name__ == "__main__":` in scripts (spawned workers re-import the main module).
     """
+    if workers > 1 and torch.device(device).type != "cpu":
+        raise UserError(f"workers={workers} is for CPU generation; use workers=1 with device={device}")
     fp = mf.fingerprint(cfg, split)
     count = sequences_for(tokens, cfg)
     plans = plan_shards(start, count, per_shard)
@@ -218,7 +321,9 @@ def write_shards(
     if len(todo) < 2:
         tar_workers = 0  # nothing to overlap the tar with, so a worker process's start-up would only add time
 
-    stream = NCAStream(cfg, split, device=device, batch_size=batch_size, threads=threads, progress=progress)
+    pool = generator_pool(workers) if workers > 1 and todo else None  # forked before our threads start
+    stream = NCAStream(cfg, split, device=device, batch_size=batch_size, threads=threads, progress=progress,
+                       pool=pool, in_flight=2 * workers)
     dtype = np.dtype(cfg.token_dtype)
     bar = tqdm(
         total=count * cfg.sequence_tokens, initial=(count - sum(p.count for p in todo)) * cfg.sequence_tokens,
@@ -229,16 +334,28 @@ def write_shards(
     t_gen = time.perf_counter()
     try:
         for plan in todo:
+            name = shard_name(split, plan.number)
             idx = np.arange(plan.start, plan.stop, dtype=np.int64)
             banks, rules, scores = stream.rules(idx)  # builds the bank on first use, before any shard is written
+            if pool is not None:
+                s = ShardSamples(idx, None, banks, rules, scores)
+                committer.submit(_pooled_job(pool, cfg, split, name, plan, s, batch_size, bar))
+                continue
             out = np.empty((plan.count, cfg.sequence_tokens), dtype=dtype)
             for lo in range(0, plan.count, batch_size):
-                seqs = stream.sequences(idx[lo : lo + batch_size])
-                out[lo : lo + len(seqs)] = seqs.cpu().numpy()
+                part = slice(lo, lo + batch_size)
+                seqs = stream.generate(banks[part], rules[part], idx[part])
+                out[part] = seqs.cpu().numpy()
                 bar.update(seqs.numel())
-            samples = ShardSamples(idx, out, banks, rules, scores)
-            committer.submit((shard_name(split, plan.number), plan, samples, _build_in_pool(tar_workers, samples)))
+            committer.submit(_local_job(name, plan, ShardSamples(idx, out, banks, rules, scores), tar_workers))
         new = committer.finish()
+    except BrokenProcessPool:
+        committer.abort()
+        _GENERATORS.pop(workers, None)
+        raise UserError(
+            "a generating worker process died (killed, or out of memory); re-run the same command to resume "
+            "(complete shards are kept), with fewer workers= or a smaller batch_size= if memory is short"
+        ) from None
     except BaseException:
         committer.abort()
         raise

@@ -37,6 +37,11 @@ class Automaton:
         self.state_dtype = torch.uint8 if cfg.states <= 255 else torch.int32
         # weight S - s for state s: amax over near states of the weight picks the first one (argmax's tie rule)
         self._first_weight = torch.arange(cfg.states, 0, -1, device=self.device, dtype=self.state_dtype).view(1, -1, 1)
+        # weight S + s: summed over the near states it gives S + s for a lone near state s and >= 2S for two
+        # or more, so one pass yields both the argmax and the cells to sample (see `step`)
+        s = cfg.states
+        self._count_dtype = torch.uint8 if s * s + s * (s - 1) // 2 <= 255 else torch.int32
+        self._count_weight = torch.arange(s, 2 * s, device=self.device, dtype=self._count_dtype).view(1, -1, 1)
         self._gather_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # per batch size, see _gather_index
 
     # ---- initial states -------------------------------------------------------------------------------
@@ -96,15 +101,16 @@ class Automaton:
         s = self.cfg.states
         tau = self.cfg.temperature
         # `near`: states whose logit is within tau*GUMBEL_SPAN of the cell's maximum (just the argmax, and any
-        # exact ties, when tau = 0). The first near state is the argmax of every cell that sampling cannot
-        # move; the cells with two or more near states are sampled below. Reductions over the short state
-        # axis are done as amax/sum on contiguous slices, several times faster here than argmax/topk.
+        # exact ties, when tau = 0). A cell with one near state takes it: sampling cannot move it; cells with
+        # two or more are sampled below (at tau = 0 the first of them wins, argmax's tie rule). Reductions over
+        # the short state axis are amax/sum on contiguous slices, several times faster here than argmax/topk.
         top = logits.amax(1, keepdim=True)
         near = logits >= top - tau * rng.GUMBEL_SPAN
-        nxt = s - (near.view(torch.uint8) * self._first_weight).amax(1)
         if tau == 0:
-            return nxt
-        bi, ci = (near.view(torch.uint8).sum(1, dtype=self.state_dtype) > 1).nonzero(as_tuple=True)
+            return s - (near.view(torch.uint8) * self._first_weight).amax(1)
+        code = (near.view(torch.uint8) * self._count_weight).sum(1, dtype=self._count_dtype)
+        nxt = (code - s).to(self.state_dtype)  # the argmax wherever exactly one state is near
+        bi, ci = (code >= 2 * s).nonzero(as_tuple=True)
         if bi.numel():
             counters = ci[:, None] * s + torch.arange(s, device=self.device)[None, :]
             g = rng.gumbel(rng.NOISE, traj_keys[bi][:, None], step, counters, device=self.device)

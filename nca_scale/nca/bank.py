@@ -8,6 +8,10 @@ candidate ids and scores only: weights are re-derived from the ids.
 
 from __future__ import annotations
 
+import functools
+from collections import deque
+from concurrent.futures import Executor, Future
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -21,6 +25,7 @@ from nca_scale.nca.rules import RuleTables, fold, sample_params
 SPLITS = {"train": 0, "val": 1}
 PROBE = 7  # rng domain of probe trajectories
 MAX_CANDIDATES_PER_RULE = 10_000  # give up (clear error) on bands that (almost) never accept
+PIECE = 256  # most candidates per task when a pool scores a bank: ~0.1 s of one core
 
 
 def rule_key(cfg: NCAConfig, split: str, number: int) -> tuple[int, int, int]:
@@ -45,13 +50,28 @@ def probe_scores(
     return scores(cfg, frames, threads)
 
 
+@functools.lru_cache(maxsize=4)
+def _automaton(cfg: NCAConfig, device: str) -> Automaton:
+    return Automaton(cfg, device)
+
+
+def score_range(cfg: NCAConfig, split: str, number: int, start: int, stop: int, device: str = "cpu") -> np.ndarray:
+    """Scores of candidates [start, stop) of bank `number` (NaN, unscored, without a band): the task a pool
+    of processes runs to score a bank in parallel (`RuleBank.ensure(n, pool)`)."""
+    if cfg.complexity.lo is None:  # no filter: every candidate is accepted and no probe is rolled out
+        return np.full(stop - start, np.nan)
+    with torch.inference_mode():
+        ids = torch.arange(start, stop, device=device)
+        return probe_scores(cfg, _automaton(cfg, str(device)), split, number, ids)
+
+
 class RuleBank:
     """Bank `number` of a split: the first `size` accepted candidates, scored lazily in fixed-size chunks.
     Without a band (complexity.lo = None) every candidate is accepted unscored and its score is NaN.
 
     `ensure(n)` scores just enough chunks to know the first n accepted rules, so a short run does not pay for
-    a whole bank. Chunks are scored in order and a candidate's score does not depend on its chunk, so the
-    bank is the same however it is grown.
+    a whole bank. Chunks are taken in candidate order and a candidate's score does not depend on its chunk or
+    on the process that scored it, so the bank is the same however it is grown, in one process or a pool.
     """
 
     def __init__(self, cfg: NCAConfig, split: str, number: int, size: int, device="cpu", chunk: int = 2048,
@@ -84,35 +104,79 @@ class RuleBank:
         want = 1.25 * (n - self._accepted) / max(rate, 0.01)
         return int(min(self.chunk, max(64, -(-want // 64) * 64)))
 
-    def ensure(self, n: int) -> RuleBank:
-        from nca_scale.errors import UserError
-
+    def ensure(self, n: int, pool: Executor | None = None, in_flight: int = 4) -> RuleBank:
+        """Score candidates until the first n accepted rules are known. With a process pool, up to
+        `in_flight` pieces of candidates are scored at once (`score_range`) and taken back in order."""
         n = min(n, self.size)
         if self._accepted >= n:
             return self
-        c = self.cfg.complexity
         bar = tqdm(total=n, initial=min(self._accepted, n), desc=f"rule bank {self.split}/{self.number}",
                    unit="rule", disable=not self.progress, leave=False)
         with torch.inference_mode():
-            while self._accepted < n:
-                if self.scanned >= MAX_CANDIDATES_PER_RULE * max(n, 100):
-                    raise UserError(
-                        f"complexity band ({c.lo}, {c.hi}) accepted {self._accepted} of {self.scanned} random "
-                        f"rules; widen the band (complexity.lo/hi) or check `nca-scale nca stats`"
-                    )
-                ids = torch.arange(self.scanned, self.scanned + self._next_chunk(n), device=self.device)
-                if c.lo is None:  # no filter: every candidate is accepted and no probe is rolled out
-                    s = np.full(len(ids), np.nan)
-                else:
-                    s = probe_scores(self.cfg, self.automaton, self.split, self.number, ids, self.threads)
-                ok = in_band(c.lo, c.hi, s)
-                self._ids.append(ids.cpu().numpy()[ok])
-                self._scores.append(s[ok])
-                self._accepted += int(ok.sum())
-                self.scanned += len(ids)
-                bar.update(min(self._accepted, n) - bar.n)
+            if pool is None:
+                while self._accepted < n:
+                    self._check_band(n)
+                    start = self.scanned
+                    stop = start + self._next_chunk(n)
+                    if self.cfg.complexity.lo is None:
+                        self._add(start, score_range(self.cfg, self.split, self.number, start, stop))
+                    else:
+                        ids = torch.arange(start, stop, device=self.device)
+                        self._add(start, probe_scores(self.cfg, self.automaton, self.split, self.number, ids, self.threads))
+                    bar.update(min(self._accepted, n) - bar.n)
+            else:
+                self._ensure_in(pool, n, in_flight, bar)
         bar.close()
         return self
+
+    def _ensure_in(self, pool: Executor, n: int, in_flight: int, bar: tqdm) -> None:
+        pending: deque[tuple[int, Future]] = deque()
+        submitted = self.scanned
+        try:
+            while self._accepted < n:
+                self._check_band(n)
+                rate = self.acceptance if self.scanned else 0.5
+                # keep `in_flight` pieces going while the rules expected from them do not cover what is missing;
+                # pieces shrink towards the end so the last ones spread over all processes
+                while len(pending) < in_flight:
+                    missing = n - self._accepted - rate * (submitted - self.scanned)
+                    if missing <= 0 and pending:
+                        break
+                    want = 1.1 * max(missing, 1) / max(rate, 0.01) / in_flight
+                    size = int(min(PIECE, max(64, -(-want // 64) * 64)))
+                    task = pool.submit(score_range, self.cfg, self.split, self.number, submitted, submitted + size,
+                                       str(self.device))
+                    pending.append((submitted, task))
+                    submitted += size
+                start, task = pending.popleft()
+                self._add(start, task.result())
+                bar.update(min(self._accepted, n) - bar.n)
+            # pieces already running are kept (the next candidates in order), the rest never start
+            while pending and not pending[0][1].cancel():
+                start, task = pending.popleft()
+                self._add(start, task.result())
+        finally:
+            for _, task in pending:
+                task.cancel()
+
+    def _add(self, start: int, scores: np.ndarray) -> None:
+        """Scores of candidates [start, start + len(scores)), which must follow the ones scored so far."""
+        assert start == self.scanned, (start, self.scanned)
+        ok = in_band(self.cfg.complexity.lo, self.cfg.complexity.hi, scores)
+        self._ids.append(np.arange(start, start + len(scores), dtype=np.int64)[ok])
+        self._scores.append(scores[ok])
+        self._accepted += int(ok.sum())
+        self.scanned += len(scores)
+
+    def _check_band(self, n: int) -> None:
+        from nca_scale.errors import UserError
+
+        c = self.cfg.complexity
+        if self.scanned >= MAX_CANDIDATES_PER_RULE * max(n, 100):
+            raise UserError(
+                f"complexity band ({c.lo}, {c.hi}) accepted {self._accepted} of {self.scanned} random "
+                f"rules; widen the band (complexity.lo/hi) or check `nca-scale nca stats`"
+            )
 
 
 def build_bank(cfg: NCAConfig, split: str, number: int, size: int, device="cpu", chunk: int = 2048,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Executor
 
 import numpy as np
 import torch
@@ -29,13 +30,16 @@ _CACHE = 4  # banks / permutations kept in memory
 class NCAStream:
     def __init__(
         self, cfg: NCAConfig, split: str = "train", device: str = "cpu", batch_size: int = 512,
-        threads: int = 1, progress: bool = False,
+        threads: int = 1, progress: bool = False, pool: Executor | None = None, in_flight: int = 4,
     ):
+        """`pool` (a process pool, e.g. the shard writer's) scores rule banks in parallel, `in_flight` pieces
+        at a time; banks, and so sequences, are the same with or without it."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         cfg.validate()
         self.cfg, self.split, self.device = cfg, split, torch.device(device)
         self.batch_size, self.threads, self.progress = batch_size, threads, progress
+        self.pool, self.in_flight = pool, in_flight
         self.bank_size = cfg.bank.size if split == "train" else cfg.bank.val_size
         self.automaton = Automaton(cfg, self.device)
         self._banks: OrderedDict[int, RuleBank] = OrderedDict()
@@ -87,7 +91,7 @@ class NCAStream:
             for e in np.unique(pos[sel] // self.bank_size):
                 sub = sel & (pos // self.bank_size == e)
                 slot = self._slots(int(n), int(e), pos[sub] % self.bank_size)
-                bank.ensure(int(slot.max()) + 1)
+                bank.ensure(int(slot.max()) + 1, self.pool, self.in_flight)
                 cand[sub], score[sub] = bank.candidates[slot], bank.scores[slot]
         return banks, cand, score
 
@@ -104,14 +108,19 @@ class NCAStream:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and idx.min() < 0:
             raise ValueError("sequence indices must be >= 0")
-        out = torch.empty(len(idx), self.cfg.sequence_tokens, dtype=torch.int32, device=self.device)
         banks, cand, _ = self.rules(idx)
+        return self.generate(banks, cand, idx)
+
+    def generate(self, banks: np.ndarray, candidates: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        """Tokens of sequences `indices` whose rules (`rules(indices)`: bank numbers, candidate ids) are
+        given: generation without touching the banks, e.g. in a worker process that never scores them."""
+        out = torch.empty(len(indices), self.cfg.sequence_tokens, dtype=torch.int32, device=self.device)
         with torch.inference_mode():
             for n in np.unique(banks):
                 where = np.nonzero(banks == n)[0]
                 for lo in range(0, len(where), self.batch_size):
-                    rows = torch.from_numpy(where[lo : lo + self.batch_size])
-                    out[rows.to(self.device)] = self._generate(int(n), cand[rows.numpy()], idx[rows.numpy()])
+                    rows = where[lo : lo + self.batch_size]
+                    out[torch.from_numpy(rows).to(self.device)] = self._generate(int(n), candidates[rows], indices[rows])
         return out
 
     def _generate(self, number: int, candidates: np.ndarray, indices: np.ndarray) -> torch.Tensor:

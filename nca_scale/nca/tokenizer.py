@@ -12,26 +12,26 @@ import torch
 from nca_scale.nca.config import NCAConfig
 
 
-def patch_ids(cfg: NCAConfig, frames: torch.Tensor) -> torch.Tensor:
-    """(..., grid, grid) states -> (..., patches) int64 patch ids."""
+def patch_ids(cfg: NCAConfig, frames: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """(..., grid, grid) states -> (..., patches) patch ids (int64, or `dtype` when the vocabulary fits it)."""
     g, p, s = cfg.grid, cfg.patch, cfg.states
-    lead = frames.shape[:-2]
-    x = frames.reshape(*lead, g // p, p, g // p, p).transpose(-3, -2)  # (..., gy, gx, py, px)
-    x = x.reshape(*lead, (g // p) ** 2, p * p).long()
-    weights = s ** torch.arange(p * p, device=frames.device, dtype=torch.int64)
-    return (x * weights).sum(-1)
+    ids = torch.zeros(*frames.shape[:-2], g // p, g // p, dtype=dtype, device=frames.device)
+    # cell (dy, dx) of every patch at once as a strided slice: p*p passes over the frames, no reshuffle
+    for k in range(p * p):
+        ids.add_(frames[..., k // p :: p, k % p :: p], alpha=s**k)
+    return ids.flatten(-2)
 
 
 def encode(cfg: NCAConfig, frames: torch.Tensor) -> torch.Tensor:
     """(B, F, grid, grid) frames -> (B, seq_len + 1) int32 tokens (truncated to the sequence length)."""
-    ids = patch_ids(cfg, frames)  # (B, F, P)
-    b, f, _ = ids.shape
-    start = torch.full((b, f, 1), cfg.grid_start, dtype=ids.dtype, device=ids.device)
-    end = torch.full((b, f, 1), cfg.grid_end, dtype=ids.dtype, device=ids.device)
-    seq = torch.cat([start, ids, end], -1).view(b, -1)
-    if seq.shape[1] < cfg.sequence_tokens:
-        raise ValueError(f"{f} frames give {seq.shape[1]} tokens, fewer than seq_len+1={cfg.sequence_tokens}")
-    return seq[:, : cfg.sequence_tokens].to(torch.int32)
+    b, f = frames.shape[:2]
+    if f * cfg.frame_tokens < cfg.sequence_tokens:
+        raise ValueError(f"{f} frames give {f * cfg.frame_tokens} tokens, fewer than seq_len+1={cfg.sequence_tokens}")
+    seq = torch.empty(b, f, cfg.frame_tokens, dtype=torch.int32, device=frames.device)
+    seq[..., 0] = cfg.grid_start
+    seq[..., -1] = cfg.grid_end
+    seq[..., 1:-1] = patch_ids(cfg, frames, torch.int32)
+    return seq.view(b, -1)[:, : cfg.sequence_tokens].contiguous()
 
 
 def decode_frames(cfg: NCAConfig, tokens: torch.Tensor) -> torch.Tensor:

@@ -51,13 +51,14 @@ def assert_complete_and_correct(d: Path, name: str, reference, cfg=None):
     np.testing.assert_array_equal(shard.tokens.astype(np.int64), want)
 
 
-def spawned_workers(parent_pid: int) -> list[int]:
-    """Pids of multiprocessing workers whose parent is `parent_pid` (Linux /proc)."""
+def child_processes(parent_pid: int, spawned: bool) -> list[int]:
+    """Pids of the processes whose parent is `parent_pid` (Linux /proc): spawned multiprocessing workers
+    (tar builders) or forked ones (generators, which share the parent's command line)."""
     pids = []
     for d in Path("/proc").glob("[0-9]*"):
         try:
             ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == parent_pid and b"spawn_main" in (d / "cmdline").read_bytes():
+            if ppid == parent_pid and (b"spawn_main" in (d / "cmdline").read_bytes()) == spawned:
                 pids.append(int(d.name))
         except (OSError, ValueError, IndexError):
             continue
@@ -65,10 +66,10 @@ def spawned_workers(parent_pid: int) -> list[int]:
 
 
 def assert_exit_soon(pids: list[int], timeout: float = 15.0):
-    """Tar workers of a SIGKILLed generator must exit too (they poll their parent, see shards.py)."""
+    """Workers of a SIGKILLed generator must exit too (they poll their parent, see shards.py)."""
     deadline = time.monotonic() + timeout
     while alive := [p for p in pids if Path(f"/proc/{p}").exists()]:
-        assert time.monotonic() < deadline, f"tar workers {alive} outlived their killed parent"
+        assert time.monotonic() < deadline, f"workers {alive} outlived their killed parent"
         time.sleep(0.2)
 
 
@@ -176,16 +177,18 @@ def test_failed_commit_leaves_no_partial_shard(tmp_path, generate, monkeypatch, 
     assert len(ShardReader(str(out)).shards) == 4
 
 
-def test_killed_run_leaves_only_complete_shards(tmp_path, tiny_yaml, tiny_cfg, reference, generate, commits):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_run_leaves_only_complete_shards(tmp_path, tiny_yaml, tiny_cfg, reference, generate, commits, workers):
     """SIGKILL a real `nca-scale generate` mid-run: every visible shard is whole, no manifest is published,
-    and the next run keeps those shards and finishes the job."""
+    its worker processes exit, and the next run keeps those shards and finishes the job. workers=1: one
+    generating process and a spawned tar builder; workers=2: two forked generating processes."""
     out = tmp_path / "d"
     per_shard, n = 16, 16 * 200  # far more shards than get written before the kill
     # no complexity band: the subprocess skips scoring a rule bank (seconds), and unscored rules are covered
     unbanded = dataclasses.replace(tiny_cfg, complexity=dataclasses.replace(tiny_cfg.complexity, lo=None))
     cmd = [str(Path(sys.executable).parent / "nca-scale"), "generate", tiny_yaml, f"out={out}",
            f"tokens={n * SEQ_TOKENS}", f"sequences_per_shard={per_shard}", "batch_size=16", "progress=false",
-           "complexity.lo=null"]
+           "complexity.lo=null", f"workers={workers}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -193,13 +196,14 @@ def test_killed_run_leaves_only_complete_shards(tmp_path, tiny_yaml, tiny_cfg, r
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no shard written in 120 s"
             time.sleep(0.01)
-        workers = spawned_workers(proc.pid)  # the tar-building process (tar_workers=1, the default)
+        # workers=1: the tar-building process (tar_workers=1, the default); 2: the generating processes
+        children = child_processes(proc.pid, spawned=workers == 1)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert len(workers) == 1
-    assert_exit_soon(workers)
+    assert len(children) == workers
+    assert_exit_soon(children)
     assert not (out / "manifest.json").exists()
     visible = tars(out)
     assert 2 <= len(visible) < n // per_shard
