@@ -1,10 +1,13 @@
-"""NCA generator throughput: tokens/s on CPU (1 and 2 threads), unfiltered and with the paper's 50%+ gzip band,
-and on CUDA when present. Prints one JSON object. Medians of `--repeats` runs measured in this one process.
+"""NCA generator throughput on the paper's config: tokens/s on CPU with 1 and 2 intra-op threads and with 2
+single-threaded worker processes, unfiltered and with the paper's 50%+ gzip band, end to end (`nca-scale
+generate`), and on CUDA when present. Prints one JSON object; medians of `--repeats` runs.
 
 Steady state = sequences generated from an already-scored bank prefix (what a long run sees); bank scoring is
 reported separately as seconds per 1,000 accepted rules, since the release draws one bank per run.
-End to end = `write_shards` (what `nca-scale generate` runs): bank scoring, generation, tar building in a
-worker process, sha256 and atomic commits to a local directory, manifest.
+End to end = `write_shards` (what `nca-scale generate` runs): bank scoring, generation, tars, sha256 and
+atomic commits to a local directory, manifest; also the console script itself as a user types it (its
+wall time includes Python start-up and imports, which its own tokens/s line leaves out).
+Every figure comes with the 1-minute load average read just before it (other jobs on the machine).
 """
 
 from __future__ import annotations
@@ -13,59 +16,118 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from nca_scale import config
+from nca_scale.data.writer import generator_pool
 from nca_scale.nca.config import NCAConfig
 from nca_scale.nca.stream import NCAStream
 
+_STREAMS: dict = {}
 
-def steady_state(cfg: NCAConfig, device: str, threads: int, sequences: int, batch: int, repeats: int) -> dict:
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def _generate(cfg: NCAConfig, banks: np.ndarray, rules: np.ndarray, idx: np.ndarray) -> int:
+    """Worker task (forked pool): generate the sequences, return how many tokens."""
+    if cfg not in _STREAMS:
+        _STREAMS[cfg] = NCAStream(cfg)
+    return _STREAMS[cfg].generate(banks, rules, idx).numel()
+
+
+def steady_state(cfg: NCAConfig, device: str, threads: int, workers: int, sequences: int, batch: int,
+                 repeats: int) -> dict:
+    """Generation from a scored bank: `threads` intra-op threads in this process, or `workers` processes."""
     torch.set_num_threads(threads)
-    stream = NCAStream(cfg, device=device, batch_size=batch, threads=threads)
+    pool = generator_pool(workers) if workers > 1 else None
+    stream = NCAStream(cfg, device=device, batch_size=batch, threads=threads, pool=pool, in_flight=2 * workers)
+    load = load1()
     t0 = time.perf_counter()
-    stream.bank(0).ensure(sequences)
+    idx = np.arange(sequences)
+    banks, rules, _ = stream.rules(idx)
     bank_s = time.perf_counter() - t0
     accepted = min(sequences, stream.bank_size)
-    idx = np.arange(sequences)
-    stream.sequences(idx[: min(batch, sequences)])  # warm-up: caches, allocator, CUDA context
+
+    def run() -> None:
+        if pool is None:
+            stream.generate(banks, rules, idx)
+            return
+        parts = [slice(lo, lo + batch) for lo in range(0, sequences, batch)]
+        for f in [pool.submit(_generate, cfg, banks[p], rules[p], idx[p]) for p in parts]:
+            f.result()
+
+    run()  # warm-up: caches, allocator, the workers' streams, CUDA context
     rates, cpu_rates = [], []
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t, c = time.perf_counter(), time.process_time()
-        stream.sequences(idx)
+        run()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         rates.append(sequences * cfg.sequence_tokens / (time.perf_counter() - t))
         cpu_rates.append(sequences * cfg.sequence_tokens / (time.process_time() - c))
-    return {
+    out = {
         "tokens_per_s": statistics.median(rates),
         "runs": [round(r) for r in rates],
-        # tokens per CPU-second of this process: less sensitive than wall time to other load on the machine
-        "tokens_per_cpu_s": statistics.median(cpu_rates),
         "bank_s_per_1000_rules": 1000 * bank_s / accepted,
         "acceptance": stream.bank(0).acceptance,
+        "load1": load,
     }
+    if pool is None:  # tokens per CPU-second of this process: less sensitive than wall time to other load
+        out["tokens_per_cpu_s"] = statistics.median(cpu_rates)
+    return out
 
 
-def end_to_end(cfg: NCAConfig, threads: int, tokens: int) -> dict:
+def end_to_end(cfg: NCAConfig, threads: int, workers: int, tokens: int, repeats: int) -> dict:
     from nca_scale.data.urls import parse_location
     from nca_scale.data.writer import write_shards
 
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        loc = parse_location(os.path.join(tmp, "shards"))
-        loc.check_writable()  # creates the directory, as `nca-scale generate` does
-        t = time.perf_counter()
-        result = write_shards(cfg, loc, tokens=tokens, threads=threads, progress=False, tar_workers=1)
-        seconds = time.perf_counter() - t
-    return {"tokens": result.written_tokens, "seconds": seconds, "tokens_per_s": result.written_tokens / seconds}
+    if workers > 1:
+        generator_pool(workers)  # forked once per process, as a second run of `write_shards` would find it
+    runs, loads = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            loc = parse_location(os.path.join(tmp, "shards"))
+            loc.check_writable()  # creates the directory, as `nca-scale generate` does
+            loads.append(load1())
+            t = time.perf_counter()
+            result = write_shards(cfg, loc, tokens=tokens, threads=threads, progress=False, tar_workers=1,
+                                  workers=workers)
+            runs.append(time.perf_counter() - t)
+    seconds = statistics.median(runs)
+    return {"tokens": result.written_tokens, "seconds": seconds, "runs_s": [round(r, 2) for r in runs],
+            "tokens_per_s": result.written_tokens / seconds, "load1": loads}
+
+
+def console_script(config_path: str, tokens: int, repeats: int) -> dict:
+    """`nca-scale generate CONFIG out=... tokens=N` exactly as a user types it (defaults: one worker per core)."""
+    script = str(Path(sys.executable).parent / "nca-scale")
+    walls, reported, loads = [], [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            loads.append(load1())
+            t = time.perf_counter()
+            proc = subprocess.run([script, "generate", config_path, f"out={tmp}/shards", f"tokens={tokens}",
+                                   "progress=false"], capture_output=True, text=True, check=True)
+            walls.append(time.perf_counter() - t)
+            reported.append(float(re.search(r"([\d,]+) tokens/s", proc.stdout).group(1).replace(",", "")))
+    return {"command": f"nca-scale generate {config_path} out=DIR tokens={tokens}",
+            "tokens_per_s_reported": statistics.median(reported), "wall_s": statistics.median(walls),
+            "tokens_per_s_wall": tokens / statistics.median(walls), "runs_wall_s": [round(w, 2) for w in walls],
+            "load1": loads}
 
 
 def main() -> None:
@@ -76,6 +138,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cuda-sequences", type=int, default=65536)
     ap.add_argument("--e2e-tokens", type=int, default=8_000_000, help="tokens for the end-to-end runs (0: skip)")
+    ap.add_argument("--e2e-repeats", type=int, default=3)
     args = ap.parse_args()
 
     filtered = config.load(NCAConfig, args.config)
@@ -91,18 +154,21 @@ def main() -> None:
         "cores": os.cpu_count(),
         "cpu_results": {},
     }
-    for threads in (1, 2):
+    for key, threads, workers in (("threads1", 1, 1), ("threads2", 2, 1), ("workers2", 1, 2)):
         for name, cfg in (("unfiltered", unfiltered), ("gzip_50plus", filtered)):
-            key = f"{name}_threads{threads}"
-            result["cpu_results"][key] = steady_state(cfg, "cpu", threads, args.sequences, args.batch, args.repeats)
+            result["cpu_results"][f"{name}_{key}"] = steady_state(
+                cfg, "cpu", threads, workers, args.sequences, args.batch, args.repeats)
     if args.e2e_tokens:
         result["end_to_end_gzip_50plus"] = {
-            f"threads{threads}": end_to_end(filtered, threads, args.e2e_tokens) for threads in (1, 2)
+            key: end_to_end(filtered, threads, workers, args.e2e_tokens, args.e2e_repeats)
+            for key, threads, workers in (("threads1", 1, 1), ("workers2", 1, 2))
         }
+        result["end_to_end_gzip_50plus"]["console_script"] = console_script(
+            args.config, args.e2e_tokens, args.e2e_repeats)
     if torch.cuda.is_available():
         result["gpu"] = torch.cuda.get_device_name()
         result["cuda_results"] = {
-            name: steady_state(cfg, "cuda", 1, args.cuda_sequences, 16384, args.repeats)
+            name: steady_state(cfg, "cuda", 1, 1, args.cuda_sequences, 16384, args.repeats)
             for name, cfg in (("unfiltered", unfiltered), ("gzip_50plus", filtered))
         }
     print(json.dumps(result, indent=1))
