@@ -160,7 +160,7 @@ def launch(args: list[str]) -> int:
     runs = planner.plan()
     sweep_dir = spec.sweep_dir
     sweep_plan.write(spec, path, runs)
-    prof, prof_name = profiles.load(spec.cluster)
+    prof, prof_name = spec.profile()
     if prof.executor == "slurm":
         profiles.test_only(prof, profiles.check(prof))
     pending, flying, done = todo(runs, sweep_dir)

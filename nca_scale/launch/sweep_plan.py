@@ -7,6 +7,7 @@ length from the spec, so `sweep plan` works for a cluster study on a laptop.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -14,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nca_scale import config
-from nca_scale.launch import profile as profiles
 from nca_scale.launch.sweep_spec import (
     ArmSpec,
     DomainSpec,
@@ -61,25 +61,32 @@ def _pairs(d: dict) -> list[tuple[str, str]]:
 
 def _partial_config(base: str, over: list[tuple[str, str]]) -> TrainConfig:
     """The train config these overrides give, without validation (text shards may not be built yet)."""
-    cfg = config.from_dict(TrainConfig, config.read_yaml(base), source=base)
-    for k, v in over:
-        cfg = config.set_key(cfg, k, v, source=f"sweep override {k}={v}")
-    return cfg
+    return _applied(base, tuple(over))
+
+
+@functools.cache
+def _applied(base: str, over: tuple[tuple[str, str], ...]) -> TrainConfig:
+    # memoised by prefix: the runs of a sweep share most of their overrides, and configs are frozen
+    if not over:
+        return config.from_dict(TrainConfig, config.read_yaml(base), source=base)
+    k, v = over[-1]
+    return config.set_key(_applied(base, over[:-1]), k, v, source=f"sweep override {k}={v}")
 
 
 def _tag(key: str, value) -> str:
-    return "-" + re.sub(r"[^A-Za-z0-9.]", "", f"{key.split('.')[-1]}{value}")
+    return "-" + re.sub(r"[^A-Za-z0-9._]", "", f"{key.split('.')[-1]}{value}")
 
 
 class Planner:
     def __init__(self, spec: SweepSpec):
         self.spec = spec
         self.dir = spec.sweep_dir
-        prof, _ = profiles.load(spec.cluster)
+        prof, _ = spec.profile()
         self.world = prof.world if prof.executor == "slurm" else None
         tok = config.read_yaml(spec.data.tokenizer)
         self.text_vocab = int(tok.get("vocab_size", 8000))
         self.runs: dict[str, Run] = {}
+        self._data_sections: dict[tuple, tuple] = {}
 
     # ---- data sections --------------------------------------------------------------------------------
     def text_paths(self, corpus: str) -> dict[str, str]:
@@ -91,6 +98,12 @@ class Planner:
 
     def _data(self, arm: ArmSpec | None, domain: DomainSpec | None) -> tuple[list[tuple[str, str]], int]:
         """(train overrides selecting the data, its vocabulary size)."""
+        key = (arm.label if arm else None, domain.domain if domain else None)
+        if key not in self._data_sections:
+            self._data_sections[key] = self._data_section(arm, domain)
+        return self._data_sections[key]
+
+    def _data_section(self, arm: ArmSpec | None, domain: DomainSpec | None) -> tuple[list[tuple[str, str]], int]:
         s = self.spec.seq_len
         if domain is not None or arm.arm == "text":
             p = self.text_paths(domain.corpus_source if domain else arm.corpus)
@@ -128,10 +141,11 @@ class Planner:
         steps = -(-tokens // (cfg.batch_size * spec.seq_len))
         if not any(k == "eval_every" for k, _ in user):
             over.append(("eval_every", str(max(1, steps // spec.evals))))
+        if self.world:  # on Slurm one rank per task of the profile (as `nca-scale submit` does)
+            over.append(("nproc", str(self.world)))
         over += [("out", out), ("resume", "auto")]  # a restarted or relaunched run continues from its checkpoint
         if parent is not None:
             over.append(("init_from", f"{parent.out}/checkpoints/step_{parent.steps:08d}"))
-        cfg = _partial_config(spec.train, over)
         trained = steps * cfg.batch_size * spec.seq_len
         flops = float(flops_per_token(model, spec.seq_len)["train"] * trained)
         est = spec.estimate

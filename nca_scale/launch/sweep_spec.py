@@ -138,8 +138,15 @@ class SweepSpec:
     axes: dict[str, list[Any]] = field(default_factory=dict)  # any train key: values (cartesian, both stages)
     data: DataPrep = field(default_factory=DataPrep)
     cluster: str | None = None  # profile (configs/cluster/); None = this machine, submitit's local executor
+    cluster_keys: dict[str, Any] = field(default_factory=dict)  # profile overrides, e.g. {nodes: 1, time: "04:00:00"}
     parallel: int = 2  # local executor: runs at a time
     estimate: Estimate = field(default_factory=Estimate)
+
+    def profile(self):
+        """(cluster profile, its name)."""
+        from nca_scale.launch import profile as profiles
+
+        return profiles.load(self.cluster, [(k, str(v)) for k, v in self.cluster_keys.items()])
 
     @property
     def sweep_dir(self) -> Path:

@@ -1,0 +1,157 @@
+"""`nca-scale sweep plan`: spec validation (one line, exit 2), the runs of a spec (shared stage 1, names, FLOPs,
+recipe values, compute-matched scratch), and every shipped study plans. No training here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nca_scale import cli
+from nca_scale.launch import sweep_plan, sweep_spec
+from nca_scale.model.config import ModelConfig, flops_per_token
+from nca_scale.train import recipe
+
+ROOT = Path(__file__).parents[2]
+BASE = {
+    "train": "configs/train/cpu-tiny.yaml", "sizes": ["cpu-tiny", "cpu-1m"], "seeds": [0, 1], "seq_len": 128,
+    "nca": "configs/nca/tiny.yaml",
+    "arms": [{"arm": "scratch"}, {"arm": "nca", "band": "50+", "tokens": 40000},
+             {"arm": "scratch_matched", "matched_to": "nca-b50-t40k"}],
+    "domains": [{"domain": "web", "tokens": [80000, 160000]}, {"domain": "code", "tokens": [80000]}],
+    "data": {"tokenizer": "configs/data/tokenizer-cpu.yaml"},
+    "overrides": {"micro_batch": 8},
+}
+
+
+@pytest.fixture(autouse=True)
+def _root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def write(tmp_path: Path, **changes) -> str:
+    spec = {**BASE, "out": str(tmp_path / "sweep"), **changes}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def plan_runs(path: str) -> dict[str, sweep_plan.Run]:
+    return {r.name: r for r in sweep_plan.plan(sweep_spec.load(path))}
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"arms": [{"arm": "nca", "tokens": 10}]}, "arm nca: set band"),
+    ({"arms": [{"arm": "nca", "band": "fifty", "tokens": 10}]}, "band 'fifty'"),
+    ({"arms": [{"arm": "nca", "band": "60-40", "tokens": 10}]}, "LO < HI"),
+    ({"arms": [{"arm": "dyck"}]}, "arm dyck: set tokens"),
+    ({"arms": [{"arm": "scratch", "tokens": 5}]}, "has no stage 1"),
+    ({"arms": [{"arm": "scratch"}, {"arm": "scratch_matched"}]}, "needs an arm with a stage 1"),
+    ({"arms": [{"arm": "nca", "band": "50+", "tokens": 9}, {"arm": "scratch_matched", "matched_to": "dyck-t9"}]},
+     "matched_to 'dyck-t9'"),
+    ({"arms": [{"arm": "random"}]}, "key 'arms[0].arm' must be one of"),
+    ({"sizes": ["cpu-huge"]}, "no model preset"),
+    ({"domains": [{"domain": "web"}]}, "domain web: give tokens"),
+    ({"domains": [{"domain": "web", "tokens": [1]}, {"domain": "web", "tokens": [2]}]}, "each domain may appear once"),
+    ({"axes": {"seed": [1, 2]}}, "axes: seed is set by the sweep"),
+    ({"colour": "red"}, "unknown key 'colour'"),
+    ({"recipe": {"rule": "chinchilla"}}, "key 'recipe.rule' must be one of"),
+])
+def test_bad_specs_are_one_line_errors(tmp_path, capsys, changes, message):
+    rc = cli.main(["sweep", "plan", write(tmp_path, **changes)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "sweep").exists()  # nothing half-written
+
+
+def test_plan_shares_stage1_and_names_encode_coordinates(tmp_path):
+    runs = plan_runs(write(tmp_path))
+    s1 = [r for r in runs.values() if r.stage == 1]
+    s2 = [r for r in runs.values() if r.stage == 2]
+    # one stage-1 run per (size, seed) for the one NCA arm, feeding both domains and both web budgets
+    assert sorted(r.name for r in s1) == sorted(f"s1-{z}-nca-b50-t40k-s{s}" for z in ("cpu-tiny", "cpu-1m")
+                                                for s in (0, 1))
+    assert len(s2) == 2 * 2 * 3 * 3  # sizes x seeds x (web 80k, web 160k, code 80k) x (scratch, nca, matched)
+    child = runs["s2-code-cpu-1m-nca-b50-t40k-d80k-s1"]
+    parent = runs[child.parent]
+    assert parent.name == "s1-cpu-1m-nca-b50-t40k-s1"
+    assert sum(r.parent == parent.name for r in s2) == 3
+    assert f"init_from={parent.out}/checkpoints/step_{parent.steps:08d}" in child.train_args
+    assert child.coords == {"size": "cpu-1m", "arm": "nca", "band": "50+", "stage1_tokens": 40000, "domain": "code",
+                            "stage2_tokens": 80000, "seed": 1, "extra": {}}
+    assert child.stage1_flops == parent.flops
+    scratch = runs["s2-web-cpu-tiny-scratch-d160k-s0"]
+    assert scratch.parent is None and scratch.coords["arm"] == "scratch" and scratch.coords["stage1_tokens"] is None
+    assert not any(a.startswith("init_from=") for a in scratch.train_args)
+    assert "seed=0" in scratch.train_args and "data.source=text_shards" in scratch.train_args
+
+
+def test_flops_tokens_and_recipe_values(tmp_path):
+    path = write(tmp_path)
+    spec = sweep_spec.load(path)
+    for r in plan_runs(path).values():
+        model = ModelConfig(**yaml.safe_load(Path(f"configs/model/{r.coords['size']}.yaml").read_text()))
+        vocab = 10002 if r.stage == 1 else 1000  # NCA tokens (10 states, 2x2 patches + 2) / the cpu tokenizer
+        assert r.vocab_size == vocab
+        per_token = flops_per_token(model.with_vocab(vocab), 128)["train"]
+        budget = r.coords["stage1_tokens"] if r.stage == 1 else r.coords["stage2_tokens"]
+        h = recipe.hyper(spec.recipe, r.non_embedding_params, 128, r.tokens, micro_batch=8)
+        if r.coords["arm"] == "scratch_matched":  # stage-2 budget + the matched stage-1 FLOPs as language tokens
+            s1 = next(x for x in plan_runs(path).values() if x.stage == 1 and x.coords["size"] == r.coords["size"]
+                      and x.coords["seed"] == r.coords["seed"])
+            extra = r.tokens - budget
+            assert abs(extra * per_token - s1.flops) <= (r.hyper["batch_size"] * 128 + 1) * per_token
+            assert r.coords["extra"] == {"matched_to": "nca-b50-t40k"}
+        else:
+            assert budget <= r.tokens < budget + r.hyper["batch_size"] * 128  # whole steps
+            h = recipe.hyper(spec.recipe, r.non_embedding_params, 128, budget, micro_batch=8)
+        assert r.tokens == r.steps * r.hyper["batch_size"] * 128
+        assert r.flops == per_token * r.tokens
+        assert r.flops_6nd == 6 * r.non_embedding_params * r.tokens
+        assert r.gpu_hours == pytest.approx(r.flops / (0.4 * 989e12) / 3600)
+        assert r.hyper == {"lr": pytest.approx(h.lr, rel=1e-5), "beta2": h.beta2, "batch_size": h.batch_size,
+                           "micro_batch": h.micro_batch, "warmup": h.warmup}
+        assert f"eval_every={max(1, r.steps // 10)}" in r.train_args
+
+
+def test_axes_and_tokens_per_param(tmp_path):
+    path = write(tmp_path, sizes=["cpu-tiny"], seeds=[0], axes={"optim.weight_decay": [0.0, 0.1]},
+                 domains=[{"domain": "web", "tokens_per_param": [2]}], arms=[{"arm": "nca", "band": "30-40",
+                                                                              "tokens": 5000}])
+    runs = plan_runs(path)
+    assert sorted(runs) == sorted([f"s1-cpu-tiny-nca-b30-40-t5k-s0-weight_decay{v}" for v in ("0.0", "0.1")]
+                                  + [f"s2-web-cpu-tiny-nca-b30-40-t5k-d2N-s0-weight_decay{v}" for v in ("0.0", "0.1")])
+    r = runs["s2-web-cpu-tiny-nca-b30-40-t5k-d2N-s0-weight_decay0.1"]
+    assert r.parent == "s1-cpu-tiny-nca-b30-40-t5k-s0-weight_decay0.1"
+    assert r.coords["extra"] == {"optim.weight_decay": 0.1} and r.coords["stage2_tokens"] == 2 * 131_392
+    assert "optim.weight_decay=0.1" in r.train_args
+    s1 = runs[r.parent]
+    assert "data.nca.complexity.lo=0.3" in s1.train_args and "data.nca.complexity.hi=0.4" in s1.train_args
+
+
+def test_plan_command_writes_plan_json(tmp_path, capsys):
+    path = write(tmp_path)
+    assert cli.main(["sweep", "plan", path, "seeds=[3]"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "sweep" / "plan.json").read_text())
+    assert len(doc["runs"]) == 2 + 2 * 3 * 3 and {r["coords"]["seed"] for r in doc["runs"]} == {3}
+    for r in doc["runs"]:
+        assert r["name"] in out
+    assert (tmp_path / "sweep" / "spec.yaml").is_file()
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in (ROOT / "configs/sweeps").glob("*.yaml")))
+def test_every_shipped_study_plans(spec, capsys):
+    s = sweep_spec.load(f"configs/sweeps/{spec}")
+    runs = sweep_plan.plan(s)
+    assert runs and all(r.flops > 0 and r.gpu_hours > 0 for r in runs)
+    names = [r.name for r in runs]
+    assert len(set(names)) == len(names)
+    for r in runs:
+        if r.parent:
+            assert r.parent in names
+    text = sweep_plan.table(s, runs)
+    assert f"{len(runs)} runs" in text and not math.isnan(sum(r.flops for r in runs))
