@@ -69,7 +69,8 @@ def prepare_data(spec: sweep_spec.SweepSpec, planner: sweep_plan.Planner) -> Non
         if not (Path(paths["tokenizer"]) / "tokenizer.json").is_file():
             _cli(["tokenizer", "train", name, f"out={paths['tokenizer']}", spec.data.tokenizer])
         for split in ("train", "val"):
-            cap = [f"tokens={spec.data.val_tokens}"] if split == "val" and spec.data.val_tokens else []
+            limit = spec.data.val_tokens if split == "val" else spec.data.train_tokens
+            cap = [f"tokens={limit}"] if limit else []
             _cli(["corpus", "tokenize", name, f"tokenizer={paths['tokenizer']}", f"out={paths[split]}",
                   f"split={split}", f"seq_len={spec.seq_len}", *cap])
 
@@ -146,11 +147,19 @@ def _wait(jobs: list, runs: list[sweep_plan.Run]) -> list[str]:
 
 def _validate(runs: list[sweep_plan.Run]) -> None:
     """Every train command line checked before anything is queued (init_from names checkpoints to come)."""
+    from nca_scale.train.config import text_manifest
+
     for r in runs:
         try:
             submitting._validate_train(r.train_args, after=r.parent is not None)
         except UserError as e:
             raise UserError(f"run {r.name}: {e}") from None
+        shards = [a.partition("=")[2] for a in r.train_args if a.startswith("data.shards=")]
+        if shards and "data.source=text_shards" in r.train_args:
+            need, have = r.steps * r.hyper["batch_size"], text_manifest(shards[-1])["sequences"]
+            if need > have:
+                raise UserError(f"run {r.name} trains on {need} sequences, {shards[-1]} holds {have}: lower its "
+                                "tokens, or raise data.train_tokens (or use a bigger corpus)")
 
 
 def launch(args: list[str]) -> int:

@@ -106,6 +106,7 @@ class DataPrep:
 
     dir: str = "runs/data"  # tokenizers and text shards; corpora go to the corpus cache (docs/corpora.md)
     tokenizer: str = "configs/data/tokenizer-8k.yaml"  # one tokenizer per corpus, trained on its train split
+    train_tokens: int | None = None  # cap on the packed train split (None = all of it; set >= the largest budget)
     val_tokens: int | None = None  # cap on the packed validation split (None = all of it)
 
 
