@@ -70,7 +70,7 @@ def check_device(device: str) -> None:
 
 def main(args: list[str]) -> int:
     from nca_scale.data.urls import parse_location
-    from nca_scale.data.writer import set_threads, write_shards
+    from nca_scale.data.writer import keep_freed_memory, set_threads, write_shards
 
     # Everything is validated before anything is written: config, job keys, URL form, device, writability.
     job, cfg, _ = parse_job(GenerateJob, NCAConfig, args, config_required=True)
@@ -84,6 +84,7 @@ def main(args: list[str]) -> int:
     threads = job.threads or os.cpu_count() or 1
     if workers == 1:
         set_threads(job.threads)  # 0: keep torch's default
+    keep_freed_memory()  # this process generates (workers=1) or forks the workers that do
     result = write_shards(
         cfg, loc, tokens=job.tokens, split=job.split, start=job.start, per_shard=job.sequences_per_shard,
         batch_size=job.batch_size, threads=threads, device=job.device, verify=job.verify, progress=job.progress,

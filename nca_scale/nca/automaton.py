@@ -42,7 +42,7 @@ class Automaton:
         s = cfg.states
         self._count_dtype = torch.uint8 if s * s + s * (s - 1) // 2 <= 255 else torch.int32
         self._count_weight = torch.arange(s, 2 * s, device=self.device, dtype=self._count_dtype).view(1, -1, 1)
-        self._gather_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # per batch size, see _gather_index
+        self._gather_cache: tuple[torch.Tensor, ...] | None = None  # per batch size, see _gather_index
 
     # ---- initial states -------------------------------------------------------------------------------
     def initial_state(self, traj_keys: torch.Tensor) -> torch.Tensor:
@@ -67,15 +67,19 @@ class Automaton:
         return RuleTables(table, torch.zeros_like(t.h0), t.w3t, t.b3)
 
     def _gather_index(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, HW, 9) int32 rows of the flattened tables: rule b, tap k, state of neighbour k."""
+        """(B, HW, 9) int32 rows of the flattened tables: rule b, tap k, state of neighbour k.
+
+        Row = b*9S + k*S + state: the state plus its rule's offset is formed once per cell (B*HW), gathered
+        to the 9 taps through an int32 index, and the tap offset added in place (cheaper than gathering uint8
+        states and adding a full (B, HW, 9) offset tensor)."""
         b, hw = state.shape
         if self._gather_cache is None or self._gather_cache[0].shape[0] != b * hw * 9:
             cells = (torch.arange(b, device=self.device) * hw).view(b, 1, 1) + self.neighbours
-            rows = (torch.arange(b, device=self.device) * (9 * self.cfg.states)).view(b, 1, 1) + self.tap_offset
-            rows = rows.expand(b, hw, 9).to(torch.int32)
-            self._gather_cache = (cells.reshape(-1), rows.reshape(-1))
-        cells, rows = self._gather_cache
-        return torch.add(rows, state.reshape(-1).index_select(0, cells)).view(b, hw, 9)
+            rules = (torch.arange(b, device=self.device) * (9 * self.cfg.states)).view(b, 1).to(torch.int32)
+            self._gather_cache = (cells.reshape(-1).to(torch.int32), rules, self.tap_offset.to(torch.int32))
+        cells, rules, taps = self._gather_cache
+        code = torch.add(state, rules)  # (B, HW) int32
+        return code.view(-1).index_select(0, cells).view(b, hw, 9).add_(taps)
 
     def _logits_by_state(self, state: torch.Tensor, t: RuleTables) -> torch.Tensor:
         """(B, S, HW) logits: states on the middle axis so per-state slices are contiguous (see _top2)."""
