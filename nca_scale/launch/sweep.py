@@ -11,9 +11,11 @@ works as well.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from nca_scale import config
@@ -24,6 +26,7 @@ from nca_scale.launch import submit as submitting
 from nca_scale.launch import sweep_plan, sweep_results, sweep_spec
 from nca_scale.launch.task import Task
 
+RUN_FILE = "sweep_run.json"  # in each run's directory: the plan entry its job runs
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
              "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 
@@ -183,6 +186,9 @@ def launch(args: list[str]) -> int:
         return 0
     prepare_data(spec, planner)
     _validate(pending)
+    for r in pending:  # what the job runs, fixed at launch (a later `sweep plan` rewrites plan.json)
+        Path(r.out).mkdir(parents=True, exist_ok=True)
+        (Path(r.out) / RUN_FILE).write_text(json.dumps({"sweep": spec.name, **asdict(r)}, indent=1))
     env = dict(prof.env)
     if prof.executor == "local":
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.parallel)))
@@ -270,8 +276,6 @@ def status_table(rows: list[dict]) -> str:
 
 
 def status_command(args: list[str]) -> int:
-    import json
-
     spec, _, opts = _spec(args, {"format"})
     rows = status_rows(spec)
     print(json.dumps(rows, indent=1) if opts.get("format", "table") == "json" else status_table(rows))
@@ -288,10 +292,10 @@ def run_command(args: list[str]) -> int:
     if len(positional) != 1 or len(names) != 1 or len(overrides) != 1:
         raise UserError("usage: nca-scale sweep run SWEEP_DIR run=NAME (what a `sweep launch` job runs)")
     sweep_dir, name = Path(positional[0]), names[0]
-    doc = sweep_plan.read(sweep_dir)
-    run = next((r for r in doc["runs"] if r["name"] == name), None)
-    if run is None:
-        raise UserError(f"{sweep_dir}/plan.json has no run {name!r}")
+    f = sweep_dir / "runs" / name / RUN_FILE
+    if not f.is_file():
+        raise UserError(f"{f} does not exist: {name!r} was not launched from {sweep_dir} (nca-scale sweep launch)")
+    run = json.loads(f.read_text())
     t0 = time.perf_counter()
     rc = train(run["train_args"])
     if rc or int(os.environ.get("RANK", 0)) != 0:
@@ -299,7 +303,7 @@ def run_command(args: list[str]) -> int:
     parent = sweep_results.read(sweep_dir).get(run["parent"]) if run["parent"] else None
     if parent is not None:  # what the stage-1 run really cost, rather than its plan
         run = {**run, "stage1_flops": parent["flops"]}
-    sweep_results.append(sweep_dir, sweep_results.record(doc["sweep"], run, time.perf_counter() - t0))
+    sweep_results.append(sweep_dir, sweep_results.record(run["sweep"], run, time.perf_counter() - t0))
     print(f"[nca-scale] {name}: record appended to {sweep_dir / sweep_results.RESULTS}")
     return 0
 

@@ -240,15 +240,6 @@ def write(spec: SweepSpec, spec_path: str, runs: list[Run]) -> Path:
     return d / "plan.json"
 
 
-def read(sweep_dir: str | Path) -> dict:
-    from nca_scale.errors import UserError
-
-    f = Path(sweep_dir) / "plan.json"
-    if not f.is_file():
-        raise UserError(f"{sweep_dir} has no plan.json; run `nca-scale sweep plan SPEC` or `sweep launch SPEC` first")
-    return json.loads(f.read_text())
-
-
 def _g(x: float) -> str:
     return f"{x:.3g}"
 

@@ -8,10 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from launch_helpers import ROOT, nca
 
 import nca_scale
+from nca_scale.analysis.sweep_metrics import crossing_tokens
 from nca_scale.model.config import ModelConfig, flops_per_token, param_counts
 
 KEYS = {"sweep", "run", "stage", "config_hash", "code_version", "coords", "params", "non_embedding_params", "tokens",
@@ -70,10 +72,17 @@ def check_record(rec: dict, plan: dict, s1_flops: float | None) -> None:
     assert rec["restarts"] == 0 and rec["wall_s"] > 0 and Path(rec["out"]) == Path(plan["out"]).resolve()
 
 
-def test_launch_records_and_relaunch_submits_only_what_is_missing(tmp_path, env):
-    spec = tiny_spec(tmp_path)
-    sweep = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, env) -> tuple[Path, Path]:
+    """(spec, SWEEP_DIR) of the tiny sweep, launched once for this module's tests."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = tiny_spec(tmp)
     nca(env, "sweep", "launch", str(spec), timeout=900)
+    return spec, tmp / "sweep"
+
+
+def test_launch_records_and_relaunch_submits_only_what_is_missing(tiny, env):
+    spec, sweep = tiny
     plan = {r["name"]: r for r in json.loads((sweep / "plan.json").read_text())["runs"]}
     assert sorted(plan) == sorted([S1, *S2.values()]) and submitted(sweep) == sorted(plan)
     recs = results(sweep)
@@ -123,3 +132,48 @@ def test_launch_refuses_runs_the_data_cannot_feed(tmp_path, env):
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "holds" in err[-1] and "raise data.train_tokens" in err[-1], proc.stderr
     assert not (tmp_path / "sweep" / "launch").exists()  # nothing was submitted
+
+
+def final_and_curve(sweep: Path, run: str) -> tuple[float, list[float], list[float]]:
+    """(final ppl, eval tokens, eval ppl) read from the run's own metrics.jsonl."""
+    lines = [json.loads(line) for line in (sweep / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in lines if "eval_ppl" in m]
+    return evals[-1]["eval_ppl"], [m["tokens"] for m in evals], [m["eval_ppl"] for m in evals]
+
+
+def test_report_numbers_agree_with_the_metrics_files(tiny, env):
+    """`nca-scale report` on the tiny sweep: final ppl, improvement vs scratch, convergence speedup and the
+    compute-matched comparison, recomputed here from each run's metrics.jsonl."""
+    spec, sweep = tiny
+    nca(env, "report", str(sweep), "resamples=200", "fit_resamples=10", timeout=300)
+    rep = json.loads((sweep / "report" / "report.json").read_text())
+    ppl = {run: final_and_curve(sweep, run) for run in S2.values()}
+    scratch_ppl, scratch_tokens, _ = ppl[S2["scratch"]]
+    nca_ppl, nca_tokens, nca_curve = ppl[S2["nca"]]
+    (row,) = [r for r in rep["vs_scratch"] if r["kind"] == "nca"]
+    assert row["final_ppl"]["per_seed"]["0"] == pytest.approx(nca_ppl, rel=1e-12)
+    assert row["scratch_final_ppl"]["per_seed"]["0"] == pytest.approx(scratch_ppl, rel=1e-12)
+    assert row["improvement_pct"]["per_seed"]["0"] == pytest.approx(100 * (scratch_ppl - nca_ppl) / scratch_ppl)
+    # convergence speedup: scratch's tokens / the tokens at which NCA first reaches scratch's final ppl
+    cross = None
+    for i, p in enumerate(nca_curve):
+        if p <= scratch_ppl:
+            t0, p0 = (nca_tokens[i - 1], nca_curve[i - 1]) if i else (nca_tokens[i], p)
+            cross = nca_tokens[i] if i == 0 else t0 + (p0 - scratch_ppl) / (p0 - p) * (nca_tokens[i] - t0)
+            break
+    assert cross == crossing_tokens(nca_tokens, nca_curve, scratch_ppl)  # the same definition as ours
+    detail = row["speedup"]["detail"]["0"]
+    assert detail["reached"] == (cross is not None)
+    if cross is not None:
+        assert detail["speedup"] == pytest.approx(scratch_tokens[-1] / cross)
+    # compute-matched: NCA (stage 1 + stage 2 FLOPs) vs scratch trained on the stage-1 FLOPs as extra tokens
+    matched_ppl = ppl[S2["scratch_matched"]][0]
+    (m,) = rep["compute_matched"]
+    assert m["matched_final_ppl"]["per_seed"]["0"] == pytest.approx(matched_ppl, rel=1e-12)
+    assert m["improvement_pct"]["per_seed"]["0"] == pytest.approx(100 * (matched_ppl - nca_ppl) / matched_ppl)
+    recs = results(sweep)
+    per_token = {r: recs[r]["flops"] / recs[r]["tokens"] for r in recs}
+    nca_total = per_token[S2["nca"]] * nca_tokens[-1] + per_token[S1] * recs[S1]["tokens"]
+    matched_total = per_token[S2["scratch_matched"]] * ppl[S2["scratch_matched"]][1][-1]
+    assert m["flops_ratio"]["0"] == pytest.approx(matched_total / nca_total)
+    assert abs(m["flops_ratio"]["0"] - 1) < 0.05  # compute-matched within one stage-2 step
