@@ -134,7 +134,8 @@ def metric_vs_n(trends: list[dict], colors: dict, path: Path, title: str, ylabel
                     ax.annotate(f"reached {p['n_seeds']}/{p['seeds']}", (p["n"], p["mean"] or ref), fontsize=7,
                                 textcoords="offset points", xytext=(4, -10))
         ax.axhline(ref, color="0.3", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
+        if any(p["mean"] is not None for t in ts for p in t["per_size"]):  # log axes need a point (none: never reached)
+            ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel(ylabel)
         ax.set_title(title_of(*panel), fontsize=9)
