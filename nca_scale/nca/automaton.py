@@ -38,10 +38,9 @@ class Automaton:
         # weight S - s for state s: amax over near states of the weight picks the first one (argmax's tie rule)
         self._first_weight = torch.arange(cfg.states, 0, -1, device=self.device, dtype=self.state_dtype).view(1, -1, 1)
         # weight S + s: summed over the near states it gives S + s for a lone near state s and >= 2S for two
-        # or more, so one pass yields both the argmax and the cells to sample (see `step`)
-        s = cfg.states
-        self._count_dtype = torch.uint8 if s * s + s * (s - 1) // 2 <= 255 else torch.int32
-        self._count_weight = torch.arange(s, 2 * s, device=self.device, dtype=self._count_dtype).view(1, -1, 1)
+        # or more, so one pass yields both the argmax and the cells to sample (see `step`); small integers,
+        # exact in float32
+        self._count_weight = torch.arange(cfg.states, 2 * cfg.states, device=self.device, dtype=torch.float32)
         self._gather_cache: tuple[torch.Tensor, ...] | None = None  # per batch size, see _gather_index
 
     # ---- initial states -------------------------------------------------------------------------------
@@ -107,12 +106,16 @@ class Automaton:
         # `near`: states whose logit is within tau*GUMBEL_SPAN of the cell's maximum (just the argmax, and any
         # exact ties, when tau = 0). A cell with one near state takes it: sampling cannot move it; cells with
         # two or more are sampled below (at tau = 0 the first of them wins, argmax's tie rule). Reductions over
-        # the short state axis are amax/sum on contiguous slices, several times faster here than argmax/topk.
+        # the short state axis are amax/matmul on contiguous slices, several times faster than argmax/topk.
         top = logits.amax(1, keepdim=True)
-        near = logits >= top - tau * rng.GUMBEL_SPAN
         if tau == 0:
+            near = logits >= top
             return s - (near.view(torch.uint8) * self._first_weight).amax(1)
-        code = (near.view(torch.uint8) * self._count_weight).sum(1, dtype=self._count_dtype)
+        # As 0/1 floats, from the difference to the maximum (a scalar comparison, faster than comparing with a
+        # broadcast threshold), weighted and summed over states in one small batched matmul.
+        near = torch.sub(logits, top).ge_(-tau * rng.GUMBEL_SPAN)
+        b, _, hw = logits.shape
+        code = torch.bmm(self._count_weight.view(1, 1, s).expand(b, 1, s), near).view(b, hw)
         nxt = (code - s).to(self.state_dtype)  # the argmax wherever exactly one state is near
         bi, ci = (code >= 2 * s).nonzero(as_tuple=True)
         if bi.numel():
