@@ -42,6 +42,7 @@ class Automaton:
         # exact in float32
         self._count_weight = torch.arange(cfg.states, 2 * cfg.states, device=self.device, dtype=torch.float32)
         self._gather_cache: tuple[torch.Tensor, ...] | None = None  # per batch size, see _gather_index
+        self._noise_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # see _noise_keys
 
     # ---- initial states -------------------------------------------------------------------------------
     def initial_state(self, traj_keys: torch.Tensor) -> torch.Tensor:
@@ -120,9 +121,16 @@ class Automaton:
         bi, ci = (code >= 2 * s).nonzero(as_tuple=True)
         if bi.numel():
             counters = ci[:, None] * s + torch.arange(s, device=self.device)[None, :]
-            g = rng.gumbel(rng.NOISE, traj_keys[bi][:, None], step, counters, device=self.device)
+            g = rng.gumbel(step, counters, device=self.device, start=self._noise_keys(traj_keys)[bi][:, None])
             nxt[bi, ci] = (logits[bi, :, ci] / tau + g).argmax(-1).to(nxt.dtype)
         return nxt
+
+    def _noise_keys(self, traj_keys: torch.Tensor) -> torch.Tensor:
+        """hash32(NOISE, key) of each trajectory, the prefix of all its noise draws (rng.hash32 `start`):
+        folded once per rollout rather than at every step for every sampled cell."""
+        if self._noise_cache is None or self._noise_cache[0] is not traj_keys:
+            self._noise_cache = (traj_keys, rng.hash32(rng.NOISE, traj_keys, device=self.device))
+        return self._noise_cache[1]
 
     def rollout(
         self, t: RuleTables, traj_keys: torch.Tensor, frames: int, start: int, dt: int,

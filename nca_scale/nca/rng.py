@@ -51,14 +51,19 @@ def words(value: int) -> list[int]:
     return [value & M32, (value >> 32) & M32]
 
 
-def hash32(*parts, device=None) -> torch.Tensor:
+_START = 0x2545F491
+
+
+def hash32(*parts, device=None, start: int | torch.Tensor = _START) -> torch.Tensor:
     """Hash Python ints and int64 tensors (broadcast together) to 32-bit values in an int64 tensor.
 
     Each 32-bit word w is folded as h = mix32(h ^ (w + GOLDEN)). An int contributes both its words; a tensor
     element contributes its high word only where that word is non-zero, which keeps the hash of an element a
     function of its own value while sparing the common case (indices < 2^32) one mix.
+    `start` continues from an earlier hash: hash32(a, b) == hash32(b, start=hash32(a)), so a prefix shared
+    by many draws (a trajectory's noise key) is folded once.
     """
-    h: int | torch.Tensor = 0x2545F491
+    h: int | torch.Tensor = start
     for p in parts:
         if isinstance(p, int):
             for w in words(p):
@@ -77,15 +82,15 @@ def hash32(*parts, device=None) -> torch.Tensor:
     return h
 
 
-def uniform(*parts, device=None) -> torch.Tensor:
+def uniform(*parts, device=None, start: int | torch.Tensor = _START) -> torch.Tensor:
     """float32 uniforms in (0, 1), one per broadcast element of `parts`: (k + 0.5) / 2^23 for the top 23 bits
     k of the hash. 23 bits keep every value, 1 - 2^-24 included, exact in float32 (24 would round to 1.0)."""
-    h = hash32(*parts, device=device)
+    h = hash32(*parts, device=device, start=start)
     return ((h >> 9).to(torch.float32) + 0.5) * (1.0 / 2**23)
 
 
-def gumbel(*parts, device=None) -> torch.Tensor:
-    return -torch.log(-torch.log(uniform(*parts, device=device)))
+def gumbel(*parts, device=None, start: int | torch.Tensor = _START) -> torch.Tensor:
+    return -torch.log(-torch.log(uniform(*parts, device=device, start=start)))
 
 
 def truncated_normal(*parts, device=None, bound: float = 2.0) -> torch.Tensor:
