@@ -26,7 +26,9 @@ def main(args: list[str]) -> int:
     if cfg.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
                "-m", "nca_scale.train.worker", *args]
-        return subprocess.call(cmd)
+        from nca_scale.train.preemption import die_with_parent
+
+        return subprocess.call(cmd, preexec_fn=die_with_parent)  # torchrun never outlives this command
     from nca_scale.train.trainer import run
 
     run(cfg)

@@ -34,29 +34,10 @@ def _rank0() -> bool:
 
 
 class Checkpointer(Callback):
-    """Resumes in pre_train; saves every `checkpoint_every` steps and at the end (checkpoint.py: staged, then
-    committed by rank 0); keeps the last k; with checkpoint_url= also publishes each one there."""
-
-    def __init__(self, resume_from: Path | None):
-        self.resume_from = resume_from
-
-    def pre_train(self, trainer) -> None:
-        if self.resume_from is None:
-            return
-        meta = self.restore(trainer, self.resume_from)
-        trainer.log(f"resumed from {self.resume_from} at step {trainer.step}")
-        saved = meta["config"]
-        before, now = saved["schedule"]["total"] or saved["steps"], trainer.cfg.schedule.total or trainer.cfg.total_steps
-        if before != now:  # schedule.total defaults to the run length: extending a run stretches the schedule
-            trainer.log(f"note: the LR schedule now spans {now} steps (it spanned {before}); pin schedule.total to keep it")
-
-    @staticmethod
-    def restore(trainer, path: Path) -> dict:
-        meta = checkpoint.read_meta(path)
-        trainer.engine.load(path)
-        trainer.step, trainer.tokens = meta["step"], meta["tokens"]
-        trainer.skipped = set(meta.get("skipped_steps", []))
-        return meta
+    """Saves every `checkpoint_every` steps and at the end (checkpoint.py: staged, then committed by rank 0);
+    keeps the last k; with checkpoint_url= also publishes each one there. It comes after the loggers, so a
+    step is logged before it is checkpointed (a kill right after the commit must not lose its metrics line);
+    resuming is the Trainer's (Trainer.resume)."""
 
     def post_step(self, trainer, metrics: dict) -> None:
         every = trainer.cfg.checkpoint_every
@@ -182,9 +163,9 @@ class ProgressBar(Callback):
         self.bar.close()
 
 
-def default_callbacks(cfg, resume_from: Path | None) -> list[Callback]:
-    # Preemption last: a step is logged before a preemption stops on it
+def default_callbacks(cfg) -> list[Callback]:
+    # loggers first: a step is logged before it is checkpointed, and before a preemption stops on it
     from nca_scale.train.preemption import Preemption
 
     mode = cfg.wandb or os.environ.get("WANDB_MODE", "offline")
-    return [Checkpointer(resume_from), SpeedMonitor(), MetricsLog(), Wandb(mode), ProgressBar(), Preemption()]
+    return [SpeedMonitor(), MetricsLog(), Wandb(mode), ProgressBar(), Checkpointer(), Preemption()]

@@ -15,9 +15,11 @@ OUT/progress.json (rank 0, after every step) is what that is measured against.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +36,18 @@ SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 # the signal that stopped the last run in this process (None if none): read by the launcher after exit
 received: int | None = None
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux). torchrun starts each rank in a session of its own,
+    so a `kill -9` of the launcher (or of the `nca-scale train` above it) would otherwise leave orphan ranks
+    that go on training and writing checkpoints next to the restarted run."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Preemption(Callback):

@@ -76,6 +76,14 @@ class Trainer:
         for cb in self.callbacks:
             cb.post_train(self)
 
+    def resume(self, path: Path) -> dict:
+        """Continue from a checkpoint: weights, optimizer state, step, tokens, skipped steps."""
+        meta = checkpoint.read_meta(path)
+        self.engine.load(path)
+        self.step, self.tokens = meta["step"], meta["tokens"]
+        self.skipped = set(meta.get("skipped_steps", []))
+        return meta
+
     def non_finite(self, loss: float, grad_norm: float) -> None:
         """Stop, or roll back to the newest verified checkpoint and skip this step from now on."""
         cfg, bad = self.cfg, self.step + 1
@@ -88,10 +96,8 @@ class Trainer:
         target = checkpoint.latest_verified(cfg.out, self.log)
         if target is None:
             raise UserError(f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint_every=N")
-        from nca_scale.train.callbacks import Checkpointer
-
         skipped = self.skipped | {self.step}
-        Checkpointer.restore(self, target)
+        self.resume(target)
         self.skipped |= skipped
         self.rollbacks += 1
         for cb in self.callbacks:
@@ -117,8 +123,14 @@ def run(cfg: TrainConfig) -> Trainer:
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, engine, default_callbacks(cfg, resume_from))
+    trainer = Trainer(cfg, engine, default_callbacks(cfg))
     trainer.log(describe(cfg.model, cfg.seq_len))
+    if resume_from:
+        saved = trainer.resume(resume_from)["config"]
+        trainer.log(f"resumed from {resume_from} at step {trainer.step}")
+        before, now = saved["schedule"]["total"] or saved["steps"], cfg.schedule.total or cfg.total_steps
+        if before != now:  # schedule.total defaults to the run length: extending a run stretches the schedule
+            trainer.log(f"note: the LR schedule now spans {now} steps (it spanned {before}); pin schedule.total to keep it")
     trainer.log(
         f"backend {cfg.backend}: world {cfg.world} = tp {cfg.tp} x pp {cfg.pp} x dp {cfg.data_parallel}; "
         f"batch {cfg.batch_size} x seq {cfg.seq_len} = {cfg.tokens_per_step:,} tokens/step, micro-batch "

@@ -13,7 +13,10 @@ from nca_scale.train.config import from_args
 
 
 def main(args: list[str]) -> int:
+    from nca_scale.train.preemption import die_with_parent
     from nca_scale.train.trainer import run
+
+    die_with_parent()  # a rank never outlives its launcher
 
     try:
         run(from_args(args))

@@ -28,42 +28,94 @@ from nca_scale.train import checkpoint
 
 FULL = os.environ.get("NCA_SCALE_CHAOS") == "1"
 PAUSE_S = 0.3
-STEPS = 12
+STEPS = 60 if FULL else 12  # long enough for every kill to land after some progress
 RUN = [*FAST, "model.n_layers=2", f"steps={STEPS}", "checkpoint_every=2"]
 
 
 def _start(out: Path, log, extra: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", NCA_SCALE_TEST_SAVE_PAUSE=str(PAUSE_S))
     cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *RUN, "keep_last=3", "resume=auto", *extra]
-    # a session of its own, so one killpg reaches torchrun and every rank
+    # a process group of its own (the CLI and torchrun), which _kill SIGKILLs
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _step(out: Path) -> int:
+def _committed_step(out: Path) -> int:
+    done = checkpoint.complete_checkpoints(out)
+    return checkpoint.read_meta(done[-1])["step"] if done else 0
+
+
+def _step_since(out: Path, t0: float) -> int:
+    """The step this attempt has reached (progress.json written after t0), -1 before its first step."""
+    path = out / "progress.json"
     try:
-        return json.loads((out / "progress.json").read_text())["step"]
+        return json.loads(path.read_text())["step"] if path.stat().st_mtime >= t0 else -1
     except (FileNotFoundError, ValueError):
         return -1
 
 
-def _saving(out: Path) -> bool:
+def _saving_since(out: Path, t0: float) -> str | None:
+    """The staging directory a save of this attempt is writing, if any."""
     base = checkpoint.root(out)
-    return base.is_dir() and any(p.name.endswith(checkpoint.STAGING) for p in base.iterdir())
+    for p in base.iterdir() if base.is_dir() else []:
+        try:
+            if p.name.endswith(checkpoint.STAGING) and p.stat().st_mtime >= t0:
+                return p.name
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
+    return None
+
+
+def _tree(root: int) -> set[int]:
+    """`root` and its descendants (torchrun puts each rank in a session of its own)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # not a zombie
+    except (OSError, IndexError):
+        return False
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher's process group only; the ranks must die with it (preemption.die_with_parent)."""
+    tree = _tree(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while alive := {pid for pid in tree - {proc.pid} if _running(pid)}:
+        assert time.monotonic() < deadline, f"orphan processes outlived the kill: {alive}"
+        time.sleep(0.05)
 
 
 def _kill_at_random(proc: subprocess.Popen, out: Path, rng: random.Random, modes: list[str]) -> str | None:
     """Wait for a random moment of a chosen kind, then SIGKILL the whole process group; None if the run
-    finished first. startup: while importing, building or resuming; step: between steps, after a random
-    step; save: inside the first checkpoint commit after a random step."""
-    mode, step, delay = rng.choice(modes), rng.randint(1, STEPS - 1), rng.uniform(0, 3.2 * PAUSE_S)
-    t0 = time.monotonic()
+    finished first. startup: while importing, building or resuming; step: after 1-3 steps past the resumed
+    one; save: inside a checkpoint commit of this attempt, 0-3 commit windows in."""
+    t0 = time.time()
+    mode, delay, target = rng.choice(modes), rng.uniform(0, 3.2 * PAUSE_S), _committed_step(out) + rng.randint(1, 3)
     while proc.poll() is None:
-        if (mode == "startup" and time.monotonic() - t0 > 1 + 4 * delay) or (mode == "step" and _step(out) >= step) \
-                or (mode == "save" and _step(out) >= step and _saving(out)):
-            time.sleep(delay if mode == "save" else delay / 8)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return f"{mode} (step {_step(out)})"
+        startup = mode == "startup" and time.time() - t0 > 1 + 4 * delay
+        step = mode == "step" and _step_since(out, t0) >= target
+        saving = mode == "save" and _saving_since(out, t0)
+        if startup or step or saving:
+            time.sleep(delay if saving else delay / 8)
+            _kill(proc)
+            if startup:
+                return f"startup ({time.time() - t0:.1f} s)"
+            return f"{mode} ({saving or 'step ' + str(_step_since(out, t0))})"
         time.sleep(0.01)
     return None
 
