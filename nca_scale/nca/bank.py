@@ -79,6 +79,7 @@ class RuleBank:
         self.cfg, self.split, self.number, self.size = cfg, split, number, size
         self.device, self.chunk, self.threads, self.progress = device, chunk, threads, progress
         self.automaton = Automaton(cfg, device)
+        self._pending: deque[tuple[int, int, Future]] = deque()  # (start, size, task) scored in a pool, in order
         self._ids: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
         self._accepted = 0
@@ -114,6 +115,8 @@ class RuleBank:
                    unit="rule", disable=not self.progress, leave=False)
         with torch.inference_mode():
             if pool is None:
+                while self._pending and self._accepted < n:  # pieces a pool scored for an earlier call
+                    self._take_pending()
                 while self._accepted < n:
                     self._check_band(n)
                     start = self.scanned
@@ -130,34 +133,50 @@ class RuleBank:
         return self
 
     def _ensure_in(self, pool: Executor, n: int, in_flight: int, bar: tqdm) -> None:
-        pending: deque[tuple[int, Future]] = deque()
-        submitted = self.scanned
+        pending = self._pending
+        submitted = self.scanned + sum(size for _, size, _ in pending)
         try:
             while self._accepted < n:
                 self._check_band(n)
                 rate = self.acceptance if self.scanned else 0.5
-                # keep `in_flight` pieces going while the rules expected from them do not cover what is missing;
-                # pieces shrink towards the end so the last ones spread over all processes
+                # up to `in_flight` pieces while the rules expected from them do not cover what is missing, and
+                # never fewer than half of that, so no process waits for the next piece near the end; pieces
+                # shrink towards the end so the last ones spread over all processes
                 while len(pending) < in_flight:
                     missing = n - self._accepted - rate * (submitted - self.scanned)
-                    if missing <= 0 and pending:
+                    if missing <= 0 and len(pending) >= max(1, in_flight // 2):
                         break
                     want = 1.1 * max(missing, 1) / max(rate, 0.01) / in_flight
                     size = int(min(PIECE, max(64, -(-want // 64) * 64)))
                     task = pool.submit(score_range, self.cfg, self.split, self.number, submitted, submitted + size,
                                        str(self.device))
-                    pending.append((submitted, task))
+                    pending.append((submitted, size, task))
                     submitted += size
-                start, task = pending.popleft()
-                self._add(start, task.result())
+                self._take_pending()
                 bar.update(min(self._accepted, n) - bar.n)
-            # pieces already running are kept (the next candidates in order), the rest never start
-            while pending and not pending[0][1].cancel():
-                start, task = pending.popleft()
-                self._add(start, task.result())
-        finally:
-            for _, task in pending:
-                task.cancel()
+        except BaseException:
+            self._drop_pending()
+            raise
+        # pieces not started yet are dropped (from the end, so the rest stays contiguous); running ones are
+        # kept for the next call instead of waited for: the caller's next tasks queue up behind them
+        while pending and pending[-1][2].cancel():
+            pending.pop()
+
+    def _take_pending(self) -> None:
+        """Add the first pending piece's scores (waiting for them)."""
+        start, _, task = self._pending.popleft()
+        try:
+            scores = task.result()
+        except BaseException:
+            self._drop_pending()
+            raise
+        self._add(start, scores)
+
+    def _drop_pending(self) -> None:
+        """Forget pending pieces (a failed pool): their candidates are scored again when needed."""
+        for _, _, task in self._pending:
+            task.cancel()
+        self._pending.clear()
 
     def _add(self, start: int, scores: np.ndarray) -> None:
         """Scores of candidates [start, start + len(scores)), which must follow the ones scored so far."""

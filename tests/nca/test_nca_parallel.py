@@ -72,3 +72,17 @@ def test_stream_with_a_pool_gives_the_same_sequences(cfg, pool):
     assert np.array_equal(with_pool.sequences(idx).numpy(), plain.sequences(idx).numpy())
     for a, b in zip(with_pool.rules(idx), plain.rules(idx)):
         assert np.array_equal(a, b)
+
+
+def test_pieces_still_running_carry_over_to_the_next_call(cfg, pool, sequential):
+    """A pool call returns as soon as it has the rules asked for; pieces still running are taken, in order,
+    by the next call, with or without a pool."""
+    bank = RuleBank(cfg, "train", 0, 40)
+    bank.ensure(3, pool, 8)  # 8 pieces in flight for 3 rules: most are still queued or running on return
+    assert np.array_equal(bank.candidates[:3], sequential.candidates[:3])
+    bank.ensure(40)
+    assert np.array_equal(bank.candidates, sequential.candidates) and np.array_equal(bank.scores, sequential.scores)
+    fresh = RuleBank(cfg, "train", 0, 40)
+    fresh.ensure(3, pool, 8)
+    fresh.ensure(40, pool, 8)
+    assert np.array_equal(fresh.candidates, sequential.candidates)
