@@ -20,13 +20,14 @@ fsspec URL (mirror.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nca_scale
@@ -269,14 +270,14 @@ def prune(out: str | Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_weights_only(backend: str) -> None:
-    """Make every torch.load in this process weights-only, including those inside DeepSpeed (whose
-    checkpoint engine and zero_to_fp32 pass weights_only=False) and megatron-core (which registers its own
-    safe classes): unpickling a checkpoint then cannot run code. For DeepSpeed, the three plain-data classes
-    its ZeRO optimizer files hold are allowed by name."""
+@contextlib.contextmanager
+def weights_only_loads(backend: str) -> Iterator[None]:
+    """Inside this block every torch.load of this process is weights-only, including those inside DeepSpeed
+    (whose checkpoint engine and zero_to_fp32 pass weights_only=False) and megatron-core (which registers its
+    own safe classes): unpickling a checkpoint then cannot run code. For DeepSpeed, the three plain-data
+    classes its ZeRO optimizer files hold are allowed by name."""
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
         raise UserError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set; nca-scale loads checkpoints weights-only: unset it")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     if backend == "deepspeed":
         import torch
         from deepspeed.runtime.fp16.loss_scaler import LossScaler
@@ -284,3 +285,12 @@ def load_weights_only(backend: str) -> None:
         from deepspeed.utils.tensor_fragment import fragment_address
 
         torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum, fragment_address])
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before

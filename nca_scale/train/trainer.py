@@ -117,7 +117,11 @@ class Trainer:
 def run(cfg: TrainConfig) -> Trainer:
     """Train `cfg` in this process (one rank of the job). Returns the finished Trainer."""
     cfg = cfg.resolved()
-    checkpoint.load_weights_only(cfg.backend)
+    with checkpoint.weights_only_loads(cfg.backend):  # every checkpoint this run reads, upstream loaders too
+        return _run(cfg)
+
+
+def _run(cfg: TrainConfig) -> Trainer:
     resume_from = checkpoint.resolve(cfg, cfg.resume, report=lambda _: None)  # the CLI reported already
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)

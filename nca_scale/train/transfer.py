@@ -91,17 +91,17 @@ def read_logical(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
     """Full fp32 weights of a checkpoint under logical names, whichever backend wrote it."""
     meta = checkpoint.read_meta(path)
     backend = meta["backend"]
-    checkpoint.load_weights_only(backend)  # zero_to_fp32 below passes weights_only=False itself
-    if backend == "torch":
-        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)["model"]
-    if backend == "deepspeed" and meta["layout"]["zero"] == 0:  # not a ZeRO checkpoint: one full copy
-        module = torch.load(path / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
-        return {k: v.float() for k, v in module.items()}
-    if backend == "deepspeed":
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with checkpoint.weights_only_loads(backend):  # zero_to_fp32 below passes weights_only=False itself
+        if backend == "torch":
+            return torch.load(path / "state.pt", map_location="cpu", weights_only=True)["model"]
+        if backend == "deepspeed" and meta["layout"]["zero"] == 0:  # not a ZeRO checkpoint: one full copy
+            module = torch.load(path / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+            return {k: v.float() for k, v in module.items()}
+        if backend == "deepspeed":
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds").items()}
-    return _from_megatron(_read_dcp_model(path / "dist"), model)
+            return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds").items()}
+        return _from_megatron(_read_dcp_model(path / "dist"), model)
 
 
 def _read_dcp_model(path: Path) -> dict[str, torch.Tensor]:

@@ -121,24 +121,25 @@ def test_every_torch_load_in_the_package_is_weights_only():
     assert calls and all("weights_only=True" in c for _, c in calls), calls
 
 
-def test_a_pickled_exploit_in_a_checkpoint_is_refused_even_by_deepspeed(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0")  # restored after the test
+def test_a_pickled_exploit_in_a_checkpoint_is_refused_even_by_deepspeed(tmp_path):
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     target = Path("/tmp/nca_scale_pwned")
     target.unlink(missing_ok=True)
     evil = tmp_path / "state.pt"
     torch.save({"model": _Exploit()}, evil)
-    checkpoint.load_weights_only("torch")
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with checkpoint.weights_only_loads("deepspeed"), pytest.raises(pickle.UnpicklingError, match="Weights only"):
         TorchCheckpointEngine().load(str(evil))  # upstream passes weights_only=False
     assert not target.exists()
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == before  # restored: nothing leaks into the process
 
 
 def test_forcing_unsafe_loads_is_refused(monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     with pytest.raises(UserError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set"):
-        checkpoint.load_weights_only("torch")
+        with checkpoint.weights_only_loads("torch"):
+            pass
 
 
 # ---- end to end: a real run, a corrupted newest checkpoint, a mirror ----------------------------------
