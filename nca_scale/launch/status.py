@@ -36,7 +36,7 @@ def records(targets: list[str]) -> list[dict]:
     return list(seen.values())
 
 
-def _slurm_states(ids: list[str]) -> dict[str, str]:
+def slurm_states(ids: list[str]) -> dict[str, str]:
     states: dict[str, str] = {}
     if not ids or shutil.which("sacct") is None:
         return states
@@ -53,7 +53,7 @@ def _slurm_states(ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _local_state(rec: dict) -> str:
+def local_state(rec: dict) -> str:
     logs = Path(rec["logs"]).parent
     result = logs / f"{rec['job_id']}_0_result.pkl"
     if result.exists():
@@ -85,10 +85,10 @@ def progress(out: str) -> dict:
 
 def status(targets: list[str]) -> list[dict]:
     recs = records(targets)
-    slurm = _slurm_states([r["job_id"] for r in recs if r["executor"] == "slurm"])
+    slurm = slurm_states([r["job_id"] for r in recs if r["executor"] == "slurm"])
     rows = []
     for r in recs:
-        state = slurm.get(r["job_id"], "UNKNOWN") if r["executor"] == "slurm" else _local_state(r)
+        state = slurm.get(r["job_id"], "UNKNOWN") if r["executor"] == "slurm" else local_state(r)
         rows.append({"job_id": r["job_id"], "name": r["name"], "state": state, **progress(r["out"]),
                      "cell": r.get("cell", {}), "out": r["out"], "logs": r["logs"]})
     return rows

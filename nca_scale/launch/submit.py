@@ -95,7 +95,7 @@ def _out_of(words: list[str], path: str, overrides: list[tuple[str, str]]) -> st
     return data.get("out") if words == ["train"] else None
 
 
-def _validate_train(argv: list[str], after: bool) -> None:
+def validate_train(argv: list[str], after: bool) -> None:
     from nca_scale.train.config import from_args
 
     if after:  # init_from/resume may name checkpoints the jobs we wait for will write
@@ -129,7 +129,7 @@ def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: pr
             over = [(k, v) for k, v in over if k != "out"] + [("out", str(cell_out))]
         argv = [*words, path, *(f"{k}={v}" for k, v in over)]
         if train:
-            _validate_train(argv[1:], after)
+            validate_train(argv[1:], after)
         planned.append(Planned(argv, cell_out, dict(cell)))
     return planned, Path(out)
 
@@ -149,7 +149,7 @@ def _dependencies(after: list[str]) -> list[str]:
     return ids
 
 
-def _executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list[str]):
+def make_executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list[str]):
     import submitit
 
     if prof.executor == "local":
@@ -204,7 +204,7 @@ def submit(args: list[str]) -> int:
     name = opt.name or out.name
     logs = Path(prof.logs) / name if prof.logs else out / "launch"
     safety.check_submission(name, path, rest, str(logs))  # before the batch script and the pickled job
-    ex = _executor(prof, logs, name, deps)
+    ex = make_executor(prof, logs, name, deps)
     env = dict(prof.env)
     if opt.dry_run:
         print(f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}")
@@ -230,8 +230,8 @@ def submit(args: list[str]) -> int:
                "after": deps, "submitted": stamp}
         records.append(rec)
         for where in {p.out, out}:
-            _append(where / "launch" / "jobs.jsonl", rec)
-        _append(index_path(), rec)
+            append_record(where / "launch" / "jobs.jsonl", rec)
+        append_record(index_path(), rec)
     if len(planned) > 1:
         (out / "sweep.json").write_text(json.dumps({"cells": [{"out": str(p.out), **p.cell} for p in planned]},
                                                    indent=1))
@@ -251,7 +251,7 @@ def submit(args: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _append(path: Path, rec: dict) -> None:
+def append_record(path: Path, rec: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(json.dumps(rec) + "\n")

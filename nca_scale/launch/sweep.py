@@ -88,8 +88,8 @@ def _jobs(sweep_dir: Path) -> dict[str, dict]:
 
 
 def _states(jobs: dict[str, dict]) -> dict[str, str]:
-    slurm = job_status._slurm_states([r["job_id"] for r in jobs.values() if r["executor"] == "slurm"])
-    return {run: (slurm.get(r["job_id"], "UNKNOWN") if r["executor"] == "slurm" else job_status._local_state(r))
+    slurm = job_status.slurm_states([r["job_id"] for r in jobs.values() if r["executor"] == "slurm"])
+    return {run: (slurm.get(r["job_id"], "UNKNOWN") if r["executor"] == "slurm" else job_status.local_state(r))
             for run, r in jobs.items()}
 
 
@@ -118,7 +118,7 @@ def _task(prof: profiles.ClusterProfile, sweep_dir: Path, run: sweep_plan.Run, e
 def _submit(prof, prof_name: str, sweep_dir: Path, name: str, runs: list[sweep_plan.Run], deps: list[str],
             env: dict, stamp: str) -> list:
     logs = Path(prof.logs) / name if prof.logs else sweep_dir / "launch"
-    ex = submitting._executor(prof, logs, name, deps)
+    ex = submitting.make_executor(prof, logs, name, deps)
     if prof.executor == "slurm":
         ex.update_parameters(array_parallelism=len(runs))
     with ex.batch():
@@ -129,8 +129,8 @@ def _submit(prof, prof_name: str, sweep_dir: Path, name: str, runs: list[sweep_p
                "out": str(Path(r.out).resolve()), "cell": {"run": r.name, "stage": r.stage},
                "logs": str(Path(job.paths.stdout).resolve()).replace("%t", "0"), "after": deps, "submitted": stamp}
         for where in (Path(r.out), sweep_dir):
-            submitting._append(where / "launch" / "jobs.jsonl", rec)
-        submitting._append(submitting.index_path(), rec)
+            submitting.append_record(where / "launch" / "jobs.jsonl", rec)
+        submitting.append_record(submitting.index_path(), rec)
         print(f"submitted {job.job_id} ({prof_name}{', after ' + ','.join(deps) if deps else ''}): {r.name}")
     return jobs
 
@@ -154,7 +154,7 @@ def _validate(runs: list[sweep_plan.Run]) -> None:
 
     for r in runs:
         try:
-            submitting._validate_train(r.train_args, after=r.parent is not None)
+            submitting.validate_train(r.train_args, after=r.parent is not None)
         except UserError as e:
             raise UserError(f"run {r.name}: {e}") from None
         shards = [a.partition("=")[2] for a in r.train_args if a.startswith("data.shards=")]
