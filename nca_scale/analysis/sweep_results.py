@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nca_scale.errors import UserError
+from nca_scale.launch.sweep_results import RESULTS, metric_lines
 
-RESULTS = "results.jsonl"
 REQUIRED = ("run", "stage", "coords", "params", "non_embedding_params", "tokens", "flops", "eval_curve", "final")
-PRE_ARMS = ("nca", "text", "dyck")
-ARM_KEYS = ("matched_to", "stage1_corpus")  # coords.extra keys that describe the arm; every other key is an axis  # arms with a stage-1 run before language training
+PRE_ARMS = ("nca", "text", "dyck")  # arms with a stage-1 run before language training
+ARM_KEYS = ("matched_to", "stage1_corpus")  # coords.extra keys that describe the arm; every other key is an axis
 MATCHED = "scratch_matched"
 
 
@@ -102,23 +102,11 @@ class Sweep:
 
 
 def _curve_from_metrics(out: str | None, sweep_dir: Path, run: str) -> list[dict]:
+    """The eval lines {step, tokens, eval_loss, eval_ppl} of the run's metrics.jsonl, in file order."""
     for d in (Path(out) if out else None, sweep_dir / "runs" / run):
         if d is not None and (d / "metrics.jsonl").is_file():
-            return read_eval_lines(d / "metrics.jsonl")
+            return [m for m in metric_lines(d) if isinstance(m, dict) and "eval_ppl" in m and "tokens" in m]
     return []
-
-
-def read_eval_lines(path: Path) -> list[dict]:
-    """The eval lines {step, tokens, eval_loss, eval_ppl} of a run's metrics.jsonl, in file order."""
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if isinstance(rec, dict) and "eval_ppl" in rec and "tokens" in rec:
-            lines.append(rec)
-    return lines
 
 
 def _run(rec: dict, sweep_dir: Path) -> Run:
