@@ -197,12 +197,9 @@ class _ShardCommitter(threading.Thread):
             "sequences": plan.count, "tokens": job.tokens, "bytes": len(data), "sha256": digest,
             "score_histogram": mf.score_histogram(job.scores),
         }
-        try:
-            self.loc.put_atomic(job.name, data)
-            # the record goes after the shard: a record always describes a complete shard
-            self.loc.put_atomic(mf.record_name(job.name), json.dumps(rec).encode())
-        except OSError as e:
-            raise UserError(f"writing {self.loc.url_of(job.name)} failed: {e.strerror or e}") from None
+        self.loc.put_atomic(job.name, data)  # retried; a UserError after the last attempt
+        # the record goes after the shard: a record always describes a complete shard
+        self.loc.put_atomic(mf.record_name(job.name), json.dumps(rec).encode())
         return rec
 
     def submit(self, job: _ShardJob) -> None:
@@ -367,10 +364,7 @@ def write_shards(
     by_name = {r["name"]: r for r in new}
     records = [done[p.number] or by_name[shard_name(split, p.number)] for p in plans]
     m = mf.build_manifest(cfg, split, start, start + count, per_shard, tokens, records)
-    try:
-        loc.put_atomic(mf.MANIFEST, json.dumps(m, indent=1).encode())
-    except OSError as e:
-        raise UserError(f"writing {loc.url_of(mf.MANIFEST)} failed: {e.strerror or e}") from None
+    loc.put_atomic(mf.MANIFEST, json.dumps(m, indent=1).encode())
     written_tokens = sum(p.count for p in todo) * cfg.sequence_tokens
     return WriteResult(m, len(todo), len(plans) - len(todo), written_tokens, seconds)
 

@@ -166,10 +166,7 @@ class _PartWriter:
             return
         name = part_name(self.split, len(self.parts))
         data = gzip.compress(b"".join(self.lines), compresslevel=6, mtime=0)  # mtime 0: reproducible bytes
-        try:
-            self.loc.put_atomic(name, data)
-        except OSError as e:
-            raise UserError(f"writing {self.loc.url_of(name)} failed: {e.strerror or e}") from None
+        self.loc.put_atomic(name, data)  # retried; a UserError after the last attempt
         docs = len(self.lines)
         self.parts.append({"name": name, "documents": docs, "text_bytes": self.buffered, "bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()})

@@ -124,11 +124,8 @@ def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: st
         data = build_tar(range(start, start + len(arr)), arr)
         rec = {"fingerprint": fp, "name": name, "start": start, "stop": start + len(arr), "sequences": len(arr),
                "tokens": int(arr.size), "bytes": len(data), "sha256": sha256(data)}
-        try:
-            loc.put_atomic(name, data)
-            loc.put_atomic(f"{name}.json", json.dumps(rec).encode())
-        except OSError as e:
-            raise UserError(f"writing {loc.url_of(name)} failed: {e.strerror or e}") from None
+        loc.put_atomic(name, data)  # retried; a UserError after the last attempt
+        loc.put_atomic(f"{name}.json", json.dumps(rec).encode())
         records.append(rec)
 
     docs = _shuffled(corpus.documents(split), cfg.seed, cfg.shuffle_window)
