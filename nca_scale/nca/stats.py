@@ -58,15 +58,19 @@ def random_rule_scores(
     return np.concatenate(parts) if parts else np.empty(0)
 
 
+def quantiles(scores: np.ndarray) -> dict[str, float]:
+    """percent -> score at the QUANTILES, rounded to 6 places (as `nca stats` and `nca match` print them)."""
+    return {str(p): round(float(v), 6) for p, v in zip(QUANTILES, np.quantile(scores, [q / 100 for q in QUANTILES]))}
+
+
 def summarize(scores: np.ndarray) -> dict:
     """{"rules", "quantiles" (percent -> score), "accepted" (band -> fraction with lo < s < hi)}."""
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0:
         raise ValueError("no scores to summarize")
-    q = np.quantile(s, [p / 100 for p in QUANTILES])
     return {
         "rules": int(s.size),
-        "quantiles": {str(p): round(float(v), 6) for p, v in zip(QUANTILES, q)},
+        "quantiles": quantiles(s),
         "accepted": {name: round(float(in_band(lo, hi, s).mean()), 6) for name, (lo, hi) in BANDS.items()},
     }
 

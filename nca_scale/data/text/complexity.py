@@ -26,7 +26,7 @@ from nca_scale.data.text.tokenizer import Tokenizer, _sample
 from nca_scale.errors import UserError
 from nca_scale.nca.complexity import BANDS, gzip_token_scores, in_band
 from nca_scale.nca.config import NCAConfig
-from nca_scale.nca.stats import QUANTILES
+from nca_scale.nca.stats import quantiles
 
 BYTES = "bytes"  # tokenizer=bytes: UTF-8 bytes as ids, NUL between documents
 
@@ -60,10 +60,6 @@ def token_windows(texts: Iterable[str], tokenizer: Tokenizer | None, window: int
                         "raise max_bytes= or use a larger corpus")
     pick = np.unique(np.linspace(0, len(rows) - 1, min(windows, len(rows))).round().astype(int))
     return rows[pick]
-
-
-def quantiles(scores: np.ndarray) -> dict[str, float]:
-    return {str(p): round(float(v), 6) for p, v in zip(QUANTILES, np.quantile(scores, [q / 100 for q in QUANTILES]))}
 
 
 def wasserstein1(a: np.ndarray, b: np.ndarray, points: int = 201) -> float:
