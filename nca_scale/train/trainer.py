@@ -13,8 +13,6 @@ import math
 import time
 from pathlib import Path
 
-import torch.distributed as dist
-
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
 from nca_scale.train import backends, checkpoint, transfer
@@ -39,8 +37,7 @@ class Trainer:
         return BatchLoader(source, mask, cfg.batch_size, cfg.micro_batch, self.engine.dp_rank, self.engine.dp_size)
 
     def log(self, text: str) -> None:
-        if dist.get_rank() == 0:
-            print(f"[nca-scale] {text}", flush=True)
+        checkpoint.say(text)  # global rank 0 only
 
     def should_log(self) -> bool:
         return self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps
