@@ -18,6 +18,7 @@ import nca_scale
 from nca_scale import config as config_io
 from nca_scale.errors import UserError
 from nca_scale.nca.config import NCAConfig
+from nca_scale.nca.stream import REVISION
 
 FORMAT = "nca_scale.shards/1"
 MANIFEST = "manifest.json"
@@ -30,7 +31,8 @@ def record_name(shard: str) -> str:
 
 def fingerprint(cfg: NCAConfig, split: str) -> str:
     """Identity of the token stream: equal fingerprints mean index i is the same sequence in both."""
-    text = json.dumps({"format": FORMAT, "config": dataclasses.asdict(cfg), "split": split}, sort_keys=True)
+    identity = {"format": FORMAT, "generator": REVISION, "config": dataclasses.asdict(cfg), "split": split}
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -4,6 +4,11 @@ Per step and cell: hidden = relu(sum_k table[k, state of neighbour k] + h0) (a f
 gather-sum, see rules.fold), logits = hidden @ w3 + b3, then the next state is drawn from
 categorical((logits + identity_bias * onehot(state)) / temperature).
 
+The float operations and their order are fixed (step.c's header lists them): the 9 table rows summed in
+tap order, the 16 products of the last layer summed in order, each rounded (no library matmul, whose
+summation order varies with the CPU and BLAS build). On CPU the fused C step (csrc/step.c, native.py)
+runs them per cell; elsewhere, or without a C compiler, the torch ops below do; both give the same bits.
+
 Sampling is exact in distribution without drawing noise for every cell: with Gumbel-max, a cell can leave
 its argmax only when the top-2 logit gap is below temperature * GUMBEL_SPAN (the largest difference two of
 our bounded Gumbel draws can have). Only those cells get noise, keyed by (trajectory, step, cell, state),
@@ -15,13 +20,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nca_scale.nca import rng
+from nca_scale.nca import native, rng
 from nca_scale.nca.config import NCAConfig
 from nca_scale.nca.rules import RuleTables
 
 
 class Automaton:
-    def __init__(self, cfg: NCAConfig, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: NCAConfig, device: str | torch.device = "cpu", fused: bool = True):
+        """`fused`: take the fused C step where it can be built (CPU only); `fused_off` says why not."""
         self.cfg = cfg
         self.device = torch.device(device)
         g = cfg.grid
@@ -43,6 +49,18 @@ class Automaton:
         self._count_weight = torch.arange(cfg.states, 2 * cfg.states, device=self.device, dtype=torch.float32)
         self._gather_cache: tuple[torch.Tensor, ...] | None = None  # per batch size, see _gather_index
         self._noise_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # see _noise_keys
+        self._fused_cache: tuple = (None, None)  # (tables, their padded last layer), see _step_fused
+        self._fused_out: tuple[torch.Tensor, torch.Tensor] | None = None  # ambiguous-cell buffers
+        self.kernel, self.fused_off = None, "fused=False"
+        if fused and self.device.type != "cpu":
+            self.fused_off = f"no fused step for {self.device.type}"
+        elif fused:
+            state_type = "uint8_t" if self.state_dtype == torch.uint8 else "int32_t"
+            try:
+                self.kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, state_type)
+                self.fused_off = None
+            except native.Unavailable as e:
+                self.fused_off = str(e)
 
     # ---- initial states -------------------------------------------------------------------------------
     def initial_state(self, traj_keys: torch.Tensor) -> torch.Tensor:
@@ -89,7 +107,13 @@ class Automaton:
         hidden = F.embedding_bag(idx.view(b * hw, 9), t.table.view(-1, hd), mode="sum").view(b, hw, hd)
         if t.h0.any():  # zero once `prepare` folded it into the table
             hidden += t.h0[:, None, :]
-        out = torch.bmm(t.w3t.transpose(1, 2), hidden.relu_().transpose(1, 2))
+        # hidden @ w3 as HD rounded products summed in order (see the module docstring), states x cells
+        h = hidden.relu_().transpose(1, 2).contiguous()  # (B, Hd, HW)
+        w = t.w3t[:, :, :, None]  # (B, Hd, S, 1)
+        out = torch.mul(w[:, 0], h[:, None, 0])
+        product = torch.empty_like(out)
+        for k in range(1, hd):
+            out += torch.mul(w[:, k], h[:, None, k], out=product)
         if t.b3.any():  # biases start at zero (Flax init); skip the pass when they are
             out += t.b3[:, :, None]
         if self.cfg.identity_bias:
@@ -101,6 +125,8 @@ class Automaton:
         return self._logits_by_state(state, t).transpose(1, 2)
 
     def step(self, state: torch.Tensor, t: RuleTables, traj_keys: torch.Tensor, step: int) -> torch.Tensor:
+        if self.kernel is not None:
+            return self._step_fused(state, t, traj_keys, step)
         logits = self._logits_by_state(state, t)  # (B, S, HW)
         s = self.cfg.states
         tau = self.cfg.temperature
@@ -123,6 +149,39 @@ class Automaton:
             counters = ci[:, None] * s + torch.arange(s, device=self.device)[None, :]
             g = rng.gumbel(step, counters, device=self.device, start=self._noise_keys(traj_keys)[bi][:, None])
             nxt[bi, ci] = (logits[bi, :, ci] / tau + g).argmax(-1).to(nxt.dtype)
+        return nxt
+
+    def _step_fused(self, state: torch.Tensor, t: RuleTables, traj_keys: torch.Tensor, step: int) -> torch.Tensor:
+        """`step` through step.c: the kernel decides every cell with one near state and hands back the others
+        (flat index, logits), which are sampled here exactly as in `step`."""
+        cfg = self.cfg
+        b, hw = state.shape
+        s, tau = cfg.states, cfg.temperature
+        if self._fused_cache[0] is not t:  # the kernel reads rows padded with zeros to its vector width
+            hd = t.w3t.shape[1]
+            table = torch.zeros(b, 9, s, native.padded(hd), dtype=torch.float32)
+            table[..., :hd] = t.table
+            w3 = torch.zeros(b, hd, native.padded(s), dtype=torch.float32)
+            w3[:, :, :s] = t.w3t
+            b3 = t.b3.contiguous() if t.b3.any() else None
+            self._fused_cache = (t, (table, w3, b3))
+        table, w3, b3 = self._fused_cache[1]
+        if self._fused_out is None or self._fused_out[0].shape[0] < b * hw:
+            self._fused_out = (torch.empty(b * hw, dtype=torch.int64), torch.empty(b * hw, s, dtype=torch.float32),
+                               torch.empty(b * hw, s, dtype=torch.float32))
+        amb_idx, amb_logits, amb_u = self._fused_out
+        state = state.contiguous()
+        nxt = torch.empty_like(state)
+        keys = self._noise_keys(traj_keys).contiguous() if tau else None
+        near = float(torch.tensor(-tau * rng.GUMBEL_SPAN, dtype=torch.float32))  # the torch step's threshold
+        n = self.kernel.nca_step(
+            state.data_ptr(), b, table.data_ptr(), w3.data_ptr(), native.ptr(b3), cfg.identity_bias, near,
+            int(tau == 0), native.ptr(keys), step, nxt.data_ptr(), amb_idx.data_ptr(), amb_logits.data_ptr(),
+            amb_u.data_ptr(),
+        )
+        if n:  # as in `step`, with the kernel's uniforms (the same hashes) and torch's log
+            g = -torch.log(-torch.log(amb_u[:n]))
+            nxt.view(-1)[amb_idx[:n]] = (amb_logits[:n] / tau + g).argmax(-1).to(nxt.dtype)
         return nxt
 
     def _noise_keys(self, traj_keys: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,10 @@ from nca_scale.nca.config import NCAConfig
 from nca_scale.nca.tokenizer import encode
 
 _CACHE = 4  # banks / permutations kept in memory
+# Revision of the (config, seed, split, i) -> tokens function, part of a shard directory's fingerprint so
+# that sequences of two revisions are never mixed. 2: the last layer sums its products in a fixed order
+# (automaton.py) instead of through a BLAS matmul, which changed a few near-tie cells.
+REVISION = 2
 
 
 class NCAStream:

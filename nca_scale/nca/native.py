@@ -1,0 +1,124 @@
+"""Compiled C helpers of the generator (csrc/): the fused automaton step and the batched gzip scorer.
+
+Why C: the torch step is ~15 whole-tensor passes per step (~160 cycles per cell update); the fused loop keeps
+a cell's whole update in registers (~40). Setting up a zlib stream per probe cost 4x compressing it; the
+scorer resets one stream. Why not a torch extension: compiling against torch's headers takes a minute, a
+plain C file a fraction of a second, and the helpers need nothing from torch but pointers.
+
+Each helper gives the same results as the Python/torch code it replaces, bit for bit
+(tests/nca/test_nca_native.py), so sequences and banks do not depend on whether it could be built: without a
+C compiler (or zlib's header, or with `NCA_SCALE_NATIVE=0`) the torch and Python code runs instead.
+Libraries are built on first use and cached under $NCA_SCALE_CACHE (default ~/.cache/nca_scale)/native,
+keyed by source, flags, compiler and CPU features: -march=native code must not run on another CPU model
+sharing a home directory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import zlib
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).with_name("csrc")
+# -ffp-contract=off: no fused multiply-adds, every product rounded as in torch; no -ffast-math (no reordering)
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu11"]
+VECTOR = 16  # the step's hidden and logit rows are padded to a multiple of this many floats (one AVX-512 register)
+
+
+class Unavailable(RuntimeError):
+    """A helper cannot be used here (no compiler, a failed build, or turned off)."""
+
+
+def padded(width: int) -> int:
+    return -(-width // VECTOR) * VECTOR
+
+
+def ptr(t: torch.Tensor | None) -> int | None:
+    return t.data_ptr() if t is not None else None
+
+
+def _cpu_features() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NCA_SCALE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nca_scale")
+    return Path(root) / "native"
+
+
+@functools.cache
+def _compiler() -> tuple[str, str]:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise Unavailable("no C compiler (cc/gcc) on PATH")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable(f"C compiler {cc} does not run: {e}") from e
+    return cc, version
+
+
+def _build(source: str, defines: list[str], libs: list[str]) -> ctypes.CDLL:
+    if os.environ.get("NCA_SCALE_NATIVE", "1") == "0":
+        raise Unavailable("turned off by NCA_SCALE_NATIVE=0")
+    cc, version = _compiler()
+    src = CSRC / source
+    key = hashlib.sha256("\0".join([src.read_text(), *FLAGS, *defines, *libs, version, _cpu_features()]).encode())
+    target = _cache_dir() / f"{src.stem}_{key.hexdigest()[:24]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # built under a temporary name and renamed: concurrent builders (ranks, workers) never load a torn file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *FLAGS, *defines, str(src), "-o", tmp, *libs], capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode:
+                raise Unavailable(f"building {source} failed: {done.stderr.strip()[-500:]}")
+            os.replace(tmp, target)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise Unavailable(f"building {source} failed: {e}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return ctypes.CDLL(str(target))
+
+
+@functools.cache
+def step_kernel(grid: int, states: int, hidden: int, state_type: str) -> ctypes.CDLL:
+    """csrc/step.c for one automaton shape (`state_type` 'uint8_t' or 'int32_t'); raises Unavailable."""
+    lib = _build("step.c", [f"-DG={grid}", f"-DS={states}", f"-DSP={padded(states)}", f"-DHD={hidden}",
+                            f"-DHDP={padded(hidden)}", f"-DVW={VECTOR}", f"-DSTATE_T={state_type}"], [])
+    p = ctypes.c_void_p
+    lib.nca_step.restype = ctypes.c_int64
+    lib.nca_step.argtypes = [p, ctypes.c_int64, p, p, p, ctypes.c_float, ctypes.c_float, ctypes.c_int, p,
+                             ctypes.c_int64, p, p, p, p]
+    return lib
+
+
+@functools.cache
+def gzip_scorer() -> ctypes.CDLL:
+    """csrc/gzip_score.c, linked to the zlib Python's own zlib module runs (else its sizes could differ)."""
+    lib = _build("gzip_score.c", [], ["-lz"])
+    lib.nca_zlib_version.restype = ctypes.c_char_p
+    linked = lib.nca_zlib_version().decode()
+    if linked != zlib.ZLIB_RUNTIME_VERSION:
+        raise Unavailable(f"zlib {linked} differs from Python's zlib {zlib.ZLIB_RUNTIME_VERSION}")
+    lib.gzip_ratios.restype = ctypes.c_int
+    lib.gzip_ratios.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    return lib
