@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from nca_scale.nca import native
 from nca_scale.nca.config import NCAConfig
 from nca_scale.nca.tokenizer import patch_ids
 
@@ -33,19 +32,8 @@ def gzip_scores(cfg: NCAConfig, frames: torch.Tensor, threads: int = 1) -> np.nd
 
 
 def gzip_token_scores(ids: np.ndarray, threads: int = 1) -> np.ndarray:
-    """(B, T) token ids -> (B,) gzip scores, each row as int32 little-endian bytes (also used for text tokens).
-    Through the C scorer where it is built (one zlib stream for all rows, native.py), else row by row."""
-    raw = np.ascontiguousarray(np.asarray(ids), dtype="<i4")
-    if raw.ndim == 2 and raw.size:
-        try:
-            lib = native.gzip_scorer()
-        except native.Unavailable:
-            lib = None
-        if lib is not None:
-            out = np.empty(len(raw), dtype=np.float64)
-            if lib.gzip_ratios(raw.ctypes.data, len(raw), raw.shape[1] * 4, out.ctypes.data) == 0:
-                return out
-    rows = [row.tobytes() for row in raw]
+    """(B, T) token ids -> (B,) gzip scores, each row as int32 little-endian bytes (also used for text tokens)."""
+    rows = [row.tobytes() for row in np.asarray(ids).astype("<i4")]
     if threads > 1 and len(rows) > 64:
         with ThreadPoolExecutor(threads) as pool:
             return np.fromiter(pool.map(gzip_ratio, rows, chunksize=256), dtype=np.float64, count=len(rows))

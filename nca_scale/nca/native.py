@@ -1,13 +1,12 @@
-"""Compiled C helpers of the generator (csrc/): the fused automaton step and the batched gzip scorer.
+"""Compiled C code of the generator (csrc/): the fused automaton step, built on first use, loaded by ctypes.
 
 Why C: the torch step is ~15 whole-tensor passes per step (~160 cycles per cell update); the fused loop keeps
-a cell's whole update in registers (~40). Setting up a zlib stream per probe cost 4x compressing it; the
-scorer resets one stream. Why not a torch extension: compiling against torch's headers takes a minute, a
-plain C file a fraction of a second, and the helpers need nothing from torch but pointers.
+a cell's whole update in registers (~40). Why not a torch extension: compiling against torch's headers takes
+a minute, a plain C file a fraction of a second, and the step needs nothing from torch but pointers.
 
-Each helper gives the same results as the Python/torch code it replaces, bit for bit
-(tests/nca/test_nca_native.py), so sequences and banks do not depend on whether it could be built: without a
-C compiler (or zlib's header, or with `NCA_SCALE_NATIVE=0`) the torch and Python code runs instead.
+The fused step gives the torch step's results bit for bit (tests/nca/test_nca_native.py), so sequences and
+banks do not depend on whether it could be built: without a C compiler (or with `NCA_SCALE_NATIVE=0`)
+the torch step runs instead.
 Libraries are built on first use and cached under $NCA_SCALE_CACHE (default ~/.cache/nca_scale)/native,
 keyed by source, flags, compiler and CPU features: -march=native code must not run on another CPU model
 sharing a home directory.
@@ -23,7 +22,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import zlib
 from pathlib import Path
 
 import torch
@@ -35,7 +33,7 @@ VECTOR = 16  # the step's hidden and logit rows are padded to a multiple of this
 
 
 class Unavailable(RuntimeError):
-    """A helper cannot be used here (no compiler, a failed build, or turned off)."""
+    """Compiled code cannot be used here (no compiler, a failed build, or turned off)."""
 
 
 def padded(width: int) -> int:
@@ -108,17 +106,4 @@ def step_kernel(grid: int, states: int, hidden: int, state_type: str) -> ctypes.
     lib.nca_step.restype = ctypes.c_int64
     lib.nca_step.argtypes = [p, ctypes.c_int64, p, p, p, ctypes.c_float, ctypes.c_float, ctypes.c_int, p,
                              ctypes.c_int64, p, p, p, p]
-    return lib
-
-
-@functools.cache
-def gzip_scorer() -> ctypes.CDLL:
-    """csrc/gzip_score.c, linked to the zlib Python's own zlib module runs (else its sizes could differ)."""
-    lib = _build("gzip_score.c", [], ["-lz"])
-    lib.nca_zlib_version.restype = ctypes.c_char_p
-    linked = lib.nca_zlib_version().decode()
-    if linked != zlib.ZLIB_RUNTIME_VERSION:
-        raise Unavailable(f"zlib {linked} differs from Python's zlib {zlib.ZLIB_RUNTIME_VERSION}")
-    lib.gzip_ratios.restype = ctypes.c_int
-    lib.gzip_ratios.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     return lib

@@ -1,9 +1,9 @@
-"""The C helpers (nca_scale/nca/native.py) give the bits of the torch/Python code they replace.
+"""The fused C step (nca_scale/nca/native.py, csrc/step.c) gives the bits of the torch step.
 
 The fused step and the torch step must agree exactly, on every config shape the kernel is specialised for
 (grid not a multiple of the 4-cell unroll, hidden and states not multiples of the vector width, int32
 states, identity bias, a non-zero output bias, tau 0 and tau > 0 with many sampled cells), or sequences would
-depend on whether a machine has a C compiler. The gzip scorer must give Python zlib's sizes."""
+depend on whether a machine has a C compiler."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import torch
 from nca_scale.nca import native
 from nca_scale.nca.automaton import Automaton
 from nca_scale.nca.bank import rule_tables
-from nca_scale.nca.complexity import gzip_ratio, gzip_token_scores
 from nca_scale.nca.config import NCAConfig
 from nca_scale.nca.rules import RuleTables
 
@@ -81,7 +80,7 @@ def test_fused_step_with_output_bias_and_sampled_cells():
 
 
 def test_native_off_falls_back_to_the_same_sequences(tmp_path):
-    """NCA_SCALE_NATIVE=0 (as on a machine without a compiler): torch step and Python zlib, same tokens."""
+    """NCA_SCALE_NATIVE=0 (as on a machine without a compiler): the torch step, the same bank and tokens."""
     code = (
         "import numpy as np, torch; from nca_scale.nca.config import NCAConfig, ComplexityConfig;"
         "from nca_scale.nca.stream import NCAStream;"
@@ -100,21 +99,6 @@ def test_native_off_falls_back_to_the_same_sequences(tmp_path):
         pytest.skip(f"fused step unavailable here: {out['1'][0]}")
     assert out["0"][0] == "turned off by NCA_SCALE_NATIVE=0"
     assert np.array_equal(out["1"][1], out["0"][1])
-
-
-def test_gzip_scorer_equals_python_zlib():
-    try:
-        native.gzip_scorer()
-    except native.Unavailable as e:
-        pytest.skip(str(e))
-    rng = np.random.default_rng(0)
-    for length in (1, 7, 360, 5000):
-        ids = rng.integers(0, 10_000, (50, length))
-        ids[::2] //= rng.integers(1, 5000, (25, 1))  # compressible rows too, down to constant ones
-        ids[1] = 3
-        got = gzip_token_scores(ids)
-        want = np.array([gzip_ratio(row.astype("<i4").tobytes()) for row in ids])
-        assert np.array_equal(got, want), length
 
 
 def test_failed_build_is_unavailable_not_an_error(tmp_path, monkeypatch):
