@@ -98,10 +98,12 @@ def _build(source: str, defines: list[str], libs: list[str]) -> ctypes.CDLL:
 
 
 @functools.cache
-def step_kernel(grid: int, states: int, hidden: int, state_type: str) -> ctypes.CDLL:
-    """csrc/step.c for one automaton shape (`state_type` 'uint8_t' or 'int32_t'); raises Unavailable."""
-    lib = _build("step.c", [f"-DG={grid}", f"-DS={states}", f"-DSP={padded(states)}", f"-DHD={hidden}",
-                            f"-DHDP={padded(hidden)}", f"-DVW={VECTOR}", f"-DSTATE_T={state_type}"], [])
+def step_kernel(grid: int, states: int, hidden: int, state_type: str, portable: bool = False) -> ctypes.CDLL:
+    """csrc/step.c for one automaton shape (`state_type` 'uint8_t' or 'int32_t'); raises Unavailable.
+    `portable`: the loop for CPUs without AVX-512 even where it is present (so tests can compare the two)."""
+    defines = [f"-DG={grid}", f"-DS={states}", f"-DSP={padded(states)}", f"-DHD={hidden}", f"-DHDP={padded(hidden)}",
+               f"-DVW={VECTOR}", f"-DSTATE_T={state_type}"]
+    lib = _build("step.c", defines + (["-DNCA_PORTABLE"] if portable else []), [])
     p = ctypes.c_void_p
     lib.nca_step.restype = ctypes.c_int64
     lib.nca_step.argtypes = [p, ctypes.c_int64, p, p, p, ctypes.c_float, ctypes.c_float, ctypes.c_int, p,
