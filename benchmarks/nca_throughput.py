@@ -2,6 +2,10 @@
 single-threaded worker processes, unfiltered and with the paper's 50%+ gzip band, end to end (`nca-scale
 generate`), and on CUDA when present. Prints one JSON object; medians of `--repeats` runs.
 
+Step = one automaton step of a batch, per cell update, for the three implementations that give the same bits
+(the torch ops, the portable C loop, the AVX-512 C loop where the CPU has it), timed in interleaved rounds on
+the same states so that their ratios come from one run.
+
 Steady state = sequences generated from an already-scored bank prefix (what a long run sees); bank scoring is
 reported separately as seconds per 1,000 accepted rules, since the release draws one bank per run.
 End to end = `write_shards` (what `nca-scale generate` runs): bank scoring, generation, tars, sha256 and
@@ -90,6 +94,40 @@ def steady_state(cfg: NCAConfig, device: str, threads: int, workers: int, sequen
     return out
 
 
+def step_kernels(cfg: NCAConfig, batch: int, rounds: int) -> dict:
+    """ns per cell update of Automaton.step: torch ops vs the fused C loops (one thread, same input)."""
+    from nca_scale.nca import native
+    from nca_scale.nca.automaton import Automaton
+    from nca_scale.nca.bank import rule_tables
+
+    torch.set_num_threads(1)
+    kinds = {"torch": Automaton(cfg, fused=False)}
+    fused = Automaton(cfg)
+    if fused.kernel is not None:
+        kinds["c_portable"] = Automaton(cfg)
+        kinds["c_portable"].kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, "uint8_t", portable=True)
+        kinds["c_default"] = fused
+    ids = torch.arange(batch)
+    keys = ids * 7919 + 1
+    with torch.inference_mode():
+        tables = fused.prepare(rule_tables(cfg, "train", 0, ids))
+        state = fused.initial_state(keys)
+        for step in range(12):  # past the initial noise, as in the probe and the frames
+            state = fused.step(state, tables, keys, step)
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        for _ in range(rounds):
+            for name, auto in kinds.items():
+                auto.step(state, tables, keys, 12)  # warm (padded tables, buffers)
+                t = time.process_time()
+                for i in range(5):
+                    auto.step(state, tables, keys, 12 + i)
+                times[name].append((time.process_time() - t) / 5 / state.numel() * 1e9)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"batch": batch, "rounds": rounds, "ns_per_cell_update": {k: round(v, 1) for k, v in med.items()},
+            "speedup_vs_torch": {k: round(med["torch"] / v, 2) for k, v in med.items()},
+            "fused_off": fused.fused_off, "load1": load1()}
+
+
 def end_to_end(cfg: NCAConfig, threads: int, workers: int, tokens: int, repeats: int) -> dict:
     from nca_scale.data.urls import parse_location
     from nca_scale.data.writer import write_shards
@@ -154,6 +192,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "cpu_results": {},
     }
+    result["step"] = step_kernels(filtered, args.batch, 2 * args.repeats + 1)
     for key, threads, workers in (("threads1", 1, 1), ("threads2", 2, 1), ("workers2", 1, 2)):
         for name, cfg in (("unfiltered", unfiltered), ("gzip_50plus", filtered)):
             result["cpu_results"][f"{name}_{key}"] = steady_state(

@@ -17,6 +17,8 @@ so the result does not depend on which other trajectories share the batch.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -61,6 +63,9 @@ class Automaton:
                 self.fused_off = None
             except native.Unavailable as e:
                 self.fused_off = str(e)
+                if not native.turned_off():
+                    warnings.warn(f"fused CPU step unavailable ({e}); the torch step runs instead: the same "
+                                  "sequences, ~10x slower steps", RuntimeWarning, stacklevel=2)
 
     # ---- initial states -------------------------------------------------------------------------------
     def initial_state(self, traj_keys: torch.Tensor) -> torch.Tensor:

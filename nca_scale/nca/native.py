@@ -71,30 +71,35 @@ def _compiler() -> tuple[str, str]:
     return cc, version
 
 
+def turned_off() -> bool:
+    return os.environ.get("NCA_SCALE_NATIVE", "1") == "0"
+
+
 def _build(source: str, defines: list[str], libs: list[str]) -> ctypes.CDLL:
-    if os.environ.get("NCA_SCALE_NATIVE", "1") == "0":
+    if turned_off():
         raise Unavailable("turned off by NCA_SCALE_NATIVE=0")
     cc, version = _compiler()
     src = CSRC / source
     key = hashlib.sha256("\0".join([src.read_text(), *FLAGS, *defines, *libs, version, _cpu_features()]).encode())
     target = _cache_dir() / f"{src.stem}_{key.hexdigest()[:24]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # built under a temporary name and renamed: concurrent builders (ranks, workers) never load a torn file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run([cc, *FLAGS, *defines, str(src), "-o", tmp, *libs], capture_output=True,
-                                  text=True, timeout=300)
-            if done.returncode:
-                raise Unavailable(f"building {source} failed: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, target)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise Unavailable(f"building {source} failed: {e}") from e
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return ctypes.CDLL(str(target))
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # built under a temporary name and renamed: concurrent builders (ranks, workers) never load a torn file
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            try:
+                done = subprocess.run([cc, *FLAGS, *defines, str(src), "-o", tmp, *libs], capture_output=True,
+                                      text=True, timeout=300)
+                if done.returncode:
+                    raise Unavailable(f"building {source} failed: {done.stderr.strip()[-500:]}")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:  # e.g. an unwritable cache directory
+        raise Unavailable(f"building or loading {source} failed: {e}") from e
 
 
 @functools.cache

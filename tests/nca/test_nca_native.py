@@ -118,6 +118,19 @@ def test_failed_build_is_unavailable_not_an_error(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.so"))
 
 
+def test_unwritable_cache_is_unavailable_not_an_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("NCA_SCALE_CACHE", str(blocker))
+    native.step_kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="fused CPU step unavailable"):
+            auto = Automaton(dataclasses.replace(NCAConfig(), grid=10))
+    finally:
+        native.step_kernel.cache_clear()
+    assert auto.kernel is None and "failed" in auto.fused_off
+
+
 def test_library_cache_is_keyed_by_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("NCA_SCALE_CACHE", str(tmp_path))
     native.step_kernel.cache_clear()
