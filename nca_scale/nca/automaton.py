@@ -51,8 +51,11 @@ class Automaton:
         self._count_weight = torch.arange(cfg.states, 2 * cfg.states, device=self.device, dtype=torch.float32)
         self._gather_cache: tuple[torch.Tensor, ...] | None = None  # per batch size, see _gather_index
         self._noise_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # see _noise_keys
-        self._fused_cache: tuple = (None, None)  # (tables, their padded last layer), see _step_fused
+        self._fused_cache: tuple = (None, None)  # (tables, pointers to their kernel layout), see _fused_tables
+        self._fused_keep: tuple = ()  # the tensors behind those pointers
         self._fused_out: tuple[torch.Tensor, torch.Tensor] | None = None  # ambiguous-cell buffers
+        # the near-tie threshold as the torch step compares it (a float32 scalar)
+        self._near = float(torch.tensor(-cfg.temperature * rng.GUMBEL_SPAN, dtype=torch.float32))
         self.kernel, self.fused_off = None, "fused=False"
         if fused and self.device.type != "cpu":
             self.fused_off = f"no fused step for {self.device.type}"
@@ -158,36 +161,46 @@ class Automaton:
 
     def _step_fused(self, state: torch.Tensor, t: RuleTables, traj_keys: torch.Tensor, step: int) -> torch.Tensor:
         """`step` through step.c: the kernel decides every cell with one near state and hands back the others
-        (flat index, logits), which are sampled here exactly as in `step`."""
+        (flat index, logits, uniforms from the same hashes); their Gumbel noise takes torch's log, as in
+        `step`, on a tensor of the same shape, and nca_resolve takes the argmax of logits / tau + noise."""
         cfg = self.cfg
         b, hw = state.shape
-        s, tau = cfg.states, cfg.temperature
-        if self._fused_cache[0] is not t:  # the kernel reads rows padded with zeros to its vector width
-            hd = t.w3t.shape[1]
-            table = torch.zeros(b, 9, s, native.padded(hd), dtype=torch.float32)
-            table[..., :hd] = t.table
-            w3 = torch.zeros(b, hd, native.padded(s), dtype=torch.float32)
-            w3[:, :, :s] = t.w3t
-            b3 = t.b3.contiguous() if t.b3.any() else None
-            self._fused_cache = (t, (table, w3, b3))
+        tau = cfg.temperature
+        if self._fused_cache[0] is not t:
+            self._fused_cache = (t, self._fused_tables(t))
         table, w3, b3 = self._fused_cache[1]
         if self._fused_out is None or self._fused_out[0].shape[0] < b * hw:
-            self._fused_out = (torch.empty(b * hw, dtype=torch.int64), torch.empty(b * hw, s, dtype=torch.float32),
-                               torch.empty(b * hw, s, dtype=torch.float32))
+            self._fused_out = tuple(torch.empty(b * hw, *shape, dtype=dtype) for shape, dtype in
+                                    (((), torch.int64), ((cfg.states,), torch.float32), ((cfg.states,), torch.float32)))
         amb_idx, amb_logits, amb_u = self._fused_out
         state = state.contiguous()
         nxt = torch.empty_like(state)
         keys = self._noise_keys(traj_keys).contiguous() if tau else None
-        near = float(torch.tensor(-tau * rng.GUMBEL_SPAN, dtype=torch.float32))  # the torch step's threshold
         n = self.kernel.nca_step(
-            state.data_ptr(), b, table.data_ptr(), w3.data_ptr(), native.ptr(b3), cfg.identity_bias, near,
-            int(tau == 0), native.ptr(keys), step, nxt.data_ptr(), amb_idx.data_ptr(), amb_logits.data_ptr(),
-            amb_u.data_ptr(),
+            state.data_ptr(), b, table, w3, b3, cfg.identity_bias, self._near, int(tau == 0),
+            native.ptr(keys), step, nxt.data_ptr(), amb_idx.data_ptr(), amb_logits.data_ptr(), amb_u.data_ptr(),
         )
-        if n:  # as in `step`, with the kernel's uniforms (the same hashes) and torch's log
-            g = -torch.log(-torch.log(amb_u[:n]))
-            nxt.view(-1)[amb_idx[:n]] = (amb_logits[:n] / tau + g).argmax(-1).to(nxt.dtype)
+        if n:
+            y = amb_u[:n]  # -> log(-log(u)) = -gumbel, in place
+            torch.log(y, out=y)
+            torch.log(y.neg_(), out=y)
+            self.kernel.nca_resolve(n, amb_idx.data_ptr(), amb_logits.data_ptr(), y.data_ptr(), tau, nxt.data_ptr())
         return nxt
+
+    def _fused_tables(self, t: RuleTables) -> tuple[int, int, int | None]:
+        """Pointers to the rules' tables as the kernel reads them: rows padded with zeros to its vector width
+        (kept alive in the cache next to them)."""
+        b, _, s, hd = t.table.shape
+        table, w3 = t.table, t.w3t
+        if hd != native.padded(hd) or not table.is_contiguous():
+            table = torch.zeros(b, 9, s, native.padded(hd), dtype=torch.float32)
+            table[..., :hd] = t.table
+        if s != native.padded(s) or not w3.is_contiguous():
+            w3 = torch.zeros(b, hd, native.padded(s), dtype=torch.float32)
+            w3[:, :, :s] = t.w3t
+        b3 = t.b3.contiguous() if t.b3.any() else None
+        self._fused_keep = (table, w3, b3)
+        return table.data_ptr(), w3.data_ptr(), native.ptr(b3)
 
     def _noise_keys(self, traj_keys: torch.Tensor) -> torch.Tensor:
         """hash32(NOISE, key) of each trajectory, the prefix of all its noise draws (rng.hash32 `start`):

@@ -113,4 +113,6 @@ def step_kernel(grid: int, states: int, hidden: int, state_type: str, portable: 
     lib.nca_step.restype = ctypes.c_int64
     lib.nca_step.argtypes = [p, ctypes.c_int64, p, p, p, ctypes.c_float, ctypes.c_float, ctypes.c_int, p,
                              ctypes.c_int64, p, p, p, p]
+    lib.nca_resolve.restype = None
+    lib.nca_resolve.argtypes = [ctypes.c_int64, p, p, p, ctypes.c_float, p]
     return lib

@@ -288,3 +288,23 @@ int64_t nca_step(const state_t *restrict state, int64_t batch, const float *rest
         noise((uint32_t)noise_keys[amb_idx[i] / HW], (uint64_t)step, amb_idx[i] % HW, amb_u + i * S);
     return n_amb;
 }
+
+/* The sampled cells' next states: argmax over s of logits[i][s] / tau + gumbel[i][s], given y = -gumbel
+ * (x + -y is x - y in IEEE arithmetic); the first maximum wins, as torch's argmax. */
+void nca_resolve(int64_t n, const int64_t *restrict amb_idx, const float *restrict amb_logits,
+                 const float *restrict y, float tau, state_t *restrict next)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float *l = amb_logits + i * S, *yi = y + i * S;
+        float best = l[0] / tau - yi[0];
+        int arg = 0;
+        for (int s = 1; s < S; s++) {
+            const float v = l[s] / tau - yi[s];
+            if (v > best) {
+                best = v;
+                arg = s;
+            }
+        }
+        next[amb_idx[i]] = (state_t)arg;
+    }
+}
