@@ -7,13 +7,12 @@ key are skipped and named in `Sweep.notes`, so one damaged line does not hide th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nca_scale.errors import UserError
-from nca_scale.launch.sweep_results import RESULTS, metric_lines
+from nca_scale.launch.sweep_results import RESULTS, metric_lines, read_records
 
 REQUIRED = ("run", "stage", "coords", "params", "non_embedding_params", "tokens", "flops", "eval_curve", "final")
 PRE_ARMS = ("nca", "text", "dyck")  # arms with a stage-1 run before language training
@@ -139,21 +138,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     if not path.is_file():
         raise UserError(f"{path} does not exist: no finished runs in {d}; run `nca-scale sweep launch SPEC` and "
                         "wait for runs to finish (`nca-scale sweep status SPEC`)")
-    notes: list[str] = []
-    latest: dict[str, dict] = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            notes.append(f"{RESULTS} line {i} is not JSON (skipped)")
-            continue
-        missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
-        if missing:
-            notes.append(f"{RESULTS} line {i} lacks {', '.join(missing)} (skipped)")
-            continue
-        latest[rec["run"]] = rec
+    latest, notes = read_records(d, REQUIRED)
     runs, stage1 = [], []
     name = ""
     for rec in latest.values():

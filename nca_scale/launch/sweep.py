@@ -242,7 +242,9 @@ def _launch_local(spec, prof, prof_name, sweep_dir, stage1, stage2, env, stamp) 
 # ---- status -------------------------------------------------------------------------------------------
 def status_rows(spec: sweep_spec.SweepSpec) -> list[dict]:
     runs = sweep_plan.plan(spec)
-    done = sweep_results.read(spec.sweep_dir)
+    done, notes = sweep_results.read_records(spec.sweep_dir)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     jobs = _jobs(spec.sweep_dir)
     states = _states(jobs)
     rows = []

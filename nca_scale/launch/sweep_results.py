@@ -76,12 +76,29 @@ def append(sweep_dir: str | Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def read(sweep_dir: str | Path) -> dict[str, dict]:
-    """run name -> its last record."""
+def read_records(sweep_dir: str | Path, required: tuple[str, ...] = ("run",)) -> tuple[dict[str, dict], list[str]]:
+    """(run name -> its last record, one note per skipped line). A line that is not JSON (e.g. cut short by a
+    job killed while appending) or lacks a `required` key is skipped: its run counts as unfinished, so the
+    next `sweep launch` runs it again, rather than one bad line stopping launch, status and report."""
     f = Path(sweep_dir) / RESULTS
     out: dict[str, dict] = {}
-    for line in f.read_text().splitlines() if f.is_file() else []:
-        if line.strip():
+    notes: list[str] = []
+    for i, line in enumerate(f.read_text().splitlines() if f.is_file() else [], 1):
+        if not line.strip():
+            continue
+        try:
             rec = json.loads(line)
-            out[rec["run"]] = rec
-    return out
+        except json.JSONDecodeError:
+            notes.append(f"{RESULTS} line {i} is not JSON (skipped)")
+            continue
+        missing = [k for k in required if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            notes.append(f"{RESULTS} line {i} lacks {', '.join(missing)} (skipped)")
+            continue
+        out[rec["run"]] = rec
+    return out, notes
+
+
+def read(sweep_dir: str | Path) -> dict[str, dict]:
+    """run name -> its last record (skipping unreadable lines, see read_records)."""
+    return read_records(sweep_dir)[0]
