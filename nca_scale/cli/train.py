@@ -18,18 +18,22 @@ from nca_scale.train.config import from_args
 
 def main(args: list[str]) -> int:
     cfg = from_args(args)  # every config and layout error is raised here, before any process starts
-    resume = checkpoint.resolve(cfg, cfg.resume)
+    from nca_scale.train.trainer import run
+
+    if "RANK" in os.environ:  # one rank of a job torchrun/srun started: the ranks agree on the checkpoint in `run`
+        run(cfg)
+        return 0
+    resume = checkpoint.resolve(cfg, cfg.resume)  # verified here, once; the ranks take it as is
     if resume:
         checkpoint.check_resumable(cfg, resume)
     if cfg.init_from:
         transfer.check(cfg, checkpoint.resolve(cfg, cfg.init_from))
-    if cfg.nproc > 1 and "RANK" not in os.environ:
+    if cfg.nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
                "-m", "nca_scale.train.worker", *args]
         from nca_scale.train.preemption import die_with_parent
 
-        return subprocess.call(cmd, preexec_fn=die_with_parent)  # torchrun never outlives this command
-    from nca_scale.train.trainer import run
-
-    run(cfg)
+        env = {**os.environ, checkpoint.RESUME_ENV: str(resume or "")}
+        return subprocess.call(cmd, env=env, preexec_fn=die_with_parent)  # torchrun never outlives this command
+    run(cfg, chosen=(resume,))
     return 0

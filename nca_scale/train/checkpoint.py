@@ -155,6 +155,11 @@ def resolve(cfg: TrainConfig, which: str | None, report: Callable[[str], None] =
     return path
 
 
+# The checkpoint a launching `nca-scale train` chose and verified, handed to the ranks it starts ("" = none):
+# they take it as is instead of checksumming every file again (trainer._resume_from).
+RESUME_ENV = "NCA_SCALE_RESUME_FROM"
+
+
 def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     """Refuse a resume that could not continue the same run exactly."""
     meta = read_meta(path)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from nca_scale.errors import UserError
+
+T = TypeVar("T")
 
 
 def quiet_upstream_warnings() -> None:
@@ -33,6 +39,25 @@ def init() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def decided_by_rank0(decide: Callable[[], T]) -> T:
+    """decide() on global rank 0 only, and its result (or its UserError) on every rank: for choices that all
+    ranks must make alike and that read a lot, like picking a checkpoint by checksumming its files, which
+    every rank doing would multiply by the world size."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return decide()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", decide())]
+        except UserError as e:
+            box = [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def device() -> torch.device:

@@ -10,12 +10,13 @@ checkpoint, so a resumed run skips them too and stays identical to the uninterru
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
-from nca_scale.train import backends, checkpoint, transfer
+from nca_scale.train import backends, checkpoint, dist, transfer
 from nca_scale.train.callbacks import Callback, default_callbacks
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import BatchLoader, build_source, target_mask
@@ -90,7 +91,7 @@ class Trainer:
                             f"on_nonfinite=rollback to skip such batches")
         if self.rollbacks >= cfg.max_rollbacks:
             raise UserError(f"{what} (non-finite) after {self.rollbacks} rollbacks (max_rollbacks); stopped without saving")
-        target = checkpoint.latest_verified(cfg.out, self.log)
+        target = dist.decided_by_rank0(lambda: checkpoint.latest_verified(cfg.out, self.log))
         if target is None:
             raise UserError(f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint_every=N")
         skipped = self.skipped | {self.step}
@@ -111,15 +112,31 @@ class Trainer:
         return metrics
 
 
-def run(cfg: TrainConfig) -> Trainer:
-    """Train `cfg` in this process (one rank of the job). Returns the finished Trainer."""
+def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> Trainer:
+    """Train `cfg` in this process (one rank of the job). Returns the finished Trainer. `chosen`: (checkpoint to
+    resume from, or None), already resolved and verified by the caller."""
     cfg = cfg.resolved()
     with checkpoint.weights_only_loads(cfg.backend):  # every checkpoint this run reads, upstream loaders too
-        return _run(cfg)
+        return _run(cfg, chosen)
 
 
-def _run(cfg: TrainConfig) -> Trainer:
-    resume_from = checkpoint.resolve(cfg, cfg.resume, report=lambda _: None)  # the CLI reported already
+def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | None:
+    """The checkpoint to resume from, verified once per job: by the caller (`chosen`), by the `nca-scale train`
+    that started this rank (RESUME_ENV), or else by rank 0 for all ranks (a job started by srun/torchrun)."""
+    if chosen is not None:
+        path = chosen[0]
+    elif checkpoint.RESUME_ENV in os.environ:
+        path = Path(os.environ[checkpoint.RESUME_ENV]) if os.environ[checkpoint.RESUME_ENV] else None
+    else:
+        dist.init()
+        path = dist.decided_by_rank0(lambda: checkpoint.resolve(cfg, cfg.resume))
+    if path is not None:
+        checkpoint.check_resumable(cfg, path)  # its meta.json only; also for ranks no `nca-scale train` started
+    return path
+
+
+def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Trainer:
+    resume_from = _resume_from(cfg, chosen)
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))

@@ -8,11 +8,13 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import FAST, ROOT, state, train
+from train_helpers import CLI, FAST, ROOT, state, train
 
 from nca_scale.cli import main
 from nca_scale.errors import UserError
@@ -174,3 +176,46 @@ def test_bad_reliability_settings_are_one_line_errors(overrides, message, tmp_pa
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+# Imported by every Python process of a run (PYTHONPATH): logs each file checksummed, with the process id.
+SITECUSTOMIZE = """
+import os
+from nca_scale.train import checkpoint
+_inner = checkpoint._sha256
+def _logged(path):
+    with open(os.environ["SHA_LOG"], "a") as f:
+        f.write(f"{os.getpid()} {path}\\n")
+    return _inner(path)
+checkpoint._sha256 = _logged
+"""
+
+
+def test_a_resumed_checkpoint_is_checksummed_once_per_job(tmp_path):
+    """Verifying a checkpoint reads all of it: the `nca-scale train` that starts the ranks verifies it and hands
+    it over, and ranks started by an outside launcher (torchrun here, srun on a cluster) let rank 0 verify and
+    broadcast its choice, instead of every process reading every file again."""
+    out = tmp_path / "run"
+    run = ["nproc=2", "checkpoint_every=2", "eval_every=0"]
+    train(out, *run, "steps=2")
+    saved = checkpoint.step_dir(out, 2)
+    files = len(checkpoint.read_meta(saved)["files"])
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+
+    def resume(log: Path, cmd: list[str]) -> list[str]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hook), "SHA_LOG": str(log)}
+        env.pop(checkpoint.RESUME_ENV, None)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"resumed from {saved} at step 2" in proc.stdout, proc.stdout
+        return [line.split()[0] for line in log.read_text().splitlines() if str(saved) in line]
+
+    by_cli = resume(tmp_path / "cli.log", [str(CLI), "train", CONFIG, f"out={out}", *FAST, *run, "steps=3", "resume=auto"])
+    assert len(by_cli) == files and len(set(by_cli)) == 1  # each file once, by one process
+    shutil.rmtree(checkpoint.step_dir(out, 3), ignore_errors=True)
+    worker = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+              "nca_scale.train.worker", CONFIG, f"out={out}", *FAST, *run, "steps=3", "resume=auto"]
+    by_ranks = resume(tmp_path / "ranks.log", worker)
+    assert len(by_ranks) == files and len(set(by_ranks)) == 1
