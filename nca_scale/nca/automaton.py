@@ -180,6 +180,8 @@ class Automaton:
             state.data_ptr(), b, table, w3, b3, cfg.identity_bias, self._near, int(tau == 0),
             native.ptr(keys), step, nxt.data_ptr(), amb_idx.data_ptr(), amb_logits.data_ptr(), amb_u.data_ptr(),
         )
+        if n < 0:
+            raise MemoryError("the fused NCA step could not allocate its grid buffers")
         if n:
             y = amb_u[:n]  # -> log(-log(u)) = -gumbel, in place
             torch.log(y, out=y)

@@ -144,3 +144,16 @@ def test_library_cache_is_keyed_by_shape(tmp_path, monkeypatch):
     built = sorted(p.name for p in (tmp_path / "native").glob("*.so"))
     assert len(built) == 2 and all(name.startswith("step_") for name in built)
     assert not list((tmp_path / "native").glob("*.tmp*"))
+
+
+def test_fused_step_on_a_large_grid():
+    """A grid whose padded copy has more cells than int16 holds (the kernel's cell offsets)."""
+    cfg = NCAConfig(grid=190, temperature=1e-3)
+    fused, plain = _pair(cfg)
+    ids = torch.arange(3)
+    tables = rule_tables(cfg, "train", 0, ids)
+    keys = ids + 11
+    with torch.inference_mode():
+        a = fused.rollout(tables, keys, 3, 1, 1)
+        b = plain.rollout(tables, keys, 3, 1, 1)
+    assert torch.equal(a, b) and (a[:, 1:] != a[:, :-1]).any()

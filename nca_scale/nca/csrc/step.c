@@ -13,6 +13,7 @@
  * `near` of the maximum (tau > 0) are returned (flat index, logits) for the caller to sample.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -111,7 +112,7 @@ static inline __attribute__((always_inline)) void decide(const vec *l, int cur, 
 
 /* Cells c0 .. c0+u-1 of one automaton; u is a constant after inlining, so the cells' chains interleave. */
 static inline __attribute__((always_inline)) void cells(const int u, int c0, const state_t *st, const float *tb,
-                                                        const vec *w, const int32_t *q, const int16_t *pos,
+                                                        const vec *w, const int32_t *q, const int32_t *pos,
                                                         const float *bias,
                                                         float identity_bias, float near, int argmax_only,
                                                         state_t *out, int64_t flat0, int64_t *n_amb,
@@ -177,7 +178,7 @@ static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
  * transposed, so each logit is a vector over 16 cells and the weights are broadcast scalars. Every lane
  * performs the float operations of `cells` in the same order: the same bits, ~2x faster. */
 static inline __attribute__((always_inline)) void cells16(int c0, int n, const state_t *st, const float *tb,
-                                                          const float *w, const int32_t *q, const int16_t *pos,
+                                                          const float *w, const int32_t *q, const int32_t *pos,
                                                           const float *bias,
                                                           float identity_bias, float near, int argmax_only,
                                                           state_t *out, int64_t flat0, int64_t *n_amb,
@@ -249,16 +250,22 @@ static inline __attribute__((always_inline)) void cells16(int c0, int n, const s
 
 /* One step of `batch` automata (rule b: table b, w3t b, b3 b). Returns the number n of ambiguous cells, whose
  * flat indices, logits and uniforms (rng.uniform(step, cell * S + s, start=noise_keys[b])) it wrote to
- * amb_idx, amb_logits and amb_u; the caller draws their states from those. */
+ * amb_idx, amb_logits and amb_u; the caller draws their states from those. -1: out of memory. */
 int64_t nca_step(const state_t *restrict state, int64_t batch, const float *restrict table,
                  const float *restrict w3t, const float *restrict b3, float identity_bias, float near,
                  int argmax_only, const int64_t *restrict noise_keys, int64_t step, state_t *restrict next,
                  int64_t *restrict amb_idx, float *restrict amb_logits, float *restrict amb_u)
 {
-    int16_t pos[HW]; /* each cell's place in the padded grid */
+    /* each cell's place in the padded grid, and the padded grid (below); on the heap: grids may be large */
+    int32_t *pos = malloc(sizeof(int32_t) * HW), *q = malloc(sizeof(int32_t) * GP * GP);
+    if (!pos || !q) {
+        free(pos);
+        free(q);
+        return -1;
+    }
     for (int r = 0; r < G; r++)
         for (int c = 0; c < G; c++)
-            pos[r * G + c] = (int16_t)((r + 1) * GP + c + 1);
+            pos[r * G + c] = (r + 1) * GP + c + 1;
     int64_t n_amb = 0;
     for (int64_t b = 0; b < batch; b++) {
         const state_t *st = state + b * HW;
@@ -267,7 +274,6 @@ int64_t nca_step(const state_t *restrict state, int64_t batch, const float *rest
         const float *bias = b3 ? b3 + b * S : 0;
         /* the grid wrap-padded by one cell, each cell as the offset of its state's row in a tap's table: a
          * neighbour's row is then one load at a constant distance, with no wrap arithmetic per cell */
-        int32_t q[GP * GP];
         for (int r = 0; r < GP; r++)
             for (int c = 0; c < GP; c++)
                 q[r * GP + c] = (int32_t)st[((r + G - 1) % G) * G + (c + G - 1) % G] * HDP;
@@ -284,6 +290,8 @@ int64_t nca_step(const state_t *restrict state, int64_t batch, const float *rest
             cells(1, c0, st, tb, w, q, pos, bias, identity_bias, near, argmax_only, next + b * HW, b * HW, &n_amb,
                   amb_idx, amb_logits);
     }
+    free(pos);
+    free(q);
     for (int64_t i = 0; i < n_amb; i++)
         noise((uint32_t)noise_keys[amb_idx[i] / HW], (uint64_t)step, amb_idx[i] % HW, amb_u + i * S);
     return n_amb;
