@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from nca_scale.errors import UserError
+from nca_scale.errors import UserError, print_error
 
 # command words -> (module:function, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return fn(rest) or 0
     except UserError as e:
-        print(f"nca-scale: error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except KeyboardInterrupt:
         print("nca-scale: interrupted", file=sys.stderr)

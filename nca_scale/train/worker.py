@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from nca_scale.errors import UserError
+from nca_scale.errors import UserError, print_error
 from nca_scale.train.config import from_args
 
 
@@ -21,7 +21,7 @@ def main(args: list[str]) -> int:
     try:
         run(from_args(args))
     except UserError as e:  # a bad config, or a run stopped on a non-finite loss
-        print(f"nca-scale: error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     return 0
 
