@@ -105,7 +105,8 @@ def step_kernels(cfg: NCAConfig, batch: int, rounds: int) -> dict:
     fused = Automaton(cfg)
     if fused.kernel is not None:
         kinds["c_portable"] = Automaton(cfg)
-        kinds["c_portable"].kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, "uint8_t", portable=True)
+        kinds["c_portable"].kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, fused.state_dtype,
+                                                         portable=True)
         kinds["c_default"] = fused
     ids = torch.arange(batch)
     keys = ids * 7919 + 1

@@ -51,18 +51,17 @@ class Automaton:
         self._count_weight = torch.arange(cfg.states, 2 * cfg.states, device=self.device, dtype=torch.float32)
         self._gather_cache: tuple[torch.Tensor, ...] | None = None  # per batch size, see _gather_index
         self._noise_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # see _noise_keys
-        self._fused_cache: tuple = (None, None)  # (tables, pointers to their kernel layout), see _fused_tables
-        self._fused_keep: tuple = ()  # the tensors behind those pointers
-        self._fused_out: tuple[torch.Tensor, torch.Tensor] | None = None  # ambiguous-cell buffers
+        # (tables, their kernel layout as tensors, and as pointers), see _fused_tables
+        self._fused_cache: tuple = (None, (), ())
+        self._fused_out: tuple[torch.Tensor, ...] | None = None  # ambiguous-cell buffers
         # the near-tie threshold as the torch step compares it (a float32 scalar)
         self._near = float(torch.tensor(-cfg.temperature * rng.GUMBEL_SPAN, dtype=torch.float32))
         self.kernel, self.fused_off = None, "fused=False"
         if fused and self.device.type != "cpu":
             self.fused_off = f"no fused step for {self.device.type}"
         elif fused:
-            state_type = "uint8_t" if self.state_dtype == torch.uint8 else "int32_t"
             try:
-                self.kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, state_type)
+                self.kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, self.state_dtype)
                 self.fused_off = None
             except native.Unavailable as e:
                 self.fused_off = str(e)
@@ -167,8 +166,8 @@ class Automaton:
         b, hw = state.shape
         tau = cfg.temperature
         if self._fused_cache[0] is not t:
-            self._fused_cache = (t, self._fused_tables(t))
-        table, w3, b3 = self._fused_cache[1]
+            self._fused_cache = (t, *self._fused_tables(t))
+        table, w3, b3 = self._fused_cache[2]
         if self._fused_out is None or self._fused_out[0].shape[0] < b * hw:
             self._fused_out = tuple(torch.empty(b * hw, *shape, dtype=dtype) for shape, dtype in
                                     (((), torch.int64), ((cfg.states,), torch.float32), ((cfg.states,), torch.float32)))
@@ -189,9 +188,9 @@ class Automaton:
             self.kernel.nca_resolve(n, amb_idx.data_ptr(), amb_logits.data_ptr(), y.data_ptr(), tau, nxt.data_ptr())
         return nxt
 
-    def _fused_tables(self, t: RuleTables) -> tuple[int, int, int | None]:
-        """Pointers to the rules' tables as the kernel reads them: rows padded with zeros to its vector width
-        (kept alive in the cache next to them)."""
+    def _fused_tables(self, t: RuleTables) -> tuple[tuple, tuple[int, int, int | None]]:
+        """The rules' tables as the kernel reads them (rows padded with zeros to its vector width), and their
+        pointers; the cache holds both, so the tensors live as long as the pointers are used."""
         b, _, s, hd = t.table.shape
         table, w3 = t.table, t.w3t
         if hd != native.padded(hd) or not table.is_contiguous():
@@ -201,8 +200,7 @@ class Automaton:
             w3 = torch.zeros(b, hd, native.padded(s), dtype=torch.float32)
             w3[:, :, :s] = t.w3t
         b3 = t.b3.contiguous() if t.b3.any() else None
-        self._fused_keep = (table, w3, b3)
-        return table.data_ptr(), w3.data_ptr(), native.ptr(b3)
+        return (table, w3, b3), (table.data_ptr(), w3.data_ptr(), native.ptr(b3))
 
     def _noise_keys(self, traj_keys: torch.Tensor) -> torch.Tensor:
         """hash32(NOISE, key) of each trajectory, the prefix of all its noise draws (rng.hash32 `start`):

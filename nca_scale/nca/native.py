@@ -75,12 +75,12 @@ def turned_off() -> bool:
     return os.environ.get("NCA_SCALE_NATIVE", "1") == "0"
 
 
-def _build(source: str, defines: list[str], libs: list[str]) -> ctypes.CDLL:
+def _build(source: str, defines: list[str]) -> ctypes.CDLL:
     if turned_off():
         raise Unavailable("turned off by NCA_SCALE_NATIVE=0")
     cc, version = _compiler()
     src = CSRC / source
-    key = hashlib.sha256("\0".join([src.read_text(), *FLAGS, *defines, *libs, version, _cpu_features()]).encode())
+    key = hashlib.sha256("\0".join([src.read_text(), *FLAGS, *defines, version, _cpu_features()]).encode())
     target = _cache_dir() / f"{src.stem}_{key.hexdigest()[:24]}.so"
     try:
         if not target.exists():
@@ -89,8 +89,8 @@ def _build(source: str, defines: list[str], libs: list[str]) -> ctypes.CDLL:
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                done = subprocess.run([cc, *FLAGS, *defines, str(src), "-o", tmp, *libs], capture_output=True,
-                                      text=True, timeout=300)
+                done = subprocess.run([cc, *FLAGS, *defines, str(src), "-o", tmp], capture_output=True, text=True,
+                                      timeout=300)
                 if done.returncode:
                     raise Unavailable(f"building {source} failed: {done.stderr.strip()[-500:]}")
                 os.replace(tmp, target)
@@ -103,12 +103,13 @@ def _build(source: str, defines: list[str], libs: list[str]) -> ctypes.CDLL:
 
 
 @functools.cache
-def step_kernel(grid: int, states: int, hidden: int, state_type: str, portable: bool = False) -> ctypes.CDLL:
-    """csrc/step.c for one automaton shape (`state_type` 'uint8_t' or 'int32_t'); raises Unavailable.
-    `portable`: the loop for CPUs without AVX-512 even where it is present (so tests can compare the two)."""
+def step_kernel(grid: int, states: int, hidden: int, state_dtype: torch.dtype, portable: bool = False) -> ctypes.CDLL:
+    """csrc/step.c for one automaton shape (states stored as `state_dtype`, torch.uint8 or torch.int32); raises
+    Unavailable. `portable`: the loop for CPUs without AVX-512 even where it is present (tests compare the two)."""
+    state_type = {torch.uint8: "uint8_t", torch.int32: "int32_t"}[state_dtype]
     defines = [f"-DG={grid}", f"-DS={states}", f"-DSP={padded(states)}", f"-DHD={hidden}", f"-DHDP={padded(hidden)}",
                f"-DVW={VECTOR}", f"-DSTATE_T={state_type}"]
-    lib = _build("step.c", defines + (["-DNCA_PORTABLE"] if portable else []), [])
+    lib = _build("step.c", defines + (["-DNCA_PORTABLE"] if portable else []))
     p = ctypes.c_void_p
     lib.nca_step.restype = ctypes.c_int64
     lib.nca_step.argtypes = [p, ctypes.c_int64, p, p, p, ctypes.c_float, ctypes.c_float, ctypes.c_int, p,

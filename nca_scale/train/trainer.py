@@ -123,15 +123,14 @@ def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> Trainer:
 def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | None:
     """The checkpoint to resume from, verified once per job: by the caller (`chosen`), by the `nca-scale train`
     that started this rank (RESUME_ENV), or else by rank 0 for all ranks (a job started by srun/torchrun)."""
-    if chosen is not None:
-        path = chosen[0]
-    elif checkpoint.RESUME_ENV in os.environ:
-        path = Path(os.environ[checkpoint.RESUME_ENV]) if os.environ[checkpoint.RESUME_ENV] else None
-    else:
-        dist.init()
-        path = dist.decided_by_rank0(lambda: checkpoint.resolve(cfg, cfg.resume))
+    if chosen is not None:  # the caller checked it against cfg too (cli/train.py)
+        return chosen[0]
+    if checkpoint.RESUME_ENV in os.environ:
+        return Path(os.environ[checkpoint.RESUME_ENV]) if os.environ[checkpoint.RESUME_ENV] else None
+    dist.init()
+    path = dist.decided_by_rank0(lambda: checkpoint.resolve(cfg, cfg.resume))
     if path is not None:
-        checkpoint.check_resumable(cfg, path)  # its meta.json only; also for ranks no `nca-scale train` started
+        checkpoint.check_resumable(cfg, path)  # its meta.json only: what the CLI checks before starting ranks
     return path
 
 

@@ -52,8 +52,7 @@ def test_fused_step_equals_torch_step(name):
     with torch.inference_mode():
         a = fused.rollout(tables, keys, 12, 3, 2)
         b = plain.rollout(tables, keys, 12, 3, 2)
-        state_type = "uint8_t" if fused.state_dtype == torch.uint8 else "int32_t"
-        fused.kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, state_type, portable=True)
+        fused.kernel = native.step_kernel(cfg.grid, cfg.states, cfg.hidden, fused.state_dtype, portable=True)
         c = fused.rollout(tables, keys, 12, 3, 2)
     assert a.dtype == b.dtype == fused.state_dtype
     assert torch.equal(a, b)
@@ -112,7 +111,7 @@ def test_failed_build_is_unavailable_not_an_error(tmp_path, monkeypatch):
     native._compiler.cache_clear()
     try:
         with pytest.raises(native.Unavailable):
-            native._build("step.c", ["-DG=3"], [])
+            native._build("step.c", ["-DG=3"])
     finally:
         native._compiler.cache_clear()
     assert not list(tmp_path.rglob("*.so"))

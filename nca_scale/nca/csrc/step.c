@@ -1,16 +1,17 @@
 /* One automaton step for a batch of rules, fused per cell (the CPU fast path of automaton.py).
  *
- * Compiled at run time by fused.py with the sizes as constants (G grid, S states, HD hidden width, SP and
+ * Compiled at run time by native.py with the sizes as constants (G grid, S states, HD hidden width, SP and
  * HDP = S and HD padded to a multiple of the vector width VW, STATE_T the state type) and
- * -ffp-contract=off: every float operation is one IEEE operation in the order written here, the same order as Automaton's torch step, so both give
- * the same bits. Changing an operation or its order here changes the data: change both or neither.
+ * -ffp-contract=off: every float operation is one IEEE operation in the order written here, the same order
+ * as Automaton's torch step, so both give the same bits. Changing an operation or its order here changes
+ * the data: change both or neither.
  *
  *   hidden[c] = (((0 + T[0, s0, c]) + T[1, s1, c]) + ...) + T[8, s8, c]      taps in order, h0 folded in T[0]
  *   logit[s]  = ((h[0] * W[0, s] + h[1] * W[1, s]) + ...) + h[HD-1] * W[HD-1, s]   relu(h), products rounded
  *   logit[s] += b3[s] (when b3 is given); logit[state] += identity_bias (when non-zero)
  *
  * Cells whose next state is decided by the logits alone get it here; cells with two or more states within
- * `near` of the maximum (tau > 0) are returned (flat index, logits) for the caller to sample.
+ * `near` of the maximum (tau > 0) are returned (flat index, logits, uniforms) for the caller to sample.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -54,31 +55,12 @@ static void noise(uint32_t key, uint64_t step, int64_t cell, float *u)
     }
 }
 
-/* The next state of one cell from its logits l: decided here, or recorded as ambiguous. */
+/* The next state of one cell from its logits l: decided here, or recorded as ambiguous (the portable loop;
+ * cells16 decides 16 cells at once where AVX-512 is available). */
 static inline __attribute__((always_inline)) void decide(const vec *l, int cur, const float *bias, float identity_bias,
                                                          float near, int argmax_only, state_t *out, int64_t flat,
                                                          int64_t *n_amb, int64_t *amb_idx, float *amb_logits)
 {
-#if defined(__AVX512F__) && VW == 16 && NS == 1
-    if (!bias && identity_bias == 0.0f) { /* the common case in a few vector instructions, same results */
-        const __mmask16 valid = (__mmask16)((1u << S) - 1);
-        const __m512 lv = (__m512)l[0];
-        const float top = _mm512_mask_reduce_max_ps(valid, lv);
-        if (argmax_only) {
-            *out = (state_t)__builtin_ctz(_mm512_mask_cmp_ps_mask(valid, lv, _mm512_set1_ps(top), _CMP_GE_OQ));
-            return;
-        }
-        const __mmask16 k = _mm512_mask_cmp_ps_mask(valid, _mm512_sub_ps(lv, _mm512_set1_ps(top)),
-                                                    _mm512_set1_ps(near), _CMP_GE_OQ);
-        *out = (state_t)__builtin_ctz(k);
-        if (__builtin_popcount(k) > 1) {
-            amb_idx[*n_amb] = flat;
-            _mm512_mask_storeu_ps(amb_logits + *n_amb * S, valid, lv);
-            (*n_amb)++;
-        }
-        return;
-    }
-#endif
     float ls[SP];
     memcpy(ls, l, sizeof ls);
     if (bias)
