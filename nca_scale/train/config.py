@@ -94,7 +94,9 @@ _TEXT_MANIFESTS: dict[str, dict] = {}
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["adamw", "adam"] = "adamw"  # adam = no weight decay (the paper's stage 1)
+    # adam = no weight decay (the paper's stage 1); sgd = plain SGD without momentum or decay: its update is
+    # proportional to the gradient, so the layout tests use it to catch a gradient scaled by a constant
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = 1.0e-3
     beta1: float = 0.9
     beta2: float = 0.999

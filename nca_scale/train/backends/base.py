@@ -37,7 +37,9 @@ def freeze(model: torch.nn.Module, frozen: set[str]) -> list[torch.nn.Parameter]
 
 
 def torch_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
-    """torch Adam/AdamW; weight decay applies to every tensor, as in the paper's recipes."""
+    """torch Adam/AdamW (weight decay applies to every tensor, as in the paper's recipes) or plain SGD."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     decay = cfg.weight_decay if cfg.name == "adamw" else 0.0
     return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=decay)
