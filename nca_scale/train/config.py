@@ -168,6 +168,7 @@ class TrainConfig:
     wandb: str | None = None  # offline | online | disabled; None = $WANDB_MODE or offline
     wandb_project: str = "nca_scale"
     progress: bool = True
+    prefetch: bool = True  # make the next step's batch in a background thread (the same tokens either way)
     peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
 
     # ---- derived ---------------------------------------------------------------------------------

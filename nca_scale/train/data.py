@@ -9,6 +9,7 @@ in the data config (data.nca.seed), so (seed, step) fixes every token.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -146,3 +147,41 @@ class BatchLoader:
             targets=[c[:, 1:].contiguous() for c in chunks],
             masks=[mask[: len(c)] for c in chunks],
         )
+
+
+class Prefetcher:
+    """The batch of the next step, produced in one background thread while this step trains.
+
+    Which tokens a step gets does not change: a batch is still `loader.batch(step)`, a pure function of the
+    step, and nothing is carried between steps except the one batch made ahead. When the trainer asks for
+    another step than the one made ahead (a skipped step, a rollback) that batch is dropped and the asked one
+    is made in the foreground. A thread is enough: the NCA step (C, via ctypes), torch ops and zlib release
+    the GIL, and the shard readers wait on I/O (docs/performance.md, "Data wait"). An error making a batch is
+    raised when that step asks for it, as without prefetching. With `pin`, batches are made in page-locked
+    memory, so copies to the GPU can be non-blocking."""
+
+    def __init__(self, loader: BatchLoader, pin: bool = False):
+        self.loader, self.pin = loader, pin
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="nca-scale-prefetch")
+        self._ahead: tuple[int, Future] | None = None
+
+    def _make(self, step: int) -> Batch:
+        batch = self.loader.batch(step)
+        if self.pin:
+            batch = Batch(*([t.pin_memory() for t in part] for part in (batch.inputs, batch.targets, batch.masks)))
+        return batch
+
+    def batch(self, step: int, next_step: int | None) -> Batch:
+        """The batch of `step`; starts making the one of `next_step` (None: the run ends after this step)."""
+        if self._ahead is not None and self._ahead[0] == step:
+            batch = self._ahead[1].result()
+        else:
+            if self._ahead is not None:
+                self._ahead[1].cancel()  # a running one finishes in the background and is dropped
+            batch = self._make(step)
+        self._ahead = None if next_step is None else (next_step, self._pool.submit(self._make, next_step))
+        return batch
+
+    def close(self) -> None:
+        self._ahead = None
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -19,7 +19,7 @@ from nca_scale.model.config import describe
 from nca_scale.train import backends, checkpoint, dist, transfer
 from nca_scale.train.callbacks import Callback, default_callbacks
 from nca_scale.train.config import TrainConfig
-from nca_scale.train.data import BatchLoader, build_source, target_mask
+from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
 from nca_scale.train.schedule import lr_at
 
 
@@ -31,6 +31,8 @@ class Trainer:
         self.rollbacks = 0
         self.evaluated_at: int | None = None
         self.train_data, self.val_data = self._loader("train"), self._loader("val")
+        # pinned batches only where a non-blocking host-to-device copy exists
+        self.prefetch = Prefetcher(self.train_data, pin=dist.device().type == "cuda") if cfg.prefetch else None
 
     def _loader(self, split: str) -> BatchLoader:
         cfg = self.cfg
@@ -43,7 +45,22 @@ class Trainer:
     def should_log(self) -> bool:
         return self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps
 
+    def _train_batch(self) -> Batch:
+        if self.prefetch is None:
+            return self.train_data.batch(self.step)
+        upcoming = self.step + 1
+        while upcoming in self.skipped:
+            upcoming += 1
+        return self.prefetch.batch(self.step, upcoming if upcoming < self.cfg.total_steps else None)
+
     def fit(self) -> None:
+        try:
+            self._fit()
+        finally:
+            if self.prefetch is not None:
+                self.prefetch.close()
+
+    def _fit(self) -> None:
         cfg = self.cfg
         for cb in self.callbacks:
             cb.pre_train(self)
@@ -55,7 +72,7 @@ class Trainer:
                 continue
             t0 = time.perf_counter()
             lr = lr_at(cfg.schedule, cfg.optim.lr, self.step, cfg.total_steps)
-            batch = self.train_data.batch(self.step)  # NCA data is generated here, on the fly
+            batch = self._train_batch()  # NCA data is generated on the fly: here, or ahead in the background
             t1 = time.perf_counter()
             loss, grad_norm = self.engine.train_step(batch, self.step, lr)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
