@@ -17,6 +17,18 @@ FAST = ["model.n_layers=4", "data.nca.bank.size=8", "data.nca.bank.val_size=4", 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
             "PREEMPTED"}
 
+# node lists as real clusters write them, expanded by hand (Slurm's own `scontrol show hostnames` gives the same:
+# test_slurm.py checks that on the live cluster)
+NODELISTS = {
+    "gpu[001-004,010]": ["gpu001", "gpu002", "gpu003", "gpu004", "gpu010"],
+    "r[1-2]n[1-2]": ["r1n1", "r1n2", "r2n1", "r2n2"],
+    "a1,b[3-4]": ["a1", "b3", "b4"],
+    "n[1-2],gpu[07-09,12],login": ["n1", "n2", "gpu07", "gpu08", "gpu09", "gpu12", "login"],
+    "node[08-11]": ["node08", "node09", "node10", "node11"],
+    "cn[9-10]-ib": ["cn9-ib", "cn10-ib"],
+    "x1000c0s[0-1]b0n0": ["x1000c0s0b0n0", "x1000c0s1b0n0"],
+}
+
 
 def cluster_up() -> str | None:
     """None when a Slurm cluster answers with two idle-or-busy nodes; else why not."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from launch_helpers import FAST, losses, nca
+from launch_helpers import FAST, NODELISTS, losses, nca
 
 from nca_scale.errors import UserError
 from nca_scale.launch import profile, rendezvous
@@ -37,9 +37,21 @@ def test_profile_overrides_and_checks():
     assert profile._gpus("gpu:a100:8(S:0-1),shard:8") == 8 and profile._gpus("(null)") == 0
 
 
+@pytest.mark.parametrize("nodelist", NODELISTS)
+def test_nodelists_without_slurm_client(nodelist, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol: submitit's parser
+    assert rendezvous.expand_nodelist(nodelist) == NODELISTS[nodelist]
+
+
+def test_two_bracket_ranges_give_the_first_node_as_master(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_JOB_NODELIST": "r[1-2]n[1-2]", "SLURM_JOB_ID": "7"}
+    assert rendezvous.slurm_env(env)["MASTER_ADDR"] == "r1n1"
+    with pytest.raises(UserError, match="not a Slurm host list"):
+        rendezvous.expand_nodelist("gpu[1-")
+
+
 def test_rendezvous_from_slurm_variables():
-    assert rendezvous.expand_nodelist("n[1-2],gpu[07-09,12],login") == \
-        ["n1", "n2", "gpu07", "gpu08", "gpu09", "gpu12", "login"]
     env = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NODEID": "2",
            "SLURM_TASKS_PER_NODE": "2(x3),2", "SLURM_JOB_NODELIST": "gpu[07-10]", "SLURM_JOB_ID": "1234"}
     got = rendezvous.slurm_env(env)

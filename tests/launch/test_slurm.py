@@ -16,6 +16,7 @@ import pytest
 import torch
 from launch_helpers import (
     FAST,
+    NODELISTS,
     job_ids,
     logged_steps,
     losses,
@@ -25,6 +26,8 @@ from launch_helpers import (
     state,
     wait_for,
 )
+
+from nca_scale.launch import rendezvous
 
 pytestmark = pytest.mark.usefixtures("slurm")
 
@@ -86,6 +89,12 @@ def test_preempted_job_resumes_to_identical_weights(kind, two_node_runs, tmp_pat
     a = megatron_weights(plain / FINAL, tmp_path / "a")
     b = megatron_weights(out / FINAL, tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("nodelist", NODELISTS)
+def test_slurm_expands_node_lists_as_the_fallback_parser_does(nodelist):
+    slurm = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    assert slurm.stdout.split() == NODELISTS[nodelist] == rendezvous.expand_nodelist(nodelist)
 
 
 def test_status_reports_state_step_loss_restarts(two_node_runs, env):
