@@ -97,6 +97,15 @@ def megatron_sources(name: str, layer: int | None) -> list[str]:
     return [prefix + _MEGATRON_LAYER[suffix][0]]
 
 
+def megatron_tp_dim(name: str) -> int | None:
+    """The dimension megatron parameter `name` (local module name) is split on across TP ranks; None when
+    every TP rank holds the whole tensor (norms)."""
+    if name.endswith(("linear_qkv.weight", "linear_fc1.weight")):
+        return 0  # column-parallel
+    m = _LAYER.fullmatch(name)
+    return _MEGATRON_LAYER[m.group(2)][1] if m else _MEGATRON_TOP[name][1]
+
+
 def megatron_shard(
     cfg: ModelConfig, name: str, layer: int | None, tp_rank: int, tp: int, get: Callable[[str], torch.Tensor]
 ) -> torch.Tensor:
@@ -107,6 +116,5 @@ def megatron_shard(
         return fuse_qkv(cfg, *sources).chunk(tp, 0)[tp_rank]
     if name.endswith("linear_fc1.weight"):
         return torch.cat([t.chunk(tp, 0)[tp_rank] for t in sources], 0)  # [gate_r; up_r]
-    m = _LAYER.fullmatch(name)
-    dim = _MEGATRON_LAYER[m.group(2)][1] if m else _MEGATRON_TOP[name][1]
+    dim = megatron_tp_dim(name)
     return sources[0] if dim is None else sources[0].chunk(tp, dim)[tp_rank]

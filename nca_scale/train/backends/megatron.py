@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nca_scale.model.layout import megatron_shard, megatron_sources
+from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
 from nca_scale.train import cpu_compat
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import TrainConfig
@@ -105,7 +105,9 @@ class MegatronEngine:
 
     def _write_initial_weights(self, model) -> None:
         """Copy the run's initial weights (logical tensors) into this rank's shards; freeze a parameter when
-        every logical tensor it is built from is frozen."""
+        every logical tensor it is built from is frozen; tag TP-split parameters as megatron's own init does."""
+        from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
+
         cfg, ps = self.cfg, self.ps
         tp_rank, tp = ps.get_tensor_model_parallel_rank(), cfg.tp
         tied = cfg.model.tie_embeddings
@@ -118,6 +120,12 @@ class MegatronEngine:
                     name = "embedding.word_embeddings.weight"
                 p.copy_(megatron_shard(cfg.model, name, layer, tp_rank, tp, self.weights))
                 p.requires_grad_(not set(megatron_sources(name, layer)) <= self.frozen)
+                # megatron-core sets `tensor_model_parallel` only inside its weight init, which
+                # perform_initialization=False skips; untagged, every TP shard counts as a replica, and the
+                # grad norm (and so clipping) sees TP rank 0's shards only (norm^2 ~ 1/3 of the true one at tp=2)
+                dim = megatron_tp_dim(name)
+                if dim is not None and not getattr(p, "tensor_model_parallel", False):
+                    set_tensor_model_parallel_attributes(p, is_parallel=True, dim=dim, stride=1)
 
     def _wrap(self, model, bucketed: bool):
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -168,7 +176,8 @@ class MegatronEngine:
             micro_batch_size=self.cfg.micro_batch, forward_only=forward_only,
         )
         # the losses exist on the last pipeline stage: sum over the PP group, then average over DP
-        loss = torch.tensor([sum(r["loss"].item() for r in results) / len(micro) if results else 0.0], dtype=torch.float64)
+        total = sum(r["loss"].item() for r in results) / len(micro) if results else 0.0
+        loss = torch.tensor([total], dtype=torch.float64, device=dev)  # on the group's device: NCCL on GPU
         dist.all_reduce(loss, group=self.ps.get_pipeline_model_parallel_group())
         return tdist.mean_over(loss.item(), self.ps.get_data_parallel_group())
 
