@@ -1,4 +1,9 @@
-"""Process-group setup shared by the backends: gloo on CPU, NCCL on GPUs; world 1 without a launcher."""
+"""Process-group setup shared by the backends: gloo on CPU; on GPUs one group that runs NCCL for CUDA tensors
+and gloo for CPU ones; world 1 without a launcher.
+
+Every tensor handed to a collective lives on `device()`: NCCL rejects CPU tensors, and a CPU tensor that only
+works because the group happens to carry gloo too would be a silent slow path (and a failure under any
+NCCL-only group, such as the ones megatron-core creates)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from nca_scale.errors import UserError
 
 T = TypeVar("T")
 
+GPU_BACKEND = "cpu:gloo,cuda:nccl"  # device map: object collectives and CPU tensors via gloo, CUDA via NCCL
+
 
 def quiet_upstream_warnings() -> None:
     """Silence warnings megatron-core and DeepSpeed emit on every run: fallbacks when Apex/TE are absent and
@@ -30,15 +37,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_name() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def gpu_job_reason() -> str | None:
+    """What says this rank belongs to a GPU job (None if nothing does): Slurm allocated GPUs on this node, or
+    CUDA_VISIBLE_DEVICES names devices (an empty value, -1 or NoDevFiles hides them all)."""
+    gpus = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    if gpus not in ("", "0"):
+        return f"SLURM_GPUS_ON_NODE={gpus}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible not in (None, "", "-1", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    return None
+
+
+def visible_device(local_rank: int) -> int:
+    """The CUDA device of this rank. With one task per GPU (srun --gpus-per-task=1, --gpu-bind=single:1...)
+    each rank sees exactly one device, number 0, whatever its LOCAL_RANK; otherwise all the node's GPUs are
+    visible and LOCAL_RANK picks one."""
+    count = torch.cuda.device_count()
+    if count == 1:
+        return 0
+    if local_rank >= count:
+        raise UserError(
+            f"node {node_name()}: LOCAL_RANK {local_rank} but only {count} GPUs visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); start one task per GPU "
+            f"(gpus_per_node = tasks per node) or let each task see one GPU (--gpus-per-task=1)"
+        )
+    return local_rank
+
+
 def init() -> None:
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:  # a plain single process: a one-rank group keeps every code path the same
         env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         os.environ.update(env)  # as torchrun would set them (DeepSpeed reads LOCAL_RANK)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not torch.cuda.is_available():
+        if reason := gpu_job_reason():
+            # a GPU job on a node whose driver or torch build sees no GPU would otherwise train on its CPU
+            raise UserError(
+                f"node {node_name()}: this is a GPU job ({reason}) but torch {torch.__version__} sees no CUDA "
+                f"device; check the node's driver (nvidia-smi) and install a CUDA build of torch, or unset "
+                f"CUDA_VISIBLE_DEVICES to train on CPU"
+            )
+        dist.init_process_group("gloo")
+        return
+    cuda = torch.device("cuda", visible_device(int(os.environ.get("LOCAL_RANK", 0))))
+    torch.cuda.set_device(cuda)
+    # device_id binds the group to this GPU (eager NCCL init: a bad node fails here, not in step 1)
+    dist.init_process_group(GPU_BACKEND, device_id=cuda)
 
 
 def decided_by_rank0(decide: Callable[[], T]) -> T:
@@ -61,6 +111,8 @@ def decided_by_rank0(decide: Callable[[], T]) -> T:
 
 
 def device() -> torch.device:
+    """This rank's compute device, and the device of every tensor it hands to a collective (CUDA under NCCL,
+    the CPU under gloo)."""
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -76,6 +128,6 @@ def step_seed(seed: int, step: int, *ranks: int) -> int:
 
 
 def mean_over(value: float, group=None) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device())
     dist.all_reduce(t, group=group)
     return t.item() / dist.get_world_size(group)
