@@ -70,12 +70,13 @@ class SpeedMonitor(Callback):
     def pre_train(self, trainer) -> None:
         cfg = trainer.cfg
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)["train"]
-        self.peak = (cfg.peak_flops or peak_flops_per_rank()) * dist.get_world_size()
+        peak = cfg.peak_flops or peak_flops_per_rank()  # None: a GPU the table does not know (MFU null)
+        self.peak = peak * dist.get_world_size() if peak else None
 
     def post_step(self, trainer, metrics: dict) -> None:
         tps = trainer.cfg.tokens_per_step / metrics["step_time"]
         metrics["tokens_per_s"] = tps
-        metrics["mfu"] = tps * self.flops_per_token / self.peak
+        metrics["mfu"] = tps * self.flops_per_token / self.peak if self.peak else None
 
 
 class MetricsLog(Callback):
