@@ -6,6 +6,7 @@ network beyond 127.0.0.1. Credentials are dummy values, set only while the serve
 
 from __future__ import annotations
 
+import collections
 import os
 import uuid
 from pathlib import Path
@@ -59,3 +60,24 @@ def s3_bucket(s3_endpoint) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+class CountingPool:
+    """An executor that runs each task on `pool` and counts it, by function name, in `tasks`: tests that claim
+    to cover work done in a process pool assert that the pool got it."""
+
+    def __init__(self, pool, tasks: collections.Counter | None = None):
+        self.pool, self.tasks = pool, collections.Counter() if tasks is None else tasks
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.tasks[fn.__name__] += 1
+        return self.pool.submit(fn, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.pool, name)
+
+
+@pytest.fixture(scope="session")
+def counting_pool():
+    """CountingPool(pool, tasks=None): wraps an executor and counts the tasks submitted to it."""
+    return CountingPool

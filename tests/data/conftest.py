@@ -3,6 +3,8 @@ to run `nca-scale generate` in-process (what the console script calls)."""
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -55,22 +57,38 @@ def generate(tiny_yaml):
     return run
 
 
-@pytest.fixture(scope="session", autouse=True)
-def shared_rule_banks():
+@pytest.fixture(scope="session")
+def rule_bank_cache() -> dict:
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def shared_rule_banks(request, rule_bank_cache, monkeypatch):
     """Share rule banks between the many NCAStreams these tests create (each `generate` makes one).
 
     A bank is a pure function of (config, split, number), so sharing changes no token; it only avoids
-    re-scoring the same candidate rules in every test. Subprocess tests still build their own.
+    re-scoring the same candidate rules in every test. The patch is made per test (function scope), so it
+    applies to the tests of this folder only and is undone after each; a test that covers bank scoring itself
+    is marked `fresh_banks` and builds its own. Subprocess tests always build their own.
     """
-    cache = {}
+    if request.node.get_closest_marker("fresh_banks"):
+        return
     original = NCAStream.bank
 
     def bank(self, number):
         key = (self.cfg, self.split, int(number), self.bank_size, str(self.device))
-        if key not in cache:
-            cache[key] = original(self, number)
-        return cache[key]
+        if key not in rule_bank_cache:
+            rule_bank_cache[key] = original(self, number)
+        return rule_bank_cache[key]
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(NCAStream, "bank", bank)
-        yield
+    monkeypatch.setattr(NCAStream, "bank", bank)
+
+
+@pytest.fixture
+def pool_tasks(monkeypatch, counting_pool) -> collections.Counter:
+    """Counter of the tasks (by function name) that `generate workers>1` submits to its generating pool."""
+    from nca_scale.data import writer
+
+    tasks, original = collections.Counter(), writer.generator_pool
+    monkeypatch.setattr(writer, "generator_pool", lambda workers: counting_pool(original(workers), tasks))
+    return tasks

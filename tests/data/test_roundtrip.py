@@ -125,14 +125,17 @@ def test_start_offset_and_val_split(tmp_path, generate, reference):
     check_dataset(str(out), None, reference, start=1000, n=70, split="val")
 
 
-def test_shard_bytes_are_reproducible(tmp_path, generate):
+@pytest.mark.fresh_banks
+def test_shard_bytes_are_reproducible(tmp_path, generate, pool_tasks):
     """Fixed tar mtimes and a pure generator: the same command gives byte-identical shards anywhere."""
     # also: one process with tars built in a worker process or in the writer thread, and a pool of generating
-    # processes (batches of 24 sequences, so a shard is joined from several workers' tar members), give the
-    # same bytes
+    # processes (batches of 24 sequences, so a shard is joined from several workers' tar members; the rule
+    # bank scored in the pool, since this test builds its own banks), give the same bytes
     runs = {"a": ("workers=1", "tar_workers=1"), "b": ("workers=1", "tar_workers=0"), "c": ("workers=2", "batch_size=24")}
     for d, args in runs.items():
         assert generate(str(tmp_path / d), 100 * SEQ_TOKENS, "sequences_per_shard=64", *args) == 0
+    # run c: shards of 64 + 36 sequences in batches of 24 are 3 + 2 generating tasks; the pool scored the bank
+    assert pool_tasks["_generate_members"] == 5 and pool_tasks["score_range"] >= 1, pool_tasks
     ma, mb, mc = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in runs)
     assert [s["sha256"] for s in ma["shards"]] == [s["sha256"] for s in mb["shards"]] == [s["sha256"] for s in mc["shards"]]
     assert ma["fingerprint"] == mb["fingerprint"] == mc["fingerprint"]

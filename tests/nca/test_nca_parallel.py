@@ -36,8 +36,10 @@ def sequential(cfg) -> RuleBank:
 
 
 @pytest.mark.parametrize("in_flight", [1, 3, 8])
-def test_bank_scored_in_a_pool_equals_sequential(cfg, pool, sequential, in_flight):
-    bank = RuleBank(cfg, "train", 0, 40).ensure(40, pool, in_flight)
+def test_bank_scored_in_a_pool_equals_sequential(cfg, pool, sequential, in_flight, counting_pool):
+    counted = counting_pool(pool)
+    bank = RuleBank(cfg, "train", 0, 40).ensure(40, counted, in_flight)
+    assert counted.tasks["score_range"] >= 1  # the pool scored it
     assert np.array_equal(bank.candidates, sequential.candidates)
     assert np.array_equal(bank.scores, sequential.scores)
     assert bank.scanned >= sequential.candidates[-1] + 1  # every candidate up to the last accepted was scored
@@ -65,11 +67,13 @@ def test_score_range_is_per_candidate(cfg, sequential):
     assert np.isnan(score_range(unbanded, "train", 0, 0, 5)).all()
 
 
-def test_stream_with_a_pool_gives_the_same_sequences(cfg, pool):
+def test_stream_with_a_pool_gives_the_same_sequences(cfg, pool, counting_pool):
     idx = np.arange(0, 70, 3)  # passes beyond the 64-rule bank too
-    with_pool = NCAStream(cfg, pool=pool, in_flight=4)
+    counted = counting_pool(pool)
+    with_pool = NCAStream(cfg, pool=counted, in_flight=4)
     plain = NCAStream(cfg)
     assert np.array_equal(with_pool.sequences(idx).numpy(), plain.sequences(idx).numpy())
+    assert counted.tasks["score_range"] >= 1 and with_pool.bank(0) is not plain.bank(0)  # each scored its own
     for a, b in zip(with_pool.rules(idx), plain.rules(idx)):
         assert np.array_equal(a, b)
 

@@ -100,6 +100,7 @@ def test_fresh_streams_and_repeated_runs_agree(cfg, stream, reference):
     assert torch.equal(stream.sequences(np.arange(N)), reference)
     fresh = NCAStream(load(NCAConfig, TINY), batch_size=16)
     assert torch.equal(fresh.sequences(np.arange(N)), reference)
+    assert fresh.bank(0) is not stream.bank(0)  # a bank built and scored afresh, not a shared one
     assert np.array_equal(_full_bank(fresh, 0).candidates, _full_bank(stream, 0).candidates)
     assert np.array_equal(_full_bank(fresh, 0).scores, _full_bank(stream, 0).scores)
 
