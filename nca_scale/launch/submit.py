@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,7 @@ class Planned:
     argv: list[str]  # the nca-scale command line a task runs
     out: Path  # the run directory (records, metrics)
     cell: dict  # sweep values of this cell ({} outside sweeps)
+    cfg: object = None  # its TrainConfig, validated for the profile's world size (training only)
 
 
 def _out_of(words: list[str], path: str, overrides: list[tuple[str, str]]) -> str | None:
@@ -95,12 +97,13 @@ def _out_of(words: list[str], path: str, overrides: list[tuple[str, str]]) -> st
     return data.get("out") if words == ["train"] else None
 
 
-def validate_train(argv: list[str], after: bool) -> None:
+def validate_train(argv: list[str], after: bool):
+    """The TrainConfig of a training command line, validated (layout, batch, data) as its ranks will see it."""
     from nca_scale.train.config import from_args
 
     if after:  # init_from/resume may name checkpoints the jobs we wait for will write
         argv = [a for a in argv if not a.startswith(("init_from=", "resume="))]
-    from_args(argv)
+    return from_args(argv)
 
 
 def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: profiles.ClusterProfile,
@@ -128,9 +131,8 @@ def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: pr
         if sweep or train:
             over = [(k, v) for k, v in over if k != "out"] + [("out", str(cell_out))]
         argv = [*words, path, *(f"{k}={v}" for k, v in over)]
-        if train:
-            validate_train(argv[1:], after)
-        planned.append(Planned(argv, cell_out, dict(cell)))
+        cfg = validate_train(argv[1:], after) if train else None
+        planned.append(Planned(argv, cell_out, dict(cell), cfg))
     return planned, Path(out)
 
 
@@ -149,14 +151,30 @@ def _dependencies(after: list[str]) -> list[str]:
     return ids
 
 
-def make_executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list[str]):
+def layout(prof: profiles.ClusterProfile, cfg) -> str:
+    """One line: where the ranks run and how the global batch is split (what a dry run prints)."""
+    if prof.executor == "local":
+        where = f"this machine, {cfg.world} process(es)"
+    else:
+        per_node = f"{prof.gpus_per_node} GPU(s)" if prof.gpus_per_node else f"{prof.tasks} task(s)"
+        where = f"{prof.nodes} node(s) x {per_node} = {cfg.world} ranks"
+    return (f"layout: {where}; tp {cfg.tp} x pp {cfg.pp} x dp {cfg.data_parallel}; batch {cfg.batch_size} = "
+            f"micro-batch {cfg.micro} x {cfg.grad_accum} accumulation x dp {cfg.data_parallel}")
+
+
+def make_executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list[str], script_only: bool = False):
+    """submitit's executor for the profile. script_only: it only writes the batch script (a dry run on a
+    machine without the Slurm client, where submitit's SlurmExecutor refuses to exist)."""
     import submitit
 
     if prof.executor == "local":
         ex = submitit.LocalExecutor(folder=str(folder / "%j"))
         ex.update_parameters(timeout_min=prof.minutes, tasks_per_node=1, nodes=1)
         return ex
-    ex = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=prof.max_restarts)
+    executor = submitit.SlurmExecutor
+    if script_only:  # affinity() is submitit's check for `srun` on PATH
+        executor = type("ScriptOnlySlurmExecutor", (executor,), {"affinity": classmethod(lambda cls: 1)})
+    ex = executor(folder=str(folder / "%j"), max_num_timeout=prof.max_restarts)
     extra = {"requeue": True, "chdir": os.getcwd(), **prof.sbatch}  # config paths are relative to here
     if deps:
         extra.update({"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"})
@@ -196,7 +214,9 @@ def submit(args: list[str]) -> int:
         prof = replace(prof, nodes=1, tasks_per_node=1, gpus_per_node=min(prof.gpus_per_node, 1))
     if opt.after and prof.executor == "local":
         raise UserError("after= needs a Slurm profile (the local executor has no dependencies); run the stages in order")
-    if prof.executor == "slurm":  # the profile against the live cluster first, then the command's config
+    # a dry run on a machine without the Slurm client (a laptop) checks everything but the live cluster
+    offline = opt.dry_run and prof.executor == "slurm" and shutil.which("sinfo") is None
+    if prof.executor == "slurm" and not offline:  # the profile against the live cluster, then the config
         partition = profiles.check(prof)
         profiles.test_only(prof, partition)
     planned, out = plan(words, path, rest, prof, bool(opt.after))
@@ -204,12 +224,16 @@ def submit(args: list[str]) -> int:
     name = opt.name or out.name
     logs = Path(prof.logs) / name if prof.logs else out / "launch"
     safety.check_submission(name, path, rest, str(logs))  # before the batch script and the pickled job
-    ex = make_executor(prof, logs, name, deps)
+    ex = make_executor(prof, logs, name, deps, script_only=offline)
     env = dict(prof.env)
     if opt.dry_run:
-        print(f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}")
+        print(f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}; nothing queued")
+        if offline:
+            print("# no Slurm client here (sinfo): the profile was not checked against a live cluster")
         for p in planned:
             print("#  nca-scale " + " ".join(shlex.quote(a) for a in p.argv))
+            if p.cfg is not None:
+                print("#  " + layout(prof, p.cfg))
         if prof.executor == "slurm":
             print(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
         return 0

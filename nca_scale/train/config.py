@@ -138,7 +138,10 @@ class TrainConfig:
     steps: int | None = 100  # stop after this many optimizer steps (0 = only write the initial weights) ...
     tokens: int | None = None  # ... or this many training tokens, whichever comes first
     batch_size: int = 8  # global sequences per step, whatever the world size
-    micro_batch: int = 4  # sequences per rank per forward pass
+    micro_batch: int = 4  # sequences per rank per forward pass (with auto_micro_batch: at most this many)
+    # derive the micro-batch from the world size: the largest divisor of batch_size / dp that is <= micro_batch,
+    # the rest by accumulation, so the global batch (the recipe) is the same on 1, 8, 16 or 32 GPUs
+    auto_micro_batch: bool = False
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
 
@@ -185,8 +188,19 @@ class TrainConfig:
         return self.data.seq_len
 
     @property
+    def micro(self) -> int:
+        """Sequences per rank per forward pass on this world size (see auto_micro_batch)."""
+        share = self.batch_size // max(1, self.data_parallel)
+        if not self.auto_micro_batch or share < 1:
+            return self.micro_batch
+        fits = [d for d in range(1, min(self.micro_batch, share) + 1) if share % d == 0]
+        # the interleaved schedule needs the micro-batch count divisible by pp
+        fits = [d for d in fits if self.vpp == 1 or (share // d) % self.pp == 0] or fits
+        return fits[-1]
+
+    @property
     def grad_accum(self) -> int:
-        return self.batch_size // (self.micro_batch * self.data_parallel)
+        return self.batch_size // (self.micro * self.data_parallel)
 
     @property
     def tokens_per_step(self) -> int:
@@ -200,8 +214,9 @@ class TrainConfig:
         return min(limits)
 
     def resolved(self) -> TrainConfig:
-        """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest)."""
-        return replace(self, model=self.model.with_vocab(self.data.vocab_size))
+        """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest) and the
+        micro-batch this world size runs (what the backends read)."""
+        return replace(self, model=self.model.with_vocab(self.data.vocab_size), micro_batch=self.micro)
 
     def validate(self) -> None:
         self.model.validate()
@@ -236,7 +251,11 @@ class TrainConfig:
             raise UserError(f"SwiGLU width {m.ffn} is not divisible by tp={tp}")
         if self.sequence_parallel and tp < 2:
             raise UserError("sequence_parallel needs tp >= 2")
-        per_step = self.micro_batch * self.data_parallel
+        if self.auto_micro_batch and self.batch_size % self.data_parallel:
+            raise UserError(f"batch_size={self.batch_size} (the recipe's global batch) cannot be split evenly over "
+                            f"dp={self.data_parallel} data-parallel ranks; use a batch_size that is a multiple of "
+                            f"{self.data_parallel}, or raise tp/pp so that dp divides {self.batch_size}")
+        per_step = self.micro * self.data_parallel
         if self.batch_size % per_step:
             raise UserError(
                 f"batch_size={self.batch_size} is not a multiple of micro_batch={self.micro_batch} x dp={self.data_parallel}"
