@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CLI, ENV
+from eval_helpers import CLI, ENV
 
 pytestmark = pytest.mark.slow
 

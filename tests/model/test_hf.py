@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
+import sentencepiece as spm  # noqa: E402
+import transformers  # noqa: E402
 
 from nca_scale.errors import UserError  # noqa: E402
 from nca_scale.model import hf  # noqa: E402

@@ -6,8 +6,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import sys
+import types
 from dataclasses import replace
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from nca_scale.data.text import corpus as cm
@@ -145,13 +149,14 @@ def test_bring_your_own_yaml(tmp_path, repo_root):
 
 
 def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"content": [f"row {i} " * 40 for i in range(12)]}), tmp_path / "x.parquet")
+    rows = [f"row {i} " * 40 for i in range(12)]
+    pq.write_table(pa.table({"content": rows, "id": list(range(12))}), tmp_path / "x.parquet")
     cfg = CorpusConfig("pq", "code", [SourceConfig(files=[str(tmp_path / "*.parquet")], text_fields=["content"])])
     m, _ = build_corpus(cfg, str(tmp_path / "out"), log=quiet)
     assert m["sources"][0]["documents"] == 12
+    docs = list(sources.read_files([str(tmp_path / "x.parquet")], "auto", ["content"], 1))
+    # one document per row, the text field only, in row order
+    assert [(d.id.rsplit(":", 1)[1], d.text) for d in docs] == [(str(i), r.strip()) for i, r in enumerate(rows)]
 
 
 def test_errors(tmp_path):
@@ -170,10 +175,21 @@ def test_errors(tmp_path):
         Corpus(str(tmp_path / "missing"))
 
 
-def test_hf_source_errors_clearly(tmp_path):
+def test_hf_source_errors_clearly(tmp_path, monkeypatch):
     cfg = CorpusConfig("hf", "web", [SourceConfig(hf="Skylion007/openwebtext", max_docs=10)])
-    with pytest.raises(UserError, match="pip install datasets|not reachable"):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(UserError, match=r"^an hf: source needs the datasets package \(pip install datasets\)$"):
         build_corpus(cfg, str(tmp_path / "o"), log=quiet)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'Skylion007/openwebtext' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=unreachable))
+    with pytest.raises(UserError) as e:
+        build_corpus(cfg, str(tmp_path / "o2"), log=quiet)
+    assert str(e.value) == ("Hugging Face dataset Skylion007/openwebtext (default, split train) is not reachable: "
+                            "Couldn't reach 'Skylion007/openwebtext' on the Hub (LocalEntryNotFoundError); download "
+                            "it elsewhere and use a files: source")
 
 
 def test_missing_package_and_checksum(tmp_path):
