@@ -1,7 +1,7 @@
-"""megatron-core backend: GPTModel (local layer spec; TransformerEngine's when it is installed and CUDA is
-present), TP (+ sequence parallel), PP (1F1B, or interleaved with vpp > 1), DP with megatron's DDP and
-distributed optimizer, bf16, full activation recompute, and `torch_dist` distributed checkpoints that load
-under another TP/PP layout.
+"""megatron-core backend: GPTModel (spec from megatron_spec: TransformerEngine's on GPUs that have it, else
+the local spec with torch SDPA attention), TP (+ sequence parallel), PP (1F1B, or interleaved with vpp > 1),
+DP with megatron's DDP and distributed optimizer, bf16, full activation recompute, and `torch_dist`
+distributed checkpoints that load under another TP/PP layout.
 
 On CPU machines nca_scale.train.cpu_compat is activated first; on GPUs nothing is patched.
 """
@@ -27,19 +27,6 @@ from nca_scale.train.transfer import Weights
 _OPTIM_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 tdist.quiet_upstream_warnings()
-
-
-def _layer_spec():
-    from megatron.core.models.gpt import gpt_layer_specs as specs
-
-    try:
-        import transformer_engine  # noqa: F401
-
-        if torch.cuda.is_available():
-            return specs.get_gpt_layer_with_transformer_engine_spec()
-    except ImportError:
-        pass
-    return specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
 class MegatronEngine:
@@ -91,10 +78,13 @@ class MegatronEngine:
     def _build_chunk(self, vp: int):
         from megatron.core.models.gpt.gpt_model import GPTModel
 
+        from nca_scale.train.backends import megatron_spec
+
         cfg, ps = self.cfg, self.ps
         vp_stage = vp if cfg.vpp > 1 else None
         model = GPTModel(
-            config=self.config, transformer_layer_spec=_layer_spec(), vocab_size=cfg.model.vocab_size,
+            config=self.config, transformer_layer_spec=megatron_spec.block_spec(cfg, self.config, vp_stage),
+            vocab_size=cfg.model.vocab_size,
             max_sequence_length=cfg.seq_len, position_embedding_type="rope", rotary_base=int(cfg.model.rope_theta),
             share_embeddings_and_output_weights=cfg.model.tie_embeddings,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),

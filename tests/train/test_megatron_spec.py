@@ -1,0 +1,101 @@
+"""The megatron block spec without TransformerEngine (torch SDPA core attention, sequence-parallel RMSNorm)
+against megatron-core's local spec (DotProductAttention, WrappedTorchNorm): the same GPTModel weights give the
+same loss and gradients. Runs in a child process: megatron needs the CPU shim (nca_scale.train.cpu_compat),
+which must not leak into other tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+VARIANTS = {"mha": {}, "gqa": {"num_query_groups": 2}, "gqa-dropout": {"num_query_groups": 2, "attention_dropout": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def compared() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(HERE)], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=HERE.parents[2])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sdpa_spec_matches_the_local_spec(compared, variant):
+    got = compared[variant]
+    assert got["sdpa_modules"] == got["layers"] and got["local_modules"] == got["layers"]  # the specs really differ
+    assert abs(got["loss_sdpa"] - got["loss_local"]) <= 1e-5 * abs(got["loss_local"]), got
+    assert got["max_grad_rel_diff"] <= 1e-4, got
+
+
+def test_start_up_line_names_kernel_norm_and_optimizer(compared):
+    line = compared["describe"]
+    assert line.startswith("megatron spec: local + torch SDPA (attention kernel: ")
+    assert "norm: torch RMSNorm, sequence parallel off" in line
+    assert line.endswith("optimizer torch.optim.adamw.AdamW")  # megatron-core's pick without TE or Apex
+
+
+def _compare() -> dict:
+    """Build each variant's GPTModel twice (local spec, our spec), copy the weights, run one forward/backward
+    on the same tokens, return losses and the largest relative gradient difference."""
+    import torch
+    import torch.nn.functional as F
+
+    from nca_scale.train import cpu_compat
+    from nca_scale.train import dist as tdist
+
+    cpu_compat.activate()
+    tdist.init()
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import gpt_layer_specs
+    from megatron.core.models.gpt.gpt_model import GPTModel
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from nca_scale.train.backends import megatron_spec
+
+    ps.initialize_model_parallel(tensor_model_parallel_size=1)
+    train_cfg = type("Cfg", (), {"micro_batch": 2, "seq_len": 32, "optim": type("O", (), {"name": "adamw"})})()
+    out: dict = {}
+    for name, extra in VARIANTS.items():
+        config = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+                                   normalization="RMSNorm", gated_linear_unit=True, activation_func=F.silu,
+                                   add_bias_linear=False, hidden_dropout=0.0, use_cpu_initialization=True,
+                                   **{"attention_dropout": 0.0, **extra})
+        tokens = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(1))
+        position_ids = torch.arange(32).unsqueeze(0).expand(2, 32)
+        mask = torch.ones(32, 32, dtype=torch.bool).triu(1).view(1, 1, 32, 32)
+        results = {}
+        for label, spec in (("local", gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")),
+                            ("sdpa", megatron_spec.block_spec(train_cfg, config, None))):
+            model_parallel_cuda_manual_seed(123)
+            model = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=97, max_sequence_length=32,
+                             position_embedding_type="rope")
+            if label == "local":
+                weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+            with torch.no_grad():  # the same parameter names in both specs: checkpoints and layout.py hold
+                for n, p in model.named_parameters():
+                    p.copy_(weights[n])
+            model_parallel_cuda_manual_seed(7)  # the same dropout draws for both
+            loss = model(tokens, position_ids, mask, labels=tokens.roll(-1, 1)).mean()
+            loss.backward()
+            kind = DotProductAttention if label == "local" else megatron_spec.SDPAttention
+            results[label] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()},
+                              sum(isinstance(m, kind) for m in model.modules()))
+        (la, ga, na), (lb, gb, nb) = results["local"], results["sdpa"]
+        rel = max(((ga[n] - gb[n]).abs().max() / ga[n].abs().max().clamp_min(1e-12)).item() for n in ga)
+        out[name] = {"loss_local": la, "loss_sdpa": lb, "max_grad_rel_diff": rel, "layers": 2,
+                     "local_modules": na, "sdpa_modules": nb}
+    out["describe"] = megatron_spec.describe(config, 2, 32, "adamw")
+    return out
+
+
+if __name__ == "__main__":  # megatron's dist_checkpointing and the worker rely on this guard too
+    print(json.dumps(_compare()))
