@@ -173,6 +173,9 @@ class TrainConfig:
     progress: bool = True
     prefetch: bool = True  # make the next step's batch in a background thread (the same tokens either way)
     peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
+    # pad every step to at least this many seconds: a step time independent of the machine, for tests of time
+    # limits and preemption (0 = off)
+    min_step_time: float = 0.0
 
     # ---- derived ---------------------------------------------------------------------------------
     @property
