@@ -7,8 +7,10 @@ NCCL-only group, such as the ones megatron-core creates)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
@@ -69,12 +71,26 @@ def visible_device(local_rank: int) -> int:
     return local_rank
 
 
+def show_logs() -> None:
+    """nca_scale's log records on stdout as `[nca-scale] ...`, like the Trainer's lines: start-up choices (INFO)
+    from global rank 0, warnings from every rank. Left alone where the application set up the logger."""
+    logger = logging.getLogger("nca_scale")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[nca-scale] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+
+
 def init() -> None:
+    """This rank's process group and device (and its log output)."""
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:  # a plain single process: a one-rank group keeps every code path the same
         env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         os.environ.update(env)  # as torchrun would set them (DeepSpeed reads LOCAL_RANK)
+    show_logs()
     if not torch.cuda.is_available():
         if reason := gpu_job_reason():
             # a GPU job on a node whose driver or torch build sees no GPU would otherwise train on its CPU

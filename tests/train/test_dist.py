@@ -5,6 +5,7 @@ nca_scale/ is handed a tensor that is on the CPU only because nobody said where 
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import socket
 import subprocess
@@ -26,6 +27,7 @@ _GPU_ENV = ("SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES", "SLURMD_NODENAME")
 def fake_init(monkeypatch):
     """tdist.init() against mocked CUDA: records set_device and init_process_group instead of running them."""
     calls: dict = {}
+    monkeypatch.setattr(logging.getLogger("nca_scale"), "handlers", [])  # init's stdout handler: this test's only
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.setdefault("init", (a, k)))
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))

@@ -23,7 +23,8 @@ def compared() -> dict:
     proc = subprocess.run([sys.executable, str(HERE)], env=env, capture_output=True, text=True, timeout=300,
                           cwd=HERE.parents[2])
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    *logged, result = proc.stdout.strip().splitlines()
+    return {**json.loads(result), "logged": logged}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -35,10 +36,17 @@ def test_sdpa_spec_matches_the_local_spec(compared, variant):
 
 
 def test_start_up_line_names_kernel_norm_and_optimizer(compared):
-    line = compared["describe"]
-    assert line.startswith("megatron spec: local + torch SDPA (attention kernel: ")
-    assert "norm: torch RMSNorm, sequence parallel off" in line
-    assert line.endswith("optimizer torch.optim.adamw.AdamW")  # megatron-core's pick without TE or Apex
+    # logged on stdout (rank 0) by each first-chunk block_spec call: once per variant here, once per run
+    lines = [compared[v]["describe"] for v in VARIANTS]
+    assert [x for x in compared["logged"] if x.startswith("[nca-scale] megatron spec:")] == [
+        f"[nca-scale] {line}" for line in lines]
+    # torch's CPU dispatcher: its flash kernel without dropout, the math kernel with it
+    assert [line.split("attention kernel: ")[1].split(";")[0] for line in lines] == [
+        "flash_attention", "flash_attention", "math"]
+    for line in lines:
+        assert line.startswith("megatron spec: local + torch SDPA (attention kernel: ")
+        assert "norm: torch RMSNorm, sequence parallel off" in line
+        assert line.endswith("optimizer torch.optim.adamw.AdamW")  # megatron-core's pick without TE or Apex
 
 
 def _compare() -> dict:
@@ -92,8 +100,7 @@ def _compare() -> dict:
         (la, ga, na), (lb, gb, nb) = results["local"], results["sdpa"]
         rel = max(((ga[n] - gb[n]).abs().max() / ga[n].abs().max().clamp_min(1e-12)).item() for n in ga)
         out[name] = {"loss_local": la, "loss_sdpa": lb, "max_grad_rel_diff": rel, "layers": 2,
-                     "local_modules": na, "sdpa_modules": nb}
-    out["describe"] = megatron_spec.describe(config, 2, 32, "adamw")
+                     "local_modules": na, "sdpa_modules": nb, "describe": megatron_spec.describe(config, 2, 32, "adamw")}
     return out
 
 
