@@ -236,6 +236,9 @@ class TrainConfig:
             raise UserError(f"tp/pp/vpp/sequence_parallel need backend=megatron (backend={self.backend})")
         if self.backend != "deepspeed" and (self.zero or self.offload):
             raise UserError(f"zero/offload need backend=deepspeed (backend={self.backend})")
+        if self.backend == "megatron" and self.distributed_optimizer and self.optim.name == "sgd":
+            raise UserError("megatron-core's distributed optimizer supports Adam only; with optim.name=sgd set "
+                            "distributed_optimizer=false")
         if world % (tp * pp):
             raise UserError(f"tp={tp} x pp={pp} = {tp * pp} does not divide the world size {world} (nproc)")
         if self.dp is not None and self.dp * tp * pp != world:
