@@ -32,20 +32,26 @@ def test_bigger_models_get_smaller_lr_larger_batch_and_beta2_095():
     assert beta2_for(524_288) == 0.95 and beta2_for(524_287) == 0.99
 
 
-@pytest.mark.parametrize("micro,dp", [(8, 1), (4, 2), (3, 1)])
-def test_batch_is_whole_micro_batches_on_every_rank(micro, dp):
+# N = 1M at seq 128, by hand: 327,680 * (1M / 108M)^(2/3) / 128 = 2,560 * 0.044095 = 112.88 sequences per step
+@pytest.mark.parametrize("micro,dp,batch,micro_used,steps,warmup", [
+    (8, 1, 112, 8, 70, 7),  # 14 x 8 = 112; 10^6 / 14,336 tokens = 69.8 -> 70 steps; warmup min(70, 7)
+    (4, 2, 112, 4, 70, 7),  # units of 4 x 2 ranks: the same 112
+    (3, 1, 114, 3, 69, 6),  # 37.6 -> 38 x 3 = 114; 10^6 / 14,592 = 68.5 -> 69 steps; warmup min(69, 6.9 -> 6)
+])
+def test_batch_is_whole_micro_batches_on_every_rank(micro, dp, batch, micro_used, steps, warmup):
     h = hyper(RULE, 1_000_000, 128, 10**6, micro_batch=micro, dp=dp)
-    assert h.batch_size % (h.micro_batch * dp) == 0 and h.micro_batch <= micro
-    want = batch_tokens_for(1_000_000) / 128
-    assert abs(h.batch_size - want) <= h.micro_batch * dp  # the nearest multiple
+    assert (h.batch_size, h.micro_batch, h.steps, h.warmup) == (batch, micro_used, steps, warmup)
+    assert h.lr == pytest.approx(0.022382, rel=2e-5)  # 0.0047 / (1M / 108M)^(1/3) = 0.0047 / 0.209987
 
 
 def test_warmup_is_capped_for_short_runs_and_multipliers_scale_every_cell():
+    # 200,000 tokens / 14,336 per step = 13.95 -> 14 steps: warmup 10% of 14 -> 1, not ceil(10^6 / 14,336) = 70
     short = hyper(RULE, 1_000_000, 128, run_tokens=200_000, micro_batch=8)
-    assert short.warmup == math.floor(0.1 * short.steps) < math.ceil(1_000_000 / (short.batch_size * 128))
+    assert (short.batch_size, short.steps, short.warmup) == (112, 14, 1)
+    # batch x 0.25: 28.2 sequences -> 32; 200,000 / 4,096 = 48.8 -> 49 steps, warmup 4; lr halved
     scaled = hyper(RecipeConfig(lr_multiplier=0.5, batch_multiplier=0.25), 1_000_000, 128, 200_000, micro_batch=8)
+    assert (scaled.batch_size, scaled.steps, scaled.warmup) == (32, 49, 4)
     assert scaled.lr == pytest.approx(short.lr / 2)
-    assert scaled.batch_size < short.batch_size and scaled.steps > short.steps
 
 
 def test_bad_recipe_values_are_user_errors():
