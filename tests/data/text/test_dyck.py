@@ -47,11 +47,35 @@ def test_deterministic_by_seed_and_index():
     assert torch.equal(DyckStream(cfg).sequences([17]), a[2:])
     assert not torch.equal(DyckStream(DyckConfig(k=8, seq_len=128, seed=4)).sequences([5]), a[:1])
     assert not torch.equal(a[0], a[1])
-    # golden prefix: fixes the generator's draws across machines and releases
-    assert sequence(DyckConfig(k=4, seq_len=15, seed=0), 0).tolist() == GOLDEN
 
 
-GOLDEN = [0, 3, 0, 2, 6, 4, 7, 4, 1, 5, 0, 0, 4, 2, 6, 2]
+def test_a_row_traced_by_hand():
+    """DyckConfig(k=4, seq_len=15, seed=0), index 0, traced by hand from the module docstring's rules (open
+    type t = id t, its close = id 4 + t) and the draws of numpy's PCG64([seed, index]): 16 uniforms (open
+    when < p_open = 0.5), then 16 bracket types in [0, 4)."""
+    rng = np.random.Generator(np.random.PCG64([0, 0]))
+    coins, types = np.round(rng.random(16), 2).tolist(), rng.integers(0, 4, size=16).tolist()
+    assert coins == [.64, .27, .04, .02, .81, .91, .61, .73, .54, .94, .82, .0, .86, .03, .73, .18]
+    assert types == [0, 3, 0, 2, 0, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 2]
+    hand = [
+        0,  # t0  depth 0: a word starts, open type 0               stack [0]
+        3,  # t1  .27 < .5: open type 3                             [0 3]
+        0,  # t2  .04: open 0                                       [0 3 0]
+        2,  # t3  .02: open 2                                       [0 3 0 2]
+        6,  # t4  .81: close the top, 2 -> 4 + 2                    [0 3 0]
+        4,  # t5  .91: close 0                                      [0 3]
+        7,  # t6  .61: close 3                                      [0]
+        4,  # t7  .73: close 0; the word is complete                []
+        1,  # t8  depth 0: open type 1 (its coin .54 is unused)     [1]
+        5,  # t9  .94: close 1                                      []
+        0,  # t10 depth 0: open 0                                   [0]
+        0,  # t11 .00: open 0                                       [0 0]
+        4,  # t12 .86: close 0                                      [0]
+        2,  # t13 .03: open 2                                       [0 2]
+        6,  # t14 .73: close 2                                      [0]
+        2,  # t15 .18: open 2 (the row ends inside a word)          [0 2]
+    ]
+    assert sequence(DyckConfig(k=4, seq_len=15, seed=0), 0).tolist() == hand
 
 
 def test_p_open_controls_depth():
