@@ -134,7 +134,8 @@ class MegatronEngine:
 
         o, adamw = self.cfg.optim, self.cfg.optim.name == "adamw"
         config = OptimizerConfig(
-            optimizer="adam", lr=o.lr, weight_decay=o.weight_decay if adamw else 0.0, decoupled_weight_decay=adamw,
+            optimizer="sgd" if o.name == "sgd" else "adam", sgd_momentum=0.0,  # sgd: plain, as the torch backend's
+            lr=o.lr, weight_decay=o.weight_decay if adamw else 0.0, decoupled_weight_decay=adamw,
             adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad,
             bf16=self.cfg.precision == "bf16", params_dtype=self.config.params_dtype,
             use_distributed_optimizer=self.cfg.distributed_optimizer,
@@ -227,24 +228,37 @@ class MegatronEngine:
         with torch.no_grad():  # DistributedOptimizer copies into views of leaf tensors
             self.optimizer.load_state_dict(loaded["optimizer"])
         if self.cfg.distributed_optimizer:
-            # the per-parameter 'step' comes back from the template (0) and shared between parameters;
-            # restore the saved step count, one tensor per parameter
-            step = float(loaded["optimizer"]["optimizer"]["param_groups"][0]["step"])
+            # torch Adam: the per-parameter 'step' comes back from the template (0) and shared between
+            # parameters; restore the saved step count, one tensor per parameter
             for opt in self._optimizers():
-                for st in opt.optimizer.state.values():
-                    st["step"] = torch.tensor(step)
+                if keeps_step_per_parameter(opt.optimizer):
+                    step = float(loaded["optimizer"]["optimizer"]["param_groups"][0]["step"])
+                    for st in opt.optimizer.state.values():
+                        st["step"] = torch.tensor(step)
 
     def _ensure_optimizer_state(self) -> None:
-        """A torch-Adam DistributedOptimizer without state (no step taken yet) cannot build its sharded state
-        dict (distrib_optimizer.py asserts one 'step'); create the zero state Adam's first step would create."""
-        if not self.cfg.distributed_optimizer:
-            return
-        for opt in self._optimizers():
-            if not opt.optimizer.state:
-                opt.init_state_fn(opt.optimizer, opt.config)
-                for st in opt.optimizer.state.values():
-                    st.setdefault("step", torch.tensor(0.0))
+        if self.cfg.distributed_optimizer:
+            for opt in self._optimizers():
+                ensure_optimizer_state(opt)
 
     def _optimizers(self) -> list:
         return getattr(self.optimizer, "chained_optimizers", [self.optimizer])
 
+
+def keeps_step_per_parameter(inner: torch.optim.Optimizer) -> bool:
+    """torch's Adam keeps `step` in each parameter's state, where megatron-core 0.16's DistributedOptimizer
+    expects it; TE's and Apex's FusedAdam keep it per group, and their state_dict() raises KeyError on a
+    per-parameter 'step' (issue 14.2); SGD has no state."""
+    return isinstance(inner, torch.optim.Adam)
+
+
+def ensure_optimizer_state(opt) -> None:
+    """A DistributedOptimizer `opt` without state (no step taken yet) cannot build its sharded state dict:
+    create the zero moments Adam's first step would create, and for torch Adam the zero per-parameter 'step'
+    (distrib_optimizer.py asserts one). SGD has nothing to create."""
+    if opt.init_state_fn is None or opt.optimizer.state:
+        return
+    opt.init_state_fn(opt.optimizer, opt.config)
+    if keeps_step_per_parameter(opt.optimizer):
+        for st in opt.optimizer.state.values():
+            st.setdefault("step", torch.tensor(0.0))
