@@ -1,0 +1,332 @@
+"""The prepared GPU check (run it through tools/gpu_check.sh; docs/gpu.md says how to bring the wheels).
+
+On one GPU, through the project's own CLI (`nca-scale train` / `nca-scale generate`, what users run), it measures
+and prints ONE JSON object on stdout (the children's output goes to log files under --out):
+
+- versions: Python, torch, CUDA, cuDNN, the GPU, megatron-core, DeepSpeed, TransformerEngine (if any);
+- for each backend (torch, megatron TP=1, DeepSpeed ZeRO-1): a bf16 run of the 1B preset (configs/model/1b.yaml)
+  on the paper's NCA data (configs/nca/paper.yaml, 50 %+ band) at seq 2048, 30 steps: tokens/s, TFLOP/s per GPU
+  and MFU (medians of steps 6-30), peak device memory, the loss at steps 1 and 30 (finite, falling); then a
+  resume from its step-25 checkpoint whose losses at steps 26-30 must equal the uninterrupted run's;
+- the NCA generator's tokens/s (`nca-scale generate configs/nca/paper.yaml`) on CUDA and on all CPU cores.
+
+`--dry-run` (any machine, no GPU needed) checks the plan instead: every command resolves to a CLI command, every
+training config validates and is the 1B preset at seq 2048 in bf16 for 30 steps, every generate job parses, and
+the wheels directory (if present) holds one installable cp312 x86-64 wheel per package the check needs. Exit
+status 0 when everything passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# the console script `nca-scale` is nca_scale.cli:main; called through the interpreter so that the check also
+# runs where the project is on PYTHONPATH but not pip-installed (a GPU machine fed with wheels)
+CLI = [sys.executable, "-c", "import sys; from nca_scale.cli import main; sys.exit(main())"]
+STEPS, RESUME_FROM, WARMUP = 30, 25, 5
+TRAIN = [
+    "configs/train/paper-stage1.yaml", "model=configs/model/1b.yaml", "data.nca.seq_len=2048", "precision=bf16",
+    f"steps={STEPS}", "tokens=null", "batch_size=8", "micro_batch=8", "auto_micro_batch=false",
+    # a short run must show the loss falling: a higher LR than the paper's 1e-4 with its 5,000-step warmup
+    "optim.lr=3e-4", "schedule.warmup=5", f"schedule.total={STEPS}",
+    # a smaller rule bank than the paper's 16,000: start-up time, not a different stream per rule
+    "data.nca.bank.size=2000", "data.nca.bank.val_size=200",
+    "eval_every=0", "wandb=disabled", "progress=false", "log_every=1", f"checkpoint_every={RESUME_FROM}",
+    "keep_last=2",
+]
+BACKENDS = {"torch": ["backend=torch"], "megatron": ["backend=megatron", "tp=1"],
+            "deepspeed": ["backend=deepspeed", "zero=1"]}
+GENERATE = {"cuda": ["device=cuda", "batch_size=4096"], "cpu": ["device=cpu", "workers=0"]}
+NCA_TOKENS = 8_000_000
+# what a GPU machine with PyTorch lacks (docs/gpu.md): the wheels tools/gpu_check.sh installs
+WHEELS = {"megatron-core", "deepspeed", "webdataset", "braceexpand", "submitit", "hjson", "pydantic", "pydantic-core",
+          "annotated-types", "typing-inspection", "typing-extensions"}
+RESUME_TOLERANCE = 1e-3  # relative, bf16: GPU kernels need not be bitwise deterministic (reported separately)
+
+
+def train_args(backend: str, out: Path, resume: Path | None = None) -> list[str]:
+    extra = [f"resume={resume}"] if resume else []
+    return ["train", *TRAIN, *BACKENDS[backend], f"out={out}", *extra]
+
+
+def generate_args(device: str, out: Path) -> list[str]:
+    return ["generate", "configs/nca/paper.yaml", f"out={out}", f"tokens={NCA_TOKENS}", "progress=false",
+            *GENERATE[device]]
+
+
+def shown(args: list[str]) -> str:
+    return "nca-scale " + shlex.join(args)
+
+
+# ---- measuring ---------------------------------------------------------------------------------------
+class MemorySampler:
+    """Peak memory in use on GPU 0 while a child runs (NVML every 0.2 s: the CUDA context and the caching
+    allocator's reserve included, which is what the device had to hold)."""
+
+    def __init__(self):
+        self.peak: int | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:  # nvidia-ml-py; without it the figure is null, the check goes on
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # ImportError, or any NVML error
+            return
+        self.peak = 0
+        while not self.stop.wait(0.2):
+            self.peak = max(self.peak, pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def run_cli(args: list[str], log: Path, timeout: float) -> subprocess.CompletedProcess:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        proc = subprocess.run([*CLI, *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True,
+                              timeout=max(timeout, 1))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), "")
+
+
+def failed(proc: subprocess.CompletedProcess) -> str:
+    tail = [line for line in proc.stdout.splitlines() if line.strip()][-3:]
+    return f"exit {proc.returncode}: " + " | ".join(tail)
+
+
+def losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if "loss" in m}
+
+
+def speed(out: Path, flops_per_token: float) -> dict:
+    steps = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "loss" in m and m["step"] > WARMUP]
+    tokens_per_s = statistics.median(m["tokens_per_s"] for m in steps)
+    mfu = [m["mfu"] for m in steps if m.get("mfu") is not None]
+    return {"tokens_per_s": round(tokens_per_s), "tflops_per_gpu": round(tokens_per_s * flops_per_token / 1e12, 1),
+            "mfu": round(statistics.median(mfu), 4) if mfu else None,
+            "step_time_s": round(statistics.median(m["step_time"] for m in steps), 4),
+            "median_of_steps": [WARMUP + 1, STEPS]}
+
+
+def check_backend(backend: str, work: Path, deadline: float) -> dict:
+    from nca_scale.model.config import flops_per_token
+    from nca_scale.train.config import from_args
+
+    full, again = work / backend / "full", work / backend / "resumed"
+    shutil.rmtree(work / backend, ignore_errors=True)
+    args = train_args(backend, full)
+    result: dict = {"command": shown(args)}
+    cfg = from_args(args[1:]).resolved()
+    t0 = time.perf_counter()
+    with MemorySampler() as memory:
+        proc = run_cli(args, work / f"{backend}.log", deadline - time.time())
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["peak_memory_gib"] = None if memory.peak is None else round(memory.peak / 2**30, 2)
+    if proc.returncode:
+        return {**result, "ok": False, "error": failed(proc)}
+    seen = losses(full)
+    first, last = seen.get(1, math.nan), seen.get(STEPS, math.nan)
+    falling = all(math.isfinite(v) for v in seen.values()) and last < first
+    result.update(speed(full, flops_per_token(cfg.model, cfg.seq_len)["train"]),
+                  **{"loss_step1": first, f"loss_step{STEPS}": last}, loss_finite_and_falling=falling)
+
+    ckpt = full / "checkpoints" / f"step_{RESUME_FROM:08d}"
+    args = train_args(backend, again, resume=ckpt)
+    proc = run_cli(args, work / f"{backend}-resume.log", deadline - time.time())
+    resume: dict = {"command": shown(args)}
+    if proc.returncode:
+        resume.update(ok=False, error=failed(proc))
+    else:
+        after = losses(again)
+        steps = list(range(RESUME_FROM + 1, STEPS + 1))
+        diff = max(abs(after[s] - seen[s]) / abs(seen[s]) for s in steps) if set(steps) <= after.keys() else math.inf
+        resume.update(steps=[steps[0], steps[-1]], losses=[after.get(s) for s in steps],
+                      uninterrupted=[seen[s] for s in steps], bitwise=diff == 0.0, max_rel_diff=diff,
+                      ok=diff <= RESUME_TOLERANCE)
+    result["resume"] = resume
+    result["ok"] = falling and resume["ok"]
+    shutil.rmtree(work / backend, ignore_errors=True)  # ~40 GB of checkpoints per backend
+    return result
+
+
+def check_generate(device: str, work: Path, deadline: float) -> dict:
+    out = work / f"nca-{device}"
+    shutil.rmtree(out, ignore_errors=True)
+    args = generate_args(device, out)
+    t0 = time.perf_counter()
+    proc = run_cli(args, work / f"nca-{device}.log", deadline - time.time())
+    result = {"command": shown(args), "wall_s": round(time.perf_counter() - t0, 1), "cpu_cores": os.cpu_count()}
+    shutil.rmtree(out, ignore_errors=True)
+    line = [x for x in proc.stdout.splitlines() if x.endswith(" tokens/s")]
+    if proc.returncode or not line:
+        return {**result, "ok": False, "error": failed(proc)}
+    return {**result, "ok": True, "tokens_per_s": int(line[-1].rsplit(";", 1)[1].split()[0].replace(",", ""))}
+
+
+def versions() -> dict:
+    import torch
+
+    found = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+             "gpus": torch.cuda.device_count(), "cpu_cores": os.cpu_count()}
+    for name in ("megatron-core", "deepspeed", "transformer-engine"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    try:
+        found["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                         text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        found["commit"] = None
+    return found
+
+
+def measure(work: Path, budget_s: float) -> dict:
+    import torch
+
+    deadline = time.time() + budget_s
+    report: dict = {"check": "nca_scale GPU check", "versions": versions(), "train": {}, "nca": {}}
+    if not torch.cuda.is_available():
+        report.update(ok=False, problems=["no CUDA device visible to torch; use --dry-run on a machine without a GPU"])
+        return report
+    t0 = time.perf_counter()
+    for backend in BACKENDS:
+        try:
+            report["train"][backend] = check_backend(backend, work, deadline)
+        except subprocess.TimeoutExpired:
+            report["train"][backend] = {"ok": False, "error": f"over the {budget_s:.0f} s budget"}
+    for device in GENERATE:
+        try:
+            report["nca"][device] = check_generate(device, work, deadline)
+        except subprocess.TimeoutExpired:
+            report["nca"][device] = {"ok": False, "error": f"over the {budget_s:.0f} s budget"}
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    report["problems"] = [f"{kind} {name}: {r.get('error') or 'check failed'}"
+                          for kind in ("train", "nca") for name, r in report[kind].items() if not r["ok"]]
+    report["ok"] = not report["problems"]
+    return report
+
+
+# ---- the plan, checked without a GPU --------------------------------------------------------------------
+def check_wheels(directory: Path) -> tuple[dict, list[str]]:
+    """One wheel per distribution, each installable on CPython 3.12 / x86-64 Linux, and every one the check
+    needs present."""
+    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+    if not directory.is_dir():
+        return {"dir": str(directory), "present": False}, []
+    problems, found = [], {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix != ".whl":
+            problems.append(f"wheels: {path.name} is not a wheel")
+            continue
+        try:
+            name, version, _, tags = parse_wheel_filename(path.name)
+        except InvalidWheelFilename as e:
+            problems.append(f"wheels: {e}")
+            continue
+        if name in found:
+            problems.append(f"wheels: two versions of {name} ({found[name]}, {version}): pip --no-deps would stop")
+        found[name] = str(version)
+        if not any(_installable(tag) for tag in tags):
+            problems.append(f"wheels: {path.name} does not install on CPython 3.12 x86-64 Linux")
+    missing = {canonicalize_name(n) for n in WHEELS} - found.keys()
+    problems += [f"wheels: {name} is missing (docs/gpu.md lists the download)" for name in sorted(missing)]
+    return {"dir": str(directory), "present": True, "wheels": found}, problems
+
+
+def _installable(tag) -> bool:
+    python_ok = tag.interpreter in ("py3", "cp312") or (tag.abi == "abi3" and tag.interpreter.startswith("cp3"))
+    platform_ok = tag.platform == "any" or (tag.platform.startswith("manylinux") and tag.platform.endswith("x86_64"))
+    return python_ok and platform_ok
+
+
+def dry_run(work: Path, wheels: Path) -> dict:
+    from nca_scale.cli import resolve
+    from nca_scale.cli.common import parse_job
+    from nca_scale.cli.generate import GenerateJob
+    from nca_scale.errors import UserError
+    from nca_scale.model.config import flops_per_token
+    from nca_scale.nca.config import NCAConfig
+    from nca_scale.train.config import from_args
+
+    problems: list[str] = []
+    plan = []
+    for backend in BACKENDS:
+        ckpt = work / backend / "full" / "checkpoints" / f"step_{RESUME_FROM:08d}"
+        for args in (train_args(backend, work / backend / "full"), train_args(backend, work / backend / "resumed", ckpt)):
+            step = {"command": shown(args)}
+            plan.append(step)
+            try:
+                fn, rest = resolve(args)
+                # the checkpoint a resume names exists only once the first run made it: the config checks it
+                cfg = from_args([a if not a.startswith("resume=") else "resume=never" for a in rest]).resolved()
+            except UserError as e:
+                problems.append(f"{shown(args)}: {e}")
+                continue
+            step.update(cli=f"{fn.__module__}.{fn.__name__}", backend=cfg.backend, precision=cfg.precision,
+                        seq_len=cfg.seq_len, steps=cfg.total_steps, layers=cfg.model.n_layers, d_model=cfg.model.d_model,
+                        micro_batch=cfg.micro_batch, accumulation=cfg.grad_accum,
+                        train_flops_per_token=flops_per_token(cfg.model, cfg.seq_len)["train"])
+            want = {"backend": backend, "precision": "bf16", "seq_len": 2048, "steps": STEPS, "layers": 15, "d_model": 2048}
+            problems += [f"{shown(args)}: {k}={step[k]}, the check needs {v}" for k, v in want.items() if step[k] != v]
+    for device in GENERATE:
+        args = generate_args(device, work / f"nca-{device}")
+        step = {"command": shown(args)}
+        plan.append(step)
+        try:
+            fn, rest = resolve(args)
+            job, cfg, _ = parse_job(GenerateJob, NCAConfig, rest, config_required=True)
+            job.validate()
+            step.update(cli=f"{fn.__module__}.{fn.__name__}", device=job.device, band=[cfg.complexity.lo, cfg.complexity.hi])
+        except UserError as e:
+            problems.append(f"{shown(args)}: {e}")
+    wheel_report, wheel_problems = check_wheels(wheels)
+    return {"check": "nca_scale GPU check", "dry_run": True, "versions": versions(), "plan": plan,
+            "wheels": wheel_report, "problems": problems + wheel_problems, "ok": not problems + wheel_problems}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="check the plan without a GPU and exit")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/nca_scale_gpu_check"), help="run directories and logs")
+    parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="the wheels tools/gpu_check.sh installs")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all runs together")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    report = dry_run(args.out, args.wheels) if args.dry_run else measure(args.out, args.budget)
+    text = json.dumps(report, indent=1)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
