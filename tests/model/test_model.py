@@ -1,5 +1,6 @@
 """Model config: exact parameter counts, FLOPs, presets, the native model and the megatron layout maps."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,36 @@ def test_init_is_a_function_of_seed_and_name():
     assert not torch.equal(init_tensor(cfg, "layers.0.attn.wq.weight", 1), init_tensor(cfg, "layers.1.attn.wq.weight", 1))
     assert not torch.equal(init_tensor(cfg, "tok_emb.weight", 1), init_tensor(cfg, "tok_emb.weight", 2))
     assert torch.equal(init_tensor(cfg, "norm.weight", 1), torch.ones(64))
+
+
+@pytest.mark.parametrize("init_std", [0.02, 0.01])
+def test_init_statistics_follow_the_documented_recipe(init_std):
+    """docs/training.md, paper.md §3 (HF Llama `_init_weights`): every linear and the embedding ~ N(0, init_std)
+    with NO depth scaling (the output projections wo and w_down are not scaled by 1/sqrt(2 layers)), RMSNorm
+    weights 1, untied head initialised like the rest. Checked on the native model's parameters."""
+    cfg = ModelConfig(n_layers=2, d_model=128, n_heads=4, vocab_size=512, init_std=init_std)
+    model = Llama(cfg, 16, seed=3)
+    kinds: dict[str, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        kind = name.split(".")[-2] if name.startswith("layers.") else name.split(".")[0]
+        kinds.setdefault(kind, []).append(p.detach().flatten().double())
+    assert sorted(kinds) == sorted(["tok_emb", "head", "norm", "attn_norm", "mlp_norm", "wq", "wk", "wv", "wo",
+                                    "w_gate", "w_up", "w_down"])
+    for kind in ("norm", "attn_norm", "mlp_norm"):
+        assert all(torch.equal(t, torch.ones(128, dtype=torch.double)) for t in kinds[kind]), kind
+    # shares of a normal within 1 and 2 standard deviations (a uniform of the same std: 0.577, 1.0)
+    normal = [math.erf(k / math.sqrt(2)) for k in (1, 2)]  # 0.6827, 0.9545
+    for kind in ("tok_emb", "head", "wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down"):
+        for t in kinds[kind]:  # >= 16,384 values each: the sample std is within 0.6% (1 sigma) of the truth
+            n = len(t)
+            assert abs(t.std().item() / init_std - 1) < 0.03 and abs(t.mean().item()) < 5 * init_std / n**0.5, kind
+            for k, share in zip((1, 2), normal):
+                assert abs((t.abs() < k * init_std).double().mean().item() - share) < 0.02, (kind, k)
+    # every tensor is its own draw: no two layers (or the embedding and the head) share values
+    for kind, ts in kinds.items():
+        if kind not in ("norm", "attn_norm", "mlp_norm"):
+            assert all(not torch.equal(a, b) for i, a in enumerate(ts) for b in ts[i + 1:]), kind
+    assert not torch.equal(kinds["tok_emb"][0], kinds["head"][0])
 
 
 def test_megatron_shards_reassemble_the_logical_tensors():
