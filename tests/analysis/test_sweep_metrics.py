@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 from sweep_synth import write_sweep
 
 from nca_scale.analysis import sweep_metrics as sm
@@ -71,6 +72,20 @@ def test_bootstrap_interval_covers_the_truth():
     assert sm.bootstrap_ci([1.0], boot) is None
     # seeded: the same values give the same interval
     assert sm.bootstrap_ci([1.0, 2.0, 4.0], boot) == sm.bootstrap_ci([1.0, 2.0, 4.0], boot)
+
+
+def test_bootstrap_interval_equals_scipys():
+    """The same interval as scipy.stats.bootstrap's percentile method (an independent implementation), up to
+    Monte Carlo error: 50,000 resamples each put a 2.5 % quantile within ~0.015 standard errors of the mean;
+    a 90 % interval instead of 95 % would be ~0.3 standard errors narrower on each side."""
+    rng = np.random.default_rng(5)
+    for level in (0.95, 0.8):
+        v = rng.normal(3.0, 2.0, 10)
+        ref = scipy.stats.bootstrap((v,), np.mean, n_resamples=50_000, method="percentile", confidence_level=level,
+                                    rng=np.random.default_rng(7)).confidence_interval
+        lo, hi = sm.bootstrap_ci(v, sm.Bootstrap(level, 50_000, 0))
+        se = v.std() / len(v) ** 0.5
+        assert abs(lo - ref.low) < 0.1 * se and abs(hi - ref.high) < 0.1 * se, (lo, hi, ref)
 
 
 def test_vs_scratch_pairs_seeds_and_reports_not_reached(tmp_path):
