@@ -40,7 +40,7 @@ class _CudaToCpu(TorchFunctionMode):
         return out
 
 
-def activate(sequence_parallel: bool = False) -> None:
+def activate() -> None:
     """Install the patches (idempotent) when CUDA is absent. Call before building megatron models."""
     global _active
     if torch.cuda.is_available():
@@ -48,8 +48,6 @@ def activate(sequence_parallel: bool = False) -> None:
     if not _active:
         _install()
         _active = True
-    if sequence_parallel:
-        _sequence_parallel_norm()
 
 
 def activate_deepspeed() -> None:
@@ -84,17 +82,3 @@ def _install() -> None:
     # thread-local; CPU autograd runs backward on the calling thread, so the main thread is enough
     _CudaToCpu().__enter__()
 
-
-def _sequence_parallel_norm() -> None:
-    """transformer.torch_norm.WrappedTorchNorm (the local spec's norm without Apex/TE) asserts that sequence
-    parallelism is off. Build a plain torch norm whose weights are tagged `.sequence_parallel`, so that
-    finalize_model_grads all-reduces their gradients over TP, as the Apex/TE norms do."""
-    import megatron.core.transformer.torch_norm as torch_norm
-
-    def new(cls, config, hidden_size, eps=1e-5, **kwargs):
-        norm = (torch.nn.RMSNorm if config.normalization == "RMSNorm" else torch.nn.LayerNorm)(hidden_size, eps=eps)
-        for p in norm.parameters():
-            p.sequence_parallel = config.sequence_parallel
-        return norm
-
-    torch_norm.WrappedTorchNorm.__new__ = new

@@ -31,7 +31,7 @@ tdist.quiet_upstream_warnings()
 
 class MegatronEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
-        cpu_compat.activate(sequence_parallel=cfg.sequence_parallel)
+        cpu_compat.activate()
         tdist.init()
         from megatron.core import parallel_state as ps
 
