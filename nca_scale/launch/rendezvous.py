@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 
 from submitit.slurm.slurm import SlurmParseException, _parse_node_list
@@ -68,6 +69,21 @@ def slurm_env(environ: dict | None = None) -> dict[str, str]:
         or expand_nodelist(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "localhost")))[0],
         "MASTER_PORT": env.get("MASTER_PORT") or str(master_port(job_id, env.get("SLURM_RESTART_COUNT", 0))),
     }
+
+
+def describe(values: dict[str, str]) -> str:
+    """One line for the task's log: this rank, its node and address, and the master address it meets (so a
+    log shows which network the job's ranks use)."""
+    who = f"rendezvous: rank {values['RANK']} of {values['WORLD_SIZE']} on {socket.gethostname()}"
+    master, port = values["MASTER_ADDR"], int(values["MASTER_PORT"])
+    try:
+        master_ip = socket.gethostbyname(master)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((master_ip, port))  # UDP: nothing is sent; the kernel picks the route and our source address
+            own = s.getsockname()[0]
+    except OSError as e:
+        return f"{who}: MASTER_ADDR={master} is not reachable from here ({e})"
+    return f"{who} ({own}) -> MASTER_ADDR={master} ({master_ip}), MASTER_PORT={port}"
 
 
 def export() -> dict[str, str]:

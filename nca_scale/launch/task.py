@@ -16,6 +16,7 @@ Exiting through SystemExit leaves no submitit result file, so the job's waiters 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +26,18 @@ import threading
 import submitit
 
 from nca_scale.launch import rendezvous
+
+log = logging.getLogger(__name__)
+
+
+def _log_to_stderr() -> None:
+    """The task is a process's entry point: nca_scale's log lines go to its stderr (the task's log file)."""
+    root = logging.getLogger("nca_scale")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[nca-scale] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def _time_limit_warning(limit_min: int, lead_s: int) -> threading.Timer | None:
@@ -45,8 +58,11 @@ class Task(submitit.helpers.Checkpointable):
         self.limit_min, self.lead_s = limit_min, lead_s
 
     def __call__(self) -> dict:
+        _log_to_stderr()
         os.environ.update({k: str(v) for k, v in self.env.items()})
-        rendezvous.export()
+        values = rendezvous.export()
+        if values:
+            log.info(rendezvous.describe(values))
         timer = _time_limit_warning(self.limit_min, self.lead_s)
         from nca_scale import cli
         from nca_scale.train import preemption
@@ -81,8 +97,7 @@ class Task(submitit.helpers.Checkpointable):
             if restarts >= self.max_restarts:
                 raise RuntimeError(f"preempted or out of time after {restarts} restarts (max_restarts="
                                    f"{self.max_restarts}); not requeued. Resume later with resume=auto")
-            print(f"[nca-scale] requeueing job {job} (restart {restarts + 1} of at most {self.max_restarts})",
-                  flush=True)
+            log.info("requeueing job %s (restart %d of at most %d)", job, restarts + 1, self.max_restarts)
             subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
         sys.exit(EXIT_PREEMPTED)
 

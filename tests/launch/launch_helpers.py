@@ -25,8 +25,8 @@ NODELISTS = {
     "a1,b[3-4]": ["a1", "b3", "b4"],
     "n[1-2],gpu[07-09,12],login": ["n1", "n2", "gpu07", "gpu08", "gpu09", "gpu12", "login"],
     "node[08-11]": ["node08", "node09", "node10", "node11"],
-    "cn[9-10]-ib": ["cn9-ib", "cn10-ib"],
-    "x1000c0s[0-1]b0n0": ["x1000c0s0b0n0", "x1000c0s1b0n0"],
+    "node[8-10]": ["node8", "node9", "node10"],
+    "cn9-ib,cn10-ib": ["cn9-ib", "cn10-ib"],  # Slurm writes names with a suffix after the digits uncompressed
 }
 
 
@@ -97,9 +97,16 @@ def losses(run: Path) -> list[float]:
     return [m["loss"] for m in metrics(run) if "loss" in m]
 
 
-def megatron_weights(ckpt: Path, tmp: Path) -> dict:
-    """Model tensors of a megatron torch_dist checkpoint, gathered to full size."""
+def final_weights(backend: str, ckpt: Path, tmp: Path) -> dict:
+    """Model tensors of a checkpoint of `backend`, gathered to full size."""
     import torch
+
+    if backend == "deepspeed":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="ds")
+    if backend == "torch":
+        return torch.load(ckpt / "state.pt", weights_only=True)["model"]
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     tmp.mkdir(parents=True, exist_ok=True)

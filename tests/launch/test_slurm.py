@@ -1,26 +1,32 @@
-"""On the real local Slurm cluster (tools/local_slurm.sh up): a 2-node megatron TP=2 job, preemption by
-`scancel --signal=USR2` and by `scontrol requeue`, a job array, a dependency chain, bad profiles.
+"""On the real local Slurm cluster (tools/local_slurm.sh up: nodes n1 and n2 in network namespaces of their own,
+each with its own address): 2-node jobs of every backend (megatron TP=2, DeepSpeed ZeRO-2 and torch DDP data
+parallel), preemption by `scancel --signal=USR2` and by `scontrol requeue` with bit-identical resume, the
+rendezvous over the nodes' real addresses, a job array, a dependency chain, bad profiles, time limits.
 
-The three 2-node jobs (uninterrupted, USR2, requeue) are submitted together and run side by side; the two
-interrupted ones are signalled once they have logged a few steps.
+The 2-node jobs are submitted together (held, then released at once; interrupted ones first) and run side by
+side; each interrupted one is signalled once it has logged a few steps. Every step lasts at least PAD seconds (min_step_time), so a signal
+lands mid-run however fast the machine is; the uninterrupted references of DeepSpeed and torch are plain
+`nca-scale train nproc=2` runs on this host, started alongside.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import torch
 from launch_helpers import (
+    CLI,
     FAST,
     NODELISTS,
+    ROOT,
+    final_weights,
     job_ids,
     logged_steps,
     losses,
-    megatron_weights,
     metrics,
     nca,
     state,
@@ -32,63 +38,111 @@ from nca_scale.launch import rendezvous
 pytestmark = pytest.mark.usefixtures("slurm")
 
 STEPS = 30
-STEPS_LONG = 450  # the time-limit test: more than one 2-minute attempt of training
-TP2 = ["configs/train/cpu-tiny.yaml", "cluster=local-slurm", f"steps={STEPS}", "backend=megatron", "tp=2", *FAST]
+PAD = "min_step_time=0.2"  # >= 6 s of training per run
+BACKENDS = {
+    "megatron": ["backend=megatron", "tp=2"],  # tensor parallel across the two nodes
+    "deepspeed": ["backend=deepspeed", "zero=2"],  # data parallel, optimizer state partitioned over the nodes
+    "torch": ["backend=torch"],  # data parallel (DDP)
+}
+SIGNALS = {"usr2": ["scancel", "--signal=USR2"], "requeue": ["scontrol", "requeue"]}
+INTERRUPTED = [(b, k) for b in BACKENDS for k in SIGNALS]
 FINAL = f"checkpoints/step_{STEPS:08d}"
+
+
+def train_args(backend: str) -> list[str]:
+    return ["configs/train/cpu-tiny.yaml", f"steps={STEPS}", *BACKENDS[backend], *FAST, PAD]
 
 
 @pytest.fixture(scope="module")
 def two_node_runs(env, tmp_path_factory):
-    """{'plain', 'usr2', 'requeue'} -> (run dir, job id); the last two interrupted mid-run."""
-    base = tmp_path_factory.mktemp("tp2")
+    """(backend, kind) -> (run dir, job id) for kind usr2/requeue (interrupted mid-run) and ('megatron', 'plain');
+    (backend, 'local') -> (run dir, process) for the local references of DeepSpeed and torch."""
+    base = tmp_path_factory.mktemp("two_node")
     runs = {}
-    for kind in ("plain", "usr2", "requeue"):
-        out = base / kind
-        nca(env, "submit", *TP2, f"out={out}", f"name=tp2-{kind}")
-        runs[kind] = (out, job_ids(out)[0])
+    for backend, kind in [*INTERRUPTED, ("megatron", "plain")]:  # held until all are queued: none may finish
+        out = base / f"{backend}-{kind}"  # before the loop below watches it
+        nca(env, "submit", *train_args(backend), "cluster=local-slurm", "cluster.sbatch={hold: true}", f"out={out}",
+            f"name={backend}-{kind}")
+        runs[backend, kind] = (out, job_ids(out)[0])
+    subprocess.run(["scontrol", "release", ",".join(job for _, job in runs.values())], check=True)
+    for backend in ("deepspeed", "torch"):
+        out = base / f"{backend}-local"
+        proc = subprocess.Popen([str(CLI), "train", *train_args(backend), "nproc=2", f"out={out}"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        runs[backend, "local"] = (out, proc)
     t0 = time.time()
-    pending = {"usr2": ["scancel", "--signal=USR2"], "requeue": ["scontrol", "requeue"]}
+    pending = list(INTERRUPTED)
     while pending:
-        for kind in list(pending):
-            out, job = runs[kind]
+        for key in list(pending):
+            out, job = runs[key]
             if logged_steps(out) >= 3:
-                subprocess.run([*pending.pop(kind), job], check=True)
-                assert logged_steps(out) < STEPS, f"{kind}: the job finished before it could be interrupted"
-        assert time.time() - t0 < 240, f"jobs did not start logging steps: {[state(runs[k][1]) for k in pending]}"
+                subprocess.run([*SIGNALS[key[1]], job], check=True)
+                pending.remove(key)
+                assert logged_steps(out) < STEPS, f"{key}: the job finished before it could be interrupted"
+        assert time.time() - t0 < 900, f"jobs did not start logging steps: {[(k, state(runs[k][1])) for k in pending]}"
         time.sleep(0.3)
     return runs
 
 
-def test_two_node_tp2_matches_local_run(two_node_runs, env, tmp_path):
-    out, job = two_node_runs["plain"]
+def reference(runs, backend: str) -> Path:
+    """The uninterrupted run of `backend`: the 2-node megatron job, or the local 2-process run."""
+    if backend == "megatron":
+        out, job = runs["megatron", "plain"]
+        assert wait_for(job) == "COMPLETED"
+        return out
+    out, proc = runs[backend, "local"]
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log[-3000:]
+    return out
+
+
+def node_addresses() -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "node", "n1,n2"], capture_output=True, text=True, check=True).stdout
+    return dict(re.findall(r"NodeName=(\S+).*?NodeAddr=(\S+)", out, flags=re.S))
+
+
+RENDEZVOUS = re.compile(r"rendezvous: rank (\d+) of 2 on (\S+) \(([\d.]+)\) -> MASTER_ADDR=(\S+) \(([\d.]+)\)")
+
+
+def test_two_node_tp2_matches_local_run_over_the_node_network(two_node_runs, env, tmp_path):
+    out, job = two_node_runs["megatron", "plain"]
     assert wait_for(job) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
-    hosts = {line.split("node=")[1][:1] for p in (out / "launch" / job).glob("*_log.out")
-             for line in p.read_text().splitlines() if "Starting with JobEnvironment" in line}
-    assert hosts == {"0", "1"}  # one task on each of the two nodes
+    # one task on each node, each in its node's network namespace, meeting at n1's own address
+    addr = node_addresses()
+    assert len(set(addr.values())) == 2 and "127.0.0.1" not in addr.values()
+    seen = {}
+    for rank in (0, 1):
+        text = (out / "launch" / job / f"{job}_{rank}_log.out").read_text()
+        m = RENDEZVOUS.search(text)
+        assert m, text[-3000:]
+        seen[int(m.group(1))] = m.groups()[1:]
+    assert seen == {0: ("n1", addr["n1"], "n1", addr["n1"]), 1: ("n2", addr["n2"], "n1", addr["n1"])}
     local = tmp_path / "local"
-    nca(env, "train", *[a for a in TP2 if not a.startswith("cluster=")], "nproc=2", f"out={local}")
+    nca(env, "train", *train_args("megatron"), "nproc=2", f"out={local}")
     assert len(losses(out)) == STEPS
     assert losses(out) == losses(local)
 
 
-@pytest.mark.parametrize("kind", ["usr2", "requeue"])
-def test_preempted_job_resumes_to_identical_weights(kind, two_node_runs, tmp_path):
-    plain, plain_job = two_node_runs["plain"]
-    out, job = two_node_runs[kind]
+@pytest.mark.parametrize("backend, kind", INTERRUPTED, ids=[f"{b}-{k}" for b, k in INTERRUPTED])
+def test_preempted_job_resumes_to_identical_weights(backend, kind, two_node_runs, tmp_path):
+    out, job = two_node_runs[backend, kind]
     log = out / "launch" / job / f"{job}_0_log.out"
     assert wait_for(job) == "COMPLETED", log.read_text()[-3000:]
-    assert wait_for(plain_job) == "COMPLETED"
+    plain = reference(two_node_runs, backend)
     text = log.read_text()
     signal = {"usr2": "SIGUSR2", "requeue": "SIGTERM"}[kind]
     assert "stopping at step" in text and f"after {signal}" in text, text[-3000:]
     assert "resumed from" in text
+    if kind == "usr2":
+        assert "requeueing job" in text  # rank 0 asked Slurm for it
     restarts = [m for m in metrics(out) if "restart" in m]
     assert len(restarts) == 1 and restarts[0]["restart"] == 1 and restarts[0]["reason"] == signal
     assert restarts[0]["lost_steps"] == 0  # the preemption save lost nothing
+    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, STEPS + 1))  # each step once
     assert losses(out) == losses(plain)
-    a = megatron_weights(plain / FINAL, tmp_path / "a")
-    b = megatron_weights(out / FINAL, tmp_path / "b")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = final_weights(backend, plain / FINAL, tmp_path / "a")
+    b = final_weights(backend, out / FINAL, tmp_path / "b")
+    assert a and a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 @pytest.mark.parametrize("nodelist", NODELISTS)
@@ -98,7 +152,7 @@ def test_slurm_expands_node_lists_as_the_fallback_parser_does(nodelist):
 
 
 def test_status_reports_state_step_loss_restarts(two_node_runs, env):
-    out, job = two_node_runs["usr2"]
+    out, job = two_node_runs["megatron", "usr2"]
     wait_for(job)
     rows = json.loads(nca(env, "status", str(out), "format=json").stdout)
     assert len(rows) == 1
@@ -170,17 +224,20 @@ def test_bad_profile_is_an_error_at_submit_time(bad, message, env, tmp_path):
 
 @pytest.mark.slow
 def test_time_limit_is_requeued_and_resumed(env, tmp_path):
-    """A 2-minute job whose training needs longer: the USR2 warning (signal_lead_s before the limit; Slurm may
-    send it up to a minute early) makes it save and requeue itself, on every attempt, until it finishes.
-    450 steps take ~2.5 min on an idle 2-core machine (150 finished inside one attempt there)."""
+    """A 2-minute job whose training cannot fit one attempt on any machine: every step lasts >= 0.5 s, the USR2
+    warning comes at most 45 s after the task starts (signal_lead_s=75 before the limit; rank 0 counts it from
+    its start, Slurm may send it earlier), so an attempt trains at most 90 of the 100 steps. The warning makes the
+    job save and requeue itself, on every attempt, until it finishes."""
     out = tmp_path / "run"
+    steps = 100
     nca(env, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm", "cluster.nodes=1", "cluster.time=2",
-        "cluster.signal_lead_s=30", "cluster.max_restarts=8", f"steps={STEPS_LONG}", *FAST, f"out={out}")
+        "cluster.signal_lead_s=75", "cluster.max_restarts=8", f"steps={steps}", "min_step_time=0.5", *FAST,
+        f"out={out}")
     job = job_ids(out)[0]
     assert wait_for(job, timeout=900) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
     restarts = [m for m in metrics(out) if "restart" in m]
     assert restarts and all(r["reason"] == "SIGUSR2" and r["lost_steps"] == 0 for r in restarts)
-    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, STEPS_LONG + 1))
+    assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, steps + 1))
 
 
 def test_max_restarts_stops_requeueing(env, tmp_path):
