@@ -143,7 +143,9 @@ class TrainConfig:
     # the rest by accumulation, so the global batch (the recipe) is the same on 1, 8, 16 or 32 GPUs
     auto_micro_batch: bool = False
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 on a GPU (the production precision), fp32 on a CPU (no bf16 speed-up to gain, and exact
+    # reference runs); resolved on the machine that trains (`resolved`), the start-up line says which and why
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     backend: str = "torch"  # torch | megatron | deepspeed
     nproc: int = 1  # local processes the CLI launches; under an external launcher, the world size
@@ -218,8 +220,19 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest) and the
-        micro-batch this world size runs (what the backends read)."""
-        return replace(self, model=self.model.with_vocab(self.data.vocab_size), micro_batch=self.micro)
+        micro-batch this world size runs (what the backends read), precision=auto made concrete for this device."""
+        return replace(self, model=self.model.with_vocab(self.data.vocab_size), micro_batch=self.micro,
+                       precision=self.chosen_precision()[0])
+
+    def chosen_precision(self) -> tuple[str, str]:
+        """(precision, why): the config's own, or for precision=auto bf16 on a GPU and fp32 elsewhere."""
+        if self.precision != "auto":
+            return self.precision, f"precision={self.precision} in the config"
+        from nca_scale.train import dist
+
+        if dist.device().type == "cuda":
+            return "bf16", "precision=auto on a GPU"
+        return "fp32", "precision=auto without a GPU; set precision=bf16 to train in bf16 here"
 
     def validate(self) -> None:
         self.model.validate()
@@ -236,6 +249,12 @@ class TrainConfig:
             raise UserError(f"tp/pp/vpp/sequence_parallel need backend=megatron (backend={self.backend})")
         if self.backend != "deepspeed" and (self.zero or self.offload):
             raise UserError(f"zero/offload need backend=deepspeed (backend={self.backend})")
+        if self.backend == "deepspeed" and self.zero == 0 and self.chosen_precision()[0] == "bf16":
+            # ZeRO-0 bf16 runs DeepSpeed's fp16 loss-scaling wrapper: 2e-3 off the bf16 loss in 10 steps, ZeRO-1..3 5e-5
+            raise UserError("DeepSpeed bf16 needs ZeRO (its ZeRO-0 bf16 path drifts from the bf16 reference); set zero=1, "
+                            "or precision=fp32")
+        if self.offload and self.optim.name == "sgd":
+            raise UserError("offload=true runs DeepSpeed's CPU Adam, not SGD; use optim.name=adam|adamw or offload=false")
         if self.backend == "megatron" and self.distributed_optimizer and self.optim.name == "sgd":
             raise UserError("megatron-core's distributed optimizer supports Adam only; with optim.name=sgd set "
                             "distributed_optimizer=false")

@@ -133,9 +133,10 @@ class Trainer:
 def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> Trainer:
     """Train `cfg` in this process (one rank of the job). Returns the finished Trainer. `chosen`: (checkpoint to
     resume from, or None), already resolved and verified by the caller."""
+    precision, why = cfg.chosen_precision()  # before `resolved` makes precision=auto concrete
     cfg = cfg.resolved()
     with checkpoint.weights_only_loads(cfg.backend):  # every checkpoint this run reads, upstream loaders too
-        return _run(cfg, chosen)
+        return _run(cfg, chosen, f"precision {precision} ({why})")
 
 
 def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | None:
@@ -152,7 +153,7 @@ def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | 
     return path
 
 
-def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Trainer:
+def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) -> Trainer:
     resume_from = _resume_from(cfg, chosen)
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
@@ -169,7 +170,7 @@ def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Trainer:
     trainer.log(
         f"backend {cfg.backend}: world {cfg.world} = tp {cfg.tp} x pp {cfg.pp} x dp {cfg.data_parallel}; "
         f"batch {cfg.batch_size} x seq {cfg.seq_len} = {cfg.tokens_per_step:,} tokens/step, micro-batch "
-        f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps"
+        f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps; {precision}"
     )
     trainer.fit()
     return trainer

@@ -1,7 +1,7 @@
 """DeepSpeed backend: the native Llama under the DeepSpeed engine, ZeRO stage 0-3, bf16, optional CPU offload.
 
-The optimizer is the client torch Adam/AdamW (resume is bit-exact with it); with offload=true DeepSpeed needs
-its own DeepSpeedCPUAdam, built from the same settings.
+The optimizer is the client torch Adam/AdamW or plain SGD (resume is bit-exact with them); with offload=true
+DeepSpeed needs its own DeepSpeedCPUAdam, built from the same settings (so offload refuses optim.name=sgd).
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ class DeepSpeedEngine:
             optimizer = None
         else:
             optimizer = torch_optimizer(o, trainable)
+            # ZeRO lists torch SGD as untested; plain SGD (no momentum) is elementwise and stateless, so
+            # partitioning its step over DP ranks changes nothing
+            config["zero_allow_untested_optimizer"] = o.name == "sgd"
         self.trainable = trainable
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable, config=config)
 
