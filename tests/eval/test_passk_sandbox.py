@@ -93,7 +93,16 @@ def test_sandbox_isolation(monkeypatch):
     assert not run_program("import os, signal\nos.kill(os.getppid(), signal.SIGTERM)", lim)["passed"]
     # the environment is minimal (no credentials from the parent)
     assert run_program("import os\nassert 'AWS_SECRET_ACCESS_KEY' not in os.environ", lim)["passed"]
-    if network_isolation():  # inside a fresh network namespace even raw sockets find no interface up
-        assert run_program("import _socket\ns = _socket.socket()\ns.settimeout(3)\n"
-                           "try:\n    s.connect(('1.1.1.1', 53))\nexcept OSError:\n    pass\nelse:\n    raise SystemExit(1)",
-                           lim)["passed"]
+
+
+def test_samples_run_in_a_network_namespace():
+    """A sample sees a fresh network namespace: the loopback interface only (this machine's others, e.g.
+    eth0, are not there), and even raw sockets cannot connect. Where the namespace cannot be made (no
+    unshare, no user namespaces) this is a visible skip, and so a failure under CI=true."""
+    if not network_isolation():
+        pytest.skip("`unshare --net` is not usable here: samples would run without a network namespace")
+    r = run_program("import _socket\nnames = [n for _, n in _socket.if_nameindex()]\nassert names == ['lo'], names\n"
+                    "s = _socket.socket()\ns.settimeout(3)\n"
+                    "try:\n    s.connect(('1.1.1.1', 53))\nexcept OSError:\n    pass\nelse:\n    raise SystemExit(1)",
+                    Limits(timeout=10))
+    assert r["passed"], r

@@ -87,8 +87,12 @@ def test_eval_split_is_marked(code_corpus, code_tokenizer, tmp_path):
     assert m["eval_only"] is True and TextShardReader(str(tmp_path)).eval_only
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
-def test_corrupt_shard_named_or_skipped(val_shards, tmp_path, damage):
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", r"is corrupt: \d+ bytes, manifest says \d+ \(truncated\?\)"),
+    ("flip", "is corrupt: sha256 does not match the manifest"),
+    ("delete", "is listed in the manifest but missing"),
+])
+def test_corrupt_shard_named_or_skipped(val_shards, tmp_path, damage, message):
     d = tmp_path / "s"
     shutil.copytree(val_shards, d)
     victim = d / "val-000001.tar"
@@ -101,7 +105,7 @@ def test_corrupt_shard_named_or_skipped(val_shards, tmp_path, damage):
         victim.unlink()
     r = TextShardReader(str(d))
     r.sequences([0])  # shard 0 is fine
-    with pytest.raises(UserError, match=r"shard .*val-000001\.tar (is corrupt|is listed in the manifest but missing)"):
+    with pytest.raises(UserError, match=rf"^shard \S*/val-000001\.tar {message}$"):
         r.sequences([64])
     good = TextShardReader(str(val_shards))
     skip = TextShardReader(str(d), skip_corrupt=True)
