@@ -67,9 +67,10 @@ def sp_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, repo_root) -> Path:
-    """A tiny model trained for a few steps with `nca-scale train` (torch backend)."""
+    """A tiny model trained for a few steps with `nca-scale train` (torch backend), evaluated by the trainer on
+    the first batch (8 sequences) of the NCA val split at its last step."""
     out = tmp_path_factory.mktemp("run") / "run"
-    r = subprocess.run([CLI, "train", "configs/train/cpu-tiny.yaml", f"out={out}", "steps=3", "eval_every=0",
+    r = subprocess.run([CLI, "train", "configs/train/cpu-tiny.yaml", f"out={out}", "steps=3", "eval_every=3",
                         "progress=false", "wandb=disabled", "data.nca.bank.size=8", "data.nca.bank.val_size=4"],
                        cwd=repo_root, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -40,8 +41,14 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
 
     # held-out perplexity: the NCA val split and a text corpus; the HF export gives the same number
     nca_eval(tiny_run, "task=ppl", "data=nca", "max_sequences=8")
-    ppl = json.loads((tiny_run / "eval" / "ppl-step00000003.json").read_text())
-    assert ppl["metrics"]["sequences"] == 8 and 1 < ppl["metrics"]["ppl"] < 20000
+    ppl = json.loads((tiny_run / "eval" / "ppl-step00000003.json").read_text())["metrics"]
+    # the same 8 val sequences the trainer evaluated at step 3 (its eval batch), through another code path
+    logged = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    logged = [m for m in logged if "eval_loss" in m]
+    assert [m["step"] for m in logged] == [3]
+    assert ppl["sequences"] == 8 and ppl["tokens"] == 8 * (128 - 37)  # the first frame (37 targets) is masked
+    assert ppl["loss"] == pytest.approx(logged[0]["eval_loss"], rel=1e-5)
+    assert ppl["ppl"] == pytest.approx(math.exp(ppl["loss"]), rel=1e-12)
     assert 0 == eval_in_process(
         ckpt,
         "task=ppl",
@@ -92,29 +99,7 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
         r["result"] != "passed" for s in he["samples"] for r in s
     )
 
-    # GSM8K from ../shared/data/gsm8k and BBL from the (tiny) bigbench archive
-    from nca_scale.analysis.eval import gsm8k
-    from nca_scale.errors import UserError
-
-    try:
-        gsm8k.default_dir()
-        have_gsm8k = True
-    except UserError:
-        have_gsm8k = False
-    if have_gsm8k:
-        assert 0 == eval_in_process(
-            ckpt,
-            "task=gsm8k",
-            f"tokenizer={sp_model}",
-            "limit=2",
-            "n=2",
-            "max_new_tokens=8",
-            f"out={tmp_path / 'gsm.json'}",
-        )
-        g = json.loads((tmp_path / "gsm.json").read_text())
-        assert (
-            g["metrics"]["problems"] == 2 and g["sampling"]["temperature"] == 0.6 and "pass@2" in g["metrics"]
-        )
+    # BBL from the (tiny) bigbench archive
     assert 0 == eval_in_process(
         ckpt,
         "task=bbl",
@@ -132,6 +117,19 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
 
     lines = [json.loads(x) for x in (tiny_run / "eval" / "results.jsonl").read_text().splitlines()]
     assert {x["task"] for x in lines} >= {"ppl", "humaneval", "bbl"} and all(x["step"] == 3 for x in lines)
+
+    # GSM8K from ../shared/data/gsm8k (beside the repository; CI has it): missing data is a visible skip
+    from nca_scale.analysis.eval import gsm8k
+    from nca_scale.errors import UserError
+
+    try:
+        gsm8k.default_dir()
+    except UserError as e:
+        pytest.skip(f"GSM8K part: {e}")
+    assert 0 == eval_in_process(ckpt, "task=gsm8k", f"tokenizer={sp_model}", "limit=2", "n=2", "max_new_tokens=8",
+                                f"out={tmp_path / 'gsm.json'}")
+    g = json.loads((tmp_path / "gsm.json").read_text())
+    assert g["metrics"]["problems"] == 2 and g["sampling"]["temperature"] == 0.6 and "pass@2" in g["metrics"]
 
 
 def test_eval_errors_are_one_line(tiny_run, tmp_path, capsys):
