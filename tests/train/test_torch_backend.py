@@ -1,7 +1,23 @@
-"""The torch backend: metrics, DDP equivalence, exact resume, and resume on a different DP size."""
+"""The torch backend: metrics, DDP equivalence (losses, grad norms, weights, moments; fp32 with Adam and with
+plain SGD), exact resume in fp32 and bf16, resume on a different DP size, the precision default."""
 
+import pytest
 import torch
-from train_helpers import assert_close, losses, metrics, state, train
+from train_helpers import (
+    FP32,
+    ROOT,
+    SGD,
+    assert_close,
+    assert_same_training,
+    losses,
+    metrics,
+    run_state,
+    state,
+    train,
+)
+
+from nca_scale.train import dist as tdist
+from nca_scale.train.config import from_args
 
 
 def test_metrics_lines(reference):
@@ -25,7 +41,43 @@ def test_eval_lines(reference):
 def test_ddp_two_processes_match_one(reference, tmp_path):
     out = tmp_path / "dp2"
     train(out, "steps=10", "nproc=2")
-    assert_close(losses(out), losses(reference))
+    assert_same_training(out, reference, FP32)
+
+
+def test_ddp_matches_one_process_with_plain_sgd(reference_sgd, tmp_path):
+    """The scale-sensitive check: SGD without clipping moves the weights by lr x gradient, so DP gradients
+    summed instead of averaged (or counted twice) would double the update. Also: precision=auto resolves to
+    fp32 here, and the start-up line says so."""
+    out = tmp_path / "dp2-sgd"
+    proc = train(out, "steps=10", "nproc=2", "precision=auto", *SGD)
+    assert "precision fp32 (precision=auto without a GPU" in proc.stdout
+    assert_same_training(out, reference_sgd, FP32)
+
+
+def test_bf16_trains_and_resumes_bit_identically(reference_bf16, tmp_path):
+    """autocast bf16: the loss falls, and the step-5 checkpoint continued to step 10 repeats the uninterrupted
+    run bit for bit (losses, weights, Adam moments)."""
+    rest = tmp_path / "rest"
+    proc = train(rest, "steps=10", "precision=bf16", f"resume={reference_bf16}/checkpoints/step_00000005")
+    assert "precision bf16 (precision=bf16 in the config)" in proc.stdout
+    full = losses(reference_bf16)
+    assert full[-1] < full[0] - 0.3, full
+    assert losses(rest) == full[5:]
+    (w, m), (ref_w, ref_m) = (run_state(r / "checkpoints/step_00000010") for r in (rest, reference_bf16))
+    assert ref_m["exp_avg"] and all(torch.equal(w[k], ref_w[k]) for k in ref_w)
+    assert all(torch.equal(m[k][n], ref_m[k][n]) for k in ref_m for n in ref_m[k])
+
+
+@pytest.mark.parametrize(("cuda", "pinned", "want"), [
+    (False, "auto", "fp32"), (True, "auto", "bf16"), (True, "fp32", "fp32"), (False, "bf16", "bf16")])
+def test_precision_auto_is_bf16_on_a_gpu_and_fp32_on_a_cpu(cuda, pinned, want, monkeypatch):
+    """precision=auto is the default and follows the one device helper (the GPU is mocked: none here); a
+    precision the config sets is kept."""
+    monkeypatch.setattr(tdist, "device", lambda: torch.device("cuda" if cuda else "cpu"))
+    monkeypatch.chdir(ROOT)  # the config names its model and NCA files relative to the repository
+    cfg = from_args(["configs/train/cpu-tiny.yaml", f"precision={pinned}"])
+    assert cfg.resolved().precision == want
+    assert type(cfg)().precision == "auto"
 
 
 def test_resume_is_bit_identical_and_may_change_the_dp_size(tmp_path):
