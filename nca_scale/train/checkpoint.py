@@ -228,12 +228,13 @@ def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, **extra) ->
     return meta
 
 
-def _pause_for_tests(where: str) -> None:
+def _pause_for_tests(name: str, where: str) -> None:
     """The chaos test (tests/train/test_chaos.py) widens the windows between commit steps so its kills land
-    inside them; NCA_SCALE_TEST_SAVE_PAUSE is seconds per window, unset in real runs."""
+    inside them, and reads this line to know which window of which checkpoint's commit it is in;
+    NCA_SCALE_TEST_SAVE_PAUSE is seconds per window, unset in real runs."""
     seconds = float(os.environ.get("NCA_SCALE_TEST_SAVE_PAUSE", 0) or 0)
     if seconds:
-        print(f"[nca-scale] test pause: {where}", flush=True)
+        print(f"[nca-scale] test pause: {name}: {where}", flush=True)
         time.sleep(seconds)
 
 
@@ -254,14 +255,14 @@ def commit(cfg: TrainConfig, step: int, tokens: int, **extra) -> Path:
     staging, final = staging_dir(cfg.out, step), step_dir(cfg.out, step)
     for f in _files(staging):
         _fsync(f)
-    _pause_for_tests("files written")
+    _pause_for_tests(final.name, "files written")
     write_meta(staging, cfg, step, tokens, **extra)
-    _pause_for_tests("manifest written")
+    _pause_for_tests(final.name, "manifest written")
     if final.exists():  # the same step saved again (after a rollback): the older copy goes first
         shutil.rmtree(final)
     os.rename(staging, final)
     _fsync(final.parent)
-    _pause_for_tests("renamed")
+    _pause_for_tests(final.name, "renamed")
     _write_durably(root(cfg.out) / LATEST, final.name + "\n")
     prune(cfg.out, cfg.keep_last)
     return final

@@ -1,40 +1,61 @@
-"""Chaos: kill -9 a training run at random moments (during start-up and resume, between steps, inside the
-checkpoint commit), restart it with resume=auto each time, and check that
+"""Chaos: kill -9 a training run at random moments (during start-up and resume, between steps, inside each
+window of the checkpoint commit), restart it with resume=auto each time, and check that
 
+* exactly the planned number of kills was made (a run that finishes first fails the test);
 * every checkpoint directory ever left under OUT/checkpoints/step_N verifies against its manifest and holds
-  exactly the uninterrupted run's model and optimizer state at step N, and `latest` names a good one;
-* the final weights and optimizer state equal the uninterrupted run's bit for bit, and metrics.jsonl holds its
-  losses.
+  exactly the uninterrupted run's files at step N (model and optimizer state, byte for byte), and `latest`
+  names a good one;
+* the final checkpoint equals the uninterrupted run's and metrics.jsonl holds its losses.
 
-`make test` runs a short version (3 kills of one process, 1 kill inside a save of a 2-process DDP run); `make chaos`
-(NCA_SCALE_CHAOS=1) kills one process 20 times and a 2-process run 6 times. NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's
-steps (checkpoint._pause_for_tests) so kills land inside them.
+The same holds for megatron's `dist/` and DeepSpeed's `ds/` checkpoints, which are also damaged on disk (a
+byte flipped, a file truncated or deleted, in every file of the format): the newest one is reported and the
+previous one used; a restart past a corrupted newest checkpoint ends with the uninterrupted run's losses and files.
+
+`make test` runs a short version (3 kills of one torch process, 1 kill inside a save of a 2-process DDP run,
+1 kill inside the commit of the last checkpoint of one-process megatron and DeepSpeed runs); `make chaos`
+(NCA_SCALE_CHAOS=1) kills one torch process 20 times, a 2-process DDP run 6 times and 2-process megatron (TP=2)
+and DeepSpeed (ZeRO-2) runs 4 times each.
+NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (checkpoint._pause_for_tests) so
+kills land inside them; the test reads the pause lines from the run's output to know which window it is in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import torch
+import pytest
 from train_helpers import CLI, FAST, ROOT, metrics, train
 
 from nca_scale.train import checkpoint
 
 FULL = os.environ.get("NCA_SCALE_CHAOS") == "1"
 PAUSE_S = 0.3
-STEPS = 60 if FULL else 12  # long enough for every kill to land after some progress
-RUN = [*FAST, "model.n_layers=2", f"steps={STEPS}", "checkpoint_every=2"]
+EVERY = 2  # checkpoint_every
+# Where a kill inside a save lands: while the backend writes its files, then the three windows of
+# checkpoint.commit (after the files' fsync, after the manifest, after the rename and before `latest` moves).
+WINDOWS = ("writing", "files written", "manifest written", "renamed")
 
 
-def _start(out: Path, log, extra: list[str]) -> subprocess.Popen:
+@dataclasses.dataclass
+class Chaos:
+    steps: int
+    extra: list[str]
+
+    def run(self) -> list[str]:
+        return [*FAST, "model.n_layers=2", f"steps={self.steps}", f"checkpoint_every={EVERY}", *self.extra]
+
+
+def _start(out: Path, log, chaos: Chaos) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", NCA_SCALE_TEST_SAVE_PAUSE=str(PAUSE_S))
-    cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *RUN, "keep_last=3", "resume=auto", *extra]
+    cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *chaos.run(), "keep_last=3", "resume=auto"]
     # a process group of its own (the CLI and torchrun), which _kill SIGKILLs
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -53,16 +74,22 @@ def _step_since(out: Path, t0: float) -> int:
         return -1
 
 
-def _saving_since(out: Path, t0: float) -> str | None:
-    """The staging directory a save of this attempt is writing, if any."""
-    base = checkpoint.root(out)
-    for p in base.iterdir() if base.is_dir() else []:
-        try:
-            if p.name.endswith(checkpoint.STAGING) and p.stat().st_mtime >= t0:
-                return p.name
-        except FileNotFoundError:  # renamed into place meanwhile
-            continue
-    return None
+def _saving_since(out: Path, step: int, t0: float) -> bool:
+    """Whether a save of `step` by this attempt has begun (its staging directory is newer than t0)."""
+    try:
+        return checkpoint.staging_dir(out, step).stat().st_mtime >= t0
+    except FileNotFoundError:
+        return False
+
+
+def _pauses(log: Path, offset: int, name: str) -> list[str]:
+    """The windows of the commit of checkpoint `name` entered so far, from the pause lines
+    (checkpoint._pause_for_tests) in the run's output after `offset`."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    mark = f"test pause: {name}: "
+    return [line.split(mark, 1)[1].strip() for line in text.splitlines() if mark in line]
 
 
 def _tree(root: int) -> set[int]:
@@ -100,45 +127,81 @@ def _kill(proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def _kill_at_random(proc: subprocess.Popen, out: Path, rng: random.Random, modes: list[str]) -> str | None:
-    """Wait for a random moment of a chosen kind, then SIGKILL the whole process group; None if the run
-    finished first. startup: while importing, building or resuming; step: after 1-3 steps past the resumed
-    one; save: inside a checkpoint commit of this attempt, 0-3 commit windows in."""
-    t0 = time.time()
-    mode, delay, target = rng.choice(modes), rng.uniform(0, 3.2 * PAUSE_S), _committed_step(out) + rng.randint(1, 3)
-    while proc.poll() is None:
-        startup = mode == "startup" and time.time() - t0 > 1 + 4 * delay
-        step = mode == "step" and _step_since(out, t0) >= target
-        saving = mode == "save" and _saving_since(out, t0)
-        if startup or step or saving:
-            time.sleep(delay if saving else delay / 8)
-            _kill(proc)
-            if startup:
-                return f"startup ({time.time() - t0:.1f} s)"
-            return f"{mode} ({saving or 'step ' + str(_step_since(out, t0))})"
-        time.sleep(0.01)
-    return None
+@dataclasses.dataclass
+class Plan:
+    """One attempt's kill, drawn before the attempt starts (the same seed and kinds give the same plans).
+
+    startup: at `delay` seconds after the start (importing, building, resuming) or at the attempt's first
+    step, whichever comes first; step: `lag` after the attempt reports step `target`; save: in the save of
+    step `target`, in window `window`, `lag` after it opens. Targets never reach the end of the run (the step
+    target stops one short, a kill in the last save is made before its rename unless it is the last kill), so
+    every planned kill finds a running process."""
+
+    mode: str
+    target: int
+    window: str
+    delay: float
+    lag: float
+
+    @classmethod
+    def draw(cls, rng: random.Random, mode: str, committed: int, steps: int, last: bool) -> Plan:
+        ahead, saves_ahead = rng.randint(1, 3), rng.randint(2, 3)
+        window, delay, lag = rng.choice(WINDOWS), rng.uniform(0.5, 4.0), rng.uniform(0.0, 0.5 * PAUSE_S)
+        if mode == "step":
+            return cls(mode, min(committed + ahead, steps - 1), "", delay, lag / 8)
+        target = min(committed + EVERY * saves_ahead, steps)  # at least one save of this attempt commits first
+        if target == steps and window == "renamed" and not last:  # that kill would leave nothing to kill
+            window = "manifest written"
+        return cls(mode, target, window, delay, lag if window != "writing" else lag / 8)
+
+    def wait_and_kill(self, proc: subprocess.Popen, out: Path, log: Path) -> str | None:
+        """Kill at the planned moment; what it was, or None if the run finished first."""
+        t0, start, name = time.time(), log.stat().st_size, checkpoint.step_dir(out, self.target).name
+        while proc.poll() is None:
+            if self.mode == "startup" and (time.time() - t0 > self.delay or _step_since(out, t0) >= 0):
+                reached = _step_since(out, t0)
+                _kill(proc)
+                return f"startup ({time.time() - t0:.1f} s, " + (f"at step {reached})" if reached >= 0 else "no step)")
+            if self.mode == "step" and _step_since(out, t0) >= self.target:
+                time.sleep(self.lag)
+                _kill(proc)
+                return f"step (after step {_step_since(out, t0)})"
+            if self.mode == "save":
+                entered = _pauses(log, start, name)
+                if self.window in entered or self.window == "writing" and _saving_since(out, self.target, t0):
+                    time.sleep(self.lag)
+                    _kill(proc)
+                    entered = _pauses(log, start, name)
+                    return f"save of step {self.target} ({entered[-1] if entered else 'writing'})"
+            time.sleep(0.01)
+        return None
 
 
-def _state(path: Path) -> dict:
-    return torch.load(path / "state.pt", weights_only=True)
+def _dcp_metadata(path: Path):
+    """torch DCP's .metadata without its storage_meta (the save's own path and a random save id)."""
+    with path.open("rb") as f:
+        return dataclasses.replace(pickle.load(f), storage_meta=None)  # a file this test's run wrote
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
+def _same_files(path: Path, reference: Path) -> bool:
+    """The two checkpoints hold the same bytes (both verified: their manifests describe their files)."""
+    mine, theirs = checkpoint.read_meta(path)["files"], checkpoint.read_meta(reference)["files"]
+    if mine.keys() != theirs.keys():
+        return False
+    for name, entry in mine.items():
+        if name.endswith(".metadata"):
+            if _dcp_metadata(path / name) != _dcp_metadata(reference / name):
+                return False
+        elif entry != theirs[name]:
+            return False
+    return True
 
 
 def _audit(out: Path, reference: Path, moment: str) -> None:
     """No checkpoint that would load wrongly: each committed one verifies and equals the reference's."""
     for path in checkpoint.complete_checkpoints(out):
         assert checkpoint.verify(path) is None, (moment, path)
-        assert _same(_state(path), _state(reference / "checkpoints" / path.name)), (moment, path)
+        assert _same_files(path, reference / "checkpoints" / path.name), (moment, path)
     latest = checkpoint.latest_name(out)
     if latest is not None:
         assert checkpoint.verify(checkpoint.root(out) / latest) is None, (moment, latest)
@@ -148,31 +211,129 @@ def _losses(out: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in metrics(out) if "loss" in m}
 
 
-def _chaos(tmp_path: Path, kills: int, extra: list[str], seed: int, modes: list[str]) -> None:
-    reference = tmp_path / "reference"
-    train(reference, *RUN, "keep_last=100", *extra)  # uninterrupted; keeps every checkpoint for the audit
-    out, rng, moments = tmp_path / "chaos", random.Random(seed), []
-    with (tmp_path / "chaos.log").open("w") as log:
+def _reference(out: Path, chaos: Chaos) -> Path:
+    train(out, *chaos.run(), "keep_last=100")  # uninterrupted; keeps every checkpoint for the audit
+    return out
+
+
+def _kill_repeatedly(out: Path, log: Path, reference: Path, chaos: Chaos, kills: int, seed: int,
+                     modes: list[str]) -> list[str]:
+    """Start, kill at a planned moment and audit, `kills` times; the run must not finish before any of them."""
+    rng, moments = random.Random(seed), []
+    with log.open("a") as sink:
         while len(moments) < kills:
-            proc = _start(out, log, extra)
-            moment = _kill_at_random(proc, out, rng, modes)
-            if moment is None:  # finished before the kill: the run is complete
-                assert proc.returncode == 0, (tmp_path / "chaos.log").read_text()[-3000:]
-                break
-            moments.append(moment)
-            _audit(out, reference, moment)
-        proc = _start(out, log, extra)
-        assert proc.wait(timeout=600) == 0, (tmp_path / "chaos.log").read_text()[-3000:]
+            mode = modes[len(moments) % len(modes)]  # each kind in turn
+            plan = Plan.draw(rng, mode, _committed_step(out), chaos.steps, last=len(moments) == kills - 1)
+            moments.append(_kill_once(_start(out, sink, chaos), plan, out, log))
+            _audit(out, reference, moments[-1])
+    return moments
+
+
+def _kill_once(proc: subprocess.Popen, plan: Plan, out: Path, log: Path) -> str:
+    moment = plan.wait_and_kill(proc, out, log)
+    assert moment is not None, f"the run finished before its planned kill ({plan}):\n{log.read_text()[-3000:]}"
+    return moment
+
+
+def _finish(out: Path, reference: Path, chaos: Chaos, log: Path) -> None:
+    """Restart to the end: every checkpoint, the final one and the losses are the uninterrupted run's."""
+    with log.open("a") as sink:
+        assert _start(out, sink, chaos).wait(timeout=600) == 0, log.read_text()[-3000:]
     _audit(out, reference, "end")
-    final = checkpoint.step_dir(out, STEPS)
-    assert _same(_state(final), _state(reference / "checkpoints" / final.name))
-    assert _losses(out) == _losses(reference)
+    final = checkpoint.step_dir(out, chaos.steps)
+    assert _same_files(final, reference / "checkpoints" / final.name)
+    assert _losses(out) == _losses(reference) and len(_losses(out)) == chaos.steps
+
+
+def _chaos(tmp_path: Path, reference: Path, chaos: Chaos, kills: int, seed: int, modes: list[str]) -> None:
+    out, log = tmp_path / "chaos", tmp_path / "chaos.log"
+    moments = _kill_repeatedly(out, log, reference, chaos, kills, seed, modes)
+    _finish(out, reference, chaos, log)
+    assert len(moments) == kills
     print(f"{len(moments)} kills: {moments}")
 
 
+TORCH = Chaos(60 if FULL else 12, [])  # long enough for every kill to land after some progress
+
+
 def test_kill_nine_during_training_and_saves_loses_nothing(tmp_path):
-    _chaos(tmp_path, 20 if FULL else 3, [], seed=1, modes=["startup", "step", "save", "save"])
+    reference = _reference(tmp_path / "reference", TORCH)
+    _chaos(tmp_path, reference, TORCH, 20 if FULL else 3, seed=1, modes=["startup", "step", "save", "save"])
 
 
 def test_kill_nine_of_a_two_process_run_loses_nothing(tmp_path):
-    _chaos(tmp_path, 6 if FULL else 1, ["nproc=2"], seed=2, modes=["step", "save", "save"] if FULL else ["save"])
+    two = Chaos(TORCH.steps, ["nproc=2"])
+    reference = _reference(tmp_path / "reference", two)
+    _chaos(tmp_path, reference, two, 6 if FULL else 1, seed=2, modes=["save", "step", "save"])
+
+
+# ---- megatron's dist/ and DeepSpeed's ds/ checkpoints ------------------------------------------------
+BACKENDS = {  # make test: one process, 6 steps (checkpoints at 2, 4, 6); make chaos: two processes, 12 steps
+    "megatron": ["backend=megatron", *(["nproc=2", "tp=2"] if FULL else [])],
+    "deepspeed": ["backend=deepspeed", "zero=2", *(["nproc=2"] if FULL else [])],
+}
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _every_file_is_guarded(out: Path) -> None:
+    """Each file of the newest checkpoint, flipped, truncated or deleted, makes it unusable with one line naming
+    the file, and the previous one is used (the damage is undone after each case)."""
+    *_, older, newest = checkpoint.complete_checkpoints(out)
+    files = sorted(checkpoint.read_meta(newest)["files"])
+    for name in files:
+        for damage, problem in ((_flip_byte, f"({name} does not match its sha256 in meta.json)"),
+                                (_truncate, f"({name} has "), (Path.unlink, f"({name} is missing)")):
+            original = (newest / name).read_bytes()
+            damage(newest / name)
+            lines = []
+            assert checkpoint.latest_verified(out, lines.append) == older, (name, damage)
+            assert len(lines) == 1 and lines[0].startswith(f"checkpoint {newest} is unusable {problem}") \
+                and lines[0].endswith("; falling back to the previous one"), (name, lines)
+            (newest / name).write_bytes(original)
+    assert checkpoint.verify(newest) is None
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend, tmp_path):
+    """Kill -9 inside the commit of the last checkpoint (make chaos: 4 kills anywhere, then the run is
+    finished), then flip a byte of the newest committed checkpoint's biggest file: the restart reports it,
+    resumes from the one before and ends with the uninterrupted run's losses and checkpoint files."""
+    chaos = Chaos(12 if FULL else 6, BACKENDS[backend])
+    reference = _reference(tmp_path / "reference", chaos)
+    files = checkpoint.read_meta(checkpoint.step_dir(reference, chaos.steps))["files"]
+    assert any(f.startswith({"megatron": "dist/", "deepspeed": "ds/"}[backend]) for f in files), files
+    _every_file_is_guarded(reference)
+    out, log = tmp_path / "chaos", tmp_path / "chaos.log"
+    if FULL:
+        moments = _kill_repeatedly(out, log, reference, chaos, 4, seed=3, modes=["startup", "step", "save", "save"])
+        _finish(out, reference, chaos, log)
+    else:
+        # before the rename (megatron: the restart resumes from step 4) or after it (DeepSpeed: step 6 is
+        # committed but `latest` still names step 4, so step 6 is the newest and is the one corrupted)
+        window = {"megatron": "manifest written", "deepspeed": "renamed"}[backend]
+        with log.open("w") as sink:
+            moments = [_kill_once(_start(out, sink, chaos), Plan("save", chaos.steps, window, 0.0, PAUSE_S / 4), out, log)]
+        _audit(out, reference, moments[0])
+        # (a machine stalled past the window moves the kill to a later one: still inside the commit)
+        assert moments[0] in [f"save of step {chaos.steps} ({w})" for w in WINDOWS[WINDOWS.index(window):]], moments
+    *_, previous, newest = checkpoint.complete_checkpoints(out)
+    biggest = max(checkpoint.read_meta(newest)["files"], key=lambda f: (newest / f).stat().st_size)
+    _flip_byte(newest / biggest)
+    proc = train(out, *chaos.run(), "keep_last=3", "resume=auto")
+    assert (f"checkpoint {newest} is unusable ({biggest} does not match its sha256 in meta.json); falling back to "
+            "the previous one") in proc.stdout, proc.stdout
+    assert f"resumed from {previous} at step {checkpoint.read_meta(previous)['step']}" in proc.stdout, proc.stdout
+    _audit(out, reference, "after the corrupt checkpoint")
+    final = checkpoint.step_dir(out, chaos.steps)
+    assert _same_files(final, reference / "checkpoints" / final.name)
+    assert _losses(out) == _losses(reference) and len(_losses(out)) == chaos.steps
+    print(f"{backend}: {len(moments)} kills: {moments}; then {newest.name}/{biggest} corrupted")
