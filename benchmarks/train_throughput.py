@@ -92,7 +92,8 @@ def measure(name: str, args: argparse.Namespace, out: Path) -> dict:
     return {
         "setting": name, "tokens_per_s": med("tokens_per_s"), "model_tokens_per_s": statistics.median(
             tokens / (m["step_time"] - m["data_time"]) for m in steps),
-        "mfu": med("mfu"), "step_time_s": med("step_time"), "data_time_s": med("data_time"),
+        # an unknown GPU (no peak in nca_scale/train/speed.py, no peak_flops=) logs mfu null
+        "mfu": None if any(m["mfu"] is None for m in steps) else med("mfu"), "step_time_s": med("step_time"), "data_time_s": med("data_time"),
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -138,7 +139,7 @@ def summarize(name: str, rounds: list[dict[str, dict]]) -> dict:
     out = {"setting": name}
     for key, digits in (("tokens_per_s", 0), ("model_tokens_per_s", 0), ("mfu", 4), ("step_time_s", 3),
                         ("data_time_s", 3), ("wall_s", 1)):
-        if key in runs[0]:
+        if key in runs[0] and all(r[key] is not None for r in runs):
             value = statistics.median(r[key] for r in runs)
             out[key] = round(value, digits) if digits else round(value)
     bare = [r["bare"].get("tokens_per_s") for r in rounds]
