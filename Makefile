@@ -4,13 +4,18 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PYTHONHASHSEED := 0
 
-.PHONY: venv test chaos demo bench lint clean
+.PHONY: venv test test-fast chaos demo bench lint clean
 
 venv:
 	@bash tools/bootstrap.sh
 
+# everything (CI), then the 25 slowest tests; each test has a timeout (pytest-timeout, pyproject.toml)
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
+
+# the edit-test loop: every test not marked slow (> ~20 s; tests/conftest.py marks other owners' files), < 5 min
+test-fast: venv
+	$(PY) -m pytest -q --durations=10 -m "not slow" tests
 
 # kill -9 training runs 20 (1 process) + 6 (2 processes) times; `make test` runs a 3 + 1 kill version
 chaos: venv

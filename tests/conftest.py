@@ -72,6 +72,39 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.line(f"{nodeid}: {reason} (allowed: {allowed})")
 
 
+# `slow` (over ~20 s on 2 cores; `make test-fast` deselects it) for files whose owners do not mark their own
+# tests: every test of SLOW_MODULES trains or launches jobs in subprocesses; SLOW_TESTS (node ids without
+# parameters) are the slow tests of otherwise quick modules; a test that uses one of SLOW_FIXTURES (a
+# training run of tests/train, the Slurm cluster) waits for it. Other files mark their slow tests themselves.
+SLOW_MODULES = {
+    "tests/train/test_megatron.py", "tests/train/test_deepspeed.py", "tests/train/test_torch_backend.py",
+    "tests/train/test_chaos.py", "tests/train/test_nonfinite.py", "tests/train/test_s3.py",
+    "tests/train/test_megatron_spec.py", "tests/launch/test_slurm.py", "tests/launch/test_sweep_slurm.py",
+    "tests/launch/test_sweep_launch.py",
+}
+SLOW_TESTS = {
+    "tests/train/test_checkpoint_safety.py::test_resume_skips_a_corrupt_checkpoint_and_a_mirror_restores_lost_ones",
+    "tests/train/test_checkpoint_safety.py::test_a_resumed_checkpoint_is_checksummed_once_per_job",
+    "tests/train/test_prefetch.py::test_losses_are_bit_identical_with_prefetch_on_and_off",
+    "tests/launch/test_profiles.py::test_local_executor_runs_a_training_job",
+    "tests/launch/test_safety.py::test_a_submitted_run_writes_no_secret_anywhere",
+}
+SLOW_FIXTURES = {"tests/train/": {"reference", "megatron_tp2", "deepspeed_zero3"}, "tests/launch/": {"slurm"}}
+# Per-module timeouts (s) above the default of pyproject.toml, for files whose owners set none themselves.
+TIMEOUTS = {"tests/train/test_chaos.py": 3600, "tests/launch/test_slurm.py": 1800,
+            "tests/launch/test_sweep_slurm.py": 1800}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module, _, name = item.nodeid.partition("::")
+        fixtures = set().union(*(f for folder, f in SLOW_FIXTURES.items() if module.startswith(folder)))
+        if module in SLOW_MODULES or f"{module}::{name.split('[')[0]}" in SLOW_TESTS or fixtures & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+        if module in TIMEOUTS and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIMEOUTS[module]))
+
+
 @pytest.fixture(scope="session")
 def ci_allowed_skips() -> dict[str, str]:
     return CI_ALLOWED_SKIPS

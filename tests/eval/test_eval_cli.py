@@ -29,6 +29,7 @@ def eval_in_process(*args) -> int:
     return main(["eval", *map(str, args)])
 
 
+@pytest.mark.timeout(1200)  # every task and an export in one test: 7 minutes on a loaded 2-core machine
 def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path):
     ckpt = tiny_run / "checkpoints" / "step_00000003"
     corpus = tmp_path / "heldout.jsonl"
@@ -160,6 +161,7 @@ def test_eval_report_collects_a_sweep(tiny_run, tmp_path):
     assert main(["eval", "report", str(tmp_path / "empty")]) == 2
 
 
+@pytest.mark.timeout(1200)  # its fixture runs corpus build -> tokenizer -> tokenize -> train: 7 minutes when loaded
 def test_text_trained_model_end_to_end(text_run, tmp_path):
     """Perplexity on the run's own val shards is the loss the trainer logged; the tokenizer is found from the
     checkpoint (its text-shard manifest), so no tokenizer= is needed for generation tasks."""

@@ -5,6 +5,8 @@ import pytest
 import torch
 from train_helpers import metrics, state, train
 
+pytestmark = pytest.mark.slow  # every test trains in subprocesses
+
 EMBEDDINGS = ("tok_emb.weight", "head.weight")
 
 
