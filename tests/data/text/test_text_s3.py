@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nca_scale import cli
 from nca_scale.data.urls import parse_location
 
@@ -24,6 +26,7 @@ def _curve(out: Path) -> list[tuple]:
     return [(m["step"], m.get("loss"), m.get("eval_loss")) for m in lines]
 
 
+@pytest.mark.slow  # tokenizes four times and trains in a child process: ~30 s
 def test_train_from_text_shards_on_s3(code_dir, s3_endpoint, s3_bucket, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     tok = tmp_path / "tok"
