@@ -3,19 +3,22 @@
 AWS_ENDPOINT_URL and the dummy credentials in its environment) trains from them exactly as from the stream,
 publishes each checkpoint to checkpoint_url=s3://..., and a run on a machine without local checkpoints fetches
 the newest one and continues the run exactly. A corrupt mirrored object is never fetched; an interrupted
-upload is never read and the next publish removes it."""
+upload is never read and the next publish removes it. Checkpoints with subdirectories (megatron's dist/,
+DeepSpeed's ds/) round-trip as nested keys."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 from test_shards import generate
-from train_helpers import losses, train
+from train_helpers import ROOT, losses, train
 
 from nca_scale.data.urls import parse_location
 from nca_scale.train import checkpoint, mirror
+from nca_scale.train.config import from_args
 
 STEP2, STEP4 = checkpoint.step_dir("", 2).name, checkpoint.step_dir("", 4).name
 
@@ -68,3 +71,24 @@ def test_train_from_s3_shards_and_resume_from_an_s3_checkpoint_mirror(reference,
     assert checkpoint.verify(checkpoint.step_dir(third, 4)) is None
     mirror.publish(checkpoint.step_dir(elsewhere, 4), url, keep=1)
     assert store.names() == {"latest", STEP4}
+
+
+def test_checkpoints_with_subdirectories_round_trip_through_s3(endpoint, s3_bucket, tmp_path):
+    """megatron (dist/) and DeepSpeed (ds/) keep their files in subdirectories: published as nested keys,
+    pruned whole, fetched back into the same tree."""
+    cfg = from_args([str(ROOT / "configs/train/cpu-tiny.yaml"), f"out={tmp_path / 'run'}"]).resolved()
+    url = f"s3://{s3_bucket}/checkpoints"
+    for step in (2, 4):
+        staging = checkpoint.begin(cfg.out, step)
+        (staging / "dist").mkdir()
+        (staging / "dist" / "__0_0.distcp").write_bytes(os.urandom(3000))
+        (staging / "dist" / ".metadata").write_bytes(os.urandom(100))
+        (staging / "latest").write_text("ds")
+        mirror.publish(checkpoint.commit(cfg, step, 0), url, keep=1)
+    store = parse_location(url)
+    assert store.names() == {"latest", STEP4} and store.sub(STEP4).names() == {"dist", "latest", "meta.json"}
+    lines = []
+    fetched = mirror.fetch_latest(url, tmp_path / "elsewhere", lines.append)
+    assert fetched == checkpoint.step_dir(tmp_path / "elsewhere", 4) and checkpoint.verify(fetched) is None, lines
+    assert checkpoint.read_meta(fetched) == checkpoint.read_meta(checkpoint.step_dir(cfg.out, 4))
+    assert sorted(checkpoint.file_table(fetched)) == ["dist/.metadata", "dist/__0_0.distcp", "latest"]
