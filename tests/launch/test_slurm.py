@@ -224,17 +224,17 @@ def test_bad_profile_is_an_error_at_submit_time(bad, message, env, tmp_path):
 
 @pytest.mark.slow
 def test_time_limit_is_requeued_and_resumed(env, tmp_path):
-    """A 2-minute job whose training cannot fit one attempt on any machine: every step lasts >= 0.5 s, the USR2
-    warning comes at most 45 s after the task starts (signal_lead_s=75 before the limit; rank 0 counts it from
-    its start, Slurm may send it earlier), so an attempt trains at most 90 of the 100 steps. The warning makes the
-    job save and requeue itself, on every attempt, until it finishes."""
+    """A 2-minute job whose training cannot fit one attempt on any machine: every step lasts >= 0.5 s (200 steps,
+    >= 100 s) and the USR2 warning comes at most 95 s after the task starts (signal_lead_s=25: rank 0 counts it
+    from its start; Slurm sends it too, up to a minute early, which only shortens an attempt). The warning makes
+    the job save and requeue itself, on every attempt, until it finishes."""
     out = tmp_path / "run"
-    steps = 100
+    steps = 200
     nca(env, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm", "cluster.nodes=1", "cluster.time=2",
-        "cluster.signal_lead_s=75", "cluster.max_restarts=8", f"steps={steps}", "min_step_time=0.5", *FAST,
+        "cluster.signal_lead_s=25", "cluster.max_restarts=10", f"steps={steps}", "min_step_time=0.5", *FAST,
         f"out={out}")
     job = job_ids(out)[0]
-    assert wait_for(job, timeout=900) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
+    assert wait_for(job, timeout=1500) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
     restarts = [m for m in metrics(out) if "restart" in m]
     assert restarts and all(r["reason"] == "SIGUSR2" and r["lost_steps"] == 0 for r in restarts)
     assert [m["step"] for m in metrics(out) if "loss" in m] == list(range(1, steps + 1))
