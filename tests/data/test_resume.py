@@ -177,6 +177,7 @@ def test_failed_commit_leaves_no_partial_shard(tmp_path, generate, monkeypatch, 
     assert len(ShardReader(str(out)).shards) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_killed_run_leaves_only_complete_shards(tmp_path, tiny_yaml, tiny_cfg, reference, generate, commits, workers):
     """SIGKILL a real `nca-scale generate` mid-run: every visible shard is whole, no manifest is published,

@@ -83,6 +83,7 @@ def test_fused_step_with_output_bias_and_sampled_cells():
     assert sampled > 100  # the sampling path ran, not only the argmax one
 
 
+@pytest.mark.slow
 def test_native_off_falls_back_to_the_same_sequences(tmp_path):
     """NCA_SCALE_NATIVE=0 (as on a machine without a compiler): the torch step, the same bank and tokens."""
     code = (
