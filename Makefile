@@ -17,8 +17,8 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q --durations=10 -m "not slow" tests
 
-# kill -9 torch runs 20 (1 process) + 6 (2 processes) times, 2-process megatron and DeepSpeed runs 4 times each;
-# `make test` runs a 3 + 1 + 1 + 1 kill version (tests/train/test_chaos.py)
+# kill -9 torch runs 20 (1 process) + 6 (2 processes) times, 2-process megatron and DeepSpeed runs 5 times each;
+# `make test` runs a 3 + 2 + 1 + 1 kill version (tests/train/test_chaos.py)
 chaos: venv
 	NCA_SCALE_CHAOS=1 $(PY) -m pytest -q -s tests/train/test_chaos.py
 

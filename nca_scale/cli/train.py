@@ -31,9 +31,9 @@ def main(args: list[str]) -> int:
     if cfg.nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
                "-m", "nca_scale.train.worker", *args]
-        from nca_scale.train.preemption import die_with_parent
+        from nca_scale.train.preemption import LAUNCHER_ENV, die_with_parent
 
-        env = {**os.environ, checkpoint.RESUME_ENV: str(resume or "")}
+        env = {**os.environ, checkpoint.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
         return subprocess.call(cmd, env=env, preexec_fn=die_with_parent)  # torchrun never outlives this command
     run(cfg, chosen=(resume,))
     return 0

@@ -38,15 +38,34 @@ SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 received: int | None = None
 
 
+# The pid of the `nca-scale train` that started torchrun, in the ranks' environment (cli/train.py).
+LAUNCHER_ENV = "NCA_SCALE_LAUNCHER_PID"
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def die_with_parent() -> None:
     """SIGKILL this process when its parent dies (Linux). torchrun starts each rank in a session of its own,
     so a `kill -9` of the launcher (or of the `nca-scale train` above it) would otherwise leave orphan ranks
-    that go on training and writing checkpoints next to the restarted run."""
+    that go on training and writing checkpoints next to the restarted run.
+
+    The request only covers deaths after it is made, and a rank makes it after its imports (seconds): a rank
+    whose launcher was killed before that is an orphan already. So a rank of torchrun started by
+    `nca-scale train` (LAUNCHER_ENV) also checks that its parent is still that command's child."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the request took effect
+    launcher = os.environ.get(LAUNCHER_ENV)
+    orphaned = os.getppid() != parent  # the parent died before the request took effect
+    if launcher and _parent_of(os.getppid()) != int(launcher):  # torchrun is gone, or lost its launcher
+        orphaned = True
+    if orphaned:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -11,10 +11,10 @@ The same holds for megatron's `dist/` and DeepSpeed's `ds/` checkpoints, which a
 byte flipped, a file truncated or deleted, in every file of the format): the newest one is reported and the
 previous one used; a restart past a corrupted newest checkpoint ends with the uninterrupted run's losses and files.
 
-`make test` runs a short version (3 kills of one torch process, 1 kill inside a save of a 2-process DDP run,
-1 kill inside the commit of the last checkpoint of one-process megatron and DeepSpeed runs); `make chaos`
-(NCA_SCALE_CHAOS=1) kills one torch process 20 times, a 2-process DDP run 6 times and 2-process megatron (TP=2)
-and DeepSpeed (ZeRO-2) runs 4 times each.
+`make test` runs a short version (3 kills of one torch process; 2 kills of a 2-process DDP run, one as soon as
+torchrun has started the ranks and one inside a save; 1 kill inside the commit of the last checkpoint of
+one-process megatron and DeepSpeed runs); `make chaos` (NCA_SCALE_CHAOS=1) kills one torch process 20 times,
+a 2-process DDP run 6 times and 2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs 5 times each.
 NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (checkpoint._pause_for_tests) so
 kills land inside them; the test reads the pause lines from the run's output to know which window it is in.
 """
@@ -48,6 +48,10 @@ WINDOWS = ("writing", "files written", "manifest written", "renamed")
 class Chaos:
     steps: int
     extra: list[str]
+
+    @property
+    def nproc(self) -> int:
+        return int(next((e.split("=")[1] for e in self.extra if e.startswith("nproc=")), 1))
 
     def run(self) -> list[str]:
         return [*FAST, "model.n_layers=2", f"steps={self.steps}", f"checkpoint_every={EVERY}", *self.extra]
@@ -117,11 +121,12 @@ def _running(pid: int) -> bool:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the launcher's process group only; the ranks must die with it (preemption.die_with_parent)."""
+    """SIGKILL the launcher's process group only; the ranks must die with it (preemption.die_with_parent; a rank
+    killed before it got there dies when it does, after its imports)."""
     tree = _tree(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while alive := {pid for pid in tree - {proc.pid} if _running(pid)}:
         assert time.monotonic() < deadline, f"orphan processes outlived the kill: {alive}"
         time.sleep(0.05)
@@ -131,8 +136,9 @@ def _kill(proc: subprocess.Popen) -> None:
 class Plan:
     """One attempt's kill, drawn before the attempt starts (the same seed and kinds give the same plans).
 
-    startup: at `delay` seconds after the start (importing, building, resuming) or at the attempt's first
-    step, whichever comes first; step: `lag` after the attempt reports step `target`; save: in the save of
+    spawn: as soon as torchrun has started its ranks (`target` processes in the launcher's tree), before they
+    can watch their launcher; startup: at `delay` seconds after the start (importing, building, resuming) or
+    at the attempt's first step, whichever comes first; step: `lag` after the attempt reports step `target`; save: in the save of
     step `target`, in window `window`, `lag` after it opens. Targets never reach the end of the run (the step
     target stops one short, a kill in the last save is made before its rename unless it is the last kill), so
     every planned kill finds a running process."""
@@ -144,9 +150,11 @@ class Plan:
     lag: float
 
     @classmethod
-    def draw(cls, rng: random.Random, mode: str, committed: int, steps: int, last: bool) -> Plan:
-        ahead, saves_ahead = rng.randint(1, 3), rng.randint(2, 3)
+    def draw(cls, rng: random.Random, mode: str, chaos: Chaos, committed: int, last: bool) -> Plan:
+        ahead, saves_ahead, steps = rng.randint(1, 3), rng.randint(2, 3), chaos.steps
         window, delay, lag = rng.choice(WINDOWS), rng.uniform(0.5, 4.0), rng.uniform(0.0, 0.5 * PAUSE_S)
+        if mode == "spawn":
+            return cls(mode, chaos.nproc + 2, "", delay, 0.0)  # nca-scale train, torchrun, the ranks
         if mode == "step":
             return cls(mode, min(committed + ahead, steps - 1), "", delay, lag / 8)
         target = min(committed + EVERY * saves_ahead, steps)  # at least one save of this attempt commits first
@@ -158,6 +166,10 @@ class Plan:
         """Kill at the planned moment; what it was, or None if the run finished first."""
         t0, start, name = time.time(), log.stat().st_size, checkpoint.step_dir(out, self.target).name
         while proc.poll() is None:
+            if self.mode == "spawn" and len(tree := _tree(proc.pid)) >= self.target:
+                _kill(proc)
+                assert _step_since(out, t0) == -1, "ranks killed right after their start trained on as orphans"
+                return f"spawn ({len(tree)} processes)"
             if self.mode == "startup" and (time.time() - t0 > self.delay or _step_since(out, t0) >= 0):
                 reached = _step_since(out, t0)
                 _kill(proc)
@@ -223,7 +235,7 @@ def _kill_repeatedly(out: Path, log: Path, reference: Path, chaos: Chaos, kills:
     with log.open("a") as sink:
         while len(moments) < kills:
             mode = modes[len(moments) % len(modes)]  # each kind in turn
-            plan = Plan.draw(rng, mode, _committed_step(out), chaos.steps, last=len(moments) == kills - 1)
+            plan = Plan.draw(rng, mode, chaos, _committed_step(out), last=len(moments) == kills - 1)
             moments.append(_kill_once(_start(out, sink, chaos), plan, out, log))
             _audit(out, reference, moments[-1])
     return moments
@@ -264,7 +276,7 @@ def test_kill_nine_during_training_and_saves_loses_nothing(tmp_path):
 def test_kill_nine_of_a_two_process_run_loses_nothing(tmp_path):
     two = Chaos(TORCH.steps, ["nproc=2"])
     reference = _reference(tmp_path / "reference", two)
-    _chaos(tmp_path, reference, two, 6 if FULL else 1, seed=2, modes=["save", "step", "save"])
+    _chaos(tmp_path, reference, two, 6 if FULL else 2, seed=2, modes=["spawn", "save", "step", "save"])
 
 
 # ---- megatron's dist/ and DeepSpeed's ds/ checkpoints ------------------------------------------------
@@ -304,7 +316,7 @@ def _every_file_is_guarded(out: Path) -> None:
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend, tmp_path):
-    """Kill -9 inside the commit of the last checkpoint (make chaos: 4 kills anywhere, then the run is
+    """Kill -9 inside the commit of the last checkpoint (make chaos: 5 kills anywhere, then the run is
     finished), then flip a byte of the newest committed checkpoint's biggest file: the restart reports it,
     resumes from the one before and ends with the uninterrupted run's losses and checkpoint files."""
     chaos = Chaos(12 if FULL else 6, BACKENDS[backend])
@@ -314,7 +326,8 @@ def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend
     _every_file_is_guarded(reference)
     out, log = tmp_path / "chaos", tmp_path / "chaos.log"
     if FULL:
-        moments = _kill_repeatedly(out, log, reference, chaos, 4, seed=3, modes=["startup", "step", "save", "save"])
+        moments = _kill_repeatedly(out, log, reference, chaos, 5, seed=3,
+                                   modes=["spawn", "startup", "step", "save", "save"])
         _finish(out, reference, chaos, log)
     else:
         # before the rename (megatron: the restart resumes from step 4) or after it (DeepSpeed: step 6 is
