@@ -62,6 +62,7 @@ def torch_ppl(text_data, tmp_path_factory) -> list[float]:
     return run_backend(text_data, tmp_path_factory.mktemp("torch-run"), "torch")
 
 
+@pytest.mark.slow
 def test_train_and_perplexity_torch(torch_ppl):
     assert torch_ppl  # the fixture ran the checks
 
