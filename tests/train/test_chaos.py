@@ -120,6 +120,15 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _describe(pid: int) -> str:
+    """pid, parent and command line, for the report of an orphan."""
+    try:
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        return f"{pid} (parent {parent}): " + Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200]
+    except (OSError, IndexError):
+        return f"{pid} (gone)"
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """SIGKILL the launcher's process group only; the ranks must die with it (preemption.die_with_parent; a rank
     killed before it got there dies when it does, after its imports)."""
@@ -128,7 +137,7 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
     deadline = time.monotonic() + 60
     while alive := {pid for pid in tree - {proc.pid} if _running(pid)}:
-        assert time.monotonic() < deadline, f"orphan processes outlived the kill: {alive}"
+        assert time.monotonic() < deadline, f"orphan processes outlived the kill: {[_describe(p) for p in alive]}"
         time.sleep(0.05)
 
 
