@@ -29,17 +29,6 @@ from nca_scale.launch import rendezvous
 
 log = logging.getLogger(__name__)
 
-
-def _log_to_stderr() -> None:
-    """The task is a process's entry point: nca_scale's log lines go to its stderr (the task's log file)."""
-    root = logging.getLogger("nca_scale")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[nca-scale] %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-
-
 def _time_limit_warning(limit_min: int, lead_s: int) -> threading.Timer | None:
     """USR2 to this process `lead_s` before this attempt's time limit, on every attempt: Slurm's own
     `--signal=USR2@lead` is sent once per job (a requeued job does not get it again, Slurm 22.05), and
@@ -58,9 +47,13 @@ class Task(submitit.helpers.Checkpointable):
         self.limit_min, self.lead_s = limit_min, lead_s
 
     def __call__(self) -> dict:
-        _log_to_stderr()
+        from nca_scale.train import dist
+
         os.environ.update({k: str(v) for k, v in self.env.items()})
         values = rendezvous.export()
+        dist.show_logs()
+        # every rank at INFO: under srun each task writes a log file of its own (RUN/launch/JOB/JOB_<rank>_log.out)
+        logging.getLogger("nca_scale").setLevel(logging.INFO)
         if values:
             log.info(rendezvous.describe(values))
         timer = _time_limit_warning(self.limit_min, self.lead_s)
