@@ -49,21 +49,22 @@ def _parent_of(pid: int) -> int | None:
         return None
 
 
-def die_with_parent() -> None:
+def die_with_parent(check_launcher: bool = True) -> None:
     """SIGKILL this process when its parent dies (Linux). torchrun starts each rank in a session of its own,
     so a `kill -9` of the launcher (or of the `nca-scale train` above it) would otherwise leave orphan ranks
     that go on training and writing checkpoints next to the restarted run.
 
     The request only covers deaths after it is made, and a rank makes it after its imports (seconds): a rank
     whose launcher was killed before that is an orphan already. So a rank of torchrun started by
-    `nca-scale train` (LAUNCHER_ENV) also checks that its parent is still that command's child."""
+    `nca-scale train` (LAUNCHER_ENV) also checks that its parent is still that command's child; a process a
+    rank starts (check_launcher=False) only asks to die with that rank."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     launcher = os.environ.get(LAUNCHER_ENV)
     orphaned = os.getppid() != parent  # the parent died before the request took effect
-    if launcher and _parent_of(os.getppid()) != int(launcher):  # torchrun is gone, or lost its launcher
+    if check_launcher and launcher and _parent_of(os.getppid()) != int(launcher):  # torchrun is gone, or lost its launcher
         orphaned = True
     if orphaned:
         os.kill(os.getpid(), signal.SIGKILL)

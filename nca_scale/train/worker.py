@@ -1,7 +1,8 @@
 """Entry point of one rank: `python -m nca_scale.train.worker CONFIG key=value ...` (what the CLI starts under
 torchrun for nproc=N, and what cluster launchers run per rank).
 
-The `__main__` guard matters: megatron's dist_checkpointing.save spawns a process that re-imports __main__.
+The `__main__` guard matters: megatron's dist_checkpointing.save spawns a process that re-imports this module
+as `__mp_main__`; that process only asks to die with its rank.
 """
 
 from __future__ import annotations
@@ -28,3 +29,9 @@ def main(args: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+elif __name__ == "__mp_main__":
+    # a process megatron's checkpoint writer spawned from a rank (it re-imports this module): the death
+    # signal is not inherited, so without this it outlives a rank killed with kill -9 (make chaos found it)
+    from nca_scale.train.preemption import die_with_parent
+
+    die_with_parent(check_launcher=False)
