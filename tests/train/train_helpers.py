@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -43,16 +44,6 @@ def state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path / "state.pt", weights_only=True)["model"]
 
 
-def megatron_weights(ckpt: Path, tmp: Path) -> dict[str, torch.Tensor]:
-    """Model tensors of a megatron torch_dist checkpoint, gathered to full size."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    tmp.mkdir(parents=True, exist_ok=True)
-    dcp_to_torch_save(ckpt / "dist", tmp / "full.pt")
-    full = torch.load(tmp / "full.pt", weights_only=False)
-    return {k: v for k, v in full.items() if isinstance(v, torch.Tensor) and not k.startswith("optimizer")}
-
-
 def grad_norms(out: Path) -> list[float]:
     return [m["grad_norm"] for m in metrics(out) if "grad_norm" in m]
 
@@ -71,9 +62,16 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 
 def torch_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """(weights, {moment: tensors}) of a torch-backend checkpoint under logical names; the optimizer's i-th
-    state is the model's i-th parameter (every parameter trainable: the torch backend's parameter order)."""
+    state is the model's i-th parameter (every parameter trainable: the torch backend's parameter order). A
+    tied head (the embedding's storage under a second name) is one parameter, the embedding."""
     saved = torch.load(ckpt / "state.pt", weights_only=True)
-    weights, states = saved["model"], saved["optimizer"]["state"]
+    seen: set[int] = set()
+    weights = {}
+    for name, t in saved["model"].items():
+        if t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            weights[name] = t
+    states = saved["optimizer"]["state"]
     moments: dict[str, dict[str, torch.Tensor]] = {k: {} for k in MOMENTS}
     if states:
         assert len(states) == len(weights), "a frozen parameter would shift the optimizer's indices"
@@ -130,7 +128,7 @@ def _unflatten_distributed(full: dict, cfg, weights: dict[str, torch.Tensor], tp
     return {k: {name: flat[k][ids[name].long()].float() for name in shapes} for k in keys}
 
 
-def megatron_state(ckpt: Path, tmp: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+def megatron_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """(weights, {moment: tensors}) of a megatron torch_dist checkpoint under logical names, gathered to full
     size; either optimizer format (distributed: flat dp_reshardable buffers; plain: sharded like the model).
     The weights are the optimizer's fp32 main params where it keeps them (bf16 runs; the distributed
@@ -140,9 +138,10 @@ def megatron_state(ckpt: Path, tmp: Path) -> tuple[dict[str, torch.Tensor], dict
     from nca_scale.train.transfer import _from_megatron
 
     cfg = model_config(ckpt)
-    tmp.mkdir(parents=True, exist_ok=True)
-    dcp_to_torch_save(ckpt / "dist", tmp / "full.pt")
-    full = {k: v for k, v in torch.load(tmp / "full.pt", weights_only=False).items() if isinstance(v, torch.Tensor)}
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(ckpt / "dist", Path(tmp) / "full.pt")
+        full = torch.load(Path(tmp) / "full.pt", weights_only=False)
+    full = {k: v for k, v in full.items() if isinstance(v, torch.Tensor)}
     weights = _from_megatron({k: v for k, v in full.items() if not k.startswith("optimizer")}, cfg)
     layout = json.loads((ckpt / "meta.json").read_text())["layout"]
     if any(k.startswith("optimizer.distributed.") for k in full):
@@ -154,20 +153,6 @@ def megatron_state(ckpt: Path, tmp: Path) -> tuple[dict[str, torch.Tensor], dict
         saved = {n[len(prefix):]: v for n, v in full.items() if n.startswith(prefix)}
         state[k] = _from_megatron(saved, cfg) if saved else {}
     return state["fp32_param"] or weights, {k: state[k] for k in MOMENTS}
-
-
-def assert_tensors_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rel: float,
-                         base: dict[str, torch.Tensor] | None = None) -> float:
-    """Per tensor: ||a - b|| <= rel * ||b - base|| (Frobenius; base: e.g. the initial weights, so that plain
-    SGD's small steps are what is compared; default 0). Returns the largest ratio seen."""
-    assert a.keys() == b.keys() and a, (sorted(a)[:5], sorted(b)[:5])
-    worst = 0.0
-    for name in a:
-        ref = b[name].double() - (base[name].double() if base else 0)
-        err, scale = (a[name].double() - b[name].double()).norm().item(), ref.norm().item()
-        assert err <= rel * scale, f"{name}: ||diff|| {err:.3g} > {rel:g} x {scale:.3g}"
-        worst = max(worst, err / scale if scale else 0.0)
-    return worst
 
 
 def deepspeed_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
@@ -234,7 +219,9 @@ def final_checkpoint(out: Path) -> Path:
 
 
 def run_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-    """(weights, {moment: tensors}) of a torch or DeepSpeed checkpoint, full size, logical names."""
+    """(weights, {moment: tensors}) of a torch, DeepSpeed or megatron checkpoint, full size, logical names."""
+    if (ckpt / "dist").is_dir():
+        return megatron_state(ckpt)
     return deepspeed_state(ckpt) if (ckpt / "ds").is_dir() else torch_state(ckpt)
 
 
