@@ -14,15 +14,13 @@ Outputs, all in one directory that appears complete or not at all:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nca_scale.errors import UserError
+from nca_scale.files import replacing
 from nca_scale.nca import rng
 from nca_scale.nca.automaton import Automaton
 from nca_scale.nca.bank import rule_tables
@@ -203,16 +201,6 @@ def check_out(out: Path) -> None:
         )
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def make_show(
     cfg: NCAConfig, out: str | Path, *, per_band: int = 4, frames: int | None = None, max_rules: int = 4000,
     min_rules: int = 1000, threads: int = 1, device: str | torch.device = "cpu", config_path: str | None = None,
@@ -227,11 +215,8 @@ def make_show(
         on_chunk=on_chunk,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like a normal mkdir
-    try:
+    with replacing(out) as tmp:  # the whole output appears at once, replacing an earlier one
+        tmp.mkdir()
         name = Path(config_path).name if config_path else "defaults"
         subtitle = (
             f"\n{name}, seed {cfg.seed}; training-style rollout of {frames} frames from t={cfg.burn_in}; "
@@ -279,9 +264,5 @@ def make_show(
             index["bands"][band] = entry
         index["files"].append(INDEX)
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 

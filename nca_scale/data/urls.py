@@ -1,7 +1,7 @@
 """Where shards live: a directory URL (local path, file://, s3://, memory://) and atomic writes into it.
 
 Why not plain `fsspec.open` everywhere: the three backends differ in what "atomic" means. A local file is
-written to a hidden temp name, fsynced and `os.replace`d; an S3 object is uploaded in one PUT (or one
+written to a hidden temp name, fsynced and `os.replace`d (nca_scale.files); an S3 object is uploaded in one PUT (or one
 completed multipart upload), which S3 publishes all at once; `memory://` (tests) writes a temp key and moves
 it. In every case a reader never sees part of an object under its final name. A failed write (a flaky
 network, a full disk) is retried with exponential backoff (`RETRIES`, `BACKOFF_S`), then reported as one line.
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass
 
 import fsspec
 from fsspec.core import split_protocol
 
 from nca_scale.errors import UserError
+from nca_scale.files import TEMP_MARK, temp_name, write_atomic
 
-SCHEMES = ("file", "s3", "memory")  # plain paths count as file
-TEMP_MARK = ".tmp-"  # temp objects are named .<final name>.tmp-<pid>-<random>; never listed in a manifest
+SCHEMES = ("file", "s3", "memory")  # plain paths count as file; temp objects (files.TEMP_MARK) are never listed
 RETRIES = 4  # attempts per object write
 BACKOFF_S = 0.5  # wait before the 2nd attempt; doubles after each failure
 
@@ -97,21 +96,11 @@ class Location:
             # both become visible only when complete.
             self.fs.pipe_file(final, data)
             return
-        tmp = self.path(f".{name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if self.scheme == "file":
             os.makedirs(self.root, exist_ok=True)
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)  # atomic within one filesystem
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                raise
-            _fsync_dir(self.root)
+            write_atomic(final, data)
             return
+        tmp = self.path(temp_name(name).name)
         try:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, final)
@@ -131,7 +120,7 @@ class Location:
 
     def check_writable(self) -> None:
         """Create the directory if needed and prove we can write there, before any shard is generated."""
-        probe = f".nca-scale-probe{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        probe = temp_name("nca-scale-probe").name
         try:
             if self.scheme == "file":
                 os.makedirs(self.root, exist_ok=True)
@@ -147,20 +136,6 @@ class Location:
             raise
         except Exception as e:  # OSError, botocore errors, ...: all mean "cannot write here"
             raise UserError(f"out={self.url} is not writable: {_first_line(e)}") from None
-
-
-def _fsync_dir(path: str) -> None:
-    # makes the rename itself durable; some filesystems (and sandboxes) cannot fsync a directory
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def register_gopen(endpoint_url: str | None = None) -> None:

@@ -21,10 +21,11 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from nca_scale.files import replacing
 
 CSRC = Path(__file__).with_name("csrc")
 # -ffp-contract=off: no fused multiply-adds, every product rounded as in torch; no -ffast-math (no reordering)
@@ -86,17 +87,11 @@ def _build(source: str, defines: list[str]) -> ctypes.CDLL:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             # built under a temporary name and renamed: concurrent builders (ranks, workers) never load a torn file
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            try:
-                done = subprocess.run([cc, *FLAGS, *defines, str(src), "-o", tmp], capture_output=True, text=True,
-                                      timeout=300)
+            with replacing(target) as tmp:
+                done = subprocess.run([cc, *FLAGS, *defines, str(src), "-o", str(tmp)], capture_output=True,
+                                      text=True, timeout=300)
                 if done.returncode:
                     raise Unavailable(f"building {source} failed: {done.stderr.strip()[-500:]}")
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:  # e.g. an unwritable cache directory
         raise Unavailable(f"building or loading {source} failed: {e}") from e

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from nca_scale.config import to_dict
+from nca_scale.files import write_atomic
 from nca_scale.model.config import flops_per_token
 from nca_scale.train import checkpoint, mirror
 from nca_scale.train.speed import peak_flops_per_rank
@@ -91,9 +92,7 @@ class MetricsLog(Callback):
         if not _rank0() or not self.path.exists():
             return
         keep = [line for line in self.path.read_text().splitlines() if _step_of(line) <= trainer.step]
-        tmp = self.path.with_suffix(".tmp")  # replaced whole: a kill mid-write must not lose history
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(line + "\n" for line in keep))  # a kill mid-write must not lose history
 
     def _write(self, metrics: dict) -> None:
         if _rank0():

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from nca_scale.files import write_atomic
 from nca_scale.train import checkpoint
 from nca_scale.train import dist as tdist
 from nca_scale.train.callbacks import Callback, Checkpointer
@@ -118,9 +119,7 @@ class Preemption(Callback):
         state = {"step": trainer.step, "tokens": trainer.tokens, "time": time.time(),
                  "step_time": self.step_time, "restart": getattr(self, "restart", 0),
                  "job_id": os.environ.get("SLURM_JOB_ID"), **extra}
-        tmp = self.progress.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.progress)
+        write_atomic(self.progress, json.dumps(state))
 
     def post_step(self, trainer, metrics: dict) -> None:
         global received

@@ -1,0 +1,77 @@
+"""Atomic local writes: the one "temp file beside it, fsync, rename, fsync the directory" helper.
+
+A reader (another rank, a resumed run, a concurrent builder) sees either the old file (or directory) or the
+whole new one, never a torn one, and a kill leaves at most a hidden temp file `.<name>.tmp-<pid>-<random>` beside it.
+This module sits at the bottom of the import order (nca/native.py uses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+TEMP_MARK = ".tmp-"  # temp names are .<final name>.tmp-<pid>-<random>
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename in directory `path` durable; some filesystems (and sandboxes) cannot fsync a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: str | Path) -> Path:
+    """A fresh hidden name beside `path` (same directory, so the rename stays on one filesystem)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _fsync(path: Path) -> None:
+    if path.is_dir():
+        fsync_dir(path)
+        return
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` for the caller (or a program it runs) to write a file or build a
+    directory at; on success it is fsynced and renamed onto `path` (an existing directory there is replaced
+    as a whole); on any error it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        if tmp.is_dir() and path.is_dir():  # os.replace cannot overwrite a non-empty directory
+            old = temp_name(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Replace the file `path` with `data` (str is written as UTF-8) all at once."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
