@@ -26,10 +26,10 @@ from nca_scale.errors import UserError
 class DyckConfig:
     k: int = 64  # bracket types
     min_depth: int = 1  # every word reaches at least this depth
-    max_depth: int = 16
-    p_open: float = 0.5
+    max_depth: int = 16  # no word nests deeper than this
+    p_open: float = 0.5  # probability of opening a bracket when both moves are allowed
     seq_len: int = 1024  # rows hold seq_len + 1 tokens
-    seed: int = 0
+    seed: int = 0  # seed of the bracket sequences
 
     @property
     def vocab_size(self) -> int:

@@ -14,14 +14,14 @@ from nca_scale.errors import UserError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 4
+    n_layers: int = 2  # transformer blocks
+    d_model: int = 64  # hidden width
+    n_heads: int = 4  # attention heads (head width = d_model / n_heads)
     n_kv_heads: int | None = None  # None = multi-head attention; fewer = grouped-query attention
     ffn_hidden: int | None = None  # SwiGLU width; None = 4 * d_model (the paper's choice, not 8/3 * d)
     vocab_size: int | None = None  # None = the data's vocabulary
-    rope_theta: float = 1.0e4
-    norm_eps: float = 1.0e-6
+    rope_theta: float = 1.0e4  # RoPE base frequency
+    norm_eps: float = 1.0e-6  # RMSNorm epsilon
     attn_dropout: float = 0.0  # the paper trains with 0.1
     tie_embeddings: bool = False  # the paper's models are untied
     init_std: float = 0.02  # every linear and embedding ~ N(0, init_std), no depth scaling (HF Llama init)

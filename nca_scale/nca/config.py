@@ -19,14 +19,14 @@ class ComplexityConfig:
     rules with lo < score < hi (strict). `lo=None` disables the filter.
     """
 
-    mode: Literal["gzip", "diff"] = "gzip"
-    lo: float | None = None
-    hi: float = 1.0
+    mode: Literal["gzip", "diff"] = "gzip"  # gzip: compression ratio of the probe frames; diff: frame change
+    lo: float | None = None  # keep rules scoring above this (strict); None = no filter
+    hi: float = 1.0  # ... and below this (strict)
     # Reference: a dedicated probe rollout with its own initial state, `probe_frames` frames from step
     # `probe_start`. "training": score the rule on the same frame count and burn-in as training sequences.
     probe: Literal["reference", "training"] = "reference"
-    probe_frames: int = 10
-    probe_start: int = 10
+    probe_frames: int = 10  # frames of the probe rollout that are scored
+    probe_start: int = 10  # step of the probe rollout's first scored frame
 
 
 @dataclass(frozen=True)
@@ -38,31 +38,31 @@ class BankConfig:
     every `refresh_every` sequences.
     """
 
-    size: int = 16000
-    val_size: int = 2000
-    refresh: Literal["never", "epoch", "every"] = "never"
-    refresh_every: int = 0
+    size: int = 16000  # accepted rules in a train bank
+    val_size: int = 2000  # accepted rules in the val bank (disjoint from train)
+    refresh: Literal["never", "epoch", "every"] = "never"  # when a new bank is drawn (see BankConfig)
+    refresh_every: int = 0  # sequences per bank with refresh=every
 
 
 @dataclass(frozen=True)
 class NCAConfig:
-    grid: int = 12
-    states: int = 10
-    patch: int = 2
+    grid: int = 12  # cells per side of the square torus
+    states: int = 10  # cell states (colours)
+    patch: int = 2  # cells per side of the patch one token encodes (states ** patch**2 tokens)
     conv_channels: int = 4  # 3x3 conv width
     hidden: int = 16  # 1x1 conv width
     # Reference quirk: jnp.pad(..., mode="wrap") also pads the one-hot state axis, so the 3x3 conv sees
     # states+2 channels (channel 0 = state S-1, channel S+1 = state 0).
     wrap_state_channels: bool = True
     temperature: float = 1e-4  # release launcher; the paper text says 1e-3
-    identity_bias: float = 0.0
+    identity_bias: float = 0.0  # added to the logit of a cell's current state (stickier dynamics)
     init_state: Literal["reference", "uniform"] = "reference"  # reference: per-trajectory softmax(z) cells
-    burn_in: int = 10
-    dt: int = 1
+    burn_in: int = 10  # steps run before the first recorded frame
+    dt: int = 1  # steps between recorded frames
     seq_len: int = 1024  # sequences hold seq_len + 1 tokens (inputs and shifted targets)
-    token_dtype: Literal["uint16", "int32"] = "uint16"
+    token_dtype: Literal["uint16", "int32"] = "uint16"  # token type in shards (uint16 caps the vocabulary)
     mask_first_frame: bool = True  # the reference's loss mask: the first frame is context only
-    seed: int = 0
+    seed: int = 0  # seed of rules and initial states (train and val draw disjoint streams)
     complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
     bank: BankConfig = field(default_factory=BankConfig)
 
