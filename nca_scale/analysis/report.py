@@ -7,15 +7,12 @@ The output directory (default SWEEP_DIR/report) is written to a temporary siblin
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nca_scale
 from nca_scale.analysis import sweep_plots as plots
-from nca_scale.analysis.nca_figures import _replace_dir
 from nca_scale.analysis.report_doc import Doc, html_page, markdown
 from nca_scale.analysis.sweep_metrics import (
     Bootstrap,
@@ -27,6 +24,7 @@ from nca_scale.analysis.sweep_metrics import (
 from nca_scale.analysis.sweep_results import Sweep, fmt_count, load_sweep
 from nca_scale.analysis.sweep_scaling import FitSettings, loss_fits, metric_trends, nd_fits
 from nca_scale.errors import UserError
+from nca_scale.files import replacing
 
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 PAPER_SCALE = "the paper: 1.6B parameters, 164M NCA tokens, 4.2B-12.6B stage-2 tokens"
@@ -309,17 +307,12 @@ def write_report(sweep_dir: str | Path, cfg: ReportConfig) -> tuple[Path, dict]:
     check_out(out)
     rep = compute(sweep, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with replacing(out) as tmp:  # the whole report appears at once, replacing an earlier one
+        tmp.mkdir()
         images = _plots(sweep, rep, tmp)
         rep["files"] = sorted([*images.values(), REPORT_JSON, REPORT_MD, REPORT_HTML])
         doc = document(rep, images)
         (tmp / REPORT_JSON).write_text(json.dumps(rep, indent=1) + "\n")
         (tmp / REPORT_MD).write_text(markdown(doc))
         (tmp / REPORT_HTML).write_text(html_page(doc, tmp))
-        tmp.chmod(0o755)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out, rep
