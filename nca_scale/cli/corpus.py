@@ -27,25 +27,25 @@ from nca_scale.errors import UserError
 
 @dataclass(frozen=True)
 class BuildJob:
-    out: str = ""
-    downloads: str = ""
-    force: bool = False
-    endpoint_url: str = ""
+    out: str = ""  # corpus URL; default ~/.cache/nca_scale/corpora/NAME
+    downloads: str = ""  # pinned downloads; default ~/.cache/nca_scale/downloads
+    force: bool = False  # rebuild even when a finished build with this fingerprint exists
+    endpoint_url: str = ""  # S3-compatible endpoint; default $AWS_ENDPOINT_URL
 
 
 @dataclass(frozen=True)
 class TokenizeJob:
-    tokenizer: str = ""
-    out: str = ""
-    split: str = "train"
-    seq_len: int = 1024
-    tokens: int | None = None
-    sequences_per_shard: int = 8192
-    seed: int = 0
-    shuffle_window: int = 100_000
-    threads: int = 0
-    force: bool = False
-    endpoint_url: str = ""
+    tokenizer: str = ""  # a directory from `nca-scale tokenizer train` (or a .model) (required)
+    out: str = ""  # the shard directory: path, file://, s3:// or memory:// (required)
+    split: str = "train"  # train | val | eval
+    seq_len: int = 1024  # rows hold seq_len + 1 tokens
+    tokens: int | None = None  # stop after ceil(tokens / (seq_len + 1)) rows; None = the whole split
+    sequences_per_shard: int = 8192  # rows per WebDataset shard
+    seed: int = 0  # seed of the row shuffle
+    shuffle_window: int = 100_000  # rows shuffled together before writing
+    threads: int = 0  # encoding threads; 0 = all cores
+    force: bool = False  # rewrite shards that already exist
+    endpoint_url: str = ""  # S3-compatible endpoint; default $AWS_ENDPOINT_URL
 
     def validate(self) -> None:
         if not self.tokenizer:

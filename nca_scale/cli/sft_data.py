@@ -17,16 +17,16 @@ from nca_scale.errors import UserError
 
 @dataclass(frozen=True)
 class SFTJob:
-    out: str | None = None
-    gsm8k: str | None = None
-    shots: int = 5
-    epochs: int = 10
-    seed: int = 0
-    bigbench: str | None = None
-    tasks: list[str] = field(default_factory=list)
-    max_per_task: int = 350
-    min_train_examples: int = 100
-    val_fraction: float = 0.2
+    out: str | None = None  # the JSONL file to write (required)
+    gsm8k: str | None = None  # gsm8k: directory with train.jsonl; default ../shared/data/gsm8k
+    shots: int = 5  # gsm8k: worked examples before each problem
+    epochs: int = 10  # gsm8k: passes over the training problems
+    seed: int = 0  # seed of the shot choice and order
+    bigbench: str | None = None  # bbl: bigbench-1.0.0.tar.gz (or an unpacked tree)
+    tasks: list[str] = field(default_factory=list)  # bbl: tasks; default the English BBL tasks
+    max_per_task: int = 350  # bbl: most examples per task
+    min_train_examples: int = 100  # bbl: tasks with fewer training examples are skipped
+    val_fraction: float = 0.2  # bbl: share held out for evaluation (as `nca-scale eval`)
 
 
 def main(args: list[str]) -> int:

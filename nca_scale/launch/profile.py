@@ -24,22 +24,22 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class ClusterProfile:
-    executor: Literal["local", "slurm"] = "local"
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    nodes: int = 1
+    executor: Literal["local", "slurm"] = "local"  # slurm: sbatch through submitit; local: this machine
+    partition: str | None = None  # Slurm partition; None = the cluster's default
+    account: str | None = None  # Slurm account to charge
+    qos: str | None = None  # Slurm quality of service
+    nodes: int = 1  # nodes per job
     gpus_per_node: int = 0  # one task per GPU; on CPU nodes tasks_per_node processes
     tasks_per_node: int | None = None  # None = gpus_per_node, or 1 without GPUs
-    cpus_per_task: int = 1
+    cpus_per_task: int = 1  # CPU cores per task
     mem_gb: float | None = None  # per node; None = the partition's default
     time: str = "01:00:00"  # [D-]HH:MM:SS, HH:MM:SS, MM:SS or minutes
-    constraint: str | None = None
-    exclusive: bool = False
+    constraint: str | None = None  # Slurm node feature constraint, e.g. h100
+    exclusive: bool = False  # whole nodes only (sbatch --exclusive)
     setup: list[str] = field(default_factory=list)  # shell lines run in the batch script before srun
     env: dict[str, str] = field(default_factory=dict)  # exported to every task
     container: list[str] = field(default_factory=list)  # extra srun arguments, e.g. ["--container-image=..."]
-    srun_args: list[str] = field(default_factory=list)
+    srun_args: list[str] = field(default_factory=list)  # extra srun arguments
     sbatch: dict[str, str] = field(default_factory=dict)  # any other sbatch option, e.g. {"mail-type": "FAIL"}
     signal_lead_s: int = 120  # USR2 this long before the time limit: must cover one step plus a save
     max_restarts: int = 3  # requeues the job asks for itself (after USR2: preemption warning or time limit)

