@@ -35,6 +35,7 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/nca_throughput.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/data_wait.py
 
 lint: venv
 	$(BIN)/ruff check nca_scale tests benchmarks tools
