@@ -6,8 +6,10 @@ and prints ONE JSON object on stdout (the children's output goes to log files un
 - versions: Python, torch, CUDA, cuDNN, the GPU, megatron-core, DeepSpeed, TransformerEngine (if any);
 - for each backend (torch, megatron TP=1, DeepSpeed ZeRO-1): a bf16 run of the 1B preset (configs/model/1b.yaml)
   on the paper's NCA data (configs/nca/paper.yaml, 50 %+ band) at seq 2048, 30 steps: tokens/s, TFLOP/s per GPU
-  and MFU (medians of steps 6-30), peak device memory, the loss at steps 1 and 30 (finite, falling); then a
-  resume from its step-25 checkpoint whose losses at steps 26-30 must equal the uninterrupted run's;
+  and MFU (medians of steps 6-30), the phase timers (data wait, forward/backward, optimizer) and the data-wait
+  share, peak device memory (NVML) and torch's peak allocated memory, the loss at steps 1 and 30 (finite,
+  falling); then a resume from its step-25 checkpoint whose losses at steps 26-30 must equal the uninterrupted
+  run's;
 - the NCA generator's tokens/s (`nca-scale generate configs/nca/paper.yaml`) on CUDA and on all CPU cores.
 
 `--dry-run` (any machine, no GPU needed) checks the plan instead: every command resolves to a CLI command, every
@@ -126,9 +128,15 @@ def speed(out: Path, flops_per_token: float) -> dict:
              if "loss" in m and m["step"] > WARMUP]
     tokens_per_s = statistics.median(m["tokens_per_s"] for m in steps)
     mfu = [m["mfu"] for m in steps if m.get("mfu") is not None]
+    peaks = [m["peak_memory_gib"] for m in steps if "peak_memory_gib" in m]  # torch's allocator, per line
     return {"tokens_per_s": round(tokens_per_s), "tflops_per_gpu": round(tokens_per_s * flops_per_token / 1e12, 1),
             "mfu": round(statistics.median(mfu), 4) if mfu else None,
             "step_time_s": round(statistics.median(m["step_time"] for m in steps), 4),
+            # metrics.jsonl's phase timers (docs/training.md): where a GPU step's time goes
+            "phases_s": {k: round(statistics.median(m[k] for m in steps), 4)
+                         for k in ("data_time", "fwd_bwd_time", "optimizer_time")},
+            "data_wait_share": round(statistics.median(m["data_time"] / m["step_time"] for m in steps), 5),
+            "peak_allocated_gib": round(max(peaks), 2) if peaks else None,
             "median_of_steps": [WARMUP + 1, STEPS]}
 
 
@@ -270,7 +278,7 @@ def _installable(tag) -> bool:
 def dry_run(work: Path, wheels: Path) -> dict:
     from nca_scale.cli import resolve
     from nca_scale.cli.common import parse_job
-    from nca_scale.cli.generate import GenerateJob
+    from nca_scale.data.writer import GenerateJob
     from nca_scale.errors import UserError
     from nca_scale.model.config import flops_per_token
     from nca_scale.nca.config import NCAConfig

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from nca_scale import config
-from nca_scale.data.writer import generator_pool
+from nca_scale.data.producers import generator_pool
 from nca_scale.nca.config import NCAConfig
 from nca_scale.nca.stream import NCAStream
 
@@ -131,7 +131,7 @@ def step_kernels(cfg: NCAConfig, batch: int, rounds: int) -> dict:
 
 def end_to_end(cfg: NCAConfig, threads: int, workers: int, tokens: int, repeats: int) -> dict:
     from nca_scale.data.urls import parse_location
-    from nca_scale.data.writer import write_shards
+    from nca_scale.data.writer import GenerateJob, write_shards
 
     torch.set_num_threads(threads)
     if workers > 1:
@@ -143,8 +143,9 @@ def end_to_end(cfg: NCAConfig, threads: int, workers: int, tokens: int, repeats:
             loc.check_writable()  # creates the directory, as `nca-scale generate` does
             loads.append(load1())
             t = time.perf_counter()
-            result = write_shards(cfg, loc, tokens=tokens, threads=threads, progress=False, tar_workers=1,
-                                  workers=workers)
+            job = GenerateJob(out=loc.url, tokens=tokens, threads=threads, progress=False, tar_workers=1,
+                              workers=workers)
+            result = write_shards(cfg, loc, job)
             runs.append(time.perf_counter() - t)
     seconds = statistics.median(runs)
     return {"tokens": result.written_tokens, "seconds": seconds, "runs_s": [round(r, 2) for r in runs],

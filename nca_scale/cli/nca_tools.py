@@ -14,17 +14,7 @@ import torch
 from nca_scale.cli.common import parse_job
 from nca_scale.errors import UserError
 from nca_scale.nca.config import NCAConfig
-
-
-def _check_device(device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"device={device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={device} but CUDA is not available here; use device=cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"device={device}: only cpu and cuda are supported")
+from nca_scale.nca.device import check_device
 
 
 def _check_threads(threads: int) -> None:
@@ -52,13 +42,13 @@ def _bar(total: int, desc: str):
 class StatsJob:
     rules: int = 4000  # random candidate rules to score
     threads: int = 2  # torch threads and gzip worker threads
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N
 
     def validate(self) -> None:
         if self.rules < 1:
             raise UserError(f"rules={self.rules} must be >= 1 (how many random rules to score, e.g. rules=4000)")
         _check_threads(self.threads)
-        _check_device(self.device)
+        check_device(self.device)
 
 
 def stats(args: list[str]) -> int:
@@ -87,8 +77,8 @@ class ShowJob:
     per_band: int = 4  # trajectories shown per complexity band
     frames: int = 0  # frames per trajectory; 0 = the config's training frames (27 for paper.yaml)
     rules: int = 4000  # most random candidates scanned for band examples
-    threads: int = 2
-    device: str = "cpu"
+    threads: int = 2  # torch threads and gzip worker threads
+    device: str = "cpu"  # cpu | cuda | cuda:N
 
     def validate(self) -> None:
         if not self.out:
@@ -100,7 +90,7 @@ class ShowJob:
         if self.rules < 1:
             raise UserError(f"rules={self.rules} must be >= 1 (most random rules scanned for examples)")
         _check_threads(self.threads)
-        _check_device(self.device)
+        check_device(self.device)
 
 
 def show(args: list[str]) -> int:
@@ -137,8 +127,8 @@ class MatchJob:
     windows: int = 2000  # corpus windows scored
     max_bytes: int = 4_000_000  # text drawn from the corpus's train split (documents chosen by hash)
     rules: int = 2000  # random candidate rules scored for the band distributions
-    threads: int = 2
-    device: str = "cpu"
+    threads: int = 2  # torch threads and gzip worker threads
+    device: str = "cpu"  # cpu | cuda | cuda:N
 
     def validate(self) -> None:
         if not self.tokenizer:
@@ -147,7 +137,7 @@ class MatchJob:
         if self.windows < 10 or self.rules < 100 or self.max_bytes < 1:
             raise UserError("windows must be >= 10, rules >= 100 and max_bytes >= 1")
         _check_threads(self.threads)
-        _check_device(self.device)
+        check_device(self.device)
 
 
 def match(args: list[str]) -> int:

@@ -12,10 +12,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import tarfile
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -105,22 +102,6 @@ def build_and_hash(s: ShardSamples) -> tuple[bytes, str]:
     """(tar bytes, sha256): the unit of work a tar-building worker process does."""
     data = build_shard(s)
     return data, sha256(data)
-
-
-def exit_with_parent(parent_pid: int) -> None:
-    """Initializer of tar-building worker processes: exit once the parent is gone.
-
-    A parent killed with SIGKILL (preemption, OOM killer) cannot shut its pool down, and a pool worker
-    blocked on its task queue never sees end-of-file (it holds the queue's write end too), so it would
-    linger forever. Polling the parent pid costs nothing measurable.
-    """
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def decode_npy(data: bytes) -> np.ndarray:

@@ -1,56 +1,95 @@
 """Generate NCA sequences into a shard directory: plan, skip what is done, overlap generation and writing.
 
-Two ways to run (`workers`):
-- workers > 1 (the CLI default on CPU: one per core): a pool of single-threaded processes, forked from this
-  one, scores the rule bank in pieces (`RuleBank.ensure(n, pool)`) and generates batches of sequences, each
-  batch returned as ready-made tar members (`shards.tar_members`); this process only orders the pieces,
-  joins a shard's members into its tar, hashes it and commits it (in a writer thread). Why processes, not
-  torch's intra-op threads: the generator is many small ops, and intra-op threads spin-wait whenever the
-  other core is busy (8x slower than one thread under load, docs/performance.md). Why fork, not spawn: a
-  spawned process re-imports torch (~2.5 CPU-seconds each on our CI machine, more than the bank scoring of
-  a whole 8M-token run); a forked one starts at once. The pool is forked before any thread of this module
-  starts, and each worker sets one intra-op thread before any torch work, as torch's DataLoader does.
-- workers = 1: everything in this process (`threads` intra-op threads; CUDA). Tars are built (and hashed)
-  in `tar_workers` spawned processes, and one writer thread commits them in order. Why processes: building
-  a tar is per-sample pure Python (tarfile), and in a thread it holds the GIL that the generator needs
-  between its many small torch calls. `tar_workers=0` builds in the writer thread instead.
-
-Either way a sequence's tokens depend only on its index (nca/stream.py), so the shards are byte-identical
-for any number of workers. A bounded queue keeps at most two finished shards waiting for the writer.
+`generate(cfg, job)` is `nca-scale generate` as a library call: it checks the job and the location, tunes the
+process and calls `write_shards`, which plans the shards, keeps the complete ones, hands the rest to a
+producer (`data/producers.py`: in this process, or a forked pool of generating workers) and commits them in
+order in a writer thread (`ShardCommitter`). A sequence's tokens depend only on its index (nca/stream.py), so
+the shards are byte-identical for any number of workers. A bounded queue keeps at most two finished shards
+waiting for the writer; only the manifest, written last, publishes the directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from nca_scale.data import manifest as mf
-from nca_scale.data.shards import (
-    ShardSamples,
-    build_and_hash,
-    exit_with_parent,
-    sha256,
-    shard_name,
-    tar_from_members,
-    tar_members,
-)
-from nca_scale.data.urls import Location
+from nca_scale.data.producers import ShardJob, forget_pool, generator_pool, local_job, pooled_job
+from nca_scale.data.shards import ShardSamples, sha256, shard_name
+from nca_scale.data.urls import Location, parse_location
 from nca_scale.errors import UserError
 from nca_scale.nca.config import NCAConfig
+from nca_scale.nca.device import check_device
 from nca_scale.nca.stream import NCAStream
+from nca_scale.procs import keep_freed_memory, set_threads
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """What to generate and how (the job keys of `nca-scale generate`; the NCA config is separate)."""
+
+    out: str = ""
+    tokens: int = 0  # sequences = ceil(tokens / (seq_len + 1)); every sequence counts seq_len + 1 tokens
+    split: Literal["train", "val"] = "train"
+    start: int = 0  # first global sequence index
+    sequences_per_shard: int = 8192
+    batch_size: int = 512
+    workers: int = 0  # generating processes, one thread each; 0: one per core on CPU (1 on CUDA); 1: this process
+    threads: int = 0  # intra-op threads when workers=1; 0: all cores
+    device: str = "cpu"
+    endpoint_url: str = ""  # S3-compatible endpoint; default $AWS_ENDPOINT_URL
+    verify: bool = True  # re-hash existing shards before skipping them
+    progress: bool = True
+    tar_workers: int = 1  # processes building tars when workers=1 (0: a thread); tar building is pure Python
+    # and would hold the generator's GIL
+
+    def validate(self) -> None:
+        if not self.out.strip():
+            raise UserError("out= is required: the shard directory (path, file://, s3:// or memory://)")
+        if self.tokens <= 0:
+            raise UserError(f"tokens={self.tokens} must be > 0 (how many tokens to generate, e.g. tokens=1e9)")
+        if self.start < 0:
+            raise UserError(f"start={self.start} must be >= 0 (the first global sequence index)")
+        if self.sequences_per_shard < 1 or self.batch_size < 1:
+            raise UserError("sequences_per_shard and batch_size must be >= 1")
+        if self.tar_workers < 0:
+            raise UserError(f"tar_workers={self.tar_workers} must be >= 0 (0 = build tars in a thread)")
+        if self.workers < 0:
+            raise UserError(f"workers={self.workers} must be >= 0 (0 = one process per core)")
+        if self.threads < 0:
+            raise UserError(f"threads={self.threads} must be >= 0 (0 = all cores)")
+        if self.workers > 1 and self.device != "cpu":
+            raise UserError(f"workers={self.workers} is for CPU generation; use workers=1 with device={self.device}")
+
+    def resolved(self) -> GenerateJob:
+        """workers and threads as numbers (0 means: as many as this machine has)."""
+        cores = os.cpu_count() or 1
+        return dataclasses.replace(self, workers=self.workers or (cores if self.device == "cpu" else 1),
+                                   threads=self.threads or cores)
+
+
+def generate(cfg: NCAConfig, job: GenerateJob) -> tuple[Location, WriteResult]:
+    """`nca-scale generate`: everything is checked before anything is written (job keys, URL form, device,
+    writability), then the shards and the manifest are written."""
+    job.validate()
+    loc = parse_location(job.out, job.endpoint_url or None)
+    check_device(job.device)
+    loc.check_writable()
+    if job.workers == 1:
+        set_threads(job.threads)  # 0: keep torch's default
+    keep_freed_memory()  # this process generates (workers=1) or forks the workers that do
+    return loc, write_shards(cfg, loc, job.resolved())
 
 
 @dataclass(frozen=True)
@@ -119,58 +158,7 @@ def completed_record(loc: Location, plan: ShardPlan, split: str, fp: str, verify
     return rec
 
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-
-
-def _build_in_pool(workers: int, samples: ShardSamples) -> Future | None:
-    """Start building a shard's tar in a worker process; None: build it in the writer thread instead.
-
-    Pools are created once per process and reused by later runs (tests and notebooks run many). "spawn",
-    not fork: the parent has torch/OpenMP and fsspec threads whose locks a forked child could inherit held.
-    """
-    if workers <= 0:
-        return None
-    for _ in range(2):  # a pool broken by a killed worker (e.g. Ctrl-C) is replaced once
-        pool = _POOLS.get(workers)
-        if pool is None:
-            pool = _POOLS[workers] = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=exit_with_parent, initargs=(os.getpid(),),
-            )
-        try:
-            return pool.submit(build_and_hash, samples)
-        except BrokenProcessPool:
-            _POOLS.pop(workers, None)
-    return None
-
-
-@dataclass
-class _ShardJob:
-    """A shard for the writer thread: `build()` returns its tar bytes and sha256 (waiting for workers)."""
-
-    name: str
-    plan: ShardPlan
-    tokens: int
-    scores: np.ndarray
-    build: Callable[[], tuple[bytes, str]]
-    futures: list[Future] = field(default_factory=list)  # cancelled when the run is aborted
-
-
-def _local_job(name: str, plan: ShardPlan, s: ShardSamples, tar_workers: int) -> _ShardJob:
-    built = _build_in_pool(tar_workers, s)
-
-    def build() -> tuple[bytes, str]:
-        if built is not None:
-            try:
-                return built.result()
-            except BrokenProcessPool:  # the worker died (killed, out of memory): build here rather than fail
-                pass
-        return build_and_hash(s)
-
-    return _ShardJob(name, plan, int(s.tokens.size), s.scores, build, [built] if built is not None else [])
-
-
-class _ShardCommitter(threading.Thread):
+class ShardCommitter(threading.Thread):
     """Atomically commits shards, in order, handed over through a bounded queue (building them if needed)."""
 
     def __init__(self, loc: Location, fp: str):
@@ -189,12 +177,11 @@ class _ShardCommitter(threading.Thread):
             except BaseException as e:  # noqa: B036 - reported to, and re-raised by, the main thread
                 self.error = e
 
-    def commit(self, job: _ShardJob) -> dict:
+    def commit(self, job: ShardJob) -> dict:
         data, digest = job.build()
-        plan = job.plan
         rec = {
-            "fingerprint": self.fp, "name": job.name, "start": plan.start, "stop": plan.stop,
-            "sequences": plan.count, "tokens": job.tokens, "bytes": len(data), "sha256": digest,
+            "fingerprint": self.fp, "name": job.name, "start": job.start, "stop": job.stop,
+            "sequences": job.stop - job.start, "tokens": job.tokens, "bytes": len(data), "sha256": digest,
             "score_histogram": mf.score_histogram(job.scores),
         }
         self.loc.put_atomic(job.name, data)  # retried; a UserError after the last attempt
@@ -202,7 +189,7 @@ class _ShardCommitter(threading.Thread):
         self.loc.put_atomic(mf.record_name(job.name), json.dumps(rec).encode())
         return rec
 
-    def submit(self, job: _ShardJob) -> None:
+    def submit(self, job: ShardJob) -> None:
         while True:  # never block forever on a dead writer
             if self.error is not None:
                 raise self.error
@@ -232,102 +219,39 @@ class _ShardCommitter(threading.Thread):
         return self.records
 
 
-# ---- the generating pool (workers > 1) -------------------------------------------------------------------
-_GENERATORS: dict[int, ProcessPoolExecutor] = {}
-_WORKER_STREAMS: dict[tuple[NCAConfig, str], NCAStream] = {}
+def write_shards(cfg: NCAConfig, loc: Location, job: GenerateJob) -> WriteResult:
+    """Write sequences [start, start + ceil(tokens / (seq_len+1))) of `job.split` under `loc`, then the manifest.
 
-
-def _init_generator(parent_pid: int) -> None:
-    torch.set_num_threads(1)  # before any torch work in the child
-    keep_freed_memory()
-    exit_with_parent(parent_pid)
-
-
-def generator_pool(workers: int) -> ProcessPoolExecutor:
-    """`workers` single-threaded generating processes, forked once per process and reused by later runs.
-    All of them are forked here, at once (Python forks a whole pool on its first task)."""
-    pool = _GENERATORS.get(workers)
-    if pool is not None:
-        try:
-            pool.submit(os.getpid).result()  # a worker killed since the last run (Ctrl-C) breaks the pool
-            return pool
-        except BrokenProcessPool:
-            pass
-    pool = _GENERATORS[workers] = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_generator,
-        initargs=(os.getpid(),),
-    )
-    pool.submit(os.getpid).result()
-    return pool
-
-
-def _generate_members(cfg: NCAConfig, split: str, s: ShardSamples) -> bytes:
-    """Worker task: the sequences of `s` (its rules given) as tar members."""
-    key = (cfg, split)
-    if key not in _WORKER_STREAMS:
-        _WORKER_STREAMS.clear()  # one config at a time: a worker's memory stays small
-        _WORKER_STREAMS[key] = NCAStream(cfg, split)
-    tokens = _WORKER_STREAMS[key].generate(s.banks, s.rules, s.indices).numpy()
-    return tar_members(ShardSamples(s.indices, tokens.astype(cfg.token_dtype), s.banks, s.rules, s.scores))
-
-
-def _pooled_job(pool: ProcessPoolExecutor, cfg: NCAConfig, split: str, name: str, plan: ShardPlan,
-                s: ShardSamples, batch_size: int, bar: tqdm) -> _ShardJob:
-    """Submit the shard's batches to the pool; the job joins their members in index order."""
-    futures = []
-    for lo in range(0, plan.count, batch_size):
-        part = slice(lo, lo + batch_size)
-        f = pool.submit(_generate_members, cfg, split,
-                        ShardSamples(s.indices[part], None, s.banks[part], s.rules[part], s.scores[part]))
-        rows = len(s.indices[part])
-        f.add_done_callback(lambda f, rows=rows: f.cancelled() or bar.update(rows * cfg.sequence_tokens))
-        futures.append(f)
-
-    def build() -> tuple[bytes, str]:
-        data = tar_from_members([f.result() for f in futures])
-        return data, sha256(data)
-
-    return _ShardJob(name, plan, plan.count * cfg.sequence_tokens, s.scores, build, futures)
-
-
-def write_shards(
-    cfg: NCAConfig, loc: Location, *, tokens: int, split: str = "train", start: int = 0,
-    per_shard: int = 8192, batch_size: int = 512, threads: int = 1, device: str = "cpu",
-    verify: bool = True, progress: bool = True, tar_workers: int = 0, workers: int = 1,
-) -> WriteResult:
-    """Write sequences [start, start + ceil(tokens / (seq_len+1))) of `split` under `loc`, then the manifest.
-
-    Complete shards from an earlier run of the same dataset are kept; the caller has validated the inputs and
-    checked that `loc` is writable (nothing here is written before generation starts). `workers` > 1 forks
-    that many generating processes (CPU only; see the module docstring). With tar_workers > 0 (workers = 1),
-    call this under `if __name__ == "__main__":` in scripts (spawned workers re-import the main module).
+    Complete shards from an earlier run of the same dataset are kept; `job` is validated and resolved
+    (`GenerateJob.resolved`) and `loc` checked writable by the caller (nothing here is written before
+    generation starts). With job.tar_workers > 0 and workers = 1, call this under
+    `if __name__ == "__main__":` in scripts (spawned workers re-import the main module).
     """
-    if workers > 1 and torch.device(device).type != "cpu":
-        raise UserError(f"workers={workers} is for CPU generation; use workers=1 with device={device}")
+    split, workers, batch_size = job.split, job.workers, job.batch_size
     fp = mf.fingerprint(cfg, split)
-    count = sequences_for(tokens, cfg)
-    plans = plan_shards(start, count, per_shard)
-    check_existing_manifest(loc, cfg, split, start, per_shard)
+    count = sequences_for(job.tokens, cfg)
+    plans = plan_shards(job.start, count, job.sequences_per_shard)
+    check_existing_manifest(loc, cfg, split, job.start, job.sequences_per_shard)
     loc.remove_stale_temps()
     present = loc.names()
     done = {
-        p.number: completed_record(loc, p, split, fp, verify)
+        p.number: completed_record(loc, p, split, fp, job.verify)
         if mf.record_name(shard_name(split, p.number)) in present else None
         for p in plans
     }
     todo = [p for p in plans if done[p.number] is None]
-    if len(todo) < 2:
-        tar_workers = 0  # nothing to overlap the tar with, so a worker process's start-up would only add time
+    # with fewer than 2 shards to write there is nothing to overlap a tar worker's start-up with
+    tar_workers = job.tar_workers if len(todo) >= 2 else 0
 
     pool = generator_pool(workers) if workers > 1 and todo else None  # forked before our threads start
-    stream = NCAStream(cfg, split, device=device, batch_size=batch_size, threads=threads, progress=progress,
-                       pool=pool, in_flight=2 * workers)
+    stream = NCAStream(cfg, split, device=job.device, batch_size=batch_size, threads=job.threads,
+                       progress=job.progress, pool=pool, in_flight=2 * workers)
     dtype = np.dtype(cfg.token_dtype)
     bar = tqdm(
         total=count * cfg.sequence_tokens, initial=(count - sum(p.count for p in todo)) * cfg.sequence_tokens,
-        unit="tok", unit_scale=True, desc=f"generate {split}", disable=not progress, smoothing=0.1,
+        unit="tok", unit_scale=True, desc=f"generate {split}", disable=not job.progress, smoothing=0.1,
     )
-    committer = _ShardCommitter(loc, fp)
+    committer = ShardCommitter(loc, fp)
     committer.start()
     t_gen = time.perf_counter()
     try:
@@ -337,7 +261,7 @@ def write_shards(
             banks, rules, scores = stream.rules(idx)  # builds the bank on first use, before any shard is written
             if pool is not None:
                 s = ShardSamples(idx, None, banks, rules, scores)
-                committer.submit(_pooled_job(pool, cfg, split, name, plan, s, batch_size, bar))
+                committer.submit(pooled_job(pool, cfg, split, name, s, batch_size, bar))
                 continue
             out = np.empty((plan.count, cfg.sequence_tokens), dtype=dtype)
             for lo in range(0, plan.count, batch_size):
@@ -345,11 +269,11 @@ def write_shards(
                 seqs = stream.generate(banks[part], rules[part], idx[part])
                 out[part] = seqs.cpu().numpy()
                 bar.update(seqs.numel())
-            committer.submit(_local_job(name, plan, ShardSamples(idx, out, banks, rules, scores), tar_workers))
+            committer.submit(local_job(name, ShardSamples(idx, out, banks, rules, scores), tar_workers))
         new = committer.finish()
     except BrokenProcessPool:
         committer.abort()
-        _GENERATORS.pop(workers, None)
+        forget_pool("generate", workers)
         raise UserError(
             "a generating worker process died (killed, or out of memory); re-run the same command to resume "
             "(complete shards are kept), with fewer workers= or a smaller batch_size= if memory is short"
@@ -363,35 +287,7 @@ def write_shards(
 
     by_name = {r["name"]: r for r in new}
     records = [done[p.number] or by_name[shard_name(split, p.number)] for p in plans]
-    m = mf.build_manifest(cfg, split, start, start + count, per_shard, tokens, records)
+    m = mf.build_manifest(cfg, split, job.start, job.start + count, job.sequences_per_shard, job.tokens, records)
     loc.put_atomic(mf.MANIFEST, json.dumps(m, indent=1).encode())
     written_tokens = sum(p.count for p in todo) * cfg.sequence_tokens
     return WriteResult(m, len(todo), len(plans) - len(todo), written_tokens, seconds)
-
-
-def keep_freed_memory() -> None:
-    """Let glibc's malloc keep freed memory instead of handing it back to the kernel (Linux; no-op elsewhere).
-
-    A generator step allocates ~12 MB of short-lived tensors. With glibc's defaults the heap top is trimmed
-    and big blocks are mmap'ed afresh, so every step page-faults its buffers in again: up to 100k minor faults
-    and +20-70% CPU time per 512 sequences in our measurements (docs/performance.md). The generating process
-    then holds its peak heap (~100 MB) until it exits.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest; blocks above it are still mmap'ed
-    mallopt(m_trim_threshold, 1 << 30)
-    mallopt(m_top_pad, 64 << 20)
-
-
-def set_threads(threads: int) -> None:
-    """Intra-op threads for the generator (the writer thread is extra, mostly outside the GIL)."""
-    if threads > 0:
-        torch.set_num_threads(threads)

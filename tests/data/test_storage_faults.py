@@ -16,7 +16,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from nca_scale.data import urls
 from nca_scale.data.urls import Location
-from nca_scale.data.writer import write_shards
+from nca_scale.data.writer import GenerateJob, write_shards
 from nca_scale.errors import UserError
 from nca_scale.train import checkpoint, mirror
 from nca_scale.train.config import TrainConfig
@@ -60,6 +60,11 @@ def fast_backoff(monkeypatch):
     return sleeps
 
 
+# three shards of 4 sequences, generated in this process (write_shards' caller resolves workers and threads)
+SMALL = GenerateJob(out="memory://faults", tokens=4 * 1025 * 3, sequences_per_shard=4, progress=False, workers=1,
+                    threads=1, tar_workers=0)
+
+
 def _location(fs: MemoryFileSystem) -> Location:
     root = f"/faults-{uuid.uuid4().hex[:8]}"
     fs.prefix = root
@@ -97,7 +102,7 @@ def test_full_disk_is_one_clear_error_and_publishes_nothing():
 def test_shards_on_a_failing_store_publish_no_manifest(fs, tiny_cfg):
     loc = _location(fs)
     with pytest.raises(UserError, match="failed 4 times"):
-        write_shards(tiny_cfg, loc, tokens=4 * 1025 * 3, per_shard=4, progress=False)
+        write_shards(tiny_cfg, loc, SMALL)
     names = _names(loc)
     assert "manifest.json" not in names and not [n for n in names if urls.TEMP_MARK in n]
     for name in names:  # whatever did land is complete: each shard before its record
@@ -107,7 +112,7 @@ def test_shards_on_a_failing_store_publish_no_manifest(fs, tiny_cfg):
 
 def test_shards_survive_transient_failures(tiny_cfg):
     loc = _location(FlakyFS(failures=2))
-    write_shards(tiny_cfg, loc, tokens=4 * 1025 * 3, per_shard=4, progress=False)
+    write_shards(tiny_cfg, loc, SMALL)
     assert "manifest.json" in _names(loc)
 
 
