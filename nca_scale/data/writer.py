@@ -39,18 +39,18 @@ from nca_scale.procs import keep_freed_memory, set_threads
 class GenerateJob:
     """What to generate and how (the job keys of `nca-scale generate`; the NCA config is separate)."""
 
-    out: str = ""
+    out: str = ""  # the shard directory: path, file://, s3:// or memory:// (required)
     tokens: int = 0  # sequences = ceil(tokens / (seq_len + 1)); every sequence counts seq_len + 1 tokens
-    split: Literal["train", "val"] = "train"
+    split: Literal["train", "val"] = "train"  # train or val (disjoint rule banks)
     start: int = 0  # first global sequence index
-    sequences_per_shard: int = 8192
-    batch_size: int = 512
+    sequences_per_shard: int = 8192  # sequences per WebDataset shard
+    batch_size: int = 512  # sequences generated per batch
     workers: int = 0  # generating processes, one thread each; 0: one per core on CPU (1 on CUDA); 1: this process
     threads: int = 0  # intra-op threads when workers=1; 0: all cores
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N
     endpoint_url: str = ""  # S3-compatible endpoint; default $AWS_ENDPOINT_URL
     verify: bool = True  # re-hash existing shards before skipping them
-    progress: bool = True
+    progress: bool = True  # show a progress bar
     tar_workers: int = 1  # processes building tars when workers=1 (0: a thread); tar building is pure Python
     # and would hold the generator's GIL
 
