@@ -56,6 +56,12 @@ def activate_deepspeed() -> None:
     """DeepSpeed probes for an accelerator and warns before falling back to the CPU; name it up front."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed.ops
+
+        # DeepSpeed's CPU accelerator JIT-compiles its shared-memory all-reduce op on a machine's first
+        # init_distributed (~60 s of gcc). Only inference_all_reduce uses it; training collectives go through
+        # torch.distributed either way, so marking it unavailable changes no number.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _install() -> None:
