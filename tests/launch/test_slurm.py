@@ -1,12 +1,13 @@
 """On the real local Slurm cluster (tools/local_slurm.sh up: nodes n1 and n2 in network namespaces of their own,
 each with its own address): 2-node jobs of every backend (megatron TP=2, DeepSpeed ZeRO-2 and torch DDP data
-parallel), preemption by `scancel --signal=USR2` and by `scontrol requeue` with bit-identical resume, the
-rendezvous over the nodes' real addresses, a job array, a dependency chain, bad profiles, time limits.
+parallel), preemption by `scancel --signal=USR2` (every backend) and by `scontrol requeue` (megatron; the
+requeue path is the same code for every backend) with bit-identical resume, the rendezvous over the nodes' real
+addresses, a job array, a dependency chain, bad profiles, time limits.
 
-The 2-node jobs are submitted together (held, then released at once; interrupted ones first) and run side by
-side; each interrupted one is signalled once it has logged a few steps. Every step lasts at least PAD seconds (min_step_time), so a signal
-lands mid-run however fast the machine is; the uninterrupted references of DeepSpeed and torch are plain
-`nca-scale train nproc=2` runs on this host, started alongside.
+The 2-node jobs are submitted together (held, then released at once) and run side by side; each is signalled
+once it has logged a few steps. Every step lasts at least PAD seconds (min_step_time), so a signal lands mid-run
+however fast the machine is. The uninterrupted references are plain `nca-scale train nproc=2` runs on this host,
+started alongside.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ BACKENDS = {
     "torch": ["backend=torch"],  # data parallel (DDP)
 }
 SIGNALS = {"usr2": ["scancel", "--signal=USR2"], "requeue": ["scontrol", "requeue"]}
-INTERRUPTED = [(b, k) for b in BACKENDS for k in SIGNALS]
+INTERRUPTED = [*((b, "usr2") for b in BACKENDS), ("megatron", "requeue")]
 FINAL = f"checkpoints/step_{STEPS:08d}"
 
 
@@ -55,17 +56,17 @@ def train_args(backend: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_node_runs(env, tmp_path_factory):
-    """(backend, kind) -> (run dir, job id) for kind usr2/requeue (interrupted mid-run) and ('megatron', 'plain');
-    (backend, 'local') -> (run dir, process) for the local references of DeepSpeed and torch."""
+    """(backend, kind) -> (run dir, job id) for the 2-node jobs interrupted mid-run by `kind`;
+    (backend, 'local') -> (run dir, process) for the uninterrupted local 2-process references."""
     base = tmp_path_factory.mktemp("two_node")
     runs = {}
-    for backend, kind in [*INTERRUPTED, ("megatron", "plain")]:  # held until all are queued: none may finish
-        out = base / f"{backend}-{kind}"  # before the loop below watches it
+    for backend, kind in INTERRUPTED:  # held until all are queued: none may finish before the loop below watches it
+        out = base / f"{backend}-{kind}"
         nca(env, "submit", *train_args(backend), "cluster=local-slurm", "cluster.sbatch={hold: true}", f"out={out}",
             f"name={backend}-{kind}")
         runs[backend, kind] = (out, job_ids(out)[0])
     subprocess.run(["scontrol", "release", ",".join(job for _, job in runs.values())], check=True)
-    for backend in ("deepspeed", "torch"):
+    for backend in BACKENDS:
         out = base / f"{backend}-local"
         proc = subprocess.Popen([str(CLI), "train", *train_args(backend), "nproc=2", f"out={out}"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -85,14 +86,12 @@ def two_node_runs(env, tmp_path_factory):
 
 
 def reference(runs, backend: str) -> Path:
-    """The uninterrupted run of `backend`: the 2-node megatron job, or the local 2-process run."""
-    if backend == "megatron":
-        out, job = runs["megatron", "plain"]
-        assert wait_for(job) == "COMPLETED"
-        return out
+    """The uninterrupted local 2-process run of `backend`."""
     out, proc = runs[backend, "local"]
-    log = proc.communicate(timeout=900)[0]
-    assert proc.returncode == 0, log[-3000:]
+    if proc.returncode is None:
+        log = proc.communicate(timeout=900)[0]
+        assert proc.returncode == 0, log[-3000:]
+    assert proc.returncode == 0
     return out
 
 
@@ -104,8 +103,8 @@ def node_addresses() -> dict[str, str]:
 RENDEZVOUS = re.compile(r"rendezvous: rank (\d+) of 2 on (\S+) \(([\d.]+)\) -> MASTER_ADDR=(\S+) \(([\d.]+)\)")
 
 
-def test_two_node_tp2_matches_local_run_over_the_node_network(two_node_runs, env, tmp_path):
-    out, job = two_node_runs["megatron", "plain"]
+def test_two_node_tp2_meets_at_the_master_nodes_address_and_matches_a_local_run(two_node_runs):
+    out, job = two_node_runs["megatron", "usr2"]
     assert wait_for(job) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
     # one task on each node, each in its node's network namespace, meeting at n1's own address
     addr = node_addresses()
@@ -117,10 +116,8 @@ def test_two_node_tp2_matches_local_run_over_the_node_network(two_node_runs, env
         assert m, text[-3000:]
         seen[int(m.group(1))] = m.groups()[1:]
     assert seen == {0: ("n1", addr["n1"], "n1", addr["n1"]), 1: ("n2", addr["n2"], "n1", addr["n1"])}
-    local = tmp_path / "local"
-    nca(env, "train", *train_args("megatron"), "nproc=2", f"out={local}")
     assert len(losses(out)) == STEPS
-    assert losses(out) == losses(local)
+    assert losses(out) == losses(reference(two_node_runs, "megatron"))
 
 
 @pytest.mark.parametrize("backend, kind", INTERRUPTED, ids=[f"{b}-{k}" for b, k in INTERRUPTED])
