@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from nca_scale.config import to_dict
@@ -66,7 +67,10 @@ class Checkpointer(Callback):
 
 
 class SpeedMonitor(Callback):
-    """Adds tokens_per_s (global) and mfu to each step's metrics; FLOPs per token include attention."""
+    """Adds tokens_per_s (global) and mfu to each step's metrics (FLOPs per token include attention), and to
+    each logged step's the seconds the loop spent in the checkpointer since the previous logged step
+    (checkpoint_time: a save follows its own step's line) and, on a GPU, the peak memory allocated in that
+    interval, the first from start-up (peak_memory_gib; the caching allocator's counters, no device sync)."""
 
     def pre_train(self, trainer) -> None:
         cfg = trainer.cfg
@@ -78,6 +82,11 @@ class SpeedMonitor(Callback):
         tps = trainer.cfg.tokens_per_step / metrics["step_time"]
         metrics["tokens_per_s"] = tps
         metrics["mfu"] = tps * self.flops_per_token / self.peak if self.peak else None
+        if trainer.should_log():
+            metrics["checkpoint_time"], trainer.checkpoint_time = trainer.checkpoint_time, 0.0
+            if torch.cuda.is_available():
+                metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                torch.cuda.reset_peak_memory_stats()
 
 
 class MetricsLog(Callback):

@@ -1,11 +1,13 @@
 """Peak FLOP/s per device, pinned, for MFU. Dense bf16 tensor-core peaks from the vendors' data sheets (the
 sheets print the 2:4-sparsity figure, twice these, next to them; the sources are listed in docs/gpu.md);
-CPUs get a nominal per-core fp32 peak (2 AVX-512 FMA units x 16 lanes x 2 FLOPs x 3 GHz)."""
+CPUs get a nominal per-core fp32 peak (2 AVX-512 FMA units x 16 lanes x 2 FLOPs x 3 GHz). And the per-phase
+step timer the backends fill (StepPhases)."""
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 
 import torch
 
@@ -53,3 +55,25 @@ def peak_flops_per_rank() -> float | None:
         log.warning("no pinned peak FLOP/s for GPU %r: MFU is logged as null; set peak_flops=<dense bf16 FLOP/s "
                     "per GPU> to get it", name)
     return peak
+
+
+class StepPhases:
+    """Host-clock seconds per phase of one train_step (`fwd_bwd_time`, `optimizer_time`), for metrics.jsonl.
+
+    A backend calls start() when the step begins and mark(phase) where a phase ends. It marks only where the
+    step already waits for the device (a loss or grad-norm `.item()`), so timing adds no synchronisation on a
+    GPU; kernels still queued at a mark are counted in the phase that next waits for them (docs/training.md,
+    "Loop, metrics, schedules", says where each backend's boundaries are)."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self.times = {}
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.times[phase] = now - self._last
+        self._last = now

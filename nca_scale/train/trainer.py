@@ -17,7 +17,7 @@ from pathlib import Path
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
 from nca_scale.train import backends, checkpoint, dist, transfer
-from nca_scale.train.callbacks import Callback, default_callbacks
+from nca_scale.train.callbacks import Callback, Checkpointer, default_callbacks
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
 from nca_scale.train.schedule import lr_at
@@ -30,6 +30,7 @@ class Trainer:
         self.skipped: set[int] = set()  # steps whose batch is not trained on (on_nonfinite=rollback)
         self.rollbacks = 0
         self.evaluated_at: int | None = None
+        self.checkpoint_time = 0.0  # seconds the loop spent in the checkpointer since the last logged step
         self.train_data, self.val_data = self._loader("train"), self._loader("val")
         # pinned batches only where a non-blocking host-to-device copy exists
         self.prefetch = Prefetcher(self.train_data, pin=dist.device().type == "cuda") if cfg.prefetch else None
@@ -83,9 +84,12 @@ class Trainer:
             self.step += 1
             self.tokens += cfg.tokens_per_step
             metrics = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                       "step_time": time.perf_counter() - t0, "data_time": t1 - t0}
+                       "step_time": time.perf_counter() - t0, "data_time": t1 - t0, **self.engine.phases.times}
             for cb in self.callbacks:
+                t2 = time.perf_counter()
                 cb.post_step(self, metrics)
+                if isinstance(cb, Checkpointer):  # the loop is blocked while a save (or its wait) runs
+                    self.checkpoint_time += time.perf_counter() - t2
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate()
         if cfg.eval_every and self.evaluated_at != self.step:  # the final weights are always evaluated

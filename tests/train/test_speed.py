@@ -56,7 +56,7 @@ def test_unknown_gpu_warns_and_logs_mfu_null(monkeypatch, caplog):
     _gpu_named(monkeypatch, "NVIDIA Future 9000")
     monkeypatch.setattr(dist, "get_world_size", lambda *a: 8)
     cfg = from_args(["configs/train/cpu-tiny.yaml"]).resolved()
-    trainer = SimpleNamespace(cfg=cfg)
+    trainer = SimpleNamespace(cfg=cfg, should_log=lambda: False)  # memory: test_phase_timers.py
     monitor = SpeedMonitor()
     with caplog.at_level(logging.WARNING, logger="nca_scale.train.speed"):
         monitor.pre_train(trainer)
@@ -71,7 +71,7 @@ def test_unknown_gpu_warns_and_logs_mfu_null(monkeypatch, caplog):
 def test_known_gpu_mfu(monkeypatch):
     _gpu_named(monkeypatch, "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(dist, "get_world_size", lambda *a: 8)
-    trainer = SimpleNamespace(cfg=from_args(["configs/train/cpu-tiny.yaml"]).resolved())
+    trainer = SimpleNamespace(cfg=from_args(["configs/train/cpu-tiny.yaml"]).resolved(), should_log=lambda: False)
     monitor = SpeedMonitor()
     monitor.pre_train(trainer)
     metrics = {"step_time": 0.25}

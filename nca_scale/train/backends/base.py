@@ -9,11 +9,13 @@ import torch
 
 from nca_scale.train.config import OptimConfig
 from nca_scale.train.data import Batch
+from nca_scale.train.speed import StepPhases
 
 
 class Engine(Protocol):
     dp_rank: int
     dp_size: int
+    phases: StepPhases  # filled by train_step: seconds in forward/backward and in the optimizer
 
     def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
         """One optimizer step over this rank's micro-batches; returns (global mean loss, grad norm before

@@ -18,6 +18,7 @@ from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import freeze, torch_optimizer
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
+from nca_scale.train.speed import StepPhases
 from nca_scale.train.transfer import Weights
 
 _TAG = "ds"  # one tag per checkpoint directory
@@ -59,8 +60,10 @@ class DeepSpeedEngine:
             config["zero_allow_untested_optimizer"] = o.name == "sgd"
         self.trainable = trainable
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=trainable, config=config)
+        self.phases = StepPhases()
 
     def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
+        self.phases.start()
         torch.manual_seed(tdist.step_seed(self.cfg.seed, step, self.dp_rank))
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
@@ -69,13 +72,17 @@ class DeepSpeedEngine:
         for x, y, m in zip(batch.inputs, batch.targets, batch.masks):
             loss = masked_loss(self.engine(x.to(self.device)), y.to(self.device), m.to(self.device))
             self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps; all-reduces at the boundary
-            if self.engine.is_gradient_accumulation_boundary() and self.cfg.zero == 0:
-                # without ZeRO, fp32 DeepSpeed clips but does not report the norm: take it before the step
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable]).item()
+            total += loss.item()  # after the backward, so that it waits for it
+            if self.engine.is_gradient_accumulation_boundary():
+                if self.cfg.zero == 0:
+                    # without ZeRO, fp32 DeepSpeed clips but does not report the norm: take it before the step
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable]).item()
+                self.phases.mark("fwd_bwd_time")
             self.engine.step()  # updates only at the accumulation boundary
-            total += loss.item()
         norm = self.engine.get_global_grad_norm() if norm is None else norm
-        return tdist.mean_over(total / len(batch.inputs)), float(norm)
+        mean = tdist.mean_over(total / len(batch.inputs))  # its .item() waits for the update
+        self.phases.mark("optimizer_time")
+        return mean, float(norm)
 
     @torch.no_grad()
     def eval_loss(self, batch: Batch) -> float:

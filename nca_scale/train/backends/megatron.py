@@ -20,6 +20,7 @@ from nca_scale.train import cpu_compat
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
+from nca_scale.train.speed import StepPhases
 from nca_scale.train.transfer import Weights
 
 # dp_reshardable: the sharding megatron-core 0.16's torch-Adam DistributedOptimizer can save without
@@ -48,6 +49,7 @@ class MegatronEngine:
         s = cfg.seq_len
         self.position_ids = torch.arange(s, device=tdist.device()).unsqueeze(0).expand(cfg.micro_batch, s)
         self.causal_mask = torch.ones(s, s, dtype=torch.bool, device=tdist.device()).triu(1).view(1, 1, s, s)
+        self.phases = StepPhases()
 
     # ---- build -------------------------------------------------------------------------------------
     def _transformer_config(self):
@@ -180,6 +182,7 @@ class MegatronEngine:
         model_parallel_cuda_manual_seed(tdist.step_seed(self.cfg.seed, step, self.dp_rank, pp_rank) % 2**31)
 
     def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
+        self.phases.start()
         self._seed(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -187,8 +190,10 @@ class MegatronEngine:
             chunk.train()
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss = self._run(batch, forward_only=False)
-        _, grad_norm, _ = self.optimizer.step()
+        loss = self._run(batch, forward_only=False)  # its .item() waits for the backward and the grad reduction
+        self.phases.mark("fwd_bwd_time")
+        _, grad_norm, _ = self.optimizer.step()  # waits for the grad norm (.item()); the update may still run
+        self.phases.mark("optimizer_time")
         return loss, float(grad_norm or 0.0)
 
     @torch.no_grad()

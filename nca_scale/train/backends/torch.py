@@ -17,6 +17,7 @@ from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import freeze, torch_optimizer
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
+from nca_scale.train.speed import StepPhases
 from nca_scale.train.transfer import Weights
 
 
@@ -31,6 +32,7 @@ class TorchEngine:
         self.ddp = DDP(self.model) if self.dp_size > 1 else None
         self.optimizer = torch_optimizer(cfg.optim, trainable)
         self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
+        self.phases = StepPhases()
 
     def _loss(self, x, y, m) -> torch.Tensor:
         with self.autocast:
@@ -38,6 +40,7 @@ class TorchEngine:
         return masked_loss(logits, y.to(self.device), m.to(self.device))
 
     def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
+        self.phases.start()
         torch.manual_seed(tdist.step_seed(self.cfg.seed, step, self.dp_rank))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -51,9 +54,12 @@ class TorchEngine:
             total += loss.item()
         clip = self.cfg.optim.clip_grad or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], clip).item()
+        self.phases.mark("fwd_bwd_time")  # .item() above waited for every gradient
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return tdist.mean_over(total / n), grad_norm
+        mean = tdist.mean_over(total / n)  # its .item() waits for the update
+        self.phases.mark("optimizer_time")
+        return mean, grad_norm
 
     @torch.no_grad()
     def eval_loss(self, batch: Batch) -> float:
