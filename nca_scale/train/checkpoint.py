@@ -11,9 +11,10 @@ then replaces `latest` (the pointer moves last), then prunes. A kill at any mome
 checkpoints untouched plus either nothing new or a complete new one. Optimizer, scheduler and RNG need no
 more: the schedule and the dropout RNG are functions of the step (schedule.py, dist.step_seed).
 
-Loading verifies the manifest (sizes, then checksums). `resume=auto` takes the newest committed checkpoint
-that verifies, reporting (one line each) the newer ones that do not; keep-last-k never removes the checkpoint
-`latest` names nor the newest one that is complete. meta.json files written before manifests existed (no
+Loading verifies the manifest (sizes, then checksums). `resume=auto` follows `latest`: it takes the newest
+committed checkpoint up to the one `latest` names (or committed after the pointer last moved: a kill between
+rename and pointer) that verifies, reporting (one line each) the newer ones that do not; keep-last-k never
+removes the checkpoint `latest` names nor the newest one that is complete. meta.json files written before manifests existed (no
 "files") are accepted unverified. With `checkpoint_url=` each committed checkpoint is also published to an
 fsspec URL (mirror.py).
 """
@@ -121,9 +122,20 @@ def say(text: str) -> None:
         print(f"[nca-scale] {text}", flush=True)
 
 
+def following_latest(out: str | Path) -> list[Path]:
+    """The committed checkpoints of the run `latest` points into, oldest first: those up to the one it names,
+    and a newer one only if committed after the pointer last moved (a kill between rename and pointer). A
+    newer checkpoint committed before it (another run's, left behind) is never taken."""
+    found, name = complete_checkpoints(out), latest_name(out)
+    if name is None:
+        return found
+    moved = (root(out) / LATEST).stat().st_mtime_ns
+    return [p for p in found if p.name <= name or (p / META).stat().st_mtime_ns > moved]
+
+
 def latest_verified(out: str | Path, report: Callable[[str], None] = say) -> Path | None:
-    """The newest committed checkpoint that verifies; each newer unusable one is reported."""
-    for path in reversed(complete_checkpoints(out)):
+    """The newest checkpoint `latest` leads to that verifies; each newer unusable one is reported."""
+    for path in reversed(following_latest(out)):
         problem = verify(path)
         if problem is None:
             return path
@@ -143,7 +155,10 @@ def resolve(cfg: TrainConfig, which: str | None, report: Callable[[str], None] =
                 mirror.fetch_latest(cfg.checkpoint_url, cfg.out, report)
             except OSError as e:
                 raise UserError(f"checkpoint_url={cfg.checkpoint_url} cannot be read: {e}") from None
-        return latest_verified(cfg.out, report)
+        found = latest_verified(cfg.out, report)
+        if found is None:
+            report(f"resume=auto: no checkpoint in {root(cfg.out)}; starting from step 0")
+        return found
     path = Path(which)
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist")

@@ -70,12 +70,38 @@ def test_auto_resume_reports_a_corrupt_newest_checkpoint_and_uses_the_previous(t
     assert len(lines) == 1 and problem in lines[0] and "falling back to the previous one" in lines[0], lines
 
 
+def _point_latest_at(cfg, name: str, before: Path) -> None:
+    """`latest` names `name`, last written before checkpoint `before` was committed."""
+    pointer = checkpoint.root(cfg.out) / "latest"
+    pointer.write_text(f"{name}\n")
+    t = (before / "meta.json").stat().st_mtime_ns - 10**9
+    os.utime(pointer, ns=(t, t))
+
+
 def test_a_checkpoint_committed_but_not_yet_pointed_to_is_used(tmp_path):
     cfg = _cfg(tmp_path)
     _save(cfg, 2)
     newer = _save(cfg, 4)
-    (checkpoint.root(cfg.out) / "latest").write_text("step_00000002\n")  # killed between rename and pointer
+    _point_latest_at(cfg, "step_00000002", before=newer)  # killed between rename and pointer
     assert checkpoint.resolve(cfg, "auto") == newer
+
+
+def test_auto_resume_follows_latest_past_a_newer_checkpoint_of_an_older_run(tmp_path):
+    """An older run's step 5 left beside a new run whose `latest` names step 2: resume=auto takes step 2."""
+    cfg = _cfg(tmp_path)
+    old = _save(cfg, 5)
+    ours = _save(cfg, 2)
+    assert checkpoint.latest_name(cfg.out) == ours.name and old.is_dir()
+    assert checkpoint.resolve(cfg, "auto") == ours
+
+
+def test_auto_resume_without_a_checkpoint_says_so(tmp_path):
+    cfg = _cfg(tmp_path)
+    lines = []
+    assert checkpoint.resolve(cfg, "auto", report=lines.append) is None
+    assert lines == [f"resume=auto: no checkpoint in {checkpoint.root(cfg.out)}; starting from step 0"]
+
+
 
 
 def test_explicit_resume_of_a_corrupt_checkpoint_is_refused(tmp_path, capsys):

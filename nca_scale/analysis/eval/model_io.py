@@ -22,7 +22,7 @@ def resolve(path: str | Path) -> Path:
         raise UserError(f"{p} does not exist; pass a checkpoint, a run directory or a Hugging Face model directory")
     if checkpoint.is_complete(p) or (p / "config.json").is_file():
         return p
-    found = checkpoint.complete_checkpoints(p)
+    found = checkpoint.following_latest(p)  # as resume=auto: the run `latest` points into
     if found:
         return found[-1]
     if (p / "checkpoints").is_dir() or p.name.startswith("step_"):
