@@ -29,6 +29,31 @@ def endpoint_from_env() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
+_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError")
+_REJECTED = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+
+
+def access_problem(e: BaseException) -> str | None:
+    """One line for an error that means "this S3 store cannot be used as configured" (no or rejected
+    credentials, an unreachable endpoint), found anywhere in the exception's chain; None for any other error."""
+    endpoint = endpoint_from_env()
+    fix = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for an "
+           "S3-compatible store (MinIO, Ceph, ...)")
+    seen: BaseException | None = e
+    while seen is not None:
+        name, text = type(seen).__name__, str(seen)
+        if name in _NO_CREDENTIALS:
+            return f"no S3 credentials found: {fix}"
+        if name in _UNREACHABLE:
+            where = f"AWS_ENDPOINT_URL={endpoint}" if endpoint else "AWS itself (AWS_ENDPOINT_URL is not set)"
+            return f"cannot reach the S3 endpoint ({where}): check AWS_ENDPOINT_URL and the network"
+        if any(code in text for code in _REJECTED):
+            return f"the S3 store rejected the credentials ({_first_line(seen)}): {fix}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]
@@ -118,24 +143,22 @@ class Location:
             self.fs.rm_file(self.path(name))
         return len(stale)
 
-    def check_writable(self) -> None:
-        """Create the directory if needed and prove we can write there, before any shard is generated."""
+    def check_writable(self, what: str = "out") -> None:
+        """Create the directory if needed and prove we can write there, before any shard is generated.
+        `what` names the argument in errors."""
         probe = temp_name("nca-scale-probe").name
         try:
             if self.scheme == "file":
                 os.makedirs(self.root, exist_ok=True)
                 if not os.path.isdir(self.root):
                     raise NotADirectoryError(f"{self.root} is not a directory")
-            elif self.scheme == "s3":
-                bucket = self.root.split("/", 1)[0]
-                if not self.fs.exists(bucket):
-                    raise FileNotFoundError(f"bucket {bucket!r} does not exist (or is not visible with these credentials)")
             self.fs.pipe_file(self.path(probe), b"")
             self.fs.rm_file(self.path(probe))
-        except UserError:
-            raise
         except Exception as e:  # OSError, botocore errors, ...: all mean "cannot write here"
-            raise UserError(f"out={self.url} is not writable: {_first_line(e)}") from None
+            problem = access_problem(e) if self.scheme == "s3" else None
+            if problem is None and self.scheme == "s3" and "NoSuchBucket" in f"{e!r} {e.__cause__!r}":
+                problem = f"bucket {self.root.split('/', 1)[0]!r} does not exist; create it first"
+            raise UserError(f"{what}={self.url} is not writable: {problem or _first_line(e)}") from None
 
 
 def register_gopen(endpoint_url: str | None = None) -> None:
