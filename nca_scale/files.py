@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from nca_scale.errors import UserError
+
 TEMP_MARK = ".tmp-"  # temp names are .<final name>.tmp-<pid>-<random>
 
 
@@ -75,3 +77,17 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Replace the file `path` with `data` (str is written as UTF-8) all at once."""
     with replacing(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def check_creatable(path: str | Path, key: str = "out") -> None:
+    """UserError unless directory `path` exists or can be created here: no file in the way, and the nearest
+    existing ancestor writable. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key}={path} is a file, not a directory; choose another {key}=")
+    parent = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not parent.is_dir():
+        raise UserError(f"{key}={path} cannot be created: {parent} is a file, not a directory; choose another {key}=")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={path} is not writable ({parent} does not allow this user to write); "
+                        f"choose another {key}=")

@@ -6,7 +6,8 @@ torch_dist at any TP/PP), or a run directory (its latest complete checkpoint), a
 LlamaForCausalLM directory: model.safetensors, config.json, generation_config.json and, with a sentencepiece
 model (tokenizer=, or the one the checkpoint records), tokenizer.model + tokenizer.json + tokenizer_config.json.
 Load it with transformers.AutoModelForCausalLM.from_pretrained(DIR). Refuses what Llama cannot express
-(an LM-head bias, other biases, unknown model options).
+(an LM-head bias, other biases, unknown model options), and an out= that is a file, a run or checkpoint
+folder or any non-empty folder; the directory appears whole when every file is written.
 
 import: a LlamaForCausalLM directory (safetensors) as an nca_scale torch checkpoint directory (state.pt +
 meta.json, step 0, tokenizer.model copied when present), usable by `nca-scale eval`, `export` and
@@ -32,15 +33,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class ExportJob:
-    out: str | None = None
-    tokenizer: str | None = None
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    out: str | None = None  # the Hugging Face directory to write: new or empty (required)
+    tokenizer: str | None = None  # sentencepiece .model to ship; default: the checkpoint's own
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype of the saved weights
     max_positions: int | None = None  # default: the training sequence length (else 2048)
 
 
 @dataclass(frozen=True)
 class ImportJob:
-    out: str | None = None
+    out: str | None = None  # the checkpoint directory to write (required)
 
 
 def _parse(cls, args: list[str], usage: str):
@@ -58,6 +59,7 @@ def export_main(args: list[str]) -> int:
     from nca_scale.model import hf
 
     src, job = _parse(ExportJob, args, "usage: nca-scale export CKPT out=DIR [tokenizer=PATH.model] [dtype=fp32|bf16]")
+    hf.check_out(job.out)  # before reading any weights
     cfg, tensors, info = model_io.read_weights(src)
     tokenizer = job.tokenizer or info.get("tokenizer")
     out = hf.export(tensors, cfg, job.out, max_positions=job.max_positions or info.get("seq_len") or 2048,

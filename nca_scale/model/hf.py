@@ -1,9 +1,10 @@
 """Hugging Face Llama format: export our logical tensors to a `LlamaForCausalLM` directory, and import one back.
 
-A directory written here holds `config.json` (LlamaConfig), `model.safetensors` (fp32 unless asked otherwise),
-`generation_config.json` and, when a sentencepiece model is given, the tokenizer: `tokenizer.model` (the
-sentencepiece file itself), `tokenizer.json` (converted with transformers' SpmConverter, so the fast tokenizer
-loads without sentencepiece installed), `tokenizer_config.json` and `special_tokens_map.json`.
+A directory written here (new or empty before; renamed into place once complete) holds `config.json`
+(LlamaConfig), `model.safetensors` (fp32 unless asked otherwise), `generation_config.json` and, when a
+sentencepiece model is given, the tokenizer: `tokenizer.model` (the sentencepiece file itself),
+`tokenizer.json` (converted with transformers' SpmConverter, so the fast tokenizer loads without sentencepiece
+installed), `tokenizer_config.json` and `special_tokens_map.json`.
 
 The mapping is one to one (our RoPE is already rotate-half, HF's layout): no permutation of q/k rows.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 from nca_scale.errors import UserError
+from nca_scale.files import check_creatable, replacing
 from nca_scale.model.config import ModelConfig
 from nca_scale.model.layout import logical_shapes
 
@@ -149,11 +151,33 @@ def export(tensors: dict[str, torch.Tensor], cfg: ModelConfig, out: str | Path, 
 
     `tokenizer`: a sentencepiece .model file to ship (and convert) alongside; `extra`: provenance written to
     `nca_scale.json` (the source checkpoint, step, ...)."""
-    from safetensors.torch import save_file
-
+    check_out(out)
     check_expressible(cfg, tensors)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(out) as tmp:  # nothing under `out` until every file is written (a bad tokenizer= leaves none)
+        tmp.mkdir()
+        _write(tensors, cfg, tmp, max_positions, tokenizer, dtype, extra)
+    return out
+
+
+def check_out(out: str | Path) -> None:
+    """`out` must be new or an empty directory: never a run or checkpoint folder (a config.json there would
+    shadow its checkpoints for every later `export RUN`), nor a file."""
+    out = Path(out)
+    if out.is_file():
+        raise UserError(f"out={out} is an existing file; export writes a directory: choose a new out=")
+    if out.is_dir() and any(out.iterdir()):
+        what = ("a run or checkpoint folder" if any((out / n).exists() for n in ("meta.json", "checkpoints", "metrics.jsonl"))
+                else "not empty")
+        raise UserError(f"out={out} is {what}; export into a new or empty directory")
+    check_creatable(out)
+
+
+def _write(tensors: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, max_positions: int,
+           tokenizer: str | Path | None, dtype: torch.dtype, extra: dict | None) -> None:
+    from safetensors.torch import save_file
+
     special = _write_tokenizer(Path(tokenizer), out) if tokenizer else {}
     hf = {}
     for name, t in tensors.items():
@@ -168,7 +192,6 @@ def export(tensors: dict[str, torch.Tensor], cfg: ModelConfig, out: str | Path, 
            "pad_token_id": conf["pad_token_id"]}
     (out / "generation_config.json").write_text(json.dumps({k: v for k, v in gen.items() if v is not None}, indent=2))
     (out / "nca_scale.json").write_text(json.dumps({"model": dataclasses.asdict(cfg), **(extra or {})}, indent=1))
-    return out
 
 
 def _write_tokenizer(model_file: Path, out: Path) -> dict:
