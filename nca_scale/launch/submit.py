@@ -121,6 +121,9 @@ def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: pr
             raise UserError(f"nproc={given[-1]} but the profile runs {prof.nodes} node(s) x {prof.tasks} task(s) = "
                             f"{prof.world} processes; drop nproc= or change cluster.nodes/tasks_per_node")
         plain = [(k, v) for k, v in plain if k != "nproc"] + [("nproc", str(prof.world))]
+    if train and any(k == "overwrite" for k, _ in plain):
+        raise UserError("overwrite=true is for `nca-scale train` only: a submitted run resumes when requeued; move "
+                        "the old run folder aside yourself (mv RUN RUN.old) and submit again")
     if train and not any(k == "resume" for k, _ in plain):
         plain.append(("resume", "auto"))  # a requeued or resubmitted run continues from its latest checkpoint
     cells = _sweep_cells(sweep) if sweep else [[]]

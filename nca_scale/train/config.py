@@ -31,6 +31,7 @@ def from_args(args: list[str]) -> TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    # Where the sequences come from.
     # nca_stream: sequences generated on the fly from `nca`. nca_shards: read from `nca-scale generate` shards
     # (any URL nca_scale.data reads: path, file://, s3://, memory://) generated with the same `nca` config;
     # evaluation reads `val_shards`, or generates the val split on the fly when it is not set.
@@ -40,8 +41,8 @@ class DataConfig:
     source: Literal["nca_stream", "nca_shards", "text_shards", "dyck"] = "nca_stream"
     nca: NCAConfig = field(default_factory=NCAConfig)
     dyck: DyckConfig = field(default_factory=DyckConfig)
-    shards: str | None = None
-    val_shards: str | None = None
+    shards: str | None = None  # nca_shards/text_shards: the training shards' URL
+    val_shards: str | None = None  # nca_shards/text_shards: the evaluation shards' URL
     skip_corrupt: bool = False  # text_shards: drop (and report) corrupt shards instead of stopping
 
     @property
@@ -57,6 +58,15 @@ class DataConfig:
         return self.dyck.vocab_size if self.source == "dyck" else self.nca.vocab_size
 
     def validate(self) -> None:
+        # a key the chosen source never reads would be silently ignored (e.g. data.shards with nca_stream: the
+        # run trains on fresh data), so setting one is an error naming both keys
+        reads = {"nca_stream": (), "nca_shards": ("shards", "val_shards"), "dyck": (),
+                 "text_shards": ("shards", "val_shards", "skip_corrupt")}[self.source]
+        for name in ("shards", "val_shards", "skip_corrupt"):
+            if name not in reads and getattr(self, name) != DataConfig.__dataclass_fields__[name].default:
+                needs = "text_shards" if name == "skip_corrupt" else "nca_shards or text_shards"
+                raise UserError(f"data.{name} is set but data.source={self.source} does not read it; "
+                                f"set data.source={needs}, or drop data.{name}")
         if self.source == "dyck":
             self.dyck.validate()
             return
@@ -97,12 +107,24 @@ class OptimConfig:
     # adam = no weight decay (the paper's stage 1); sgd = plain SGD without momentum or decay: its update is
     # proportional to the gradient, so the layout tests use it to catch a gradient scaled by a constant
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1.0e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1.0e-8
-    weight_decay: float = 0.0
+    lr: float = 1.0e-3  # peak learning rate
+    beta1: float = 0.9  # Adam first-moment decay
+    beta2: float = 0.999  # Adam second-moment decay
+    eps: float = 1.0e-8  # Adam epsilon
+    weight_decay: float = 0.0  # decoupled weight decay (adamw)
     clip_grad: float = 1.0  # max global grad norm; 0 = no clipping (the paper's stage 1)
+
+    def validate(self) -> None:
+        for name in ("lr", "eps"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"optim.{name}={getattr(self, name)} must be > 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"optim.{name}={getattr(self, name)} must be in [0, 1)")
+        for name in ("weight_decay", "clip_grad"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"optim.{name}={getattr(self, name)} must be >= 0")
+
 
 
 @dataclass(frozen=True)
@@ -110,10 +132,10 @@ class ScheduleConfig:
     # cosine: linear warmup then cosine to min_lr_ratio * lr at `total` steps.
     # wsd: warmup, constant, then linear decay over the last `decay_fraction` of `total` steps.
     name: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup: int = 0
+    warmup: int = 0  # linear warmup steps
     total: int | None = None  # schedule length in steps; None = the run's `steps`
-    min_lr_ratio: float = 0.0
-    decay_fraction: float = 0.2
+    min_lr_ratio: float = 0.0  # final learning rate as a fraction of lr
+    decay_fraction: float = 0.2  # wsd: the share of `total` spent decaying
 
 
 @dataclass(frozen=True)
@@ -134,7 +156,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
-    out: str = "runs/train"
+    out: str = "runs/train"  # the run folder: metrics.jsonl, checkpoints/, config.yaml
     steps: int | None = 100  # stop after this many optimizer steps (0 = only write the initial weights) ...
     tokens: int | None = None  # ... or this many training tokens, whichever comes first
     batch_size: int = 8  # global sequences per step, whatever the world size
@@ -142,18 +164,18 @@ class TrainConfig:
     # derive the micro-batch from the world size: the largest divisor of batch_size / dp that is <= micro_batch,
     # the rest by accumulation, so the global batch (the recipe) is the same on 1, 8, 16 or 32 GPUs
     auto_micro_batch: bool = False
-    seed: int = 0
+    seed: int = 0  # seed of the weights and of the data order
     # auto: bf16 on a GPU (the production precision), fp32 on a CPU (no bf16 speed-up to gain, and exact
     # reference runs); resolved on the machine that trains (`resolved`), the start-up line says which and why
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     backend: str = "torch"  # torch | megatron | deepspeed
     nproc: int = 1  # local processes the CLI launches; under an external launcher, the world size
-    tp: int = 1
-    pp: int = 1
+    tp: int = 1  # megatron: tensor-parallel ranks
+    pp: int = 1  # megatron: pipeline stages
     vpp: int = 1  # virtual pipeline stages per rank; > 1 selects the interleaved 1F1B schedule
     dp: int | None = None  # derived as nproc / (tp * pp); if given it must agree
-    sequence_parallel: bool = False
+    sequence_parallel: bool = False  # megatron: shard activations along the sequence over tp
     distributed_optimizer: bool = True  # megatron: shard optimizer state over DP (ZeRO-1)
     recompute: bool = False  # activation recomputation, every layer (megatron: full, uniform)
     zero: int = 0  # deepspeed ZeRO stage
@@ -161,18 +183,22 @@ class TrainConfig:
 
     eval_every: int = 0  # 0 = no evaluation
     eval_batches: int = 2  # global batches of the val split per evaluation
-    log_every: int = 1
+    log_every: int = 1  # steps between metrics lines
     checkpoint_every: int = 0  # 0 = only at the end of the run
-    keep_last: int = 3
+    keep_last: int = 3  # committed checkpoints kept (the one `latest` names is never removed)
     checkpoint_url: str | None = None  # also publish checkpoints here (file://, s3://, memory://); resume fetches
-    on_nonfinite: Literal["stop", "rollback"] = "stop"  # NaN/inf loss or grad norm: stop, or reload the last
-    max_rollbacks: int = 3  # checkpoint and skip the offending step's batch (at most this many times per run)
+    # NaN/inf loss or grad norm: stop, or reload the last checkpoint and skip the offending step's batch
+    on_nonfinite: Literal["stop", "rollback"] = "stop"
+    max_rollbacks: int = 3  # on_nonfinite=rollback: at most this many times per run
     resume: str = "never"  # never | auto (latest complete checkpoint in OUT/checkpoints) | a checkpoint path
+    # resume=never into an OUT that already holds a run (metrics.jsonl or checkpoints): move the old run aside to
+    # OUT.old-<time> and start afresh; without it such an OUT is refused (two runs never mix in one folder)
+    overwrite: bool = False
     init_from: str | None = None  # transfer weights from a checkpoint (see `transfer`)
 
     wandb: str | None = None  # offline | online | disabled; None = $WANDB_MODE or offline
-    wandb_project: str = "nca_scale"
-    progress: bool = True
+    wandb_project: str = "nca_scale"  # wandb project name
+    progress: bool = True  # show a progress bar
     prefetch: bool = True  # make the next step's batch in a background thread (the same tokens either way)
     peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
     # pad every step to at least this many seconds: a step time independent of the machine, for tests of time
@@ -237,6 +263,9 @@ class TrainConfig:
     def validate(self) -> None:
         self.model.validate()
         self.data.validate()
+        self.optim.validate()
+        if self.overwrite and self.resume != "never":
+            raise UserError(f"overwrite=true starts afresh but resume={self.resume} continues a run; set only one")
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.steps is None and self.tokens is None:

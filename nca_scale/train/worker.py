@@ -7,9 +7,11 @@ as `__mp_main__`; that process only asks to die with its rank.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from nca_scale.errors import UserError, print_error
+from nca_scale.train import checkpoint, run_folder
 from nca_scale.train.config import from_args
 
 
@@ -20,9 +22,22 @@ def main(args: list[str]) -> int:
     die_with_parent()  # a rank never outlives its launcher
 
     try:
-        run(from_args(args))
+        cfg = from_args(args)
+        by_hand = checkpoint.RESUME_ENV not in os.environ  # torchrun/srun, not `nca-scale train` (which checked)
+        if by_hand:
+            run_folder.check(cfg)
+        run_folder.start(cfg, writer=os.environ.get("RANK", "0") == "0", move=by_hand)
+        run(cfg)
     except UserError as e:  # a bad config, or a run stopped on a non-finite loss
         print_error(e)
+        return 2
+    except Exception as e:  # S3 without credentials or endpoint: one line per rank, not a traceback
+        from nca_scale.data.urls import access_problem
+
+        problem = access_problem(e)
+        if problem is None:
+            raise
+        print_error(UserError(problem))
         return 2
     return 0
 

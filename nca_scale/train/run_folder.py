@@ -1,0 +1,67 @@
+"""The run folder OUT of `nca-scale train`: one run per folder, checked before any process starts.
+
+A folder that already holds a run (OUT/metrics.jsonl or anything under OUT/checkpoints) is refused with
+resume=never: training into it would cut the old metrics, leave its newer checkpoints beside the new ones and
+make a later resume=auto mix the two runs. resume=auto (or resume=CKPT) continues it; overwrite=true moves the
+old run aside to OUT.old-<time> first. Every start writes the fully resolved config to OUT/config.yaml.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from nca_scale.config import to_dict
+from nca_scale.errors import UserError
+from nca_scale.files import check_creatable, write_atomic
+from nca_scale.train import checkpoint
+from nca_scale.train.config import TrainConfig
+
+CONFIG = "config.yaml"
+
+
+def holds_run(out: str | Path) -> bool:
+    out = Path(out)
+    base = checkpoint.root(out)
+    return (out / "metrics.jsonl").is_file() or (base.is_dir() and any(base.iterdir()))
+
+
+def check(cfg: TrainConfig) -> None:
+    """Refuse an OUT (or checkpoint_url) that cannot take this run; creates nothing under OUT."""
+    if not cfg.out.strip():
+        raise UserError("out= is empty; give the run folder, e.g. out=runs/r1")
+    check_creatable(cfg.out)
+    if cfg.resume == "never" and not cfg.overwrite and holds_run(cfg.out):
+        raise UserError(f"out={cfg.out} already holds a run; continue it with resume=auto, start afresh with "
+                        "overwrite=true (moves it aside), or choose another out=")
+    if cfg.checkpoint_url and cfg.checkpoint_url.startswith("s3://"):
+        from nca_scale.data.urls import parse_location
+
+        # a probe write: missing S3 credentials or a wrong endpoint show here, not at the first save
+        parse_location(cfg.checkpoint_url, what="checkpoint_url").check_writable("checkpoint_url")
+
+
+def start(cfg: TrainConfig, writer: bool = True, *, move: bool = True, write: bool = True) -> None:
+    """After every check passed: move an old run aside (overwrite=true; `move`) and write OUT/config.yaml
+    (`write`: in a process that trains, since resolving precision=auto touches the GPU). Only the `writer`
+    (rank 0, or the launching command) touches the folder."""
+    if not writer:
+        return
+    out = Path(cfg.out)
+    if move and cfg.overwrite and holds_run(out):
+        aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while aside.exists():  # two overwrites within one second
+            aside, n = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+        out.rename(aside)
+        checkpoint.say(f"overwrite=true: moved the old run in {out} to {aside}")
+    if not write:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(to_dict(cfg.resolved()), sort_keys=False)
+        write_atomic(out / CONFIG, f"# nca-scale train: the resolved config of the latest start\n{text}")
+    except OSError as e:
+        raise UserError(f"out={cfg.out} is not writable ({e.strerror or e}); choose another out=") from None
