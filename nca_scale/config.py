@@ -2,12 +2,15 @@
 
 Every component has a small dataclass config. `load(cls, path, overrides)` builds one from a YAML file plus
 dotted `key=value` overrides; an unknown key, a wrong type or an unreadable file raises `UserError` naming the
-key and where it came from. A dataclass-typed field may also be given as a path to its own YAML file.
+key and where it came from. A dataclass-typed field may also be given as a path to its own YAML file, found
+relative to the YAML file that names it, then in the project's configs/ (`find_nested`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,6 +19,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from nca_scale.errors import UserError
+
+# the shipped configs (a source checkout); nested config paths fall back to it
+PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -35,9 +41,26 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def find_nested(value: str, key: str, source: str) -> Path:
+    """The YAML file a key names (`model: configs/model/cpu-tiny.yaml`): relative to the folder of the YAML that
+    names it (the current directory for the command line), then to the project's configs/ folder (or its
+    parent, for paths written configs/...), then to the current directory."""
+    path = Path(value).expanduser()
+    naming = Path(source).parent if Path(source).is_file() else Path.cwd()
+    bases = [] if path.is_absolute() else [naming, PROJECT_CONFIGS, PROJECT_CONFIGS.parent, Path.cwd()]
+    tried = [base / path for base in bases] or [path]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{source}: key '{key}' names the config file {value}, which is not in "
+                    f"{', '.join(dict.fromkeys(str(c.parent) for c in tried))}; give a path to a YAML file (see configs/)")
+
+
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (list, tuple, dict) and get_args(tp):
+        return f"{get_origin(tp).__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
 
 
@@ -78,7 +101,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, str):
-            return from_dict(tp, read_yaml(value), source=value)
+            path = find_nested(value, key, source)
+            return from_dict(tp, read_yaml(path), source=str(path))
         if isinstance(value, dict):
             return from_dict(tp, value, source=source, prefix=f"{key}.")
         if isinstance(value, tp):
@@ -181,6 +205,51 @@ def split_overrides(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
+
+
+# ---- help: every key of a config tree, generated from the dataclasses --------------------------------------------
+def _comments(cls) -> dict[str, str]:
+    """field -> its comment in the class source: `metadata["help"]`, else the comment on the field's line, else
+    the first sentence of the comment block right above it. Comments sit next to the code they describe, so the
+    help cannot drift from it."""
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("class "))
+    body = [line for line in lines[start + 1:] if line.strip()]
+    indent = min(len(line) - len(line.lstrip()) for line in body) if body else 0
+    found, above = {}, []
+    for line in lines[start + 1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        m = re.match(r"(\w+)\s*:", text)
+        if m and len(line) - len(line.lstrip()) == indent:
+            trailing = line.partition("  # ")[2].strip() if "  # " in line else ""
+            block = " ".join(above)
+            found[m.group(1)] = trailing or re.split(r"(?<=[.;])\s", block, maxsplit=1)[0].rstrip(".;")
+        above = []
+    return found
+
+
+def describe_keys(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, meaning) of every leaf key of dataclass `cls`, nested configs flattened."""
+    hints, comments = _hints(cls), _comments(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        meaning = f.metadata.get("help") or comments.get(f.name, "")
+        if dataclasses.is_dataclass(tp):
+            rows += describe_keys(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append((prefix + f.name, _type_name(tp), "(required)" if default is dataclasses.MISSING else
+                     yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...").strip(), meaning))
+    return rows
 
 
 def load(cls, path: str | Path | None, overrides: list[tuple[str, str]] = ()):

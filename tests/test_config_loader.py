@@ -185,3 +185,32 @@ def test_vocab_limits():
     assert load(NCAConfig, None, [("states", "16"), ("token_dtype", "int32")]).vocab_size == 16**4 + 2
     # 15 states: largest id 50626 fits uint16
     assert load(NCAConfig, None, [("states", "15")]).vocab_size == 15**4 + 2
+
+
+def test_nested_paths_resolve_against_the_naming_yaml_then_the_project(tmp_path, monkeypatch):
+    """A config moved elsewhere names its parts relative to itself; the shipped ones work from any directory."""
+    from nca_scale.train.config import TrainConfig
+
+    here = tmp_path / "mine"
+    here.mkdir()
+    write(here, "n_layers: 3\nd_model: 48\nn_heads: 4\n", "model.yaml")
+    write(here, "grid: 10\nstates: 4\n", "nca.yaml")
+    mine = write(here, "model: model.yaml\ndata:\n  nca: nca.yaml\nsteps: 3\n", "train.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load(TrainConfig, mine)
+    assert (cfg.model.n_layers, cfg.model.d_model, cfg.data.nca.grid, cfg.data.nca.states) == (3, 48, 10, 4)
+    shipped = load(TrainConfig, REPO / "configs/train/cpu-tiny.yaml")  # names configs/model/cpu-tiny.yaml
+    assert shipped.data.nca == load(NCAConfig, REPO / "configs/nca/tiny.yaml")
+    # on the command line: the current directory, then the project's configs/
+    assert load(TrainConfig, None, [("model", "model/cpu-1m.yaml")]).model == load(
+        type(shipped.model), REPO / "configs/model/cpu-1m.yaml")
+
+
+def test_a_missing_nested_file_names_the_key_and_where_it_looked(tmp_path):
+    p = write(tmp_path, "complexity: band.yaml\n")
+    with pytest.raises(UserError) as e:
+        load(NCAConfig, p)
+    text = str(e.value)
+    assert text.startswith(f"{p}: key 'complexity' names the config file band.yaml") and str(tmp_path) in text
