@@ -5,8 +5,9 @@ Forms, all fitted on log loss with a Huber loss (delta 1e-3, as in Chinchilla's 
   "A/N^alpha"                   log L = a - alpha log N          (pure power law: E not identifiable)
   "E + A/N^alpha + B/D^beta"    log L = LSE(a - alpha log N, b - beta log D, e)
 The optimiser is a batched Levenberg-Marquardt on the Huber objective (Gauss-Newton with Huber IRLS
-weights), run from the K best points of a Chinchilla-style grid of initialisations; scipy is not a project
-dependency, and this solves the same problem as multi-start L-BFGS, for many starts at once.
+weights), run from the K best points of a Chinchilla-style grid of initialisations, for many starts at once.
+scipy is a test dependency only: tests/analysis/test_fits.py checks that this reaches the optimum
+scipy.optimize.least_squares(loss="huber", f_scale=delta) finds on the same data (the same objective).
 """
 
 from __future__ import annotations

@@ -92,3 +92,36 @@ def test_trend_slope_and_interval():
     assert res["slope_per_decade"] == pytest.approx(1.5, abs=0.2)
     assert res["ci"][0] <= 1.5 <= res["ci"][1]
     assert fits.trend([(1e6, [1.0])], level=0.95, resamples=10, seed=0)["slope_per_decade"] is None
+
+
+@pytest.mark.parametrize("form", [fits.SATURATING, fits.ND])
+def test_fit_matches_scipy_least_squares_huber(form):
+    """The same Huber problem (log loss, delta 1e-3) solved by scipy.optimize.least_squares(loss="huber",
+    f_scale=delta), whose cost 0.5 * sum(f_scale^2 rho((r/f_scale)^2)) is our objective: same optimum."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(11)
+    if form == fits.ND:
+        n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e10, 4), np.geomspace(1e8, 1e11, 4)))
+    else:
+        n, d = np.geomspace(1e6, 1e9, 8).repeat(3), None
+    loss = law(n, d) * np.exp(rng.normal(0, 0.004, n.size))
+    loss[5] *= 1.3  # an outlier, so that the linear part of the Huber loss matters
+    ours = fits.fit(form, n, loss, d=d, delta=fits.DELTA)
+
+    x, y = np.log(n), None if d is None else np.log(d)
+
+    def residuals(t):
+        terms = [t[0] - t[1] * x] + ([t[2] - t[3] * y] if form == fits.ND else []) + [np.full_like(x, t[-1])]
+        return np.logaddexp.reduce(terms, axis=0) - np.log(loss)
+
+    starts = [[a, 0.3, e] if form == fits.SATURATING else [a, 0.3, a, 0.3, e] for a in (3.0, 6.0, 9.0) for e in (0.0, 0.5)]
+    best = min((least_squares(residuals, s, loss="huber", f_scale=fits.DELTA, method="trf", x_scale="jac",
+                              xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=20000) for s in starts),
+               key=lambda r: r.cost)
+    assert ours.objective == pytest.approx(best.cost, rel=1e-4, abs=1e-12)
+    theirs = {"A": np.exp(best.x[0]), "alpha": best.x[1], "E": np.exp(best.x[-1])}
+    if form == fits.ND:
+        theirs |= {"B": np.exp(best.x[2]), "beta": best.x[3]}
+    for key, value in theirs.items():
+        assert ours.params[key] == pytest.approx(value, rel=2e-2), (key, ours.params, theirs)
