@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from nca_scale.config import to_dict
 from nca_scale.files import write_atomic
 from nca_scale.model.config import flops_per_token
 from nca_scale.train import checkpoint, mirror
+from nca_scale.train import dist as tdist
 from nca_scale.train.speed import peak_flops_per_rank
 
 
@@ -29,6 +31,8 @@ class Callback:
     def post_eval(self, trainer, metrics: dict) -> None: ...
     def post_train(self, trainer) -> None: ...
     def rewound(self, trainer) -> None: ...  # after a rollback set trainer.step back
+    def flush(self, trainer) -> None: ...  # finish background work before a stop or a rollback (every rank)
+    def failed(self, trainer) -> None: ...  # an error ends this rank: wait for its own background work only
 
 
 def _rank0() -> bool:
@@ -37,33 +41,112 @@ def _rank0() -> bool:
 
 class Checkpointer(Callback):
     """Saves every `checkpoint_every` steps and at the end (checkpoint.py: staged, then committed by rank 0);
-    keeps the last k; with checkpoint_url= also publishes each one there. It comes after the loggers, so a
-    step is logged before it is checkpointed (a kill right after the commit must not lose its metrics line);
-    resuming is the Trainer's (Trainer.resume)."""
+    keeps the last k; with checkpoint_url= also publishes each one there, in a thread on rank 0 (the upload never
+    blocks a step). It comes after the loggers, so a step is logged before it is checkpointed (a kill right after
+    the commit must not lose its metrics line); resuming is the Trainer's (Trainer.resume).
+
+    A backend that writes in the background (megatron with checkpoint_async) returns a Writing from
+    engine.save: the steps go on, every rank asks after each step whether all ranks' files are written (one
+    all-reduce), and then rank 0 commits the checkpoint in the thread too (checksums, manifest, rename,
+    `latest`), so a kill before the commit ends leaves the previous checkpoint as `latest`. Background work is
+    finished before the next save, at the end of the run, before a preemption stop and before a non-finite stop
+    or rollback (flush); on an error this rank's writer is waited for but nothing more is committed (failed).
+    The other ranks wait for rank 0 on the gloo side group (dist.wait_for_rank0), never on the training group."""
+
+    def __init__(self) -> None:
+        self.writing: tuple | None = None  # (Writing, step, tokens, skipped steps, start time) of a save in flight
+        self.background: threading.Thread | None = None  # rank 0: a commit and/or an upload
+        self.background_error: BaseException | None = None
 
     def post_step(self, trainer, metrics: dict) -> None:
+        if self.writing is not None and self.writing[0].poll():
+            self._written(trainer)
         every = trainer.cfg.checkpoint_every
         if every and trainer.step % every == 0:
             self.save(trainer)
 
     def post_train(self, trainer) -> None:
+        self.save_now(trainer)
+
+    def flush(self, trainer) -> None:
+        """Finish the save in flight: every rank's files written, then rank 0's commit and upload (all ranks
+        call it)."""
+        if self.writing is not None:
+            self.writing[0].wait()
+            self._written(trainer)
+        if self.background is not None:
+            self.background.join()
+            self.background = None
+            if self.background_error is not None:
+                raise self.background_error
+        tdist.wait_for_rank0()
+
+    def failed(self, trainer) -> None:
+        """An error stops this rank: its writer and rank 0's thread end before it does, so no process writes into
+        the checkpoint directory after the run is gone; a save still being written stays uncommitted."""
+        if self.writing is not None:
+            self.writing[0].abandon()
+            self.writing = None
+        if self.background is not None:
+            self.background.join()
+
+    def save_now(self, trainer) -> None:
+        """The current step committed before this returns (the end of a run, a preemption stop)."""
+        self.flush(trainer)
         if not checkpoint.is_complete(checkpoint.step_dir(trainer.cfg.out, trainer.step)):
             self.save(trainer)
+            self.flush(trainer)
 
     def save(self, trainer) -> None:
         cfg, t0 = trainer.cfg, time.perf_counter()
+        self.flush(trainer)  # one save at a time: the previous one is committed before this one begins
         if _rank0():
             checkpoint.begin(cfg.out, trainer.step)
-        dist.barrier()
-        trainer.engine.save(checkpoint.staging_dir(cfg.out, trainer.step))
-        dist.barrier()
-        path = checkpoint.step_dir(cfg.out, trainer.step)
+        tdist.wait_for_rank0()
+        writing = trainer.engine.save(checkpoint.staging_dir(cfg.out, trainer.step))
+        state = (trainer.step, trainer.tokens, sorted(trainer.skipped))
+        if writing is not None:
+            self.writing = (writing, *state, t0)
+            trainer.log(f"saving step {trainer.step} in the background (the steps were blocked "
+                        f"{time.perf_counter() - t0:.2f}s)")
+            return
+        tdist.wait_for_rank0()  # every rank's files are written
+        files = checkpoint.file_table_in_parallel(checkpoint.staging_dir(cfg.out, trainer.step))
         if _rank0():
-            checkpoint.commit(cfg, trainer.step, trainer.tokens, skipped_steps=sorted(trainer.skipped))
+            path = checkpoint.commit(cfg, *state[:2], files, skipped_steps=state[2])
+            trainer.log(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
             if cfg.checkpoint_url:
-                mirror.publish(path, cfg.checkpoint_url, cfg.keep_last)
-        dist.barrier()
-        trainer.log(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
+                self._in_background(self._publish, cfg, path)
+        tdist.wait_for_rank0()
+
+    def _written(self, trainer) -> None:
+        """Every rank's files of the save in flight are written: rank 0 commits them in the background."""
+        _, step, tokens, skipped, t0 = self.writing
+        self.writing = None
+        if _rank0():
+            self._in_background(self._commit, trainer, step, tokens, skipped, t0)
+
+    def _commit(self, trainer, step: int, tokens: int, skipped: list[int], t0: float) -> None:
+        path = checkpoint.commit(trainer.cfg, step, tokens, skipped_steps=skipped)
+        trainer.log(f"saved {path} at step {trainer.step} ({time.perf_counter() - t0:.1f}s after the save began)")
+        self._publish(trainer.cfg, path)
+
+    @staticmethod
+    def _publish(cfg, path: Path) -> None:
+        if cfg.checkpoint_url:
+            mirror.publish(path, cfg.checkpoint_url, cfg.keep_last)
+
+    def _in_background(self, work, *args) -> None:
+        """Run work(*args) in a thread of rank 0; flush() joins it and raises its error on the main thread."""
+        def run() -> None:
+            try:
+                work(*args)
+            except BaseException as e:
+                self.background_error = e
+
+        self.background_error = None
+        self.background = threading.Thread(target=run, name="nca-scale-checkpoint")
+        self.background.start()
 
 
 class SpeedMonitor(Callback):

@@ -4,9 +4,10 @@
     OUT/checkpoints/step_00000012.tmp/  a save in progress, or one a kill interrupted: never read
     OUT/checkpoints/latest              "step_00000010": the newest committed checkpoint
 
-A save (callbacks.Checkpointer) has every rank write its backend files into `step_N.tmp/`; after a barrier,
-rank 0 `commit`s: fsyncs the files, writes meta.json (step, tokens, data position, layout, config, version,
-and every file's size and sha256) and fsyncs it, renames `step_N.tmp` to `step_N` (atomic on one filesystem),
+A save (callbacks.Checkpointer) has every rank write its backend files into `step_N.tmp/`; after a barrier
+(or, for a save written in the background, in a thread once every rank's writer is done), rank 0 `commit`s:
+fsyncs the files, writes meta.json (step, tokens, data position, layout, config, version, and every file's
+size and sha256) and fsyncs it, renames `step_N.tmp` to `step_N` (atomic on one filesystem),
 then replaces `latest` (the pointer moves last), then prunes. A kill at any moment leaves the previous
 checkpoints untouched plus either nothing new or a complete new one. Optimizer, scheduler and RNG need no
 more: the schedule and the dropout RNG are functions of the step (schedule.py, dist.step_seed).
@@ -89,8 +90,33 @@ def _files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).as_posix() != META)
 
 
+def _entry(path: Path) -> dict:
+    """The manifest entry of the file at `path` (size and sha256), after an fsync: it is final."""
+    _fsync(path)
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
 def file_table(path: Path) -> dict[str, dict]:
-    return {p.relative_to(path).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in _files(path)}
+    return {p.relative_to(path).as_posix(): _entry(p) for p in _files(path)}
+
+
+def file_table_in_parallel(path: Path) -> dict[str, dict] | None:
+    """file_table(path), with every rank fsyncing and checksumming a share of the files (the largest first, each
+    to the rank with the fewest bytes so far) at the same time: a save's checksums take 1/world of the time they
+    take on rank 0 alone. The whole table on global rank 0, None elsewhere; a collective on the side group, so
+    the ranks wait for the slowest share under rank0_timeout_s."""
+    from nca_scale.train import dist
+
+    listing = dist.decided_by_rank0(lambda: sorted(((p.stat().st_size, p.relative_to(path).as_posix())
+                                                     for p in _files(path)), reverse=True))
+    rank, world = dist.rank_and_world()
+    load, mine = [0] * world, {}
+    for size, name in listing:
+        owner = load.index(min(load))
+        load[owner] += size
+        if owner == rank:
+            mine[name] = _entry(path / name)
+    return dist.merged_on_rank0(mine)
 
 
 def verify(path: Path) -> str | None:
@@ -226,8 +252,10 @@ def _write_durably(path: Path, text: str) -> None:
     _fsync(path.parent)
 
 
-def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, **extra) -> dict:
-    """The manifest of the checkpoint directory `path`: run state plus every file's size and sha256."""
+def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, files: dict[str, dict] | None = None,
+               **extra) -> dict:
+    """The manifest of the checkpoint directory `path`: run state plus every file's size and sha256 (`files`:
+    the file_table already made, e.g. by file_table_in_parallel)."""
     meta = {
         "step": step,
         "tokens": tokens,
@@ -237,7 +265,7 @@ def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, **extra) ->
         "version": nca_scale.__version__,
         "config": to_dict(cfg),
         **extra,
-        "files": file_table(path),
+        "files": file_table(path) if files is None else files,
     }
     _write_durably(path / META, json.dumps(meta, indent=1))
     return meta
@@ -265,13 +293,13 @@ def begin(out: str | Path, step: int) -> Path:
     return staging
 
 
-def commit(cfg: TrainConfig, step: int, tokens: int, **extra) -> Path:
-    """Publish the staging directory of `step` whose backend files every rank has finished (rank 0)."""
+def commit(cfg: TrainConfig, step: int, tokens: int, files: dict[str, dict] | None = None, **extra) -> Path:
+    """Publish the staging directory of `step` whose backend files every rank has finished (rank 0); `files`:
+    their manifest entries if the ranks made them already (file_table_in_parallel), else they are made here."""
     staging, final = staging_dir(cfg.out, step), step_dir(cfg.out, step)
-    for f in _files(staging):
-        _fsync(f)
+    files = file_table(staging) if files is None else files  # fsynced and checksummed
     _pause_for_tests(final.name, "files written")
-    write_meta(staging, cfg, step, tokens, **extra)
+    write_meta(staging, cfg, step, tokens, files, **extra)
     _pause_for_tests(final.name, "manifest written")
     if final.exists():  # the same step saved again (after a rollback): the older copy goes first
         shutil.rmtree(final)

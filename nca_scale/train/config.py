@@ -201,6 +201,11 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
     prefetch: bool = True  # make the next step's batch in a background thread (the same tokens either way)
     peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
+    # megatron: write a checkpoint's files in a background process while the steps go on, commit them once written;
+    # None = on with a GPU, off on a CPU (docs/training.md, "Asynchronous saves")
+    checkpoint_async: bool | None = None
+    dist_timeout_s: float = 600.0  # a collective of the training process group fails after this (NCCL's watchdog)
+    rank0_timeout_s: float = 7200.0  # bound of the waits for rank 0's checkpoint work (choice, verification, commit)
     # pad every step to at least this many seconds: a step time independent of the machine, for tests of time
     # limits and preemption (0 = off)
     min_step_time: float = 0.0
@@ -305,6 +310,11 @@ class TrainConfig:
             raise UserError(f"SwiGLU width {m.ffn} is not divisible by tp={tp}")
         if self.sequence_parallel and tp < 2:
             raise UserError("sequence_parallel needs tp >= 2")
+        if self.checkpoint_async and self.backend != "megatron":
+            raise UserError(f"checkpoint_async=true needs backend=megatron (backend={self.backend} saves synchronously)")
+        for name in ("dist_timeout_s", "rank0_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")
         if self.auto_micro_batch and self.batch_size % self.data_parallel:
             raise UserError(f"batch_size={self.batch_size} (the recipe's global batch) cannot be split evenly over "
                             f"dp={self.data_parallel} data-parallel ranks; use a batch_size that is a multiple of "

@@ -13,16 +13,20 @@ import socket
 import sys
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from nca_scale.errors import UserError
+from nca_scale.train.config import TrainConfig
 
 T = TypeVar("T")
 
 GPU_BACKEND = "cpu:gloo,cuda:nccl"  # device map: object collectives and CPU tensors via gloo, CUDA via NCCL
+logger = logging.getLogger(__name__)
+_side: list = []  # the gloo side group of this process (see side_group)
 
 
 def quiet_upstream_warnings() -> None:
@@ -83,14 +87,17 @@ def show_logs() -> None:
     logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
-def init() -> None:
-    """This rank's process group and device (and its log output)."""
+def init(timeout_s: float = TrainConfig.dist_timeout_s, rank0_timeout_s: float = TrainConfig.rank0_timeout_s) -> None:
+    """This rank's process group and device (and its log output). Collectives on the group fail after
+    `timeout_s` (dist_timeout_s: NCCL's watchdog on GPUs, gloo's on CPUs); waits for one rank's file work run on
+    a gloo side group with `rank0_timeout_s` instead (side_group)."""
     if dist.is_initialized():
         return
     if "RANK" not in os.environ:  # a plain single process: a one-rank group keeps every code path the same
         env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         os.environ.update(env)  # as torchrun would set them (DeepSpeed reads LOCAL_RANK)
     show_logs()
+    timeout = timedelta(seconds=timeout_s)
     if not torch.cuda.is_available():
         if reason := gpu_job_reason():
             # a GPU job on a node whose driver or torch build sees no GPU would otherwise train on its CPU
@@ -99,12 +106,30 @@ def init() -> None:
                 f"device; check the node's driver (nvidia-smi) and install a CUDA build of torch, or unset "
                 f"CUDA_VISIBLE_DEVICES to train on CPU"
             )
-        dist.init_process_group("gloo")
-        return
-    cuda = torch.device("cuda", visible_device(int(os.environ.get("LOCAL_RANK", 0))))
-    torch.cuda.set_device(cuda)
-    # device_id binds the group to this GPU (eager NCCL init: a bad node fails here, not in step 1)
-    dist.init_process_group(GPU_BACKEND, device_id=cuda)
+        dist.init_process_group("gloo", timeout=timeout)
+    else:
+        cuda = torch.device("cuda", visible_device(int(os.environ.get("LOCAL_RANK", 0))))
+        torch.cuda.set_device(cuda)
+        # device_id binds the group to this GPU (eager NCCL init: a bad node fails here, not in step 1)
+        dist.init_process_group(GPU_BACKEND, device_id=cuda, timeout=timeout)
+    # created by every rank right after the main group, so the ranks create their groups in the same order
+    _side[:] = [dist.new_group(backend="gloo", timeout=timedelta(seconds=rank0_timeout_s))]
+    logger.info(f"process group: timeout {timeout_s:g} s (dist_timeout_s); waits for rank 0's checkpoint work on a "
+                f"gloo side group, timeout {rank0_timeout_s:g} s (rank0_timeout_s)")
+
+
+def side_group():
+    """The gloo group on which the ranks wait while one rank works on files (choosing and verifying a checkpoint,
+    downloading a mirror, committing and publishing a save): its own timeout (rank0_timeout_s) bounds those
+    waits, so that minutes of checksumming on rank 0 never trip the main group's dist_timeout_s (NCCL's watchdog
+    on GPUs). None in a process without a group."""
+    return _side[0] if _side and dist.is_initialized() else None
+
+
+def wait_for_rank0() -> None:
+    """Every rank waits here until all arrive, on the side group (see side_group)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier(group=side_group())
 
 
 def decided_by_rank0(decide: Callable[[], T]) -> T:
@@ -119,11 +144,28 @@ def decided_by_rank0(decide: Callable[[], T]) -> T:
             box = [("ok", decide())]
         except UserError as e:
             box = [("error", str(e))]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=side_group())  # the others wait for rank 0's reading here
     kind, value = box[0]
     if kind == "error":
         raise UserError(value)
     return value
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(global rank, world size); (0, 1) in a process without a group."""
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def merged_on_rank0(part: dict) -> dict | None:
+    """The union of every rank's `part` on global rank 0 (None on the others), gathered on the side group."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return part
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0, group=side_group())
+    return {k: v for p in parts for k, v in p.items()} if rank == 0 else None
 
 
 def device() -> torch.device:

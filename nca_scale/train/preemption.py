@@ -28,7 +28,6 @@ import torch
 import torch.distributed as dist
 
 from nca_scale.files import write_atomic
-from nca_scale.train import checkpoint
 from nca_scale.train import dist as tdist
 from nca_scale.train.callbacks import Callback, Checkpointer
 
@@ -58,16 +57,35 @@ def die_with_parent(check_launcher: bool = True) -> None:
     The request only covers deaths after it is made, and a rank makes it after its imports (seconds): a rank
     whose launcher was killed before that is an orphan already. So a rank of torchrun started by
     `nca-scale train` (LAUNCHER_ENV) also checks that its parent is still that command's child; a process a
-    rank starts (check_launcher=False) only asks to die with that rank."""
+    rank starts (check_launcher=False) only asks to die with that rank. The request is not inherited over
+    fork, so every process this one forks from now on (megatron's checkpoint writers) makes it too."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    _ask_for_death_signal()
+    if not _forking:
+        os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()), after_in_child=_forked)
+        _forking.append(os.getpid())
     launcher = os.environ.get(LAUNCHER_ENV)
     orphaned = os.getppid() != parent  # the parent died before the request took effect
     if check_launcher and launcher and _parent_of(os.getppid()) != int(launcher):  # torchrun is gone, or lost its launcher
         orphaned = True
     if orphaned:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_forking: list[int] = []  # [pid of the process about to fork], once die_with_parent registered _forked
+
+
+def _ask_for_death_signal() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _forked() -> None:
+    """In a child just forked: die with the parent (the signal comes when the parent's forking thread ends, and
+    the forks of ours happen on main threads), or now if it is gone already."""
+    _ask_for_death_signal()
+    if os.getppid() != _forking[0]:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -131,9 +149,7 @@ class Preemption(Callback):
         if not signum:
             return
         name = signal.Signals(signum).name
-        if not checkpoint.is_complete(checkpoint.step_dir(trainer.cfg.out, trainer.step)):
-            saver = next(cb for cb in trainer.callbacks if isinstance(cb, Checkpointer))
-            saver.save(trainer)
+        next(cb for cb in trainer.callbacks if isinstance(cb, Checkpointer)).save_now(trainer)
         self._write_progress(trainer, stopped=name)
         trainer.log(f"stopping at step {trainer.step} after {name}; exit status {EXIT_PREEMPTED}")
         received = signum

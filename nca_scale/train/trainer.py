@@ -57,6 +57,10 @@ class Trainer:
     def fit(self) -> None:
         try:
             self._fit()
+        except BaseException:
+            for cb in self.callbacks:  # e.g. a checkpoint writer of this rank still running
+                cb.failed(self)
+            raise
         finally:
             if self.prefetch is not None:
                 self.prefetch.close()
@@ -109,6 +113,8 @@ class Trainer:
         """Stop, or roll back to the newest verified checkpoint and skip this step from now on."""
         cfg, bad = self.cfg, self.step + 1
         what = f"step {bad}: loss {loss}, grad norm {grad_norm}"
+        for cb in self.callbacks:  # a save in flight is committed first: it is a checkpoint to return to
+            cb.flush(self)
         if cfg.on_nonfinite == "stop":
             raise UserError(f"{what} (non-finite); stopped without saving. Lower optim.lr, check the data, or set "
                             f"on_nonfinite=rollback to skip such batches")
@@ -151,7 +157,7 @@ def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | 
         return chosen[0]
     if checkpoint.RESUME_ENV in os.environ:
         return Path(os.environ[checkpoint.RESUME_ENV]) if os.environ[checkpoint.RESUME_ENV] else None
-    dist.init()
+    dist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
     path = dist.decided_by_rank0(lambda: checkpoint.resolve(cfg, cfg.resume))
     if path is not None:
         checkpoint.check_resumable(cfg, path)  # its meta.json only: what the CLI checks before starting ranks

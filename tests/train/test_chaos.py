@@ -13,8 +13,10 @@ previous one used; a restart past a corrupted newest checkpoint ends with the un
 
 `make test` runs a short version (3 kills of one torch process; 2 kills of a 2-process DDP run, one as soon as
 torchrun has started the ranks and one inside a save; 1 kill inside the commit of the last checkpoint of
-one-process megatron and DeepSpeed runs); `make chaos` (NCA_SCALE_CHAOS=1) kills one torch process 20 times,
-a 2-process DDP run 6 times and 2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs 5 times each.
+one-process megatron and DeepSpeed runs; 1 kill inside the background write of a 2-process asynchronous megatron
+save); `make chaos` (NCA_SCALE_CHAOS=1) kills one torch process 20 times, a 2-process DDP run 6 times,
+2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs 5 times each, and the asynchronous run in each of its 3
+background writes.
 NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (checkpoint._pause_for_tests) so
 kills land inside them; the test reads the pause lines from the run's output to know which window it is in.
 """
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_checkpoint_safety import SITECUSTOMIZE
 from train_helpers import CLI, FAST, ROOT, metrics, train
 
 from nca_scale.train import checkpoint
@@ -129,16 +132,19 @@ def _describe(pid: int) -> str:
         return f"{pid} (gone)"
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen) -> float:
     """SIGKILL the launcher's process group only; the ranks must die with it (preemption.die_with_parent; a rank
-    killed before it got there dies when it does, after its imports)."""
+    killed before it got there dies when it does, after its imports), and so must the processes they fork
+    (megatron's checkpoint writers). Returns the time of the kill."""
     tree = _tree(proc.pid)
+    killed = time.time()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 60
     while alive := {pid for pid in tree - {proc.pid} if _running(pid)}:
         assert time.monotonic() < deadline, f"orphan processes outlived the kill: {[_describe(p) for p in alive]}"
         time.sleep(0.05)
+    return killed
 
 
 @dataclasses.dataclass
@@ -157,6 +163,7 @@ class Plan:
     window: str
     delay: float
     lag: float
+    killed_at: float = 0.0  # set by wait_and_kill
 
     @classmethod
     def draw(cls, rng: random.Random, mode: str, chaos: Chaos, committed: int, last: bool) -> Plan:
@@ -191,7 +198,7 @@ class Plan:
                 entered = _pauses(log, start, name)
                 if self.window in entered or self.window == "writing" and _saving_since(out, self.target, t0):
                     time.sleep(self.lag)
-                    _kill(proc)
+                    self.killed_at = _kill(proc)
                     entered = _pauses(log, start, name)
                     return f"save of step {self.target} ({entered[-1] if entered else 'writing'})"
             time.sleep(0.01)
@@ -364,3 +371,47 @@ def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend
     assert _same_files(final, reference / "checkpoints" / final.name)
     assert _losses(out) == _losses(reference) and len(_losses(out)) == chaos.steps
     print(f"{backend}: {len(moments)} kills: {moments}; then {newest.name}/{biggest} corrupted")
+
+
+# ---- megatron's asynchronous saves (checkpoint_async) ------------------------------------------------
+# two ranks at dp=2, so the fully parallel save splits the DP-replicated tensors between them
+ASYNC = Chaos(12 if FULL else 6, ["backend=megatron", "nproc=2"])
+BACKGROUND = "writing in the background"  # the window of megatron_backend._write_in_background
+
+
+def test_kill_nine_inside_an_asynchronous_megatron_save_loses_nothing(tmp_path, monkeypatch):
+    """checkpoint_async=true: each rank forks a process that writes the save's files while the steps go on, and
+    rank 0 commits them once every rank's are written. Against the synchronous run (the reference): every
+    committed checkpoint holds its bytes; a kill -9 while the writers of a save are still writing leaves the
+    previous checkpoint as `latest`, and no writer outlives its rank to write into the abandoned directory; the
+    restart ends with the reference's losses and files. make chaos: a kill in each save's background write.
+    The reference's synchronous saves are checksummed by both ranks, each file once."""
+    hook, sha_log = tmp_path / "hook", tmp_path / "sha.log"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)  # logs every checksummed file with its process id
+    with monkeypatch.context() as env:
+        env.setenv("PYTHONPATH", str(hook))
+        env.setenv("SHA_LOG", str(sha_log))
+        reference = _reference(tmp_path / "reference", ASYNC)  # checkpoint_async unset: synchronous on a CPU
+    for path in checkpoint.complete_checkpoints(reference):
+        hashed = [line.split() for line in sha_log.read_text().splitlines() if f"{path.name}.tmp/" in line]
+        assert sorted(f for _, f in hashed) == sorted(str(checkpoint.staging_dir(reference, int(path.name[5:])) / f)
+                                                       for f in checkpoint.read_meta(path)["files"]), path
+        assert len({pid for pid, _ in hashed}) == 2, (path, hashed)  # both ranks took a share
+    chaos = Chaos(ASYNC.steps, [*ASYNC.extra, "checkpoint_async=true"])
+    out, log = tmp_path / "chaos", tmp_path / "chaos.log"
+    targets = range(2 * EVERY, chaos.steps + 1, 2 * EVERY) if FULL else [2 * EVERY]
+    with log.open("w") as sink:
+        for target in targets:
+            plan = Plan("save", target, BACKGROUND, 0.0, PAUSE_S / 4)
+            moment = _kill_once(_start(out, sink, chaos), plan, out, log)
+            assert moment == f"save of step {target} ({BACKGROUND})", moment
+            _audit(out, reference, moment)
+            assert checkpoint.latest_name(out) == checkpoint.step_dir(out, target - EVERY).name
+            time.sleep(2 * PAUSE_S)  # a writer that outlived its rank would have woken from its pause and written
+            staging = checkpoint.staging_dir(out, target)
+            late = [p.name for p in staging.rglob("*") if p.stat().st_mtime > plan.killed_at]
+            assert not late, f"written into {staging} after the kill: {late}"
+    assert f"saving step {EVERY} in the background" in log.read_text()  # the asynchronous path ran
+    _finish(out, reference, chaos, log)
+    print(f"megatron async: {len(targets)} kills in the background write, then finished")

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def fake_init(monkeypatch):
     monkeypatch.setattr(logging.getLogger("nca_scale"), "handlers", [])  # init's stdout handler: this test's only
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.setdefault("init", (a, k)))
+    monkeypatch.setattr(dist, "new_group", lambda *a, **k: calls.setdefault("side", (a, k)))
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
     for var in _GPU_ENV:
         monkeypatch.delenv(var, raising=False)
@@ -52,7 +54,8 @@ def test_gpu_group_is_device_mapped_and_bound_to_the_visible_gpu(fake_init, coun
     tdist.init()
     args, kwargs = calls["init"]
     assert args == ("cpu:gloo,cuda:nccl",)
-    assert kwargs == {"device_id": torch.device("cuda", index)}
+    assert kwargs == {"device_id": torch.device("cuda", index), "timeout": timedelta(seconds=600)}  # dist_timeout_s
+    assert calls["side"] == ((), {"backend": "gloo", "timeout": timedelta(seconds=7200)})  # rank0_timeout_s
     assert calls["set_device"] == torch.device("cuda", index)
 
 
@@ -85,7 +88,7 @@ def test_cpu_job_gets_gloo(fake_init, monkeypatch, env):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     tdist.init()
-    assert calls["init"] == (("gloo",), {})
+    assert calls["init"] == (("gloo",), {"timeout": timedelta(seconds=600)})
     assert "set_device" not in calls
 
 

@@ -12,6 +12,20 @@ from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
 
 
+class Writing(Protocol):
+    """A save whose files are still being written (megatron's checkpoint_async); callbacks.Checkpointer commits
+    it once poll() or wait() says every rank's files are complete."""
+
+    def poll(self) -> bool:
+        """Whether every rank has written its files; a collective (every rank calls it at the same step)."""
+
+    def wait(self) -> None:
+        """Block until every rank has written its files; a collective."""
+
+    def abandon(self) -> None:
+        """Wait for this rank's writer only, without collectives (an error ends the run)."""
+
+
 class Engine(Protocol):
     dp_rank: int
     dp_size: int
@@ -24,8 +38,9 @@ class Engine(Protocol):
     def eval_loss(self, batch: Batch) -> float:
         """Global mean loss of a batch without updating anything."""
 
-    def save(self, path: Path) -> None:
-        """Write model and optimizer state under `path` (called on every rank; the directory exists)."""
+    def save(self, path: Path) -> Writing | None:
+        """Write model and optimizer state under `path` (called on every rank; the directory exists). Returns
+        None once the files are written, or a Writing while they are still being written in the background."""
 
     def load(self, path: Path, optimizer: bool = True) -> None:
         """Restore what `save` wrote (model only when optimizer=False)."""

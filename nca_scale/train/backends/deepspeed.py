@@ -28,7 +28,7 @@ tdist.quiet_upstream_warnings()
 class DeepSpeedEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
         cpu_compat.activate_deepspeed()
-        tdist.init()
+        tdist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
         import deepspeed
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

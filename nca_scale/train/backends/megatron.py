@@ -1,14 +1,19 @@
 """megatron-core backend: GPTModel (spec from megatron_spec: TransformerEngine's on GPUs that have it, else
 the local spec with torch SDPA attention), TP (+ sequence parallel), PP (1F1B, or interleaved with vpp > 1),
 DP with megatron's DDP and distributed optimizer, bf16, full activation recompute, and `torch_dist`
-distributed checkpoints that load under another TP/PP layout.
+distributed checkpoints that load under another TP/PP layout, saved and loaded fully parallel over DP, written
+in the background with checkpoint_async.
 
 On CPU machines nca_scale.train.cpu_compat is activated first; on GPUs nothing is patched.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
-from nca_scale.train import cpu_compat
+from nca_scale.train import checkpoint, cpu_compat
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
@@ -28,18 +33,20 @@ from nca_scale.train.transfer import Weights
 _OPTIM_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 tdist.quiet_upstream_warnings()
+log = logging.getLogger(__name__)
 
 
 class MegatronEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
         cpu_compat.activate()
-        tdist.init()
+        tdist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
         from megatron.core import parallel_state as ps
 
         self.cfg, self.ps, self.weights, self.frozen = cfg, ps, weights, frozen
         ps.initialize_model_parallel(
             tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
             virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
+            distributed_timeout_minutes=max(1, math.ceil(cfg.dist_timeout_s / 60)),  # megatron's groups: whole minutes
         )
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self._seed(step=-1)  # the RNG tracker must exist before any forward, evaluation included
@@ -50,6 +57,7 @@ class MegatronEngine:
         self.position_ids = torch.arange(s, device=tdist.device()).unsqueeze(0).expand(cfg.micro_batch, s)
         self.causal_mask = torch.ones(s, s, dtype=torch.bool, device=tdist.device()).triu(1).view(1, 1, s, s)
         self.phases = StepPhases()
+        self._checkpoint_strategies()
 
     # ---- build -------------------------------------------------------------------------------------
     def _transformer_config(self):
@@ -207,7 +215,38 @@ class MegatronEngine:
         model = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(self.chunks)}
         return {**model, "optimizer": self.optimizer.sharded_state_dict(model, is_loading=loading, metadata=_OPTIM_META)}
 
-    def save(self, path: Path) -> None:
+    def _checkpoint_strategies(self) -> None:
+        """Fully parallel saves and loads, as Megatron-LM's --ckpt-fully-parallel-save/-load: a tensor that DP
+        replicates (the model's, and with distributed_optimizer=false the optimizer's) is written by one of its
+        replicas each, spread over the DP group, not all by DP rank 0; on load each replica reads a share and
+        the DP group exchanges them. checkpoint_async (None: on with a GPU) writes in a background process."""
+        from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+        from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+            FullyParallelSaveStrategyWrapper,
+        )
+
+        dp_group = self.ps.get_data_parallel_group(with_context_parallel=True)
+        # the state dict's structure never changes within a run, so the split over the replicas is computed once
+        self.save_strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), dp_group,
+                                                              do_cache_distribution=True)
+        self.asynchronous = self.cfg.checkpoint_async
+        if self.asynchronous is None:
+            self.asynchronous = tdist.device().type == "cuda"
+        self.async_queue = AsyncCallsQueue() if self.asynchronous else None
+        log.info(f"checkpoints: fully parallel over dp={self.dp_size}, "
+                 + ("written in the background (checkpoint_async)" if self.asynchronous else "written synchronously"))
+
+    def _load_strategy(self, path: Path):
+        from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+        from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+            FullyParallelLoadStrategyWrapper,
+        )
+
+        dp_group = self.ps.get_data_parallel_group(with_context_parallel=True)
+        return FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(str(path)), dp_group)
+
+    def save(self, path: Path) -> BackgroundWrite | None:
         from megatron.core import dist_checkpointing
 
         self._ensure_optimizer_state()  # a step-0 save (init_from + steps=0) precedes any update
@@ -215,19 +254,27 @@ class MegatronEngine:
         if dist.get_rank() == 0:
             target.mkdir()  # dist_checkpointing.save wants an existing, empty directory
         dist.barrier()
-        dist_checkpointing.save(self._sharded_state_dict(loading=False), str(target))
+        request = dist_checkpointing.save(self._sharded_state_dict(loading=False), str(target),
+                                          sharded_strategy=self.save_strategy, async_sharded_save=self.asynchronous)
+        if request is None:
+            return None
+        if request.async_fn is not None:  # this rank has files to write
+            name = path.name.removesuffix(checkpoint.STAGING)
+            request = request._replace(async_fn=partial(_write_in_background, request.async_fn, name))
+        self.async_queue.schedule_async_request(request)
+        return BackgroundWrite(self.async_queue)
 
     def load(self, path: Path, optimizer: bool = True) -> None:
         from megatron.core import dist_checkpointing
 
         if not optimizer:
             model = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(self.chunks)}
-            loaded = dist_checkpointing.load(model, str(path / "dist"))
+            loaded = dist_checkpointing.load(model, target, self._load_strategy(path / "dist"))
             for i, chunk in enumerate(self.chunks):
                 chunk.module.load_state_dict(loaded[f"model{i}"])
             return
         self._ensure_optimizer_state()
-        loaded = dist_checkpointing.load(self._sharded_state_dict(loading=True), str(path / "dist"))
+        loaded = dist_checkpointing.load(self._sharded_state_dict(loading=True), target, self._load_strategy(path / "dist"))
         for i, chunk in enumerate(self.chunks):
             chunk.module.load_state_dict(loaded[f"model{i}"])
         with torch.no_grad():  # DistributedOptimizer copies into views of leaf tensors
@@ -247,6 +294,7 @@ class MegatronEngine:
                 ensure_optimizer_state(opt)
 
     def _optimizers(self) -> list:
+        target = str(path / "dist")
         return getattr(self.optimizer, "chained_optimizers", [self.optimizer])
 
 
@@ -267,3 +315,39 @@ def ensure_optimizer_state(opt) -> None:
     if keeps_step_per_parameter(opt.optimizer):
         for st in opt.optimizer.state.values():
             st.setdefault("step", torch.tensor(0.0))
+
+
+def _write_in_background(write, name: str, *args, **kwargs) -> None:
+    """megatron's file writer, run in the process it forks per save (on a GPU after the tensors were copied to
+    host memory; on a CPU fork's copy-on-write keeps the tensors as they were at the save while training
+    changes them). It dies with its rank, and so do the writer processes it forks in turn."""
+    from nca_scale.train.preemption import die_with_parent
+
+    die_with_parent(check_launcher=False)
+    checkpoint._pause_for_tests(name, "writing in the background")
+    write(*args, **kwargs)
+
+
+class BackgroundWrite:
+    """A megatron save whose files are being written by a forked process on each rank (callbacks.Checkpointer)."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def poll(self) -> bool:
+        """Whether every rank has written its files (then megatron's finalization ran: .metadata and
+        metadata.json); a collective: every rank calls it at the same step."""
+        self.queue.maybe_finalize_async_calls(blocking=False)
+        return self.queue.get_num_unfinalized_calls() == 0
+
+    def wait(self) -> None:
+        """Block until every rank has written its files: polls in a loop, so that no single collective waits
+        for a slow writer on another rank (it would run into dist_timeout_s)."""
+        while not self.poll():
+            time.sleep(0.05)
+
+    def abandon(self) -> None:
+        """Wait for this rank's writer without any collective (the other ranks may be gone)."""
+        for active in self.queue.async_calls:
+            active.async_caller.close()
+        self.queue.async_calls.clear()

@@ -23,7 +23,7 @@ from nca_scale.train.transfer import Weights
 
 class TorchEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
-        tdist.init()
+        tdist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
         self.cfg, self.device = cfg, tdist.device()
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
         self.model = Llama(cfg.model, cfg.seq_len, weights=weights).to(self.device)
