@@ -267,6 +267,7 @@ class MegatronEngine:
     def load(self, path: Path, optimizer: bool = True) -> None:
         from megatron.core import dist_checkpointing
 
+        target = str(path / "dist")
         if not optimizer:
             model = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(self.chunks)}
             loaded = dist_checkpointing.load(model, target, self._load_strategy(path / "dist"))
@@ -294,7 +295,6 @@ class MegatronEngine:
                 ensure_optimizer_state(opt)
 
     def _optimizers(self) -> list:
-        target = str(path / "dist")
         return getattr(self.optimizer, "chained_optimizers", [self.optimizer])
 
 
