@@ -58,6 +58,7 @@ NCA_TOKENS = 8_000_000
 WHEELS = {"megatron-core", "deepspeed", "webdataset", "braceexpand", "submitit", "hjson", "pydantic", "pydantic-core",
           "annotated-types", "typing-inspection", "typing-extensions"}
 RESUME_TOLERANCE = 1e-3  # relative, bf16: GPU kernels need not be bitwise deterministic (reported separately)
+GPU_DEFAULTS = "megatron overlap: grad reduce on, param gather on; fusions: "  # docs/training.md, "Overlap and fusion"
 
 
 def train_args(backend: str, out: Path, resume: Path | None = None) -> list[str]:
@@ -161,6 +162,13 @@ def check_backend(backend: str, work: Path, deadline: float) -> dict:
     falling = all(math.isfinite(v) for v in seen.values()) and last < first
     result.update(speed(full, flops_per_token(cfg.model, cfg.seq_len)["train"]),
                   **{"loss_step1": first, f"loss_step{STEPS}": last}, loss_finite_and_falling=falling)
+    # megatron's start-up lines: the attention kernel, and the overlap and fusions the GPU defaults chose; the
+    # defaults must be on here (torch.compile's fusions need nothing else; Apex's and TE's are reported)
+    result["start_up"] = [x.removeprefix("[nca-scale] ") for x in proc.stdout.splitlines()
+                          if x.startswith(("[nca-scale] megatron spec:", "[nca-scale] megatron overlap:"))]
+    if backend == "megatron":
+        result["gpu_defaults_on"] = any(x.startswith(GPU_DEFAULTS) and "bias_swiglu_fusion" in x
+                                        and "cross_entropy_fusion" in x for x in result["start_up"])
 
     ckpt = full / "checkpoints" / f"step_{RESUME_FROM:08d}"
     args = train_args(backend, again, resume=ckpt)
@@ -176,7 +184,7 @@ def check_backend(backend: str, work: Path, deadline: float) -> dict:
                       uninterrupted=[seen[s] for s in steps], bitwise=diff == 0.0, max_rel_diff=diff,
                       ok=diff <= RESUME_TOLERANCE)
     result["resume"] = resume
-    result["ok"] = falling and resume["ok"]
+    result["ok"] = falling and resume["ok"] and result.get("gpu_defaults_on", True)
     shutil.rmtree(work / backend, ignore_errors=True)  # ~40 GB of checkpoints per backend
     return result
 

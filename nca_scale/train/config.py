@@ -177,9 +177,24 @@ class TrainConfig:
     dp: int | None = None  # derived as nproc / (tp * pp); if given it must agree
     sequence_parallel: bool = False  # megatron: shard activations along the sequence over tp
     distributed_optimizer: bool = True  # megatron: shard optimizer state over DP (ZeRO-1)
-    recompute: bool = False  # activation recomputation, every layer (megatron: full, uniform)
+    # recompute activations in the backward: false, true or full (every layer), selective (megatron's: the core
+    # attention only)
+    recompute: bool | Literal["full", "selective"] = False
     zero: int = 0  # deepspeed ZeRO stage
     offload: bool = False  # deepspeed: optimizer state on the CPU
+    # Overlapped communication and fused kernels (docs/training.md, "Overlap and fusion"). null = this device's
+    # default: on with a GPU; off on a CPU, where gloo's collectives run on the cores the compute uses and the
+    # fusions are compiled kernels (or TransformerEngine/Apex ones) that buy nothing. A fusion this machine lacks
+    # is turned off with a logged line when null, refused when set to true.
+    overlap_grad_reduce: bool | None = None  # megatron: reduce gradient buckets during the backward
+    overlap_param_gather: bool | None = None  # megatron, distributed optimizer: gather parameters in the forward
+    grad_accum_fusion: bool | None = None  # megatron: weight-gradient GEMMs add into the fp32 grad buffer (Apex)
+    bias_swiglu_fusion: bool | None = None  # megatron: fused SwiGLU (megatron-core's torch.compile'd kernel)
+    rope_fusion: bool | None = None  # megatron: TransformerEngine's fused RoPE
+    cross_entropy_fusion: bool | None = None  # megatron: fused vocab-parallel cross-entropy
+    overlap_comm: bool = True  # deepspeed ZeRO: reduce gradients during the backward (on a CPU: in order, no streams)
+    contiguous_gradients: bool = True  # deepspeed ZeRO: gradients copied into one buffer as they are reduced
+    bucket_size: int | None = None  # elements per gradient bucket; null: megatron-core's, DeepSpeed d_model^2
 
     eval_every: int = 0  # 0 = no evaluation
     eval_batches: int = 2  # global batches of the val split per evaluation
@@ -253,7 +268,22 @@ class TrainConfig:
         """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest) and the
         micro-batch this world size runs (what the backends read), precision=auto made concrete for this device."""
         return replace(self, model=self.model.with_vocab(self.data.vocab_size), micro_batch=self.micro,
-                       precision=self.chosen_precision()[0])
+                       precision=self.chosen_precision()[0], **self.chosen_overlap())
+
+    def chosen_overlap(self) -> dict[str, bool]:
+        """megatron's overlap keys made concrete for this device (null: on with a GPU); other backends keep them
+        null. Parameters are gathered in the forward only with the distributed optimizer and the gradient reduce
+        overlapped (megatron-core's schedule needs both)."""
+        if self.backend != "megatron":
+            return {}
+        from nca_scale.train import dist
+
+        gpu = dist.device().type == "cuda"
+        grad = gpu if self.overlap_grad_reduce is None else self.overlap_grad_reduce
+        param = self.overlap_param_gather
+        if param is None:
+            param = gpu and grad and self.distributed_optimizer
+        return {"overlap_grad_reduce": grad, "overlap_param_gather": param}
 
     def chosen_precision(self) -> tuple[str, str]:
         """(precision, why): the config's own, or for precision=auto bf16 on a GPU and fp32 elsewhere."""
@@ -307,6 +337,7 @@ class TrainConfig:
         if vocab % tp:
             raise UserError(f"vocabulary {vocab} is not divisible by tp={tp}; set model.vocab_size to a padded multiple")
         if m.ffn % tp:
+        self._validate_overlap()
             raise UserError(f"SwiGLU width {m.ffn} is not divisible by tp={tp}")
         if self.sequence_parallel and tp < 2:
             raise UserError("sequence_parallel needs tp >= 2")
@@ -342,3 +373,28 @@ class TrainConfig:
                 raise UserError(f"transfer module {name!r} unknown; use attn, mlp or norm")
         if t.layers is not None and not (len(t.layers) == 2 and 0 <= t.layers[0] < t.layers[1] <= m.n_layers):
             raise UserError(f"transfer.layers={t.layers} must be [first, last) within 0..{m.n_layers}")
+
+    def _validate_overlap(self) -> None:
+        """Overlap, fusion and recompute keys the chosen backend does not read are refused, not ignored."""
+        megatron = ("overlap_grad_reduce", "overlap_param_gather", "grad_accum_fusion", "bias_swiglu_fusion",
+                    "rope_fusion", "cross_entropy_fusion")
+        for name in megatron:
+            if self.backend != "megatron" and getattr(self, name) is not None:
+                also = "; DeepSpeed's is overlap_comm" if name == "overlap_grad_reduce" and self.backend == "deepspeed" else ""
+                raise UserError(f"{name} is a megatron setting and backend={self.backend} does not read it; drop it{also}")
+        for name in ("overlap_comm", "contiguous_gradients"):
+            if self.backend != "deepspeed" and not getattr(self, name):
+                raise UserError(f"{name}=false is a DeepSpeed ZeRO setting and backend={self.backend} does not read it; "
+                                "drop it")
+        if self.bucket_size is not None and (self.backend == "torch" or self.bucket_size < 1):
+            raise UserError(f"bucket_size={self.bucket_size}: a positive number of elements, for backend=megatron or "
+                            "deepspeed (torch DDP keeps its own buckets)")
+        if self.overlap_param_gather and not self.distributed_optimizer:
+            raise UserError("overlap_param_gather=true gathers what the distributed optimizer updated; set "
+                            "distributed_optimizer=true, or drop overlap_param_gather")
+        if self.overlap_param_gather and self.overlap_grad_reduce is False:
+            raise UserError("overlap_param_gather=true needs overlap_grad_reduce (megatron-core's schedule starts the "
+                            "parameter gathers where the gradient reduce ends); drop overlap_grad_reduce=false")
+        if self.recompute == "selective" and self.backend != "megatron":
+            raise UserError(f"recompute=selective is megatron's (it recomputes the core attention); backend="
+                            f"{self.backend} recomputes whole layers: set recompute=full")

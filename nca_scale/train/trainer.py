@@ -144,6 +144,10 @@ class Trainer:
 def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> Trainer:
     """Train `cfg` in this process (one rank of the job). Returns the finished Trainer. `chosen`: (checkpoint to
     resume from, or None), already resolved and verified by the caller."""
+    if cfg.backend == "megatron" and cfg.tp > 1:
+        # one hardware queue per GPU, so that megatron's TP communication overlaps the compute in issue order;
+        # CUDA reads it when this process creates its context (dist.init), which has not happened yet
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     precision, why = cfg.chosen_precision()  # before `resolved` makes precision=auto concrete
     cfg = cfg.resolved()
     with checkpoint.weights_only_loads(cfg.backend):  # every checkpoint this run reads, upstream loaders too

@@ -28,6 +28,7 @@ from train_helpers import (
 
 MEGATRON = ("backend=megatron", "nproc=2")
 FP32 = {"loss": 1e-4, "grad_norm": 1e-5, "weights": 2e-4, "moments": 1e-4}
+GPU_OVERLAP = ("overlap_grad_reduce=true", "overlap_param_gather=true")  # the GPU defaults, which gloo runs too
 
 
 def assert_continues(run, uninterrupted, start: int, tol=FP32) -> None:
@@ -114,9 +115,10 @@ def test_interleaved_pipeline_matches_single_process(reference, tmp_path):
 
 @pytest.fixture(scope="module")
 def dp2(tmp_path_factory):
-    """DP=2 with the distributed optimizer; its step-7 checkpoint continues on one rank."""
+    """DP=2 with the distributed optimizer and the GPU's overlapped gradient reduce and parameter gather (off on a
+    CPU by default); its step-7 checkpoint continues on one rank."""
     out = tmp_path_factory.mktemp("dp2") / "run"
-    train(out, "steps=10", *MEGATRON, "dp=2", "checkpoint_every=7")
+    train(out, "steps=10", *MEGATRON, "dp=2", *GPU_OVERLAP, "checkpoint_every=7")
     return out
 
 
@@ -140,7 +142,8 @@ def test_plain_sgd_data_parallel_matches_single_process(reference_sgd, tmp_path)
 
 def test_resume_is_bit_identical(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
-    common = (*MEGATRON, "dp=2", "model.attn_dropout=0.1", "schedule.total=6")  # distributed optimizer, dropout on
+    # distributed optimizer, dropout on, overlapped as on a GPU
+    common = (*MEGATRON, "dp=2", *GPU_OVERLAP, "model.attn_dropout=0.1", "schedule.total=6")
     train(full, "steps=6", "checkpoint_every=3", *common)
     train(split, "steps=6", f"resume={full}/checkpoints/step_00000003", *common)
     assert_continues(split, full, start=3, tol={"loss": 0, "grad_norm": 0, "weights": 0, "moments": 0})

@@ -44,7 +44,7 @@ class DeepSpeedEngine:
             "train_micro_batch_size_per_gpu": cfg.micro_batch,
             "gradient_accumulation_steps": cfg.grad_accum,
             "gradient_clipping": o.clip_grad,
-            "zero_optimization": {"stage": cfg.zero},
+            "zero_optimization": {"stage": cfg.zero, **zero_buckets(cfg)},
             "bf16": {"enabled": cfg.precision == "bf16"},
             "steps_per_print": 2**62,
         }
@@ -103,6 +103,19 @@ class DeepSpeedEngine:
         )
         if optimizer and self.cfg.offload:
             _replay_cpu_adam_powers(self.engine.optimizer.optimizer)
+
+
+def zero_buckets(cfg: TrainConfig) -> dict:
+    """ZeRO's communication settings: overlap_comm and contiguous_gradients as configured, bucket sizes from
+    the model's width (bucket_size= overrides them, as Hugging Face's "auto" values): d_model^2 elements per
+    reduce and all-gather bucket, 0.9 x that prefetched ahead under ZeRO-3. DeepSpeed's fixed defaults (5e8
+    elements per bucket: 1 GB buffers in bf16) fit no particular model."""
+    bucket = cfg.bucket_size or cfg.model.d_model ** 2
+    zero = {"overlap_comm": cfg.overlap_comm, "contiguous_gradients": cfg.contiguous_gradients,
+            "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+    if cfg.zero == 3:
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * bucket)
+    return zero
 
 
 def _replay_cpu_adam_powers(cpu_adam) -> None:

@@ -52,6 +52,7 @@ class MegatronEngine:
         self._seed(step=-1)  # the RNG tracker must exist before any forward, evaluation included
         self.config = self._transformer_config()
         self.chunks = [self._wrap(self._build_chunk(i), bucketed=i == 0) for i in range(cfg.vpp)]
+        self._schedule_hooks()
         self.optimizer = self._optimizer()
         s = cfg.seq_len
         self.position_ids = torch.arange(s, device=tdist.device()).unsqueeze(0).expand(cfg.micro_batch, s)
@@ -63,6 +64,8 @@ class MegatronEngine:
     def _transformer_config(self):
         from megatron.core.distributed import finalize_model_grads
         from megatron.core.transformer.transformer_config import TransformerConfig
+
+        from nca_scale.train.backends import megatron_spec
 
         cfg, m = self.cfg, self.cfg.model
         dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
@@ -80,7 +83,7 @@ class MegatronEngine:
             batch_p2p_comm=torch.cuda.is_available(),
             # weights are written from the layout-independent init below; skip megatron's own
             use_cpu_initialization=not torch.cuda.is_available(), perform_initialization=False,
-            **(dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1) if cfg.recompute else {}),
+            **megatron_spec.kernel_settings(cfg),  # fusions and recompute (refused here if this machine lacks one)
         )
         config.finalize_model_grads_func = finalize_model_grads
         return config
@@ -133,11 +136,30 @@ class MegatronEngine:
 
         if self.cfg.precision == "bf16":
             model = Float16Module(self.config, model)
+        cfg = self.cfg
         ddp = DistributedDataParallelConfig(
-            use_distributed_optimizer=self.cfg.distributed_optimizer, grad_reduce_in_fp32=True,
+            use_distributed_optimizer=cfg.distributed_optimizer, grad_reduce_in_fp32=True,
+            overlap_grad_reduce=cfg.overlap_grad_reduce, overlap_param_gather=cfg.overlap_param_gather,
+            # the interleaved schedule starts each chunk's parameter gather itself (_schedule_hooks); otherwise
+            # each bucket's forward pre-hook starts the next bucket's
+            align_param_gather=cfg.overlap_param_gather and cfg.vpp > 1, bucket_size=cfg.bucket_size,
         )
         # only the first chunk is bucketed, as in Megatron-LM (later chunks would overlap nothing)
         return DistributedDataParallel(self.config, ddp, model, disable_bucketing=not bucketed)
+
+    def _schedule_hooks(self) -> None:
+        """What the pipeline schedules call to overlap communication, set as Megatron-LM's training loop sets
+        them. Without no_sync_func, an overlapped gradient reduce would start after every micro-batch's backward
+        instead of only the last one's."""
+        def per_chunk(name: str):
+            hooks = [getattr(chunk, name) for chunk in self.chunks]
+            return hooks[0] if len(hooks) == 1 else hooks
+
+        if self.cfg.overlap_grad_reduce:
+            self.config.no_sync_func = per_chunk("no_sync")
+            self.config.grad_sync_func = per_chunk("start_grad_sync")
+        if self.cfg.overlap_param_gather and self.cfg.vpp > 1:
+            self.config.param_sync_func = per_chunk("start_param_sync")
 
     def _optimizer(self):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -148,7 +170,7 @@ class MegatronEngine:
             lr=o.lr, weight_decay=o.weight_decay if adamw else 0.0, decoupled_weight_decay=adamw,
             adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad,
             bf16=self.cfg.precision == "bf16", params_dtype=self.config.params_dtype,
-            use_distributed_optimizer=self.cfg.distributed_optimizer,
+            use_distributed_optimizer=self.cfg.distributed_optimizer, overlap_param_gather=self.cfg.overlap_param_gather,
         )
         # config_overrides={}: decay every tensor, as the torch backend does (megatron's default exempts norms)
         return get_megatron_optimizer(config, self.chunks, config_overrides={})
@@ -250,6 +272,9 @@ class MegatronEngine:
         from megatron.core import dist_checkpointing
 
         self._ensure_optimizer_state()  # a step-0 save (init_from + steps=0) precedes any update
+        if self.cfg.overlap_param_gather:  # the others' updated shards reach this rank only in the next forward
+            for chunk in self.chunks:
+                chunk.start_param_sync(force_sync=True)
         target = path / "dist"
         if dist.get_rank() == 0:
             target.mkdir()  # dist_checkpointing.save wants an existing, empty directory

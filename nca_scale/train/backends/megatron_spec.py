@@ -10,11 +10,15 @@ from.
   The norm is torch's RMSNorm with its weight tagged `sequence_parallel`, so finalize_model_grads all-reduces
   its gradient over TP as it does for TE's norms; the local WrappedTorchNorm refuses sequence parallelism.
   Both are checked against the local spec's modules in tests/train/test_megatron_spec.py.
+
+kernel_settings turns the fusion and recompute keys into TransformerConfig arguments for this machine
+(docs/training.md, "Overlap and fusion").
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 
@@ -26,9 +30,57 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
+from nca_scale.errors import UserError
 from nca_scale.train import dist as tdist
 
 log = logging.getLogger(__name__)
+
+
+def _te_rope() -> bool:
+    from megatron.core.models.common.embeddings import rope_utils
+
+    return rope_utils.fused_apply_rotary_pos_emb is not None  # TransformerEngine's, imported by megatron-core
+
+
+# TrainConfig key -> (megatron TransformerConfig field, what the fused kernel needs, whether this machine has it)
+_FUSIONS = {
+    "grad_accum_fusion": ("gradient_accumulation_fusion", "Apex's fused_weight_gradient_mlp_cuda and a GPU",
+                          lambda gpu: gpu and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None),
+    "bias_swiglu_fusion": ("bias_activation_fusion", "torch.compile", lambda gpu: True),
+    "rope_fusion": ("apply_rope_fusion", "TransformerEngine's fused RoPE and a GPU", lambda gpu: gpu and _te_rope()),
+    "cross_entropy_fusion": ("cross_entropy_loss_fusion", "torch.compile", lambda gpu: True),
+}
+
+
+def kernel_settings(cfg) -> dict:
+    """megatron TransformerConfig arguments for the fusion and recompute keys of the resolved TrainConfig `cfg`
+    on this machine. A fusion left null is on with a GPU where its kernel exists (one logged line names a
+    missing one) and off on a CPU; one set to true on a machine without its kernel is refused here, before the
+    model is built, rather than failing in the first step. Rank 0 logs what was chosen."""
+    gpu, settings, notes = torch.cuda.is_available(), {}, []
+    for key, (field, needs, present) in _FUSIONS.items():
+        value, available = getattr(cfg, key), present(gpu)
+        if value and not available:
+            raise UserError(f"{key}=true needs {needs}, which this machine lacks; set {key}=false, or leave it "
+                            "unset (on where available)")
+        if value is None:
+            value = gpu and available
+            if gpu and not available:
+                notes.append(f"{key} off (needs {needs})")
+        settings[field] = value
+    if cfg.recompute == "selective":  # megatron-core's default selective set: the core attention
+        settings["recompute_granularity"] = "selective"
+    elif cfg.recompute:
+        settings.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    on = [key for key, (field, _, _) in _FUSIONS.items() if settings[field]]
+    log.info("megatron overlap: grad reduce %s, param gather %s; fusions: %s%s; recompute %s",
+             _onoff(cfg.overlap_grad_reduce), _onoff(cfg.overlap_param_gather), ", ".join(on) or "none",
+             "".join(f"; {n}" for n in notes), settings.get("recompute_granularity", "off"))
+    return settings
+
+
+def _onoff(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def use_te() -> bool:
