@@ -70,7 +70,9 @@ class DeepSpeedEngine:
         self.engine.train()
         total, norm = 0.0, None
         for x, y, m in zip(batch.inputs, batch.targets, batch.masks):
-            loss = masked_loss(self.engine(x.to(self.device)), y.to(self.device), m.to(self.device))
+            # pinned by the Prefetcher on a GPU: asynchronous copies, queued before the forward that reads them
+            x, y, m = (t.to(self.device, non_blocking=True) for t in (x, y, m))
+            loss = masked_loss(self.engine(x), y, m)
             self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps; all-reduces at the boundary
             total += loss.item()  # after the backward, so that it waits for it
             if self.engine.is_gradient_accumulation_boundary():

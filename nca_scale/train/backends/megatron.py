@@ -191,7 +191,9 @@ class MegatronEngine:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         dev = tdist.device()
-        micro = [(x.to(dev), y.to(dev), m.to(dev)) for x, y, m in zip(batch.inputs, batch.targets, batch.masks)]
+        # pinned by the Prefetcher on a GPU: asynchronous copies, queued before the forwards that read them
+        micro = [tuple(t.to(dev, non_blocking=True) for t in mb)
+                 for mb in zip(batch.inputs, batch.targets, batch.masks)]
         iterators = [iter(micro) for _ in self.chunks]
         results = get_forward_backward_func()(
             forward_step_func=self._forward_step, data_iterator=iterators if len(iterators) > 1 else iterators[0],

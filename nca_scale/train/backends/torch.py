@@ -35,9 +35,11 @@ class TorchEngine:
         self.phases = StepPhases()
 
     def _loss(self, x, y, m) -> torch.Tensor:
+        # pinned by the Prefetcher on a GPU: asynchronous copies, queued before the forward that reads them
+        x, y, m = (t.to(self.device, non_blocking=True) for t in (x, y, m))
         with self.autocast:
-            logits = (self.ddp or self.model)(x.to(self.device))
-        return masked_loss(logits, y.to(self.device), m.to(self.device))
+            logits = (self.ddp or self.model)(x)
+        return masked_loss(logits, y, m)
 
     def train_step(self, batch: Batch, step: int, lr: float) -> tuple[float, float]:
         self.phases.start()
