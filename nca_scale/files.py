@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nca_scale.errors import UserError
@@ -71,6 +73,30 @@ def replacing(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def node_share(kind: str) -> tuple[Path, bool] | None:
+    """For a rank that shares its node with others (torchrun and srun set LOCAL_WORLD_SIZE): a node-local
+    directory for files of `kind` that the node's ranks make once between them, and whether this rank makes
+    them (the node's first, LOCAL_RANK 0; the others `wait_for` them). None for a rank alone on its node."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) < 2:
+        return None
+    directory = Path(tempfile.gettempdir()) / f"nca_scale_{kind}_{os.getuid()}"  # per user: /tmp is shared
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory, os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def wait_for(ready: Callable[[], bool], what: str, wait_s: float = 3600.0, poll_s: float = 0.02) -> None:
+    """Poll ready() until it holds: a rank waiting for a file its node's first rank makes (node_share). No
+    collective is involved, so the wait is bounded by `wait_s` only; then a UserError naming `what`."""
+    deadline = time.monotonic() + wait_s
+    while not ready():
+        if time.monotonic() > deadline:
+            from nca_scale.errors import UserError
+
+            raise UserError(f"waited {wait_s:.0f}s for {what} from this node's first rank (LOCAL_RANK 0), which "
+                            "makes it; check that rank's output")
+        time.sleep(poll_s)
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:

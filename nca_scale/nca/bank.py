@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 from collections import deque
 from concurrent.futures import Executor, Future
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from nca_scale.files import node_share, replacing, wait_for
 from nca_scale.nca import rng
 from nca_scale.nca.automaton import Automaton
 from nca_scale.nca.complexity import in_band, scores
@@ -187,6 +189,21 @@ class RuleBank:
         self._accepted += int(ok.sum())
         self.scanned += len(scores)
 
+    def covers(self, n: int) -> bool:
+        """Whether the first n accepted rules (at most `size`) are known."""
+        return self._accepted >= min(n, self.size)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What has been scored so far (accepted ids and scores, candidates scanned): `restore` takes it back."""
+        return {"ids": self.candidates, "scores": self.scores, "scanned": np.int64(self.scanned),
+                "accepted": np.int64(self._accepted)}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from another process's `state()` of the same bank: the same rules, as scoring gives them."""
+        self._drop_pending()
+        self._ids, self._scores = [np.asarray(state["ids"], dtype=np.int64)], [np.asarray(state["scores"])]
+        self.scanned, self._accepted = int(state["scanned"]), int(state["accepted"])
+
     def _check_band(self, n: int) -> None:
         from nca_scale.errors import UserError
 
@@ -202,3 +219,51 @@ def build_bank(cfg: NCAConfig, split: str, number: int, size: int, device="cpu",
                threads: int = 1, progress: bool = False) -> RuleBank:
     """A complete bank of `size` rules."""
     return RuleBank(cfg, split, number, size, device, chunk, threads, progress).ensure(size)
+
+
+class NodeBanks:
+    """Rule banks scored once per node instead of once per rank (files.node_share). Every rank asks for the rules
+    of the whole global batch (the same at every rank); the node's first rank scores what is missing and writes
+    the bank to a node-local file, the node's other ranks wait for a file that holds what they asked for and
+    read it. Nothing here is a collective, so a leader that scores for a while never trips a collective's
+    time-out, and no rank waits for a rule that the leader would only score at a later step. Files are keyed by
+    the generator revision, the NCA config, split and bank: their content is a pure function of that key, so a
+    file left by an earlier run is as good as a new one."""
+
+    WAIT_S = 3600.0  # a follower gives up on a leader that has not written its bank by then
+
+    def __init__(self, directory: str | Path, key: str, leader: bool):
+        self.directory, self.key, self.leader = Path(directory), key, leader
+
+    @classmethod
+    def for_this_node(cls, key: str) -> NodeBanks | None:
+        share = node_share("banks")
+        return None if share is None else cls(share[0], key, leader=share[1])
+
+    def path(self, bank: RuleBank) -> Path:
+        return self.directory / f"{self.key}-{bank.split}-{bank.number}.npz"
+
+    def _read(self, bank: RuleBank, n: int) -> dict | None:
+        """The node's file of `bank` if it holds its first n rules."""
+        try:
+            with np.load(self.path(bank)) as f:
+                state = dict(f)
+        except FileNotFoundError:
+            return None
+        return state if int(state["accepted"]) >= min(n, bank.size) else None
+
+    def ensure(self, bank: RuleBank, n: int, pool: Executor | None = None, in_flight: int = 4) -> None:
+        """The first n rules of `bank` known in this process: from the node's file, else scored (the node's first
+        rank, which then writes the file) or waited for (the others)."""
+        if bank.covers(n):
+            return
+        state = self._read(bank, n)
+        if state is None and self.leader:
+            bank.ensure(n, pool, in_flight)
+            with replacing(self.path(bank)) as tmp, open(tmp, "wb") as f:  # a reader never sees a torn file
+                np.savez(f, **bank.state())
+            return
+        if state is None:
+            wait_for(lambda: self._read(bank, n) is not None, f"rule bank {self.path(bank)}", self.WAIT_S)
+            state = self._read(bank, n)
+        bank.restore(state)

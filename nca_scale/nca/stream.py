@@ -11,6 +11,7 @@ Index -> sample (docs/data.md has the contract):
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -20,7 +21,7 @@ import torch
 
 from nca_scale.nca import rng
 from nca_scale.nca.automaton import Automaton
-from nca_scale.nca.bank import SPLITS, RuleBank, rule_tables
+from nca_scale.nca.bank import SPLITS, NodeBanks, RuleBank, rule_tables
 from nca_scale.nca.config import NCAConfig
 from nca_scale.nca.tokenizer import encode
 
@@ -35,9 +36,11 @@ class NCAStream:
     def __init__(
         self, cfg: NCAConfig, split: str = "train", device: str = "cpu", batch_size: int = 512,
         threads: int = 1, progress: bool = False, pool: Executor | None = None, in_flight: int = 4,
+        node_banks: bool = False,
     ):
         """`pool` (a process pool, e.g. the shard writer's) scores rule banks in parallel, `in_flight` pieces
-        at a time; banks, and so sequences, are the same with or without it."""
+        at a time; banks, and so sequences, are the same with or without it. With `node_banks`, the ranks of
+        a node score each bank once between them (bank.NodeBanks; `prepare` tells them what a step needs)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         cfg.validate()
@@ -48,6 +51,8 @@ class NCAStream:
         self.automaton = Automaton(cfg, self.device)
         self._banks: OrderedDict[int, RuleBank] = OrderedDict()
         self._perms: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        key = hashlib.sha256(repr((REVISION, cfg)).encode()).hexdigest()[:16]  # what a bank is a function of
+        self.shared = NodeBanks.for_this_node(key) if node_banks else None
 
     # ---- index arithmetic ----------------------------------------------------------------------------
     def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +100,10 @@ class NCAStream:
             for e in np.unique(pos[sel] // self.bank_size):
                 sub = sel & (pos // self.bank_size == e)
                 slot = self._slots(int(n), int(e), pos[sub] % self.bank_size)
-                bank.ensure(int(slot.max()) + 1, self.pool, self.in_flight)
+                if self.shared is None:
+                    bank.ensure(int(slot.max()) + 1, self.pool, self.in_flight)
+                else:
+                    self.shared.ensure(bank, int(slot.max()) + 1, self.pool, self.in_flight)
                 cand[sub], score[sub] = bank.candidates[slot], bank.scores[slot]
         return banks, cand, score
 
@@ -105,6 +113,11 @@ class NCAStream:
         hi = rng.hash32(*base, 0, indices, device=indices.device) >> 1
         lo = rng.hash32(*base, 1, indices, device=indices.device) >> 1
         return (hi << 31) | lo
+
+    def prepare(self, indices) -> None:
+        """Know the rules behind `indices` (e.g. a whole global batch, which every rank asks for alike): what
+        the node's ranks score once between them with node_banks."""
+        self.rules(np.asarray(indices, dtype=np.int64).reshape(-1))
 
     # ---- generation ----------------------------------------------------------------------------------
     def sequences(self, indices) -> torch.Tensor:

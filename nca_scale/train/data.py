@@ -39,7 +39,7 @@ def build_source(cfg: DataConfig, split: str) -> SequenceSource:
     if cfg.source == "nca_stream" or url is None:
         from nca_scale.nca.stream import NCAStream
 
-        return NCAStream(cfg.nca, split)
+        return NCAStream(cfg.nca, split, node_banks=True)  # a node's ranks score each rule bank once between them
     return ShardSource(cfg, url, split)
 
 
@@ -72,7 +72,8 @@ class TextShardSource:
     def __init__(self, cfg: DataConfig, url: str, split: str):
         from nca_scale.data.text.shards import TextShardReader
 
-        self.reader = TextShardReader(url, skip_corrupt=cfg.skip_corrupt)
+        # a node's ranks read and check each shard once between them, then map only their rows
+        self.reader = TextShardReader(url, skip_corrupt=cfg.skip_corrupt, node_copies=True)
         self.url = url
         if split == "train" and self.reader.eval_only:
             raise UserError(f"{url} holds evaluation-only text, which is never trained on")
@@ -80,6 +81,9 @@ class TextShardSource:
             print(f"[nca-scale] {url}: skipped {len(self.reader.skipped)} corrupt shards "
                   f"({self.reader.skipped_sequences} sequences): {'; '.join(e for _, e in self.reader.skipped)}",
                   flush=True)
+
+    def prepare(self, indices) -> None:
+        self.reader.prepare(indices)  # see TextShardReader.prepare
 
     def sequences(self, indices) -> torch.Tensor:
         idx = np.asarray(indices)
@@ -139,6 +143,9 @@ class BatchLoader:
         return np.arange(start, start + per_rank)
 
     def batch(self, step: int) -> Batch:
+        prepare = getattr(self.source, "prepare", None)  # NCA stream and text shards: made once per node
+        if prepare is not None and self.dp_size > 1:  # the whole global batch, which every rank asks for alike
+            prepare(np.arange(step * self.batch_size, (step + 1) * self.batch_size))
         tokens = self.source.sequences(self.indices(step)).long()
         chunks = tokens.split(self.micro_batch)
         mask = self.mask.expand(self.micro_batch, -1)

@@ -33,6 +33,7 @@ from nca_scale.data.manifest import read_json_manifest
 from nca_scale.data.shards import KEY_DIGITS, MTIME, decode_npy, iter_tar_samples, sha256, shard_name
 from nca_scale.data.urls import Location, parse_location
 from nca_scale.errors import UserError
+from nca_scale.files import node_share, replacing, wait_for
 
 FORMAT = "nca_scale.text_shards/1"
 MANIFEST = "manifest.json"
@@ -191,10 +192,15 @@ def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: st
 class TextShardReader:
     """Rows of a text shard directory by global index, each shard checked (size, sha256, index range) before
     use. `skip_corrupt=True` verifies every shard up front, drops the bad ones (`skipped` names them) and
-    renumbers the rest contiguously; otherwise a bad shard raises `UserError` naming it."""
+    renumbers the rest contiguously; otherwise a bad shard raises `UserError` naming it.
+
+    With `node_copies` and several ranks on a node (files.node_share), a shard is read and checked once per
+    node: the node's first rank writes its verified rows to a node-local .npy named by the shard's sha256 (so
+    any later run may use it too), and every rank maps that file, reading only the rows it asks for."""
 
     def __init__(self, url: str, *, endpoint_url: str | None = None, skip_corrupt: bool = False,
-                 cache_shards: int = 4):
+                 cache_shards: int = 4, node_copies: bool = False):
+        self.node = node_share("text") if node_copies else None
         self.loc = parse_location(url, endpoint_url, what="shards")
         m = read_manifest(self.loc)
         if m is None:
@@ -264,9 +270,23 @@ class TextShardReader:
                             f"({s['sequences']}, {self.seq_len + 1})")
         return rows
 
+    def _node_copy(self, s: dict) -> np.ndarray:
+        """The shard's rows from this node's verified copy, memory-mapped: made by the node's first rank (from
+        `_load`, which checks the shard), waited for by the others."""
+        directory, leader = self.node
+        path = directory / f"{s['sha256']}.npy"
+        if not path.exists():
+            if leader:
+                rows = self._load(s)
+                with replacing(path) as tmp, open(tmp, "wb") as f:  # a reader never sees a torn file
+                    np.save(f, rows)
+            else:
+                wait_for(path.exists, f"the checked rows of shard {self.loc.url_of(s['name'])} at {path}")
+        return np.load(path, mmap_mode="r")
+
     def shard_rows(self, s: dict) -> np.ndarray:
         if s["name"] not in self._cache:
-            self._cache_put(s["name"], self._load(s))
+            self._cache_put(s["name"], self._node_copy(s) if self.node else self._load(s))
         self._cache.move_to_end(s["name"])
         return self._cache[s["name"]]
 
@@ -277,6 +297,15 @@ class TextShardReader:
             raise IndexError(f"sequence {index} is not in this dataset (0..{self.length - 1})")
         s = self.shards[k]
         return self.shard_rows(s)[index - s["logical_start"]]
+
+    def prepare(self, indices) -> None:
+        """With node copies: the node's first rank makes the copies of the shards holding `indices` (a whole
+        global batch, which every rank asks for alike), so no rank waits for a shard its node's first rank
+        would only read at a later step."""
+        if self.node is not None and self.node[1]:
+            for k in sorted({bisect.bisect_right(self._starts, int(i)) - 1 for i in np.asarray(indices).reshape(-1)}):
+                if 0 <= k < len(self.shards):
+                    self.shard_rows(self.shards[k])
 
     def sequences(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
