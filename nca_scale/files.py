@@ -92,8 +92,6 @@ def wait_for(ready: Callable[[], bool], what: str, wait_s: float = 3600.0, poll_
     deadline = time.monotonic() + wait_s
     while not ready():
         if time.monotonic() > deadline:
-            from nca_scale.errors import UserError
-
             raise UserError(f"waited {wait_s:.0f}s for {what} from this node's first rank (LOCAL_RANK 0), which "
                             "makes it; check that rank's output")
         time.sleep(poll_s)
