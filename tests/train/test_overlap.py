@@ -42,13 +42,18 @@ def test_gpu_fusions_on_where_the_kernel_exists_off_with_a_line_where_not(monkey
 
     _gpu(monkeypatch, True)  # no Apex, no TransformerEngine on this machine
     with caplog.at_level(logging.INFO, logger="nca_scale.train.backends.megatron_spec"):
-        got = megatron_spec.kernel_settings(from_args(MEGATRON).resolved())
+        got = megatron_spec.kernel_settings(from_args([*MEGATRON, "precision=bf16"]).resolved())
+        fp32 = megatron_spec.kernel_settings(from_args([*MEGATRON, "precision=fp32"]).resolved())
     assert got == {"gradient_accumulation_fusion": False, "bias_activation_fusion": True,
                    "apply_rope_fusion": False, "cross_entropy_loss_fusion": True}
+    assert not fp32["cross_entropy_loss_fusion"]  # its backward would round fp32 gradients to bf16
+    off = ("grad_accum_fusion off (needs Apex's fused_weight_gradient_mlp_cuda and a GPU); rope_fusion off (needs "
+           "TransformerEngine's fused RoPE and a GPU)")
     assert caplog.messages == [
-        "megatron overlap: grad reduce on, param gather on; fusions: bias_swiglu_fusion, cross_entropy_fusion; "
-        "grad_accum_fusion off (needs Apex's fused_weight_gradient_mlp_cuda and a GPU); rope_fusion off (needs "
-        "TransformerEngine's fused RoPE and a GPU); recompute off"]
+        f"megatron overlap: grad reduce on, param gather on; fusions: bias_swiglu_fusion, cross_entropy_fusion; {off}; "
+        "recompute off",
+        f"megatron overlap: grad reduce on, param gather on; fusions: bias_swiglu_fusion; {off}; cross_entropy_fusion "
+        "off (needs precision=bf16 (its backward returns bf16 gradients)); recompute off"]
 
 
 def test_cpu_fusions_are_off_unless_asked_and_recompute_is_passed_on(monkeypatch):
@@ -63,7 +68,9 @@ def test_cpu_fusions_are_off_unless_asked_and_recompute_is_passed_on(monkeypatch
 
 
 @pytest.mark.parametrize("key, needs", [("grad_accum_fusion", "Apex's fused_weight_gradient_mlp_cuda and a GPU"),
-                                        ("rope_fusion", "TransformerEngine's fused RoPE and a GPU")])
+                                        ("rope_fusion", "TransformerEngine's fused RoPE and a GPU"),
+                                        ("cross_entropy_fusion", r"precision=bf16 \(its backward returns bf16 "
+                                                                 r"gradients\)")])
 def test_a_fusion_set_true_without_its_kernel_is_refused_before_the_model_is_built(monkeypatch, key, needs):
     from megatron.core.models.common.embeddings import rope_utils  # noqa: F401  (imported before the mock)
 
