@@ -126,7 +126,6 @@ class OptimConfig:
                 raise UserError(f"optim.{name}={getattr(self, name)} must be >= 0")
 
 
-
 @dataclass(frozen=True)
 class ScheduleConfig:
     # cosine: linear warmup then cosine to min_lr_ratio * lr at `total` steps.
@@ -202,6 +201,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0 = only at the end of the run
     keep_last: int = 3  # committed checkpoints kept (the one `latest` names is never removed)
     checkpoint_url: str | None = None  # also publish checkpoints here (file://, s3://, memory://); resume fetches
+    # megatron: write a checkpoint's files in a background process while the steps go on, commit them once written;
+    # None = on with a GPU, off on a CPU (docs/training.md, "Asynchronous saves")
+    checkpoint_async: bool | None = None
+    dist_timeout_s: float = 600.0  # a collective of the training process group fails after this (NCCL's watchdog)
+    rank0_timeout_s: float = 7200.0  # bound of the waits for rank 0's checkpoint work (choice, verification, commit)
     # NaN/inf loss or grad norm: stop, or reload the last checkpoint and skip the offending step's batch
     on_nonfinite: Literal["stop", "rollback"] = "stop"
     max_rollbacks: int = 3  # on_nonfinite=rollback: at most this many times per run
@@ -216,11 +220,6 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
     prefetch: bool = True  # make the next step's batch in a background thread (the same tokens either way)
     peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
-    # megatron: write a checkpoint's files in a background process while the steps go on, commit them once written;
-    # None = on with a GPU, off on a CPU (docs/training.md, "Asynchronous saves")
-    checkpoint_async: bool | None = None
-    dist_timeout_s: float = 600.0  # a collective of the training process group fails after this (NCCL's watchdog)
-    rank0_timeout_s: float = 7200.0  # bound of the waits for rank 0's checkpoint work (choice, verification, commit)
     # pad every step to at least this many seconds: a step time independent of the machine, for tests of time
     # limits and preemption (0 = off)
     min_step_time: float = 0.0
@@ -311,6 +310,11 @@ class TrainConfig:
         world, tp, pp = self.world, self.tp, self.pp
         if self.backend != "megatron" and (tp > 1 or pp > 1 or self.vpp > 1 or self.sequence_parallel):
             raise UserError(f"tp/pp/vpp/sequence_parallel need backend=megatron (backend={self.backend})")
+        if self.checkpoint_async and self.backend != "megatron":
+            raise UserError(f"checkpoint_async=true needs backend=megatron (backend={self.backend} saves synchronously)")
+        for name in ("dist_timeout_s", "rank0_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")
         if self.backend != "deepspeed" and (self.zero or self.offload):
             raise UserError(f"zero/offload need backend=deepspeed (backend={self.backend})")
         if self.backend == "deepspeed" and self.zero == 0 and self.chosen_precision()[0] == "bf16":
@@ -337,15 +341,10 @@ class TrainConfig:
         if vocab % tp:
             raise UserError(f"vocabulary {vocab} is not divisible by tp={tp}; set model.vocab_size to a padded multiple")
         if m.ffn % tp:
-        self._validate_overlap()
             raise UserError(f"SwiGLU width {m.ffn} is not divisible by tp={tp}")
         if self.sequence_parallel and tp < 2:
             raise UserError("sequence_parallel needs tp >= 2")
-        if self.checkpoint_async and self.backend != "megatron":
-            raise UserError(f"checkpoint_async=true needs backend=megatron (backend={self.backend} saves synchronously)")
-        for name in ("dist_timeout_s", "rank0_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")
+        self._validate_overlap()
         if self.auto_micro_batch and self.batch_size % self.data_parallel:
             raise UserError(f"batch_size={self.batch_size} (the recipe's global batch) cannot be split evenly over "
                             f"dp={self.data_parallel} data-parallel ranks; use a batch_size that is a multiple of "
