@@ -181,6 +181,7 @@ class TrainConfig:
     recompute: bool | Literal["full", "selective"] = False
     zero: int = 0  # deepspeed ZeRO stage
     offload: bool = False  # deepspeed: optimizer state on the CPU
+    zero_init: bool = True  # deepspeed ZeRO-3: build the model already partitioned (deepspeed.zero.Init)
     # Overlapped communication and fused kernels (docs/training.md, "Overlap and fusion"). null = this device's
     # default: on with a GPU; off on a CPU, where gloo's collectives run on the cores the compute uses and the
     # fusions are compiled kernels (or TransformerEngine/Apex ones) that buy nothing. A fusion this machine lacks
@@ -310,6 +311,9 @@ class TrainConfig:
         world, tp, pp = self.world, self.tp, self.pp
         if self.backend != "megatron" and (tp > 1 or pp > 1 or self.vpp > 1 or self.sequence_parallel):
             raise UserError(f"tp/pp/vpp/sequence_parallel need backend=megatron (backend={self.backend})")
+        if not self.zero_init and (self.backend != "deepspeed" or self.zero != 3):
+            raise UserError(f"zero_init=false is a DeepSpeed ZeRO-3 setting (backend={self.backend}, zero={self.zero}); "
+                            "drop it")
         if self.checkpoint_async and self.backend != "megatron":
             raise UserError(f"checkpoint_async=true needs backend=megatron (backend={self.backend} saves synchronously)")
         for name in ("dist_timeout_s", "rank0_timeout_s"):

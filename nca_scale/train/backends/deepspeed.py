@@ -35,9 +35,6 @@ class DeepSpeedEngine:
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the process group above
         self.cfg, self.device = cfg, tdist.device()
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
-        model = Llama(cfg.model, cfg.seq_len, weights=weights)
-        model.recompute = cfg.recompute
-        trainable = freeze(model, frozen)
         o = cfg.optim
         config = {
             "train_batch_size": cfg.batch_size,
@@ -48,6 +45,9 @@ class DeepSpeedEngine:
             "bf16": {"enabled": cfg.precision == "bf16"},
             "steps_per_print": 2**62,
         }
+        model = _model(cfg, weights, config)
+        model.recompute = cfg.recompute
+        trainable = freeze(model, frozen)
         if cfg.offload:
             config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
             config["optimizer"] = {"type": "AdamW" if o.name == "adamw" else "Adam", "params": {
@@ -118,6 +118,27 @@ def zero_buckets(cfg: TrainConfig) -> dict:
     if cfg.zero == 3:
         zero["stage3_prefetch_bucket_size"] = int(0.9 * bucket)
     return zero
+
+
+def _model(cfg: TrainConfig, weights: Weights, config: dict) -> Llama:
+    """The native Llama with the run's initial weights. Under ZeRO-3 with zero_init (the default) it is built
+    inside deepspeed.zero.Init: each parameter is partitioned over the DP ranks as soon as its module exists, so
+    no rank ever holds the whole model (at 7B, 28 GB in fp32 per rank). The constructor's copies then go into
+    the empty placeholders ZeRO leaves, and each initial tensor is written afterwards, one at a time: made on
+    rank 0 and spread from there (GatheredParameters). The same values as an unpartitioned build."""
+    if cfg.zero != 3 or not cfg.zero_init:
+        return Llama(cfg.model, cfg.seq_len, weights=weights)
+    import deepspeed
+
+    logging.getLogger(__name__).info(f"ZeRO-3: the model is built partitioned over dp={dist.get_world_size()} "
+                                     "(deepspeed.zero.Init)")
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        model = Llama(cfg.model, cfg.seq_len, weights=lambda name: torch.empty(0))
+    for name, p in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0), torch.no_grad():
+            if dist.get_rank() == 0:
+                p.copy_(weights(name))
+    return model
 
 
 def _replay_cpu_adam_powers(cpu_adam) -> None:
