@@ -36,6 +36,7 @@ bench: venv
 	$(PY) benchmarks/nca_throughput.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/data_wait.py
+	$(PY) benchmarks/checkpoint_blocking.py
 
 lint: venv
 	$(BIN)/ruff check nca_scale tests benchmarks tools
