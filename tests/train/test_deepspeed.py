@@ -5,7 +5,7 @@ on a fresh machine: cpu_compat keeps DeepSpeed from building its inference-only 
 
 import pytest
 import torch
-from train_helpers import BF16, FP32, SGD, assert_same_training, losses, run_state, train
+from train_helpers import BF16, FP32, SGD, assert_phase_timers, assert_same_training, losses, run_state, train
 
 DEEPSPEED = ("backend=deepspeed", "nproc=2")
 
@@ -33,6 +33,10 @@ def test_bf16_zero3_matches_single_process(deepspeed_zero3_bf16, reference_bf16)
     """bf16 weights (fp32 master weights and moments) against torch autocast bf16: bf16 rounding, not the
     layout, sets the tolerance (BF16; docs/training.md)."""
     assert_same_training(deepspeed_zero3_bf16, reference_bf16, BF16)
+
+
+def test_phase_timers_split_each_step(deepspeed_zero3_bf16):
+    assert_phase_timers(deepspeed_zero3_bf16, saved_at=5)  # its checkpoint_every
 
 
 def test_bf16_resume_is_bit_identical(deepspeed_zero3_bf16, tmp_path):

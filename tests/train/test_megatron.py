@@ -16,6 +16,7 @@ from train_helpers import (
     MOMENTS,
     SGD,
     assert_close,
+    assert_phase_timers,
     assert_same_training,
     final_checkpoint,
     grad_norms,
@@ -167,6 +168,10 @@ def test_bf16_data_parallel_plain_optimizer_matches_single_process(reference_bf1
     out = tmp_path / "run"  # Float16OptimizerWithFloat16Params: fp32 main params outside the distributed optimizer
     train(out, "steps=10", "precision=bf16", *MEGATRON, "dp=2", "distributed_optimizer=false")
     assert_same_training(out, reference_bf16, BF16)
+
+
+def test_phase_timers_split_each_step(megatron_tp2_bf16):
+    assert_phase_timers(megatron_tp2_bf16, saved_at=7)  # its checkpoint_every
 
 
 def test_bf16_resume_is_bit_identical(megatron_tp2_bf16, tmp_path):

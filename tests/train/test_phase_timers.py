@@ -1,57 +1,22 @@
-"""Per-phase timers in metrics.jsonl: every logged step of every backend splits its step time into data wait,
-forward/backward and optimizer, and carries the time the loop was blocked in checkpoint saves since the previous
-logged step; peak GPU memory is logged per logging interval on a GPU and absent on a CPU (never a fake 0).
-
-The runs are the bf16 session fixtures of tests/train/conftest.py (they save mid-run), so in the whole suite
-these checks cost no training of their own."""
+"""Per-phase timers in metrics.jsonl (docs/training.md, "Phase timers"): the torch backend's steps split into
+data wait, forward/backward and optimizer, with the save's blocking time on the line after it
+(train_helpers.assert_phase_timers; test_deepspeed.py and test_megatron.py check their backends on their own
+bf16 fixtures); peak GPU memory is per logging interval on a GPU and absent on a CPU (never a fake 0)."""
 
 from __future__ import annotations
 
-import statistics
 from types import SimpleNamespace
 
-import pytest
 import torch
 import torch.distributed as dist
-from train_helpers import metrics
+from train_helpers import assert_phase_timers
 
 from nca_scale.train.callbacks import SpeedMonitor
 from nca_scale.train.config import from_args
 
-PHASES = ("data_time", "fwd_bwd_time", "optimizer_time")
-RUNS = {  # fixture -> the step of its mid-run save (checkpoint_every)
-    "reference_bf16": 5,  # torch, one process
-    "deepspeed_zero3_bf16": 5,  # DeepSpeed ZeRO-3, 2 ranks
-    "megatron_tp2_bf16": 7,  # megatron TP=2, 2 ranks
-}
 
-
-@pytest.mark.parametrize("run", RUNS)
-def test_phases_split_the_step_time(run, request):
-    steps = [m for m in metrics(request.getfixturevalue(run)) if "loss" in m]
-    assert len(steps) == 10
-    for m in steps:
-        assert all(m[k] >= 0 for k in (*PHASES, "checkpoint_time")), m
-        assert m["fwd_bwd_time"] > 0 and m["optimizer_time"] > 0, m
-        # the phases are disjoint parts of the step: together never more than it
-        assert sum(m[k] for k in PHASES) <= m["step_time"] + 1e-6, m
-        assert "peak_memory_gib" not in m  # no GPU: no figure, rather than a made-up 0
-    # ... and they cover it: what they leave out is the step's bookkeeping (the LR, the dict of metrics) and
-    # waits for the GIL while the prefetch thread makes the next batch
-    unaccounted = statistics.median(1 - sum(m[k] for k in PHASES) / m["step_time"] for m in steps)
-    assert unaccounted < 0.1, [(m["step_time"], [m[k] for k in PHASES]) for m in steps]
-
-
-@pytest.mark.parametrize("run", RUNS)
-def test_checkpoint_time_is_the_save_after_the_previous_line(run, request):
-    """The save after step N blocks the loop before step N + 1, whose line reports it; the other lines report
-    only the checkpointer's bookkeeping (microseconds)."""
-    saved_at = RUNS[run]
-    steps = {m["step"]: m["checkpoint_time"] for m in metrics(request.getfixturevalue(run)) if "loss" in m}
-    others = [t for step, t in steps.items() if step != saved_at + 1]
-    assert steps[1] == 0.0, steps  # the checkpointer runs after the first line is made
-    assert steps[saved_at + 1] > max(0.001, 10 * statistics.median(others)), steps  # a save writes files
-    assert max(others) < 0.05, steps
+def test_torch_steps_split_into_phases(reference_bf16):
+    assert_phase_timers(reference_bf16, saved_at=5)  # its checkpoint_every (tests/train/conftest.py)
 
 
 class FakeAllocator:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -223,6 +224,30 @@ def run_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, 
     if (ckpt / "dist").is_dir():
         return megatron_state(ckpt)
     return deepspeed_state(ckpt) if (ckpt / "ds").is_dir() else torch_state(ckpt)
+
+
+PHASES = ("data_time", "fwd_bwd_time", "optimizer_time")
+
+
+def assert_phase_timers(run: Path, saved_at: int) -> None:
+    """`run`'s metrics lines split each step into data wait, forward/backward and optimizer (docs/training.md,
+    "Phase timers"), and report the save after step `saved_at` as checkpoint_time on the next line: disjoint
+    phases (together at most step_time) that cover it (under 10 % left out in the median: bookkeeping and GIL
+    waits while the prefetch thread works), the save far above the checkpointer's per-step bookkeeping, no
+    peak_memory_gib without a GPU (rather than a made-up 0)."""
+    steps = [m for m in metrics(run) if "loss" in m]
+    for m in steps:
+        assert all(m[k] >= 0 for k in (*PHASES, "checkpoint_time")), m
+        assert m["fwd_bwd_time"] > 0 and m["optimizer_time"] > 0, m
+        assert sum(m[k] for k in PHASES) <= m["step_time"] + 1e-6, m
+        assert "peak_memory_gib" not in m
+    unaccounted = statistics.median(1 - sum(m[k] for k in PHASES) / m["step_time"] for m in steps)
+    assert unaccounted < 0.1, [(m["step_time"], [m[k] for k in PHASES]) for m in steps]
+    saves = {m["step"]: m["checkpoint_time"] for m in steps}
+    others = [t for step, t in saves.items() if step != saved_at + 1]
+    assert saves[1] == 0.0, saves  # the checkpointer runs after the first line is made
+    assert saves[saved_at + 1] > max(0.001, 10 * statistics.median(others)), saves
+    assert max(others) < 0.05, saves
 
 
 def assert_same_training(run: Path, ref: Path, tol: dict[str, float]) -> None:
