@@ -88,7 +88,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         raise UserError(f"{source}: key '{key}' must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            try:
+                value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            except yaml.YAMLError:  # e.g. transfer.layers=[ : a half-typed list
+                raise bad from None
         if not isinstance(value, (list, tuple)):
             raise bad
         args = get_args(tp)
