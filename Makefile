@@ -9,13 +9,17 @@ export PYTHONHASHSEED := 0
 venv:
 	@bash tools/bootstrap.sh
 
-# everything (CI), then the 25 slowest tests; each test has a timeout (pytest-timeout, pyproject.toml)
+# everything (CI), then the 25 slowest tests; each test has a timeout (pytest-timeout, pyproject.toml).
+# Two pytest-xdist workers, a test file each at a time (module fixtures are built once), the longest files
+# first (tests/conftest.py LONGEST_FIRST): most tests run one single-threaded process, so one worker alone
+# leaves the second core idle (docs/performance.md "Test suite").
+PYTEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # the edit-test loop: every test not marked slow (> ~20 s; tests/conftest.py marks other owners' files), < 5 min
 test-fast: venv
-	$(PY) -m pytest -q --durations=10 -m "not slow" tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 -m "not slow" tests
 
 # kill -9 torch runs 20 (1 process) + 6 (2 processes) times, 2-process megatron and DeepSpeed runs 5 times each;
 # `make test` runs a 3 + 2 + 1 + 1 kill version (tests/train/test_chaos.py)

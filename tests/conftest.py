@@ -24,7 +24,7 @@ CI_ALLOWED_SKIPS = {
     "tests/data/test_errors.py::test_cuda_without_cuda": "checks the message shown without CUDA; skipped where "
                                                          "CUDA is present",
 }
-_ALLOWED_SEEN = pytest.StashKey[list]()
+_ALLOWED: list[tuple[str, str, str]] = []  # (node id, reason, why allowed) of the allowed skips seen
 
 
 def _under_ci() -> bool:
@@ -37,14 +37,13 @@ def _skip_reason(report) -> str:
     return reason.removeprefix("Skipped: ")
 
 
-def _fail_unless_allowed(report, nodeid: str, config) -> None:
-    """Under CI=true: turn a skip report into a failure, or record it when the test is allow-listed."""
+def _fail_unless_allowed(report, nodeid: str) -> None:
+    """Under CI=true: turn a skip report into a failure, unless the test is allow-listed."""
     if not (_under_ci() and report.skipped) or hasattr(report, "wasxfail"):
         return
-    reason, allowed = _skip_reason(report), CI_ALLOWED_SKIPS.get(nodeid.split("[")[0])
-    if allowed is not None:
-        config.stash.setdefault(_ALLOWED_SEEN, []).append((nodeid, reason, allowed))
+    if CI_ALLOWED_SKIPS.get(nodeid.split("[")[0]) is not None:
         return
+    reason = _skip_reason(report)
     report.outcome = "failed"
     report.longrepr = (f"skipped under CI=true, where only the skips in tests/conftest.py CI_ALLOWED_SKIPS are "
                        f"allowed: {reason}")
@@ -53,22 +52,30 @@ def _fail_unless_allowed(report, nodeid: str, config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    _fail_unless_allowed(report, item.nodeid, item.config)
+    _fail_unless_allowed(report, item.nodeid)
     return report
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector):
     report = yield  # a module-level skip (pytest.importorskip) skips every test of the module
-    _fail_unless_allowed(report, collector.nodeid, collector.config)
+    _fail_unless_allowed(report, collector.nodeid)
     return report
 
 
+def pytest_runtest_logreport(report):
+    """Record the allowed skips where the summary is printed: with pytest-xdist (`make test` runs 2 workers)
+    the reports of the workers arrive here, in the controller."""
+    if _under_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        allowed = CI_ALLOWED_SKIPS.get(report.nodeid.split("[")[0])
+        if allowed is not None:
+            _ALLOWED.append((report.nodeid, _skip_reason(report), allowed))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    seen = config.stash.get(_ALLOWED_SEEN, [])
-    if seen:
+    if _ALLOWED:
         terminalreporter.section("skips allowed under CI=true (tests/conftest.py CI_ALLOWED_SKIPS)")
-        for nodeid, reason, allowed in seen:
+        for nodeid, reason, allowed in _ALLOWED:
             terminalreporter.line(f"{nodeid}: {reason} (allowed: {allowed})")
 
 
@@ -100,7 +107,19 @@ TIMEOUTS = {"tests/train/test_chaos.py": 3600, "tests/launch/test_slurm.py": 180
             "tests/launch/test_sweep_slurm.py": 1800}
 
 
+# The longest files (seconds on an idle 2-core machine, one worker, pytest --durations=0, issue 13), run first: with
+# `--dist loadfile` each xdist worker takes the next whole file, so longest-first keeps one worker from running
+# the last long file alone at the end.
+LONGEST_FIRST = ["tests/launch/test_slurm.py", "tests/train/test_deepspeed.py", "tests/train/test_megatron.py",
+                 "tests/train/test_chaos.py", "tests/train/test_torch_backend.py", "tests/launch/test_sweep_launch.py",
+                 "tests/train/test_checkpoint_safety.py", "tests/train/test_transfer.py",
+                 "tests/launch/test_sweep_slurm.py", "tests/model/test_hf.py", "tests/eval/test_eval_cli.py",
+                 "tests/train/test_nonfinite.py"]
+
+
 def pytest_collection_modifyitems(config, items):
+    order = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.nodeid.partition("::")[0], len(order)))  # stable: file order kept
     for item in items:
         module, _, name = item.nodeid.partition("::")
         fixtures = set().union(*(f for folder, f in SLOW_FIXTURES.items() if module.startswith(folder)))
@@ -108,6 +127,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
         if module in TIMEOUTS and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIMEOUTS[module]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_xdist_worker():
+    """`make test` runs two pytest-xdist workers on a 2-core machine: with torch's default of one intra-op
+    thread per core each, the workers' threads would spin-wait on each other. Subprocesses set their own."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+    yield
 
 
 @pytest.fixture(scope="session")

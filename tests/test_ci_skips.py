@@ -59,9 +59,12 @@ def tree(pytester):
     return pytester
 
 
-def test_under_ci_a_skip_fails_unless_allow_listed(tree, monkeypatch):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_under_ci_a_skip_fails_unless_allow_listed(tree, monkeypatch, workers):
+    """Also with the 2 pytest-xdist workers of `make test`: the rule acts in the workers, and the allowed skips
+    are printed by the controller."""
     monkeypatch.setenv("CI", "true")
-    result = tree.runpytest_subprocess("-rA", "tests")
+    result = tree.runpytest_subprocess("-rA", *workers, "tests")
     # skips in setup (a skipif mark, a fixture) are errors, one in the test's body a failure
     result.assert_outcomes(passed=1, failed=1, errors=2, skipped=1, xfailed=1)
     out = result.stdout.str()
