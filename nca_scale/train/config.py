@@ -15,6 +15,7 @@ from nca_scale.data.dyck import DyckConfig
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.nca.config import NCAConfig
+from nca_scale.train import dist
 
 BACKENDS = ("torch", "megatron", "deepspeed")
 
@@ -205,8 +206,8 @@ class TrainConfig:
     # megatron: write a checkpoint's files in a background process while the steps go on, commit them once written;
     # None = on with a GPU, off on a CPU (docs/training.md, "Asynchronous saves")
     checkpoint_async: bool | None = None
-    dist_timeout_s: float = 600.0  # a collective of the training process group fails after this (NCCL's watchdog)
-    rank0_timeout_s: float = 7200.0  # bound of the waits for rank 0's checkpoint work (choice, verification, commit)
+    dist_timeout_s: float = dist.TIMEOUT_S  # a collective of the training process group fails after this (NCCL's watchdog)
+    rank0_timeout_s: float = dist.RANK0_TIMEOUT_S  # bound of the waits for rank 0's checkpoint work (choice, verification, commit)
     # NaN/inf loss or grad norm: stop, or reload the last checkpoint and skip the offending step's batch
     on_nonfinite: Literal["stop", "rollback"] = "stop"
     max_rollbacks: int = 3  # on_nonfinite=rollback: at most this many times per run
@@ -276,8 +277,6 @@ class TrainConfig:
         overlapped (megatron-core's schedule needs both)."""
         if self.backend != "megatron":
             return {}
-        from nca_scale.train import dist
-
         gpu = dist.device().type == "cuda"
         grad = gpu if self.overlap_grad_reduce is None else self.overlap_grad_reduce
         param = self.overlap_param_gather
@@ -289,8 +288,6 @@ class TrainConfig:
         """(precision, why): the config's own, or for precision=auto bf16 on a GPU and fp32 elsewhere."""
         if self.precision != "auto":
             return self.precision, f"precision={self.precision} in the config"
-        from nca_scale.train import dist
-
         if dist.device().type == "cuda":
             return "bf16", "precision=auto on a GPU"
         return "fp32", "precision=auto without a GPU; set precision=bf16 to train in bf16 here"

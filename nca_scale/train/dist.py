@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 
 from nca_scale.errors import UserError
-from nca_scale.train.config import TrainConfig
 
 T = TypeVar("T")
 
@@ -87,7 +86,12 @@ def show_logs() -> None:
     logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
-def init(timeout_s: float = TrainConfig.dist_timeout_s, rank0_timeout_s: float = TrainConfig.rank0_timeout_s) -> None:
+# TrainConfig's defaults of dist_timeout_s and rank0_timeout_s
+TIMEOUT_S = 600.0
+RANK0_TIMEOUT_S = 7200.0
+
+
+def init(timeout_s: float = TIMEOUT_S, rank0_timeout_s: float = RANK0_TIMEOUT_S) -> None:
     """This rank's process group and device (and its log output). Collectives on the group fail after
     `timeout_s` (dist_timeout_s: NCCL's watchdog on GPUs, gloo's on CPUs); waits for one rank's file work run on
     a gloo side group with `rank0_timeout_s` instead (side_group)."""
