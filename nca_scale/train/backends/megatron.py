@@ -57,8 +57,8 @@ class MegatronEngine:
         s = cfg.seq_len
         self.position_ids = torch.arange(s, device=tdist.device()).unsqueeze(0).expand(cfg.micro_batch, s)
         self.causal_mask = torch.ones(s, s, dtype=torch.bool, device=tdist.device()).triu(1).view(1, 1, s, s)
-        self.phases = StepPhases()
         self._checkpoint_strategies()
+        self.phases = StepPhases()
 
     # ---- build -------------------------------------------------------------------------------------
     def _transformer_config(self):
