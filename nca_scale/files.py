@@ -21,16 +21,22 @@ from nca_scale.errors import UserError
 TEMP_MARK = ".tmp-"  # temp names are .<final name>.tmp-<pid>-<random>
 
 
-def fsync_dir(path: str | Path) -> None:
-    """Make a rename in directory `path` durable; some filesystems (and sandboxes) cannot fsync a directory."""
+def fsync(path: str | Path) -> None:
+    """Make a file's data, or a rename inside directory `path`, durable. Some filesystems (and sandboxes) cannot
+    fsync a directory: that is ignored; a file that cannot be synced is an error."""
+    path = Path(path)
+    directory = path.is_dir()
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
     except OSError:
+        if not directory:
+            raise
         return
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if not directory:
+            raise
     finally:
         os.close(fd)
 
@@ -39,14 +45,6 @@ def temp_name(path: str | Path) -> Path:
     """A fresh hidden name beside `path` (same directory, so the rename stays on one filesystem)."""
     path = Path(path)
     return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _fsync(path: Path) -> None:
-    if path.is_dir():
-        fsync_dir(path)
-        return
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
@@ -58,7 +56,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     tmp = temp_name(path)
     try:
         yield tmp
-        _fsync(tmp)
+        fsync(tmp)
         if tmp.is_dir() and path.is_dir():  # os.replace cannot overwrite a non-empty directory
             old = temp_name(path)
             os.replace(path, old)
@@ -72,7 +70,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync(path.parent)
 
 
 def node_share(kind: str) -> tuple[Path, bool] | None:

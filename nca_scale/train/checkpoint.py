@@ -35,6 +35,7 @@ from pathlib import Path
 import nca_scale
 from nca_scale.config import to_dict
 from nca_scale.errors import UserError
+from nca_scale.files import fsync, write_atomic
 from nca_scale.train.config import TrainConfig
 
 META = "meta.json"
@@ -92,7 +93,7 @@ def _files(path: Path) -> list[Path]:
 
 def _entry(path: Path) -> dict:
     """The manifest entry of the file at `path` (size and sha256), after an fsync: it is final."""
-    _fsync(path)
+    fsync(path)
     return {"size": path.stat().st_size, "sha256": _sha256(path)}
 
 
@@ -227,31 +228,6 @@ def check_resumable(cfg: TrainConfig, path: Path) -> dict:
 
 
 # ---- writing ---------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically and durably (temp file, fsync, rename, fsync the directory)."""
-    tmp = path.with_name(f".{path.name}{STAGING}")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
 def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, files: dict[str, dict] | None = None,
                **extra) -> dict:
     """The manifest of the checkpoint directory `path`: run state plus every file's size and sha256 (`files`:
@@ -267,7 +243,7 @@ def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, files: dict
         **extra,
         "files": file_table(path) if files is None else files,
     }
-    _write_durably(path / META, json.dumps(meta, indent=1))
+    write_atomic(path / META, json.dumps(meta, indent=1))
     return meta
 
 
@@ -304,9 +280,9 @@ def commit(cfg: TrainConfig, step: int, tokens: int, files: dict[str, dict] | No
     if final.exists():  # the same step saved again (after a rollback): the older copy goes first
         shutil.rmtree(final)
     os.rename(staging, final)
-    _fsync(final.parent)
+    fsync(final.parent)
     _pause_for_tests(final.name, "renamed")
-    _write_durably(root(cfg.out) / LATEST, final.name + "\n")
+    write_atomic(root(cfg.out) / LATEST, final.name + "\n")
     prune(cfg.out, cfg.keep_last)
     return final
 
