@@ -102,8 +102,6 @@ def test_auto_resume_without_a_checkpoint_says_so(tmp_path):
     assert lines == [f"resume=auto: no checkpoint in {checkpoint.root(cfg.out)}; starting from step 0"]
 
 
-
-
 def test_explicit_resume_of_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
     cfg = _cfg(tmp_path)
     bad = _save(cfg, 2)
