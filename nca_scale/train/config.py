@@ -302,6 +302,10 @@ class TrainConfig:
             raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.steps is None and self.tokens is None:
             raise UserError("set steps=N or tokens=N to say when training stops")
+        if self.data.source == "text_shards" and self.eval_every and not self.data.val_shards:
+            raise UserError(f"eval_every={self.eval_every} evaluates on data.val_shards, which is not set; tokenize the "
+                            "corpus's val split (nca-scale corpus tokenize CORPUS split=val ...) and set "
+                            "data.val_shards=URL, or set eval_every=0")
         for name in ("nproc", "tp", "pp", "vpp", "batch_size", "micro_batch", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")

@@ -31,7 +31,8 @@ class Trainer:
         self.rollbacks = 0
         self.evaluated_at: int | None = None
         self.checkpoint_time = 0.0  # seconds the loop spent in the checkpointer since the last logged step
-        self.train_data, self.val_data = self._loader("train"), self._loader("val")
+        self.train_data = self._loader("train")
+        self.val_data = self._loader("val") if cfg.eval_every else None  # text_shards may have no val split
         # pinned batches only where a non-blocking host-to-device copy exists
         self.prefetch = Prefetcher(self.train_data, pin=dist.device().type == "cuda") if cfg.prefetch else None
 

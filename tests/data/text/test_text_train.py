@@ -96,6 +96,17 @@ def test_eval_only_never_trained_on(text_data):
         from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards"])
 
 
+def test_text_without_val_shards_trains_unless_it_evaluates(text_data, tmp_path):
+    """No data.val_shards: a run that evaluates is refused before it starts; one with eval_every=0 trains (the
+    trainer builds no val split it would never read)."""
+    shards = ["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={text_data / 'train'}"]
+    with pytest.raises(UserError, match=r"eval_every=2 evaluates on data.val_shards, which is not set"):
+        from_args([*shards, "eval_every=2"])
+    p = train(tmp_path / "run", *shards[1:], "steps=1", "eval_every=0")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(evals(tmp_path / "run")) == 0 and (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+
 def test_dyck_source():
     cfg = from_args(["configs/train/cpu-tiny.yaml", "data.source=dyck", "data.dyck.k=8", "data.dyck.seq_len=32",
                      "batch_size=4", "micro_batch=2"])
