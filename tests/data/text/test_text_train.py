@@ -137,7 +137,7 @@ def test_batches_are_a_function_of_step(text_data, tmp_path, capsys):
     from nca_scale.data.text.shards import TextShardReader
 
     cfg = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={text_data / 'train'}",
-                     "batch_size=8", "micro_batch=2"])
+                     "batch_size=8", "micro_batch=2", "eval_every=0"])
     rows = TextShardReader(str(text_data / "train")).sequences(np.arange(40 * 8, 41 * 8)).astype(np.int64)
     for rank in (0, 1):  # two data-parallel ranks take contiguous halves of global batch 40
         b = BatchLoader(build_source(cfg.data, "train"), target_mask(cfg.data), 8, 2, rank, 2).batch(40)
@@ -147,11 +147,11 @@ def test_batches_are_a_function_of_step(text_data, tmp_path, capsys):
     d = tmp_path / "train"
     shutil.copytree(text_data / "train", d)
     (d / "train-000000.tar").write_bytes(b"garbage")
-    bad = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={d}"])
+    bad = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={d}", "eval_every=0"])
     with pytest.raises(UserError, match="train-000000.tar is corrupt"):
         build_source(bad.data, "train").sequences([0])
     skip = from_args(["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={d}",
-                      "data.skip_corrupt=true"])
+                      "data.skip_corrupt=true", "eval_every=0"])
     src = build_source(skip.data, "train")
     assert "skipped 1 corrupt shards (512 sequences)" in capsys.readouterr().out
     assert torch.equal(src.sequences([0]), torch.from_numpy(
