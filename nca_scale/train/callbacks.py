@@ -59,11 +59,13 @@ class Checkpointer(Callback):
         self.background_error: BaseException | None = None
 
     def post_step(self, trainer, metrics: dict) -> None:
+        t0 = time.perf_counter()
         if self.writing is not None and self.writing[0].poll():
             self._written(trainer)
         every = trainer.cfg.checkpoint_every
         if every and trainer.step % every == 0:
             self.save(trainer)
+        trainer.checkpoint_time += time.perf_counter() - t0  # the loop is blocked while a save (or its wait) runs
 
     def post_train(self, trainer) -> None:
         self.save_now(trainer)

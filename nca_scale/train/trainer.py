@@ -17,7 +17,7 @@ from pathlib import Path
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
 from nca_scale.train import backends, checkpoint, dist, transfer
-from nca_scale.train.callbacks import Callback, Checkpointer, default_callbacks
+from nca_scale.train.callbacks import Callback, default_callbacks
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
 from nca_scale.train.schedule import lr_at
@@ -91,10 +91,7 @@ class Trainer:
             metrics = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                        "step_time": time.perf_counter() - t0, "data_time": t1 - t0, **self.engine.phases.times}
             for cb in self.callbacks:
-                t2 = time.perf_counter()
                 cb.post_step(self, metrics)
-                if isinstance(cb, Checkpointer):  # the loop is blocked while a save (or its wait) runs
-                    self.checkpoint_time += time.perf_counter() - t2
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate()
         if cfg.eval_every and self.evaluated_at != self.step:  # the final weights are always evaluated
