@@ -38,7 +38,7 @@ SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 received: int | None = None
 
 
-# The pid of the `nca-scale train` that started torchrun, in the ranks' environment (cli/train.py).
+# The pid of the `nca-scale train` that started torchrun, in the ranks' environment (train/entry.py).
 LAUNCHER_ENV = "NCA_SCALE_LAUNCHER_PID"
 
 

@@ -155,7 +155,7 @@ def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> Trainer:
 def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | None:
     """The checkpoint to resume from, verified once per job: by the caller (`chosen`), by the `nca-scale train`
     that started this rank (RESUME_ENV), or else by rank 0 for all ranks (a job started by srun/torchrun)."""
-    if chosen is not None:  # the caller checked it against cfg too (cli/train.py)
+    if chosen is not None:  # the caller checked it against cfg too (train/entry.py)
         return chosen[0]
     if checkpoint.RESUME_ENV in os.environ:
         return Path(os.environ[checkpoint.RESUME_ENV]) if os.environ[checkpoint.RESUME_ENV] else None

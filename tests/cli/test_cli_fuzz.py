@@ -65,12 +65,12 @@ def _tree(work: Path) -> set[str]:
 
 
 def test_cli_fuzz(tmp_path, monkeypatch, capsys):
-    import nca_scale.cli.train as cli_train
+    import nca_scale.train.entry as entry
     import nca_scale.train.trainer as trainer
 
     started = []
     monkeypatch.setattr(trainer, "run", lambda cfg, chosen=None: started.append(cfg.out))
-    monkeypatch.setattr(cli_train.subprocess, "call", lambda cmd, **kw: started.append(cmd) or 0)  # nproc > 1
+    monkeypatch.setattr(entry.subprocess, "call", lambda cmd, **kw: started.append(cmd) or 0)  # nproc > 1
     monkeypatch.chdir(tmp_path)
     work = tmp_path
     (work / "a_dir").mkdir()

@@ -1,0 +1,62 @@
+"""The `nca-scale train` command as a library call: `train(cfg, args)`, used by the CLI, sweeps and Slurm tasks.
+
+Every config, layout and run-folder error is raised before any process starts. Under torchrun/srun (RANK set)
+this process is one rank of the job; otherwise it trains here (nproc=1) or starts nproc local ranks under
+torchrun and waits for them. The result is an `Outcome`: what a launcher needs to decide what happens next
+(exit status, and for a preemption stop the signal that caused it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from nca_scale.train import checkpoint, run_folder, transfer
+from nca_scale.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int  # 0 done, preemption.EXIT_PREEMPTED stopped for a signal after saving, else failed
+    signal: int | None = None  # the signal that stopped the run (SIGUSR2, SIGTERM), when this process saw it
+
+
+def train(cfg: TrainConfig, args: list[str]) -> Outcome:
+    """Train `cfg`; `args` are the command-line words it came from (`CONFIG key=value ...`), handed to the ranks
+    when nproc > 1 starts them under torchrun."""
+    from nca_scale.train import preemption
+
+    run_folder.check(cfg)  # every run-folder error (a run already there, not writable), before any process
+    from nca_scale.train.trainer import run
+
+    if "RANK" in os.environ:  # one rank of a job torchrun/srun started: the ranks agree on the checkpoint in `run`
+        run_folder.start(cfg, writer=os.environ["RANK"] == "0")  # before the rendezvous, so every rank has checked
+        return _in_process(run, cfg, None)
+    resume = checkpoint.resolve(cfg, cfg.resume)  # verified here, once; the ranks take it as is
+    if resume:
+        checkpoint.check_resumable(cfg, resume)
+    if cfg.init_from:
+        # an absolute path: a folder named `never` or `auto` is a checkpoint here, not resume's keyword (fuzz)
+        transfer.check(cfg, checkpoint.resolve(cfg, os.path.abspath(cfg.init_from)))
+    run_folder.start(cfg, write=cfg.nproc == 1)  # with nproc > 1 rank 0 writes config.yaml (worker.py)
+    if cfg.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
+               "-m", "nca_scale.train.worker", *args]
+        env = {**os.environ, checkpoint.RESUME_ENV: str(resume or ""), preemption.LAUNCHER_ENV: str(os.getpid())}
+        # torchrun never outlives this command
+        return Outcome(subprocess.call(cmd, env=env, preexec_fn=preemption.die_with_parent))
+    return _in_process(run, cfg, (resume,))
+
+
+def _in_process(run, cfg: TrainConfig, chosen) -> Outcome:
+    from nca_scale.train import preemption
+
+    try:
+        run(cfg, chosen=chosen)
+    except SystemExit as e:
+        if e.code != preemption.EXIT_PREEMPTED:
+            raise
+        return Outcome(preemption.EXIT_PREEMPTED, preemption.received)
+    return Outcome(0)
