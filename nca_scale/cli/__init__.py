@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from nca_scale import logs
 from nca_scale.config import describe_keys
 from nca_scale.errors import UserError, print_error
 
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    logs.setup()  # the library's messages as `[nca-scale] ...` lines (nca_scale/logs.py)
     if not argv:
         _write(usage(), sys.stderr)
         return 2

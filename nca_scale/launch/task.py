@@ -25,6 +25,7 @@ import threading
 
 import submitit
 
+from nca_scale import logs
 from nca_scale.launch import rendezvous
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,10 @@ class Task(submitit.helpers.Checkpointable):
         self.limit_min, self.lead_s = limit_min, lead_s
 
     def __call__(self) -> dict:
-        from nca_scale.train import dist
-
         os.environ.update({k: str(v) for k, v in self.env.items()})
         values = rendezvous.export()
-        dist.show_logs()
         # every rank at INFO: under srun each task writes a log file of its own (RUN/launch/JOB/JOB_<rank>_log.out)
-        logging.getLogger("nca_scale").setLevel(logging.INFO)
+        logs.every_rank_at_info()
         if values:
             log.info(rendezvous.describe(values))
         timer = _time_limit_warning(self.limit_min, self.lead_s)

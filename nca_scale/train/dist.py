@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,6 +18,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from nca_scale import logs
 from nca_scale.errors import UserError
 
 T = TypeVar("T")
@@ -74,18 +74,6 @@ def visible_device(local_rank: int) -> int:
     return local_rank
 
 
-def show_logs() -> None:
-    """nca_scale's log records on stdout as `[nca-scale] ...`, like the Trainer's lines: start-up choices (INFO)
-    from global rank 0, warnings from every rank. Left alone where the application set up the logger."""
-    logger = logging.getLogger("nca_scale")
-    if logger.handlers:
-        return
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("[nca-scale] %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
-
-
 # TrainConfig's defaults of dist_timeout_s and rank0_timeout_s
 TIMEOUT_S = 600.0
 RANK0_TIMEOUT_S = 7200.0
@@ -100,7 +88,7 @@ def init(timeout_s: float = TIMEOUT_S, rank0_timeout_s: float = RANK0_TIMEOUT_S)
     if "RANK" not in os.environ:  # a plain single process: a one-rank group keeps every code path the same
         env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         os.environ.update(env)  # as torchrun would set them (DeepSpeed reads LOCAL_RANK)
-    show_logs()
+    logs.setup()
     timeout = timedelta(seconds=timeout_s)
     if not torch.cuda.is_available():
         if reason := gpu_job_reason():
