@@ -3,8 +3,10 @@ recipe values, compute-matched scratch), and every shipped study plans. No train
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from nca_scale import cli
 from nca_scale.launch import sweep_plan, sweep_spec
 
 ROOT = Path(__file__).parents[2]
+PLANS = Path(__file__).parent / "plans"  # plan.json of every shipped spec, as planned when it was stored
+SPECS = sorted(p.stem for p in (ROOT / "configs/sweeps").glob("*.yaml"))
 BASE = {
     "train": "configs/train/cpu-tiny.yaml", "sizes": ["cpu-tiny", "cpu-1m"], "seeds": [0, 1], "seq_len": 128,
     "nca": "configs/nca/tiny.yaml",
@@ -176,3 +180,47 @@ def test_every_shipped_study_plans(spec, capsys):
             assert r.parent in names
     text = sweep_plan.table(s, runs)
     assert f"{len(runs)} runs" in text and not math.isnan(sum(r.flops for r in runs))
+
+
+# ---- the shipped specs plan to the same runs as the stored plans ---------------------------------------------
+def planned_json(spec: str, tmp_path: Path) -> dict:
+    """SWEEP_DIR/plan.json of `nca-scale sweep plan configs/sweeps/SPEC.yaml`, with its tmp SWEEP_DIR written as
+    the placeholder SWEEP_DIR (the only machine-dependent part of it)."""
+    out = tmp_path / spec
+    assert cli.main(["sweep", "plan", f"configs/sweeps/{spec}.yaml", f"out={out}", "format=json"]) == 0
+    return json.loads((out / "plan.json").read_text().replace(str(out), "SWEEP_DIR"))
+
+
+def stored(spec: str) -> dict:
+    return json.loads(gzip.decompress((PLANS / f"{spec}.json.gz").read_bytes()))
+
+
+def store(doc: dict, path: Path) -> None:
+    """One run per line (`zcat FILE` reads it), gzipped: the four plans are 820 kB as text, 22 kB gzipped."""
+    head = json.dumps({k: v for k, v in doc.items() if k != "runs"})[:-1]
+    runs = ",\n".join(json.dumps(r) for r in doc["runs"])
+    path.write_bytes(gzip.compress(f'{head}, "runs": [\n{runs}\n]}}\n'.encode(), mtime=0))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_shipped_specs_plan_as_stored(spec, tmp_path, capsys):
+    """A redesign of the launch code must not change what a study runs. After an intended change of the plans,
+    rewrite the stored ones with `python tests/launch/test_sweep_plan.py` and say why in the commit."""
+    now, before = planned_json(spec, tmp_path), stored(spec)
+    assert {k: v for k, v in now.items() if k != "runs"} == {k: v for k, v in before.items() if k != "runs"}
+    assert [r["name"] for r in now["runs"]] == [r["name"] for r in before["runs"]], "the runs (or their order) differ"
+    for new, old in zip(now["runs"], before["runs"]):
+        changed = {k: {"stored": old.get(k), "now": new.get(k)} for k in old.keys() | new.keys()
+                   if old.get(k) != new.get(k)}
+        assert not changed, f"run {new['name']} plans differently: {json.dumps(changed, indent=1)}"
+
+
+if __name__ == "__main__":  # rewrite the stored plans (only for an intended change of the plans)
+    import os
+    import tempfile
+
+    os.chdir(ROOT)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sys.argv[1:] or SPECS:
+            store(planned_json(name, Path(tmp)), PLANS / f"{name}.json.gz")
+            print(f"wrote {PLANS / name}.json.gz")
