@@ -8,11 +8,12 @@ key are skipped and named in `Sweep.notes`, so one damaged line does not hide th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nca_scale.errors import UserError
-from nca_scale.launch.sweep_results import RESULTS, metric_lines, read_records
+from nca_scale.launch.sweep_results import RESULTS, read_records
+from nca_scale.train import run_files
 
 REQUIRED = ("run", "stage", "coords", "params", "non_embedding_params", "tokens", "flops", "eval_curve", "final")
 PRE_ARMS = ("nca", "text", "dyck")  # arms with a stage-1 run before language training
@@ -103,8 +104,8 @@ class Sweep:
 def _curve_from_metrics(out: str | None, sweep_dir: Path, run: str) -> list[dict]:
     """The eval lines {step, tokens, eval_loss, eval_ppl} of the run's metrics.jsonl, in file order."""
     for d in (Path(out) if out else None, sweep_dir / "runs" / run):
-        if d is not None and (d / "metrics.jsonl").is_file():
-            return [m for m in metric_lines(d) if isinstance(m, dict) and "eval_ppl" in m and "tokens" in m]
+        if d is not None and (d / run_files.METRICS).is_file():
+            return [asdict(e) for e in run_files.summary(d).evals]
     return []
 
 
