@@ -71,7 +71,7 @@ def trajectories(
 
 
 # ---- figures ----------------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg is used for savefig
 
     return Figure(figsize=(width, height), dpi=100)
@@ -80,7 +80,7 @@ def _figure(width: float, height: float):
 def plot_histogram(
     scores: np.ndarray, path: Path, *, title: str, config_band: tuple | None = None, mode: str = "gzip"
 ) -> None:
-    fig = _figure(8.0, 4.2)
+    fig = new_figure(8.0, 4.2)
     ax = fig.add_subplot()
     top = max(0.7, float(scores.max()) + 0.02) if scores.size else 0.7
     ax.hist(scores, bins=np.linspace(0.0, top, 71), color="0.35", edgecolor="white", linewidth=0.4)
@@ -130,7 +130,7 @@ def plot_band_grid(
     rows = len(rules)
     cmap = ListedColormap(state_colors(states) / 255.0)
     norm = BoundaryNorm(np.arange(states + 1) - 0.5, states)
-    fig = _figure(1.25 * len(cols) + 2.2, 1.35 * rows + 1.1)
+    fig = new_figure(1.25 * len(cols) + 2.2, 1.35 * rows + 1.1)
     axes = fig.subplots(rows, len(cols), squeeze=False)
     image = None
     for r, (rule, score) in enumerate(rules):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from nca_scale.analysis.nca_figures import _figure, band_label
+from nca_scale.analysis.nca_figures import band_label, new_figure
 from nca_scale.analysis.sweep_metrics import fmt_tokens
 from nca_scale.analysis.sweep_results import Sweep, fmt_count
 from nca_scale.nca.complexity import BANDS
@@ -22,7 +22,7 @@ def arm_colors(labels) -> dict[str, tuple]:
 def _panels(n: int, width: float = 4.6, height: float = 3.4):
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig = _figure(max(width * cols + 0.6, 7.5), height * rows + 1.2)
+    fig = new_figure(max(width * cols + 0.6, 7.5), height * rows + 1.2)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
