@@ -71,33 +71,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key, source)
-            except UserError:
-                continue
-        raise UserError(f"{source}: key '{key}' expects {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+        return _coerce_union(value, get_args(tp), key, source)
     if origin is Literal:
         if value in get_args(tp):
             return value
         raise UserError(f"{source}: key '{key}' must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
     if origin in (list, tuple):
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
-            except yaml.YAMLError:  # e.g. transfer.layers=[ : a half-typed list
-                raise bad from None
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        args = get_args(tp)
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, tp, key, source, bad)
     if origin is dict:
         if not isinstance(value, dict):
             raise bad
@@ -111,43 +91,79 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, tp):
             return value
         raise bad
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value.replace("_", ""))
-            except ValueError:
-                raise bad from None
-            if f.is_integer():
-                return int(f)
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise bad
-        return str(value)
+    if tp in _SCALARS and not (isinstance(value, bool) and tp in (int, float)):
+        converted = _SCALARS[tp](value)
+        if converted is not None:
+            return converted
     raise bad
+
+
+def _coerce_union(value: Any, options: tuple, key: str, source: str) -> Any:
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(value, option, key, source)
+        except UserError:
+            continue
+    raise UserError(f"{source}: key '{key}' expects {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str, source: str, bad: UserError) -> list | tuple:
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        except yaml.YAMLError:  # e.g. transfer.layers=[ : a half-typed list
+            raise bad from None
+    if not isinstance(value, (list, tuple)):
+        raise bad
+    args = get_args(tp)
+    item_tp = args[0] if args else Any
+    items = [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    return tuple(items) if get_origin(tp) is tuple else items
+
+
+# scalar converters: the value, or None where it does not convert losslessly (bools are never numbers)
+def _to_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    return None
+
+
+def _to_int(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            f = float(value.replace("_", ""))
+        except ValueError:
+            return None
+        return int(f) if f.is_integer() else None
+    return None
+
+
+def _to_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _to_str(value: Any) -> str | None:
+    return None if isinstance(value, (dict, list)) else str(value)
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _hints(cls) -> dict[str, Any]:
