@@ -16,8 +16,6 @@ ORDER = ["base", "nca", "data", "model", "train", "launch", "analysis", "cli"]  
 KNOWN = {
     "nca_scale.launch.submit -> nca_scale.cli",
     "nca_scale.launch.sweep -> nca_scale.cli",
-    "nca_scale.launch.sweep -> nca_scale.cli.train",
-    "nca_scale.launch.task -> nca_scale.cli",
     "cycle: nca_scale.train.callbacks, nca_scale.train.preemption",
     "cycle: nca_scale.train.checkpoint, nca_scale.train.mirror",
 }

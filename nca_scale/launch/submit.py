@@ -33,7 +33,7 @@ from nca_scale import config
 from nca_scale.errors import UserError
 from nca_scale.launch import profile as profiles
 from nca_scale.launch import safety
-from nca_scale.launch.task import Task
+from nca_scale.launch.task import CommandWork, Task, TrainWork
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,14 @@ def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: pr
     return planned, Path(out)
 
 
+def _work(argv: list[str]):
+    if argv[0] == "train":
+        return TrainWork(tuple(argv[1:]))
+    from nca_scale import cli
+
+    return CommandWork(cli.main, argv)
+
+
 def _dependencies(after: list[str]) -> list[str]:
     ids = []
     for item in after:
@@ -240,7 +248,7 @@ def submit(args: list[str]) -> int:
         if prof.executor == "slurm":
             print(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
         return 0
-    tasks = [Task(p.argv, env, prof.max_restarts, prof.minutes, prof.signal_lead_s) for p in planned]
+    tasks = [Task(_work(p.argv), env, prof.max_restarts, prof.minutes, prof.signal_lead_s) for p in planned]
     if len(tasks) == 1:
         jobs = [ex.submit(tasks[0])]
     else:

@@ -12,11 +12,13 @@ works as well.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nca_scale import config
 from nca_scale.errors import UserError
@@ -25,6 +27,11 @@ from nca_scale.launch import status as job_status
 from nca_scale.launch import submit as submitting
 from nca_scale.launch import sweep_plan, sweep_results, sweep_spec
 from nca_scale.launch.task import Task
+
+if TYPE_CHECKING:
+    from nca_scale.train.entry import Outcome
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "sweep_run.json"  # in each run's directory: the plan entry its job runs
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
@@ -111,8 +118,7 @@ def _flag(opts: dict, key: str) -> bool:
 
 # ---- launch -------------------------------------------------------------------------------------------
 def _task(prof: profiles.ClusterProfile, sweep_dir: Path, run: sweep_plan.Run, env: dict) -> Task:
-    return Task(["sweep", "run", str(sweep_dir), f"run={run.name}"], env, prof.max_restarts, prof.minutes,
-                prof.signal_lead_s)
+    return Task(SweepRunWork(str(sweep_dir), run.name), env, prof.max_restarts, prof.minutes, prof.signal_lead_s)
 
 
 def _submit(prof, prof_name: str, sweep_dir: Path, name: str, runs: list[sweep_plan.Run], deps: list[str],
@@ -285,27 +291,45 @@ def status_command(args: list[str]) -> int:
 
 
 # ---- the job --------------------------------------------------------------------------------------------
-def run_command(args: list[str]) -> int:
-    """One run of a launched sweep: train (resuming from its latest checkpoint), then append its record."""
-    from nca_scale.cli.train import main as train
+@dataclass(frozen=True)
+class SweepRunWork:
+    """A launched sweep's job (nca_scale.launch.task): one run, `nca-scale sweep run SWEEP_DIR run=NAME`."""
 
+    sweep_dir: str
+    run: str
+
+    @property
+    def argv(self) -> list[str]:
+        return ["sweep", "run", self.sweep_dir, f"run={self.run}"]
+
+    def __call__(self) -> Outcome:
+        return run_one(Path(self.sweep_dir), self.run)
+
+
+def run_command(args: list[str]) -> int:
     positional, overrides = config.split_overrides(args)
     names = [v for k, v in overrides if k == "run"]
     if len(positional) != 1 or len(names) != 1 or len(overrides) != 1:
         raise UserError("usage: nca-scale sweep run SWEEP_DIR run=NAME (what a `sweep launch` job runs)")
-    sweep_dir, name = Path(positional[0]), names[0]
+    return run_one(Path(positional[0]), names[0]).exit_code
+
+
+def run_one(sweep_dir: Path, name: str) -> Outcome:
+    """One run of a launched sweep: train (resuming from its latest checkpoint), then append its record."""
+    from nca_scale.train.config import from_args
+    from nca_scale.train.entry import train
+
     f = sweep_dir / "runs" / name / RUN_FILE
     if not f.is_file():
         raise UserError(f"{f} does not exist: {name!r} was not launched from {sweep_dir} (nca-scale sweep launch)")
     run = json.loads(f.read_text())
     t0 = time.perf_counter()
-    rc = train(run["train_args"])
-    if rc or int(os.environ.get("RANK", 0)) != 0:
-        return rc
+    outcome = train(from_args(run["train_args"]), run["train_args"])
+    if outcome.exit_code or int(os.environ.get("RANK", 0)) != 0:
+        return outcome
     parent = sweep_results.read(sweep_dir).get(run["parent"]) if run["parent"] else None
     if parent is not None:  # what the stage-1 run really cost, rather than its plan
         run = {**run, "stage1_flops": parent["flops"]}
     sweep_results.append(sweep_dir, sweep_results.record(run["sweep"], run, time.perf_counter() - t0))
-    print(f"[nca-scale] {name}: record appended to {sweep_dir / sweep_results.RESULTS}")
-    return 0
-
+    log.info("%s: record appended to %s", name, sweep_dir / sweep_results.RESULTS)
+    return outcome

@@ -1,9 +1,12 @@
-"""What runs in every task of a submitted job: environment, rendezvous, the nca-scale command, requeue.
+"""What runs in every task of a submitted job: environment, rendezvous, the job's work, requeue.
 
 A Task is the callable submitit pickles. In each Slurm task (one per GPU, or per process on CPU) it exports
-the profile's environment and the torch.distributed variables (nca_scale.launch.rendezvous), then runs the
-nca-scale command in-process, as one rank. When the trainer stops on a preemption signal it exits with
-EXIT_PREEMPTED after saving (nca_scale.train.preemption); then:
+the profile's environment and the torch.distributed variables (nca_scale.launch.rendezvous), then runs its
+work in-process, as one rank. The work is a picklable callable returning an `Outcome` (submitit's "submit a
+callable"): `TrainWork` trains through nca_scale.train.entry; any other command comes from the caller as
+`CommandWork(main, argv)` (the cli layer passes its own entry point down, so launch never imports cli); a
+sweep's runs are launch.sweep's `SweepRunWork`. When training stops on a preemption signal after saving, the
+Outcome has exit code EXIT_PREEMPTED and the signal (nca_scale.train.preemption); then:
 
 * after SIGUSR2 (a preemption notice, or the warning `signal_lead_s` before the time limit, which rank 0
   also sends itself on every attempt, since Slurm sends its `--signal` once per job), global rank 0 runs
@@ -22,11 +25,18 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import submitit
 
 from nca_scale import logs
+from nca_scale.errors import UserError, print_error
 from nca_scale.launch import rendezvous
+
+if TYPE_CHECKING:
+    from nca_scale.train.entry import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +52,47 @@ def _time_limit_warning(limit_min: int, lead_s: int) -> threading.Timer | None:
     return timer
 
 
+def restarted() -> bool:
+    """Whether this is a requeued attempt of a Slurm job."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0
+
+
+@dataclass(frozen=True)
+class TrainWork:
+    """`nca-scale train ARGS` (CONFIG key=value ...) as a task's work."""
+
+    args: tuple[str, ...]
+
+    @property
+    def argv(self) -> list[str]:
+        return ["train", *self.args]
+
+    def __call__(self) -> Outcome:
+        from nca_scale.train.config import from_args
+        from nca_scale.train.entry import train
+
+        args = list(self.args)
+        if restarted():
+            args.append("resume=auto")  # a requeued run continues from its latest complete checkpoint
+        return train(from_args(args), args)
+
+
+@dataclass(frozen=True)
+class CommandWork:
+    """Any other command: `main(argv)` returning an exit status (the caller's entry point, e.g. nca_scale.cli.main)."""
+
+    main: Callable[[list[str]], int]
+    argv: list[str]
+
+    def __call__(self) -> Outcome:
+        from nca_scale.train.entry import Outcome
+
+        return Outcome(self.main(list(self.argv)) or 0)
+
+
 class Task(submitit.helpers.Checkpointable):
-    def __init__(self, argv: list[str], env: dict, max_restarts: int, limit_min: int, lead_s: int):
-        self.argv, self.env, self.max_restarts = list(argv), dict(env), max_restarts
+    def __init__(self, work: Callable[[], Outcome], env: dict, max_restarts: int, limit_min: int, lead_s: int):
+        self.work, self.env, self.max_restarts = work, dict(env), max_restarts
         self.limit_min, self.lead_s = limit_min, lead_s
 
     def __call__(self) -> dict:
@@ -55,30 +103,31 @@ class Task(submitit.helpers.Checkpointable):
         if values:
             log.info(rendezvous.describe(values))
         timer = _time_limit_warning(self.limit_min, self.lead_s)
-        from nca_scale import cli
-        from nca_scale.train import preemption
+        from nca_scale.train.entry import Outcome  # torch: only in the job, not in `nca-scale submit`
+        from nca_scale.train.preemption import EXIT_PREEMPTED
 
-        argv = list(self.argv)
-        if argv[:1] == ["train"] and int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:
-            argv.append("resume=auto")  # a requeued run continues from its latest complete checkpoint
         try:
-            rc = cli.main(argv)
+            outcome = self.work()
+        except UserError as e:  # one line in the task's log and status 2, as the command line does
+            print_error(e)
+            outcome = Outcome(2)
         except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
+            outcome = Outcome(e.code if isinstance(e.code, int) else 1)
+        rc = outcome.exit_code
         if timer is not None:
             timer.cancel()
         if rc == 0:  # done: a warning arriving while the process exits must not kill it (the job would FAIL)
             signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        if rc == preemption.EXIT_PREEMPTED:
-            self._after_preemption(preemption.received)
+        if rc == EXIT_PREEMPTED:
+            self._after_preemption(outcome.signal)
+            sys.exit(rc)
+        argv = self.work.argv
         if rc:
-            raise RuntimeError(f"`nca-scale {' '.join(self.argv)}` exited with status {rc}; see this task's log")
-        return {"argv": self.argv, "rank": int(os.environ.get("RANK", 0)),
+            raise RuntimeError(f"`nca-scale {' '.join(argv)}` exited with status {rc}; see this task's log")
+        return {"argv": argv, "rank": int(os.environ.get("RANK", 0)),
                 "restarts": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
 
     def _after_preemption(self, signum: int | None) -> None:
-        from nca_scale.train.preemption import EXIT_PREEMPTED
-
         job = os.environ.get("SLURM_JOB_ID")
         if os.environ.get("SLURM_ARRAY_TASK_ID"):
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
@@ -90,7 +139,6 @@ class Task(submitit.helpers.Checkpointable):
                                    f"{self.max_restarts}); not requeued. Resume later with resume=auto")
             log.info("requeueing job %s (restart %d of at most %d)", job, restarts + 1, self.max_restarts)
             subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-        sys.exit(EXIT_PREEMPTED)
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on USR2 before training has installed its own handler: just run again."""
