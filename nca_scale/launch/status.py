@@ -11,29 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nca_scale.errors import UserError
-from nca_scale.launch.submit import index_path
-
-
-def records(targets: list[str]) -> list[dict]:
-    """The latest record of every job in RUN/SWEEP directories (or in the index when none is given)."""
-    files = []
-    if not targets:
-        if not index_path().is_file():
-            raise UserError(f"no jobs recorded yet ({index_path()}); submit one with `nca-scale submit`")
-        files = [index_path()]
-    for t in targets:
-        f = Path(t) / "launch" / "jobs.jsonl"
-        if not f.is_file():
-            raise UserError(f"{t} has no recorded jobs ({f}); pass a run or sweep directory written by nca-scale submit")
-        files.append(f)
-    seen: dict[str, dict] = {}
-    for f in files:
-        for line in f.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                seen[rec["job_id"]] = rec
-    return list(seen.values())
+from nca_scale.launch.jobs import records
 
 
 def slurm_states(ids: list[str]) -> dict[str, str]:

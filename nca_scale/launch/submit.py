@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -31,8 +30,8 @@ from pathlib import Path
 
 from nca_scale import config
 from nca_scale.errors import UserError
+from nca_scale.launch import jobs, safety
 from nca_scale.launch import profile as profiles
-from nca_scale.launch import safety
 from nca_scale.launch.task import CommandWork, Task, TrainWork
 
 
@@ -43,10 +42,6 @@ class SubmitOptions:
     after: list[str] = field(default_factory=list)
     wait: bool | None = None
     dry_run: bool = False
-
-
-def index_path() -> Path:
-    return Path(os.environ.get("NCA_SCALE_HOME", Path.home() / ".nca_scale")) / "jobs.jsonl"
 
 
 def _command(positional: list[str]) -> tuple[list[str], str]:
@@ -147,21 +142,6 @@ def _work(argv: list[str]):
     return CommandWork(cli.main, argv)
 
 
-def _dependencies(after: list[str]) -> list[str]:
-    ids = []
-    for item in after:
-        if item.replace("_", "").isdigit():
-            ids.append(item)
-            continue
-        rec = Path(item) / "launch" / "jobs.jsonl"
-        if not rec.is_file():
-            raise UserError(f"after={item}: neither a job id nor a run/sweep directory with {rec}")
-        lines = [json.loads(line) for line in rec.read_text().splitlines() if line.strip()]
-        last = lines[-1]["submission"]
-        ids += [r["job_id"] for r in lines if r["submission"] == last]
-    return ids
-
-
 def layout(prof: profiles.ClusterProfile, cfg) -> str:
     """One line: where the ranks run and how the global batch is split (what a dry run prints)."""
     if prof.executor == "local":
@@ -171,42 +151,6 @@ def layout(prof: profiles.ClusterProfile, cfg) -> str:
         where = f"{prof.nodes} node(s) x {per_node} = {cfg.world} ranks"
     return (f"layout: {where}; tp {cfg.tp} x pp {cfg.pp} x dp {cfg.data_parallel}; batch {cfg.batch_size} = "
             f"micro-batch {cfg.micro} x {cfg.grad_accum} accumulation x dp {cfg.data_parallel}")
-
-
-def make_executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: list[str], script_only: bool = False):
-    """submitit's executor for the profile. script_only: it only writes the batch script (a dry run on a
-    machine without the Slurm client, where submitit's SlurmExecutor refuses to exist)."""
-    import submitit
-
-    if prof.executor == "local":
-        ex = submitit.LocalExecutor(folder=str(folder / "%j"))
-        ex.update_parameters(timeout_min=prof.minutes, tasks_per_node=1, nodes=1)
-        return ex
-    executor = submitit.SlurmExecutor
-    if script_only:  # affinity() is submitit's check for `srun` on PATH
-        executor = type("ScriptOnlySlurmExecutor", (executor,), {"affinity": classmethod(lambda cls: 1)})
-    ex = executor(folder=str(folder / "%j"), max_num_timeout=prof.max_restarts)
-    extra = {"requeue": True, "chdir": os.getcwd(), **prof.sbatch}  # config paths are relative to here
-    if deps:
-        extra.update({"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"})
-    # the batch shell must survive a USR2 meant for the tasks (Slurm 22.05 signals it too when the warning
-    # comes before the step has started)
-    setup = ["trap 'echo \"batch script: SIGUSR2 (the tasks handle it)\"' USR2"]
-    setup += [f"export {k}={shlex.quote(str(v))}" for k, v in prof.env.items()] + list(prof.setup)
-    params = dict(
-        job_name=name, partition=prof.partition, account=prof.account, qos=prof.qos, nodes=prof.nodes,
-        ntasks_per_node=prof.tasks, cpus_per_task=prof.cpus_per_task, time=prof.minutes,
-        constraint=prof.constraint, setup=setup, srun_args=[*prof.container, *prof.srun_args],
-        signal_delay_s=prof.signal_lead_s, additional_parameters=extra, stderr_to_stdout=True,
-    )
-    if prof.gpus_per_node:
-        params["gpus_per_node"] = prof.gpus_per_node
-    if prof.mem_gb:
-        params["mem"] = f"{int(prof.mem_gb * 1024)}M"
-    if prof.exclusive:
-        params["exclusive"] = True
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return ex
 
 
 def submit(args: list[str]) -> int:
@@ -231,11 +175,11 @@ def submit(args: list[str]) -> int:
         partition = profiles.check(prof)
         profiles.test_only(prof, partition)
     planned, out = plan(words, path, rest, prof, bool(opt.after))
-    deps = _dependencies(opt.after)
+    deps = jobs.dependencies(opt.after)
     name = opt.name or out.name
     logs = Path(prof.logs) / name if prof.logs else out / "launch"
     safety.check_submission(name, path, rest, str(logs))  # before the batch script and the pickled job
-    ex = make_executor(prof, logs, name, deps, script_only=offline)
+    ex = jobs.make_executor(prof, logs, name, deps, script_only=offline)
     env = dict(prof.env)
     if opt.dry_run:
         print(f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}; nothing queued")
@@ -249,24 +193,14 @@ def submit(args: list[str]) -> int:
             print(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
         return 0
     tasks = [Task(_work(p.argv), env, prof.max_restarts, prof.minutes, prof.signal_lead_s) for p in planned]
-    if len(tasks) == 1:
-        jobs = [ex.submit(tasks[0])]
-    else:
-        if prof.executor == "slurm":
-            ex.update_parameters(array_parallelism=len(tasks))
-        with ex.batch():
-            jobs = [ex.submit(t) for t in tasks]
+    submitted = jobs.submit(ex, prof, tasks, array=len(tasks) > 1)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     records = []
-    for p, job in zip(planned, jobs):
-        rec = {"submission": f"{stamp}-{jobs[0].job_id}", "job_id": str(job.job_id), "name": name,
-               "cluster": prof_name, "executor": prof.executor, "argv": p.argv, "out": str(p.out.resolve()),
-               "cell": p.cell, "logs": str(Path(job.paths.stdout).resolve()).replace("%t", "0"),
-               "after": deps, "submitted": stamp}
+    for p, job in zip(planned, submitted):
+        rec = jobs.record(job, submission=f"{stamp}-{submitted[0].job_id}", name=name, cluster=prof_name,
+                          executor=prof.executor, argv=p.argv, out=p.out, cell=p.cell, after=deps, submitted=stamp)
         records.append(rec)
-        for where in {p.out, out}:
-            append_record(where / "launch" / "jobs.jsonl", rec)
-        append_record(index_path(), rec)
+        jobs.write_record(rec, {p.out, out})
     if len(planned) > 1:
         (out / "sweep.json").write_text(json.dumps({"cells": [{"out": str(p.out), **p.cell} for p in planned]},
                                                    indent=1))
@@ -276,17 +210,10 @@ def submit(args: list[str]) -> int:
     if not wait:
         return 0
     failed = 0
-    for job in jobs:
-        try:
-            job.results()
+    for job, error in jobs.wait(submitted):
+        if error is None:
             print(f"{job.job_id}: done")
-        except Exception as e:  # submitit raises the task's error (or UncompletedJobError) here
+        else:
             failed += 1
-            print(f"{job.job_id}: failed: {str(e).strip().splitlines()[-1][:300]}", file=sys.stderr)
+            print(f"{job.job_id}: failed: {error}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def append_record(path: Path, rec: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(rec) + "\n")

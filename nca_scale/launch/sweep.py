@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 from nca_scale import config
 from nca_scale.errors import UserError
+from nca_scale.launch import jobs, sweep_plan, sweep_results, sweep_spec
 from nca_scale.launch import profile as profiles
 from nca_scale.launch import status as job_status
 from nca_scale.launch import submit as submitting
-from nca_scale.launch import sweep_plan, sweep_results, sweep_spec
 from nca_scale.launch.task import Task
 
 if TYPE_CHECKING:
@@ -91,21 +91,21 @@ def _jobs(sweep_dir: Path) -> dict[str, dict]:
     f = sweep_dir / "launch" / "jobs.jsonl"
     if not f.is_file():
         return {}
-    return {r["cell"]["run"]: r for r in job_status.records([str(sweep_dir)]) if "run" in r.get("cell", {})}
+    return {r["cell"]["run"]: r for r in jobs.records([str(sweep_dir)]) if "run" in r.get("cell", {})}
 
 
-def _states(jobs: dict[str, dict]) -> dict[str, str]:
-    slurm = job_status.slurm_states([r["job_id"] for r in jobs.values() if r["executor"] == "slurm"])
+def _states(recorded: dict[str, dict]) -> dict[str, str]:
+    slurm = job_status.slurm_states([r["job_id"] for r in recorded.values() if r["executor"] == "slurm"])
     return {run: (slurm.get(r["job_id"], "UNKNOWN") if r["executor"] == "slurm" else job_status.local_state(r))
-            for run, r in jobs.items()}
+            for run, r in recorded.items()}
 
 
 def todo(runs: list[sweep_plan.Run], sweep_dir: Path) -> tuple[list[sweep_plan.Run], dict[str, str], dict]:
     """(runs to submit, {run: Slurm job it is queued/running as}, finished records)."""
     done = sweep_results.read(sweep_dir)
-    jobs = _jobs(sweep_dir)
-    states = _states({n: r for n, r in jobs.items() if r["executor"] == "slurm"})
-    flying = {n: jobs[n]["job_id"] for n, s in states.items() if s.split()[0] in IN_FLIGHT and n not in done}
+    recorded = _jobs(sweep_dir)
+    states = _states({n: r for n, r in recorded.items() if r["executor"] == "slurm"})
+    flying = {n: recorded[n]["job_id"] for n, s in states.items() if s.split()[0] in IN_FLIGHT and n not in done}
     return [r for r in runs if r.name not in done and r.name not in flying], flying, done
 
 
@@ -124,33 +124,25 @@ def _task(prof: profiles.ClusterProfile, sweep_dir: Path, run: sweep_plan.Run, e
 def _submit(prof, prof_name: str, sweep_dir: Path, name: str, runs: list[sweep_plan.Run], deps: list[str],
             env: dict, stamp: str) -> list:
     logs = Path(prof.logs) / name if prof.logs else sweep_dir / "launch"
-    ex = submitting.make_executor(prof, logs, name, deps)
-    if prof.executor == "slurm":
-        ex.update_parameters(array_parallelism=len(runs))
-    with ex.batch():
-        jobs = [ex.submit(_task(prof, sweep_dir, r, env)) for r in runs]
-    for r, job in zip(runs, jobs):
-        rec = {"submission": stamp, "job_id": str(job.job_id), "name": name, "cluster": prof_name,
-               "executor": prof.executor, "argv": ["sweep", "run", str(sweep_dir), f"run={r.name}"],
-               "out": str(Path(r.out).resolve()), "cell": {"run": r.name, "stage": r.stage},
-               "logs": str(Path(job.paths.stdout).resolve()).replace("%t", "0"), "after": deps, "submitted": stamp}
-        for where in (Path(r.out), sweep_dir):
-            submitting.append_record(where / "launch" / "jobs.jsonl", rec)
-        submitting.append_record(submitting.index_path(), rec)
+    ex = jobs.make_executor(prof, logs, name, deps)
+    submitted = jobs.submit(ex, prof, [_task(prof, sweep_dir, r, env) for r in runs], array=True)
+    for r, job in zip(runs, submitted):
+        rec = jobs.record(job, submission=stamp, name=name, cluster=prof_name, executor=prof.executor,
+                          argv=SweepRunWork(str(sweep_dir), r.name).argv, out=Path(r.out),
+                          cell={"run": r.name, "stage": r.stage}, after=deps, submitted=stamp)
+        jobs.write_record(rec, (Path(r.out), sweep_dir))
         print(f"submitted {job.job_id} ({prof_name}{', after ' + ','.join(deps) if deps else ''}): {r.name}")
-    return jobs
+    return submitted
 
 
-def _wait(jobs: list, runs: list[sweep_plan.Run]) -> list[str]:
+def _wait(submitted: list, runs: list[sweep_plan.Run]) -> list[str]:
     failed = []
-    for job, r in zip(jobs, runs):
-        try:
-            job.results()
+    for (job, error), r in zip(jobs.wait(submitted), runs):
+        if error is None:
             print(f"{job.job_id}: {r.name} done")
-        except Exception as e:  # submitit raises the task's error (or UncompletedJobError) here
+        else:
             failed.append(r.name)
-            print(f"{job.job_id}: {r.name} FAILED: {str(e).strip().splitlines()[-1][:300]}\n  log {job.paths.stdout}",
-                  file=sys.stderr)
+            print(f"{job.job_id}: {r.name} FAILED: {error}\n  log {job.paths.stdout}", file=sys.stderr)
     return failed
 
 
@@ -206,8 +198,8 @@ def launch(args: list[str]) -> int:
         return _launch_local(spec, prof, prof_name, sweep_dir, stage1, stage2, env, stamp)
     ids: dict[str, str] = dict(flying)
     if stage1:
-        jobs = _submit(prof, prof_name, sweep_dir, f"{spec.name}-s1", stage1, [], env, stamp)
-        ids.update({r.name: str(j.job_id) for r, j in zip(stage1, jobs)})
+        s1_jobs = _submit(prof, prof_name, sweep_dir, f"{spec.name}-s1", stage1, [], env, stamp)
+        ids.update({r.name: str(j.job_id) for r, j in zip(stage1, s1_jobs)})
     groups: dict[str | None, list[sweep_plan.Run]] = {}
     for r in stage2:
         groups.setdefault(r.parent if r.parent in ids else None, []).append(r)
@@ -235,8 +227,7 @@ def _launch_local(spec, prof, prof_name, sweep_dir, stage1, stage2, env, stamp) 
             runs = [r for r in runs if r not in blocked]
         for i in range(0, len(runs), spec.parallel):
             chunk = runs[i:i + spec.parallel]
-            jobs = _submit(prof, prof_name, sweep_dir, f"{spec.name}-s{stage}", chunk, [], env, stamp)
-            failed += _wait(jobs, chunk)
+            failed += _wait(_submit(prof, prof_name, sweep_dir, f"{spec.name}-s{stage}", chunk, [], env, stamp), chunk)
     if failed:
         print(f"# {len(failed)} run(s) did not finish: {', '.join(failed)}; `sweep launch` again submits them",
               file=sys.stderr)
@@ -251,8 +242,8 @@ def status_rows(spec: sweep_spec.SweepSpec) -> list[dict]:
     done, notes = sweep_results.read_records(spec.sweep_dir)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    jobs = _jobs(spec.sweep_dir)
-    states = _states(jobs)
+    recorded = _jobs(spec.sweep_dir)
+    states = _states(recorded)
     rows = []
     for r in runs:
         p = job_status.progress(r.out)
@@ -262,8 +253,8 @@ def status_rows(spec: sweep_spec.SweepSpec) -> list[dict]:
             state = "INCOMPLETE"
         rows.append({"run": r.name, "stage": r.stage, "state": state, "step": p["step"], "steps": r.steps,
                      "loss": p["loss"], "eval_loss": evals[-1]["eval_loss"] if evals else None,
-                     "restarts": p["restarts"], "job_id": jobs[r.name]["job_id"] if r.name in jobs else None,
-                     "log": jobs[r.name]["logs"] if r.name in jobs else None})
+                     "restarts": p["restarts"], "job_id": recorded[r.name]["job_id"] if r.name in recorded else None,
+                     "log": recorded[r.name]["logs"] if r.name in recorded else None})
     return rows
 
 
