@@ -1,7 +1,8 @@
-"""`nca-scale submit [COMMAND] CONFIG [cluster=PROFILE] [submit keys] [key=value ...]`.
+"""`nca-scale submit` as a library call: `submit(command, options)` runs any nca-scale command as submitit jobs.
 
-Any nca-scale command (train, generate, eval, ...) runs as a submitit job. COMMAND defaults to `train` for a
-training config and `generate` for an NCA config. Submit's own keys:
+The cli layer (nca_scale/cli/submit.py) parses `[COMMAND] CONFIG [cluster=PROFILE] [submit keys] [key=value ...]`
+into a `Command` (what runs; it resolves COMMAND and passes its own entry point for commands other than train)
+and `SubmitOptions`, and prints what this returns. Submit's own keys:
 
   cluster=NAME|PATH   profile (configs/cluster/, launchers/); none = this machine, submitit's local executor
   cluster.KEY=VALUE   override one profile key (partition, nodes, time, ...)
@@ -14,17 +15,18 @@ training config and `generate` for an NCA config. Submit's own keys:
 
 Everything is checked before anything is queued: the command's config, the profile against the live cluster
 (sinfo and `sbatch --test-only`). Each submission is recorded in RUN/launch/jobs.jsonl (what `nca-scale
-status` reads) and in the index $NCA_SCALE_HOME/jobs.jsonl (default ~/.nca_scale).
+status` reads) and in the index $NCA_SCALE_HOME/jobs.jsonl (default ~/.nca_scale): nca_scale.launch.jobs.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shlex
 import shutil
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from nca_scale.launch import jobs, safety
 from nca_scale.launch import profile as profiles
 from nca_scale.launch.task import CommandWork, Task, TrainWork
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SubmitOptions:
@@ -42,28 +46,27 @@ class SubmitOptions:
     after: list[str] = field(default_factory=list)
     wait: bool | None = None
     dry_run: bool = False
+    cluster_keys: list[tuple[str, str]] = field(default_factory=list)  # cluster.KEY=VALUE, as (KEY, VALUE)
 
 
-def _command(positional: list[str]) -> tuple[list[str], str]:
-    """(command words, config path) from `[COMMAND] CONFIG`."""
-    from nca_scale.cli import COMMANDS
+@dataclass(frozen=True)
+class Command:
+    """What a submission runs: `nca-scale WORDS CONFIG key=value ...` (sweep.KEY= overrides make cells)."""
 
-    for n in (2, 1):
-        words = tuple(positional[:n])
-        if len(positional) > n - 1 and words in COMMANDS and words not in (("submit",), ("status",)):
-            rest = positional[n:]
-            if len(rest) != 1:
-                raise UserError(f"usage: nca-scale submit [COMMAND] CONFIG [key=value ...]; got {positional}")
-            return list(words), rest[0]
-    if len(positional) != 1:
-        raise UserError("usage: nca-scale submit [COMMAND] CONFIG.yaml [cluster=PROFILE] [key=value ...]")
-    path = positional[0]
-    keys = set(config.read_yaml(path))
-    if keys & {"optim", "backend", "steps", "batch_size", "schedule"}:
-        return ["train"], path
-    if keys & {"grid", "states", "bank", "rollout", "seq_len"} or "configs/nca" in path:
-        return ["generate"], path
-    raise UserError(f"cannot tell which command runs {path}; name it: nca-scale submit train|generate|... {path}")
+    words: list[str]  # ["train"], ["generate"], ["eval", "report"], ...
+    config: str
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    main: Callable[[list[str]], int] | None = None  # runs a command line in the job (every command but train)
+
+
+@dataclass
+class Submission:
+    """What `submit` did: the batch script text of a dry run, or the jobs it queued and their records."""
+
+    dry_run: str | None = None
+    jobs: list = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    wait: bool = False  # whether the caller should wait for the jobs (wait=, or the local executor's default)
 
 
 def _sweep_cells(sweep: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
@@ -134,12 +137,10 @@ def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: pr
     return planned, Path(out)
 
 
-def _work(argv: list[str]):
-    if argv[0] == "train":
+def _work(command: Command, argv: list[str]):
+    if command.words == ["train"]:
         return TrainWork(tuple(argv[1:]))
-    from nca_scale import cli
-
-    return CommandWork(cli.main, argv)
+    return CommandWork(command.main, argv)
 
 
 def layout(prof: profiles.ClusterProfile, cfg) -> str:
@@ -153,19 +154,27 @@ def layout(prof: profiles.ClusterProfile, cfg) -> str:
             f"micro-batch {cfg.micro} x {cfg.grad_accum} accumulation x dp {cfg.data_parallel}")
 
 
-def submit(args: list[str]) -> int:
-    positional, overrides = config.split_overrides(args)
-    own = {"cluster", "name", "after", "wait", "dry_run"}
-    after = [a for k, v in overrides if k == "after" for a in v.split(",") if a.strip()]
-    opt = config.load(SubmitOptions, None, [(k, v) for k, v in overrides if k in own and k != "after"])
-    opt = replace(opt, after=after)
-    prof_over = [(k[len("cluster."):], v) for k, v in overrides if k.startswith("cluster.")]
-    rest = [(k, v) for k, v in overrides if k not in own and not k.startswith("cluster.")]
-    prof, prof_name = profiles.load(opt.cluster, prof_over)
+def _dry_run(prof, prof_name: str, planned: list[Planned], logs: Path, ex, offline: bool) -> str:
+    lines = [f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}; nothing queued"]
+    if offline:
+        lines.append("# no Slurm client here (sinfo): the profile was not checked against a live cluster")
+    for p in planned:
+        lines.append("#  nca-scale " + " ".join(shlex.quote(a) for a in p.argv))
+        if p.cfg is not None:
+            lines.append("#  " + layout(prof, p.cfg))
+    if prof.executor == "slurm":
+        lines.append(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
+    return "\n".join(lines)
+
+
+def submit(command: Command, opt: SubmitOptions) -> Submission:
+    """Check everything, then queue `command` (one job, or an array of sweep cells) and record it."""
+    prof, prof_name = profiles.load(opt.cluster, opt.cluster_keys)
     safety.check_profile(prof)  # before sbatch --test-only sees it
-    words, path = _command(positional)
+    words, path, rest = command.words, command.config, command.overrides
     if words != ["train"] and prof.world > 1:  # only training is multi-process; other commands run once
-        print(f"note: `{' '.join(words)}` runs as a single task (the profile's {prof.world} tasks are for training)")
+        log.info("note: `%s` runs as a single task (the profile's %d tasks are for training)", " ".join(words),
+                 prof.world)
         prof = replace(prof, nodes=1, tasks_per_node=1, gpus_per_node=min(prof.gpus_per_node, 1))
     if opt.after and prof.executor == "local":
         raise UserError("after= needs a Slurm profile (the local executor has no dependencies); run the stages in order")
@@ -180,19 +189,10 @@ def submit(args: list[str]) -> int:
     logs = Path(prof.logs) / name if prof.logs else out / "launch"
     safety.check_submission(name, path, rest, str(logs))  # before the batch script and the pickled job
     ex = jobs.make_executor(prof, logs, name, deps, script_only=offline)
-    env = dict(prof.env)
     if opt.dry_run:
-        print(f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}; nothing queued")
-        if offline:
-            print("# no Slurm client here (sinfo): the profile was not checked against a live cluster")
-        for p in planned:
-            print("#  nca-scale " + " ".join(shlex.quote(a) for a in p.argv))
-            if p.cfg is not None:
-                print("#  " + layout(prof, p.cfg))
-        if prof.executor == "slurm":
-            print(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
-        return 0
-    tasks = [Task(_work(p.argv), env, prof.max_restarts, prof.minutes, prof.signal_lead_s) for p in planned]
+        return Submission(dry_run=_dry_run(prof, prof_name, planned, logs, ex, offline))
+    tasks = [Task(_work(command, p.argv), dict(prof.env), prof.max_restarts, prof.minutes, prof.signal_lead_s)
+             for p in planned]
     submitted = jobs.submit(ex, prof, tasks, array=len(tasks) > 1)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     records = []
@@ -204,16 +204,5 @@ def submit(args: list[str]) -> int:
     if len(planned) > 1:
         (out / "sweep.json").write_text(json.dumps({"cells": [{"out": str(p.out), **p.cell} for p in planned]},
                                                    indent=1))
-    for rec in records:
-        print(f"submitted {rec['job_id']} ({prof_name}): {' '.join(rec['argv'])}\n  log {rec['logs']}")
     wait = opt.wait if opt.wait is not None else prof.executor == "local"
-    if not wait:
-        return 0
-    failed = 0
-    for job, error in jobs.wait(submitted):
-        if error is None:
-            print(f"{job.job_id}: done")
-        else:
-            failed += 1
-            print(f"{job.job_id}: failed: {error}", file=sys.stderr)
-    return 1 if failed else 0
+    return Submission(jobs=submitted, records=records, wait=wait)
