@@ -14,7 +14,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nca_scale"
 ORDER = ["base", "nca", "data", "model", "train", "launch", "analysis", "cli"]  # docs/architecture.md
 
 KNOWN = {
-    "nca_scale.launch.sweep -> nca_scale.cli",
     "cycle: nca_scale.train.callbacks, nca_scale.train.preemption",
     "cycle: nca_scale.train.checkpoint, nca_scale.train.mirror",
 }

@@ -17,45 +17,10 @@
 
 from __future__ import annotations
 
-import math
-import sys
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 from nca_scale import config as config_io
 from nca_scale.errors import UserError
-
-
-@dataclass(frozen=True)
-class BuildJob:
-    out: str = ""  # corpus URL; default ~/.cache/nca_scale/corpora/NAME
-    downloads: str = ""  # pinned downloads; default ~/.cache/nca_scale/downloads
-    force: bool = False  # rebuild even when a finished build with this fingerprint exists
-    endpoint_url: str = ""  # S3-compatible endpoint; default $AWS_ENDPOINT_URL
-
-
-@dataclass(frozen=True)
-class TokenizeJob:
-    tokenizer: str = ""  # a directory from `nca-scale tokenizer train` (or a .model) (required)
-    out: str = ""  # the shard directory: path, file://, s3:// or memory:// (required)
-    split: str = "train"  # train | val | eval
-    seq_len: int = 1024  # rows hold seq_len + 1 tokens
-    tokens: int | None = None  # stop after ceil(tokens / (seq_len + 1)) rows; None = the whole split
-    sequences_per_shard: int = 8192  # rows per WebDataset shard
-    seed: int = 0  # seed of the row shuffle
-    shuffle_window: int = 100_000  # rows shuffled together before writing
-    threads: int = 0  # encoding threads; 0 = all cores
-    force: bool = False  # rewrite shards that already exist
-    endpoint_url: str = ""  # S3-compatible endpoint; default $AWS_ENDPOINT_URL
-
-    def validate(self) -> None:
-        if not self.tokenizer:
-            raise UserError("tokenizer= is required: a directory from `nca-scale tokenizer train` (or a .model file)")
-        if not self.out:
-            raise UserError("out= is required: the shard directory (path, file://, s3:// or memory://)")
-        if self.split not in ("train", "val", "eval"):
-            raise UserError(f"split={self.split} must be train, val or eval")
-        if self.tokens is not None and self.tokens < 1:
-            raise UserError(f"tokens={self.tokens} must be >= 1")
 
 
 def _split(cls, overrides):
@@ -66,26 +31,15 @@ def _split(cls, overrides):
 
 
 def build(args: list[str]) -> int:
-    from pathlib import Path
-
     from nca_scale.data.text import corpus as corpus_mod
+    from nca_scale.data.text import prepare
 
     positional, overrides = config_io.split_overrides(args)
     if len(positional) != 1:
         raise UserError(f"usage: nca-scale corpus build NAME|CORPUS.yaml [key=value ...]; embedded corpora: "
                         f"{', '.join(corpus_mod.DEFAULTS)}")
-    job, rest = _split(BuildJob, overrides)
-    cfg = corpus_mod.resolve(positional[0])
-    for k, v in rest:
-        cfg = config_io.set_key(cfg, k, v)
-    cfg.validate()
-    manifest, cached = corpus_mod.build_corpus(
-        cfg, job.out or None, downloads=Path(job.downloads).expanduser() if job.downloads else None,
-        force=job.force, endpoint_url=job.endpoint_url or None,
-    )
-    where = job.out or corpus_mod.default_location(cfg.name)
-    counts = ", ".join(f"{s} {v['documents']} docs / {v['bytes'] / 1e6:.2f} MB" for s, v in manifest["splits"].items())
-    print(f"{where}: corpus {cfg.name} ({'cached' if cached else 'built'}): {counts}")
+    job, rest = _split(prepare.BuildJob, overrides)
+    print(prepare.build(positional[0], job, rest))
     return 0
 
 
@@ -102,26 +56,12 @@ def list_(args: list[str]) -> int:
 
 
 def tokenize(args: list[str]) -> int:
-    from nca_scale.data.text.corpus import Corpus
-    from nca_scale.data.text.shards import PackConfig, pack
-    from nca_scale.data.text.tokenizer import Tokenizer
+    from nca_scale.data.text import prepare
 
     positional, overrides = config_io.split_overrides(args)
     if len(positional) != 1:
         raise UserError("usage: nca-scale corpus tokenize CORPUS tokenizer=DIR out=URL [split=train] [seq_len=1024]")
-    job = config_io.load(TokenizeJob, None, overrides)
-    corpus = Corpus.open(positional[0], job.endpoint_url or None)
-    tok = Tokenizer(job.tokenizer)
-    max_seq = None if job.tokens is None else math.ceil(job.tokens / (job.seq_len + 1))
-    cfg = PackConfig(seq_len=job.seq_len, sequences_per_shard=job.sequences_per_shard, seed=job.seed,
-                     shuffle_window=job.shuffle_window, threads=job.threads, max_sequences=max_seq)
-    m, cached = pack(corpus, job.split, tok, job.out, cfg, endpoint_url=job.endpoint_url or None, force=job.force)
-    short = "" if max_seq is None or m["sequences"] >= max_seq else (
-        f"; WARNING: asked for tokens={job.tokens}, the split holds only {m['tokens']}")
-    print(f"{job.out}: {corpus.name}/{job.split} ({'cached' if cached else 'written'}): {m['documents']} documents, "
-          f"{m['document_tokens']} tokens -> {m['sequences']} rows of {m['sequence_tokens']} = {m['tokens']} tokens in "
-          f"{len(m['shards'])} shards ({m['tokens_dropped']} dropped; {m['bytes_per_token']} bytes/token){short}",
-          file=sys.stdout)
+    print(prepare.tokenize(positional[0], config_io.load(prepare.TokenizeJob, None, overrides)))
     return 0
 
 

@@ -1,7 +1,7 @@
 """`nca-scale sweep plan|launch|status SPEC`: run a study (a sweep spec, configs/sweeps/) through submitit.
 
-launch = plan (SWEEP_DIR/plan.json) -> text data for the stage-2 domains and text arms (corpus build, tokenizer,
-tokenize; each step cached) -> submit what is neither finished (a record in SWEEP_DIR/results.jsonl) nor queued
+launch = plan (SWEEP_DIR/plan.json) -> text data for the stage-2 domains and text arms (launch/sweep_data.py:
+corpus build, tokenizer, tokenize; each step cached) -> submit what is neither finished (a record in SWEEP_DIR/results.jsonl) nor queued
 or running on Slurm. Stage-1 runs go out as one job array; on Slurm each stage-1 run's stage-2 runs are an array
 that depends on it (afterok), on this machine they start when stage 1 is done. Every job runs
 `nca-scale sweep run SWEEP_DIR run=NAME`: the training, then the run's record appended to results.jsonl.
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from nca_scale import config
 from nca_scale.errors import UserError
-from nca_scale.launch import jobs, sweep_plan, sweep_results, sweep_spec
+from nca_scale.launch import jobs, sweep_data, sweep_plan, sweep_results, sweep_spec
 from nca_scale.launch import profile as profiles
 from nca_scale.launch import status as job_status
 from nca_scale.launch import submit as submitting
@@ -58,31 +58,6 @@ def plan_command(args: list[str]) -> int:
         print(sweep_plan.table(spec, runs))
         print(f"# written {where}")
     return 0
-
-
-# ---- data preparation ---------------------------------------------------------------------------------
-def _cli(argv: list[str]) -> None:
-    from nca_scale import cli
-
-    rc = cli.main(argv)
-    if rc:
-        raise UserError(f"data preparation failed: `nca-scale {' '.join(argv)}` exited with {rc} (see above)")
-
-
-def prepare_data(spec: sweep_spec.SweepSpec, planner: sweep_plan.Planner) -> None:
-    """Corpus, tokenizer and train/val text shards for every text corpus the sweep trains on; each step is
-    skipped when its output is already there (corpus builds and packs are cached by fingerprint)."""
-    corpora = [d.corpus_source for d in spec.domains] + [a.corpus for a in spec.arms if a.arm == "text"]
-    for corpus in dict.fromkeys(corpora):
-        name, paths = sweep_spec.corpus_name(corpus), planner.text_paths(corpus)
-        _cli(["corpus", "build", corpus])
-        if not (Path(paths["tokenizer"]) / "tokenizer.json").is_file():
-            _cli(["tokenizer", "train", name, f"out={paths['tokenizer']}", spec.data.tokenizer])
-        for split in ("train", "val"):
-            limit = spec.data.val_tokens if split == "val" else spec.data.train_tokens
-            cap = [f"tokens={limit}"] if limit else []
-            _cli(["corpus", "tokenize", name, f"tokenizer={paths['tokenizer']}", f"out={paths[split]}",
-                  f"split={split}", f"seq_len={spec.seq_len}", *cap])
 
 
 # ---- what to submit -----------------------------------------------------------------------------------
@@ -182,7 +157,7 @@ def launch(args: list[str]) -> int:
         for r in pending:
             print(f"#  {r.name}: nca-scale train {' '.join(r.train_args)}")
         return 0
-    prepare_data(spec, planner)
+    sweep_data.prepare_data(spec, planner)
     _validate(pending)
     for r in pending:  # what the job runs, fixed at launch (a later `sweep plan` rewrites plan.json)
         Path(r.out).mkdir(parents=True, exist_ok=True)

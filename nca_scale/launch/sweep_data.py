@@ -1,0 +1,34 @@
+"""A sweep's text data: for every corpus it trains on (stage-2 domains, text arms), the corpus, its tokenizer and
+its train/val token shards, through the library calls of nca_scale.data.text. Each step is skipped when its
+output is already there (corpus builds and packs are cached by fingerprint)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nca_scale import config
+from nca_scale.launch import sweep_spec
+from nca_scale.launch.sweep_plan import Planner
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(spec: sweep_spec.SweepSpec, planner: Planner) -> None:
+    from nca_scale.data.text import prepare
+    from nca_scale.data.text.corpus import Corpus
+    from nca_scale.data.text.tokenizer import TokenizerConfig, train_tokenizer
+
+    corpora = [d.corpus_source for d in spec.domains] + [a.corpus for a in spec.arms if a.arm == "text"]
+    for corpus in dict.fromkeys(corpora):
+        name, paths = sweep_spec.corpus_name(corpus), planner.text_paths(corpus)
+        log.info(prepare.build(corpus, prepare.BuildJob()))
+        if not (Path(paths["tokenizer"]) / "tokenizer.json").is_file():
+            cfg = config.load(TokenizerConfig, spec.data.tokenizer, [])
+            train_tokenizer([Corpus.open(name)], cfg, paths["tokenizer"])
+        for split in ("train", "val"):
+            limit = spec.data.val_tokens if split == "val" else spec.data.train_tokens
+            job = config.load(prepare.TokenizeJob, None, [
+                ("tokenizer", paths["tokenizer"]), ("out", paths[split]), ("split", split),
+                ("seq_len", str(spec.seq_len)), *([("tokens", str(limit))] if limit else [])])
+            log.info(prepare.tokenize(name, job))
