@@ -1,17 +1,17 @@
 """nca-scale export CKPT out=DIR [tokenizer=PATH.model] [dtype=fp32|bf16|fp16] [max_positions=N]
 nca-scale import HF_DIR out=DIR
 
-export: a checkpoint of any backend and parallel layout (torch state.pt, DeepSpeed ZeRO 0-3, megatron
-torch_dist at any TP/PP), or a run directory (its latest complete checkpoint), as a Hugging Face
+export: a checkpoint of any backend and parallel layout (torch dcp/ or state.pt, DeepSpeed ZeRO 0-3,
+megatron torch_dist at any TP/PP), or a run directory (its latest complete checkpoint), as a Hugging Face
 LlamaForCausalLM directory: model.safetensors, config.json, generation_config.json and, with a sentencepiece
 model (tokenizer=, or the one the checkpoint records), tokenizer.model + tokenizer.json + tokenizer_config.json.
 Load it with transformers.AutoModelForCausalLM.from_pretrained(DIR). Refuses what Llama cannot express
 (an LM-head bias, other biases, unknown model options), and an out= that is a file, a run or checkpoint
 folder or any non-empty folder; the directory appears whole when every file is written.
 
-import: a LlamaForCausalLM directory (safetensors) as an nca_scale torch checkpoint directory (state.pt +
-meta.json, step 0, tokenizer.model copied when present), usable by `nca-scale eval`, `export` and
-`train ... init_from=DIR`.
+import: a LlamaForCausalLM directory (safetensors) as an nca_scale torch checkpoint directory (state.pt with
+the model tensors, the format before DCP that every reader still reads, + meta.json, step 0, tokenizer.model
+copied when present), usable by `nca-scale eval`, `export` and `train ... init_from=DIR`.
 """
 
 from __future__ import annotations

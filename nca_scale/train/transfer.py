@@ -9,6 +9,7 @@ every other tensor is copied from the source. Optimizer state and step are not t
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from nca_scale.train import checkpoint
 from nca_scale.train.config import TrainConfig
 
 Weights = Callable[[str], torch.Tensor]
+DCP, LEGACY = "dcp", "state.pt"  # a torch-backend checkpoint's torch.distributed.checkpoint dir; before it, rank 0's file
 EMBEDDINGS = ("tok_emb.weight", "head.weight")
 MODULES = {"attn": ("attn.",), "mlp": ("mlp.",), "norm": ("attn_norm.", "mlp_norm.")}
 
@@ -88,12 +90,15 @@ def frozen_names(cfg: TrainConfig) -> set[str]:
 
 
 def read_logical(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a checkpoint under logical names, whichever backend wrote it."""
+    """Full fp32 weights of a checkpoint under logical names, whichever backend wrote it; no optimizer state is
+    read where the format allows (torch DCP, megatron torch_dist: only the model's items are read)."""
     meta = checkpoint.read_meta(path)
     backend = meta["backend"]
     with checkpoint.weights_only_loads(backend):  # zero_to_fp32 below passes weights_only=False itself
+        if backend == "torch" and (path / LEGACY).is_file():
+            return torch.load(path / LEGACY, map_location="cpu", weights_only=True)["model"]
         if backend == "torch":
-            return torch.load(path / "state.pt", map_location="cpu", weights_only=True)["model"]
+            return read_dcp(path / DCP, "model.")
         if backend == "deepspeed" and meta["layout"]["zero"] == 0:  # not a ZeRO checkpoint: one full copy
             module = torch.load(path / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
             return {k: v.float() for k, v in module.items()}
@@ -101,23 +106,33 @@ def read_logical(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds").items()}
-        return _from_megatron(_read_dcp_model(path / "dist"), model)
+        model_keys = [k for k in dcp_keys(path / "dist") if not k.startswith("optimizer")]
+        return _from_megatron(read_dcp(path / "dist", "", model_keys), model)
 
 
-def _read_dcp_model(path: Path) -> dict[str, torch.Tensor]:
-    """The model tensors of a torch_dist checkpoint, gathered to full size, without a process group."""
+def dcp_keys(path: Path) -> list[str]:
+    """The flattened keys of a torch.distributed.checkpoint directory (model.*, optimizer.*, ...)."""
+    import torch.distributed.checkpoint as dcp
+
+    return list(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+
+
+def read_dcp(path: Path, prefix: str, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors `keys` (default: all under `prefix`) of a DCP directory, full size, without a process group,
+    under their names less `prefix`. DCP reads each requested item's bytes only, so the others (an optimizer's
+    moments) are never read."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     reader = dcp.FileSystemReader(str(path))
     meta = reader.read_metadata().state_dict_metadata
-    wanted = {
-        k: torch.empty(m.size, dtype=m.properties.dtype)
-        for k, m in meta.items()
-        if isinstance(m, TensorStorageMetadata) and not k.startswith("optimizer")
-    }
-    dcp.load(wanted, storage_reader=reader, no_dist=True)
-    return wanted
+    keys = [k for k in meta if k.startswith(prefix)] if keys is None else keys
+    wanted = {k: torch.empty(meta[k].size, dtype=meta[k].properties.dtype)
+              for k in keys if isinstance(meta[k], TensorStorageMetadata)}
+    with warnings.catch_warnings():  # DCP warns that it assumes one process, even when told so
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(wanted, storage_reader=reader, no_dist=True)
+    return {k[len(prefix):]: v for k, v in wanted.items()}
 
 
 def _from_megatron(sd: dict[str, torch.Tensor], model: ModelConfig) -> dict[str, torch.Tensor]:

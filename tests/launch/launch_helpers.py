@@ -106,7 +106,9 @@ def final_weights(backend: str, ckpt: Path, tmp: Path) -> dict:
 
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="ds")
     if backend == "torch":
-        return torch.load(ckpt / "state.pt", weights_only=True)["model"]
+        from nca_scale.train.transfer import DCP, read_dcp
+
+        return read_dcp(ckpt / DCP, "model.")
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     tmp.mkdir(parents=True, exist_ok=True)

@@ -179,9 +179,9 @@ def test_resume_skips_a_corrupt_checkpoint_and_a_mirror_restores_lost_ones(tmp_p
     mirrored = tmp_path / "mirror"
     assert (mirrored / "latest").read_text().strip() == "step_00000004"
     assert json.loads((mirrored / "step_00000004" / "meta.json").read_text())["step"] == 4
-    _flip_byte(checkpoint.step_dir(out, 4) / "state.pt")
+    _flip_byte(checkpoint.step_dir(out, 4) / "dcp/__0_0.distcp")
     proc = train(out, *RUN, "steps=6", "resume=auto")  # no mirror: falls back to step 2 and redoes 3-4
-    assert "step_00000004 is unusable (state.pt does not match its sha256" in proc.stdout
+    assert "step_00000004 is unusable (dcp/__0_0.distcp does not match its sha256" in proc.stdout
     assert "resumed from" in proc.stdout and "step_00000002 at step 2" in proc.stdout
     elsewhere = tmp_path / "elsewhere"  # a new machine: no local checkpoints, only the mirror
     proc = train(elsewhere, *RUN, "steps=6", "resume=auto", f"checkpoint_url={url}")

@@ -43,7 +43,7 @@ def test_train_from_s3_shards_and_resume_from_an_s3_checkpoint_mirror(reference,
     assert store.read("latest") == f"{STEP2}\n".encode()
     local = checkpoint.step_dir(first, 2)
     meta = json.loads(store.sub(STEP2).read("meta.json"))
-    assert meta == checkpoint.read_meta(local) and set(meta["files"]) == {"state.pt"}
+    assert meta == checkpoint.read_meta(local) and set(meta["files"]) == {"dcp/.metadata", "dcp/__0_0.distcp"}
     for name, entry in meta["files"].items():
         data = store.sub(STEP2).read(name)
         assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
@@ -57,15 +57,16 @@ def test_train_from_s3_shards_and_resume_from_an_s3_checkpoint_mirror(reference,
     assert store.names() == {"latest", STEP4} and store.read("latest") == f"{STEP4}\n".encode()  # keep_last=1
 
     # a flipped byte in the mirrored copy: reported, nothing fetched, no staging directory left behind
-    state = store.sub(STEP4).read("state.pt")
-    store.sub(STEP4).put_atomic("state.pt", state[:100] + bytes([state[100] ^ 0xFF]) + state[101:])
+    weights = "dcp/__0_0.distcp"
+    state = store.sub(STEP4).read(weights)
+    store.sub(STEP4).put_atomic(weights, state[:100] + bytes([state[100] ^ 0xFF]) + state[101:])
     third, lines = tmp_path / "third", []
     assert mirror.fetch_latest(url, third, lines.append) is None
-    assert lines == [f"{url}/{STEP4} is unusable (state.pt does not match its sha256 in meta.json); not fetched"]
+    assert lines == [f"{url}/{STEP4} is unusable ({weights} does not match its sha256 in meta.json); not fetched"]
     assert list(checkpoint.root(third).iterdir()) == []
 
     # an upload interrupted before its manifest: never fetched, and the next publish removes it
-    store.sub(STEP4).put_atomic("state.pt", state)
+    store.sub(STEP4).put_atomic(weights, state)
     store.sub("step_00000006").put_atomic("state.pt", b"partial")
     assert mirror.fetch_latest(url, third, lines.append) == checkpoint.step_dir(third, 4)
     assert checkpoint.verify(checkpoint.step_dir(third, 4)) is None

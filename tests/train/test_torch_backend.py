@@ -1,5 +1,6 @@
 """The torch backend: metrics, DDP equivalence (losses, grad norms, weights, moments; fp32 with Adam and with
-plain SGD), exact resume in fp32 and bf16, resume on a different DP size, the precision default."""
+plain SGD), exact resume in fp32 and bf16, resume on a different DP size (DCP checkpoints saved at dp=2 and at
+dp=1), the precision default."""
 
 import json
 
@@ -11,15 +12,19 @@ from train_helpers import (
     SGD,
     assert_close,
     assert_same_training,
+    final_checkpoint,
+    grad_norms,
     losses,
     metrics,
     run_state,
     state,
     train,
+    update_error,
 )
 
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import from_args
+from nca_scale.train.transfer import DCP
 
 
 def test_metrics_lines(reference):
@@ -46,10 +51,43 @@ def test_eval_lines(reference):
     assert all(abs(m["eval_ppl"] - torch.tensor(m["eval_loss"]).exp().item()) < 1e-3 * m["eval_ppl"] for m in evals)
 
 
-def test_ddp_two_processes_match_one(reference, tmp_path):
-    out = tmp_path / "dp2"
-    train(out, "steps=10", "nproc=2")
-    assert_same_training(out, reference, FP32)
+@pytest.fixture(scope="module")
+def ddp2(tmp_path_factory):
+    """DDP over 2 ranks, 10 steps, checkpointed at step 5 and 10."""
+    out = tmp_path_factory.mktemp("ddp2") / "run"
+    train(out, "steps=10", "nproc=2", "checkpoint_every=5")
+    return out
+
+
+def test_ddp_two_processes_match_one(ddp2, reference):
+    assert_same_training(ddp2, reference, FP32)
+
+
+def test_a_dp2_checkpoint_continues_exactly_at_dp2_and_closely_at_dp1(ddp2, reference, tmp_path):
+    """The DCP checkpoint saved at dp=2: both ranks wrote a share of one copy of the state (DCP dedups what DDP
+    replicates). Resumed at dp=2 it repeats the uninterrupted run bit for bit (losses, grad norms, weights, Adam
+    moments); resumed at dp=1 (read by one rank) it continues like the uninterrupted single-process run within
+    the FP32 layout tolerances (the global batches are the same; only the order of floating-point sums differs)."""
+    ckpt = ddp2 / "checkpoints/step_00000005"
+    shares = {p.name: p.stat().st_size for p in (ckpt / DCP).iterdir() if p.suffix == ".distcp"}
+    weights, moments = run_state(ckpt)
+    one_copy = 4 * sum(t.numel() for t in [*weights.values(), *moments["exp_avg"].values(), *moments["exp_avg_sq"].values()])
+    assert shares.keys() == {"__0_0.distcp", "__1_0.distcp"} and min(shares.values()) > one_copy / 4, shares
+    assert sum(shares.values()) < 1.1 * one_copy, (shares, one_copy)
+
+    same = tmp_path / "dp2"
+    train(same, "steps=10", "nproc=2", f"resume={ckpt}")
+    assert losses(same) == losses(ddp2)[5:] and grad_norms(same) == grad_norms(ddp2)[5:]
+    (w, m), (ref_w, ref_m) = (run_state(r / "checkpoints/step_00000010") for r in (same, ddp2))
+    assert all(torch.equal(w[k], ref_w[k]) for k in ref_w)
+    assert all(torch.equal(m[k][n], ref_m[k][n]) for k in ref_m for n in ref_m[k])
+
+    one = tmp_path / "dp1"
+    train(one, "steps=10", f"resume={ckpt}")
+    assert_close(grad_norms(one), grad_norms(reference)[5:], FP32["grad_norm"])
+    assert_close(losses(one), losses(reference)[5:], FP32["loss"])
+    err = update_error(run_state(final_checkpoint(one))[0], run_state(final_checkpoint(reference))[0], weights)
+    assert err[0] <= FP32["weights"], err
 
 
 def test_ddp_matches_one_process_with_plain_sgd(reference_sgd, tmp_path):

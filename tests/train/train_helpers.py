@@ -42,7 +42,10 @@ def assert_close(a: list[float], b: list[float], rel: float = 1e-4) -> None:
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path / "state.pt", weights_only=True)["model"]
+    """The model tensors of a torch-backend checkpoint (DCP `dcp/`, or an earlier version's `state.pt`)."""
+    from nca_scale.train.transfer import read_logical
+
+    return read_logical(path, model_config(path))
 
 
 def grad_norms(out: Path) -> list[float]:
@@ -62,24 +65,21 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def torch_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-    """(weights, {moment: tensors}) of a torch-backend checkpoint under logical names; the optimizer's i-th
-    state is the model's i-th parameter (every parameter trainable: the torch backend's parameter order). A
-    tied head (the embedding's storage under a second name) is one parameter, the embedding."""
-    saved = torch.load(ckpt / "state.pt", weights_only=True)
-    seen: set[int] = set()
-    weights = {}
-    for name, t in saved["model"].items():
-        if t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            weights[name] = t
-    states = saved["optimizer"]["state"]
+    """(weights, {moment: tensors}) of a torch-backend checkpoint (DCP: optimizer state keyed by parameter
+    name) under logical names. A tied head (the embedding's parameter under a second name) has no optimizer
+    state of its own and is left out, as in the other backends' states."""
+    from nca_scale.train.transfer import DCP, read_dcp
+
+    weights, optim = read_dcp(ckpt / DCP, "model."), read_dcp(ckpt / DCP, "optimizer.state.")
+    if model_config(ckpt).tie_embeddings:
+        del weights["head.weight"]
     moments: dict[str, dict[str, torch.Tensor]] = {k: {} for k in MOMENTS}
-    if states:
-        assert len(states) == len(weights), "a frozen parameter would shift the optimizer's indices"
-        for i, name in enumerate(weights):
-            for k in MOMENTS:
-                assert states[i][k].shape == weights[name].shape, (name, k)
-                moments[k][name] = states[i][k]
+    for key, t in optim.items():
+        name, _, k = key.rpartition(".")
+        if k in MOMENTS:
+            assert t.shape == weights[name].shape, (name, k)
+            moments[k][name] = t
+    assert all(m.keys() in (set(), weights.keys()) for m in moments.values()), "moments missing for some weights"
     return weights, moments
 
 

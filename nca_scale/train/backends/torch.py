@@ -1,6 +1,9 @@
 """Plain PyTorch backend: the native Llama, DistributedDataParallel when there are several ranks.
 
-The reference the parallel backends are checked against, and the fastest to start on a laptop.
+The reference the parallel backends are checked against, and the fastest to start on a laptop. Checkpoints are
+torch.distributed.checkpoint (DCP) directories, `dcp/`: model and FQN-keyed optimizer state
+(torch.distributed.checkpoint.state_dict), each replicated tensor written once, by one of the DP ranks, which
+share the writing; any DP size loads them. Checkpoints of earlier versions (rank 0's `state.pt`) still load.
 """
 
 from __future__ import annotations
@@ -10,6 +13,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nca_scale.model.llama import Llama, masked_loss
@@ -18,7 +28,7 @@ from nca_scale.train.backends.base import freeze, torch_optimizer
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
-from nca_scale.train.transfer import Weights
+from nca_scale.train.transfer import DCP, LEGACY, Weights, dcp_keys
 
 
 class TorchEngine:
@@ -70,11 +80,31 @@ class TorchEngine:
         return tdist.mean_over(sum(losses) / len(losses))
 
     def save(self, path: Path) -> None:
-        if dist.get_rank() == 0:  # replicated state: one copy
-            torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, path / "state.pt")
+        if self.optimizer.state:
+            model, optimizer = get_state_dict(self.model, self.optimizer)
+            state = {"model": model, "optimizer": optimizer}
+        else:  # a step-0 save: get_state_dict would make Adam's state by a zero step (step=1) that resumes count
+            state = {"model": get_model_state_dict(self.model)}
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(path / DCP))  # returns once .metadata is written
 
     def load(self, path: Path, optimizer: bool = True) -> None:
-        state = torch.load(path / "state.pt", map_location=self.device, weights_only=True)
+        if (path / LEGACY).is_file():
+            return self._load_legacy(path, optimizer)
+        saved_optimizer = any(k.startswith("optimizer.") for k in dcp_keys(path / DCP))
+        if not (optimizer and saved_optimizer):
+            model = get_model_state_dict(self.model)
+            dcp.load({"model": model}, storage_reader=dcp.FileSystemReader(path / DCP))
+            set_model_state_dict(self.model, model)
+            if optimizer:  # saved before any optimizer state existed: start without state, as then
+                self.optimizer.state.clear()
+            return
+        model, optim = get_state_dict(self.model, self.optimizer)  # the templates DCP loads into, in place
+        state = {"model": model, "optimizer": optim}
+        dcp.load(state, storage_reader=dcp.FileSystemReader(path / DCP))
+        set_state_dict(self.model, self.optimizer, model_state_dict=model, optim_state_dict=optim)
+
+    def _load_legacy(self, path: Path, optimizer: bool) -> None:
+        state = torch.load(path / LEGACY, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         if optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
