@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,11 +90,11 @@ def _validate(runs: list[sweep_plan.Run]) -> None:
             submitting.validate_train(r.train_args, after=r.parent is not None)
         except UserError as e:
             raise UserError(f"run {r.name}: {e}") from None
-        shards = [a.partition("=")[2] for a in r.train_args if a.startswith("data.shards=")]
-        if shards and "data.source=text_shards" in r.train_args:
-            need, have = r.steps * r.hyper["batch_size"], text_manifest(shards[-1])["sequences"]
+        data = r.cfg.data
+        if data.source == "text_shards" and data.shards:
+            need, have = r.steps * r.cfg.batch_size, text_manifest(data.shards)["sequences"]
             if need > have:
-                raise UserError(f"run {r.name} trains on {need} sequences, {shards[-1]} holds {have}: lower its "
+                raise UserError(f"run {r.name} trains on {need} sequences, {data.shards} holds {have}: lower its "
                                 "tokens, or raise data.train_tokens (or use a bigger corpus)")
 
 
@@ -119,7 +119,7 @@ def launch(spec: sweep_spec.SweepSpec, spec_path: str, opts: LaunchOptions) -> i
     _validate(pending)
     for r in pending:  # what the job runs, fixed at launch (a later `sweep plan` rewrites plan.json)
         Path(r.out).mkdir(parents=True, exist_ok=True)
-        (Path(r.out) / RUN_FILE).write_text(json.dumps({"sweep": spec.name, **asdict(r)}, indent=1))
+        (Path(r.out) / RUN_FILE).write_text(json.dumps({"sweep": spec.name, **r.to_json()}, indent=1))
     env = dict(prof.env)
     if prof.executor == "local":
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.parallel)))

@@ -11,7 +11,7 @@ import functools
 import itertools
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from nca_scale import config
@@ -49,6 +49,11 @@ class Run:
     stage1_flops: float | None
     gpu_hours: float
     hyper: dict = field(default_factory=dict)  # lr, beta2, batch_size, micro_batch, warmup
+    cfg: TrainConfig | None = field(default=None, repr=False, compare=False)  # train_args resolved (not validated)
+
+    def to_json(self) -> dict:
+        """The run's plan.json entry: every field but cfg (train_args say the same, as the job will read them)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cfg"}
 
 
 def _value(v) -> str:
@@ -146,6 +151,7 @@ class Planner:
         over += [("out", out), ("resume", "auto")]  # a restarted or relaunched run continues from its checkpoint
         if parent is not None:
             over.append(("init_from", f"{parent.out}/checkpoints/step_{parent.steps:08d}"))
+        cfg = _partial_config(spec.train, over)  # the run's whole config, memoised on the shared prefix
         trained = steps * cfg.batch_size * spec.seq_len
         flops = float(flops_per_token(model, spec.seq_len)["train"] * trained)
         est = spec.estimate
@@ -156,7 +162,7 @@ class Planner:
             flops_6nd=6.0 * counts["non_embedding"] * trained, flops=flops, stage1_flops=stage1_flops,
             gpu_hours=flops / (est.mfu * est.peak_flops) / 3600,
             hyper={"lr": cfg.optim.lr, "beta2": cfg.optim.beta2, "batch_size": cfg.batch_size,
-                   "micro_batch": cfg.micro_batch, "warmup": cfg.schedule.warmup},
+                   "micro_batch": cfg.micro_batch, "warmup": cfg.schedule.warmup}, cfg=cfg,
         )
         self.runs[name] = run
         return run
@@ -233,7 +239,7 @@ def write(spec: SweepSpec, spec_path: str, runs: list[Run]) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "spec.yaml").write_text(f"# resolved from {spec_path}\n" + config.yaml.safe_dump(asdict(spec), sort_keys=False))
     doc = {"sweep": spec.name, "spec": spec_path, "out": str(d), "estimate": asdict(spec.estimate),
-           "recipe": asdict(spec.recipe), "runs": [asdict(r) for r in runs]}
+           "recipe": asdict(spec.recipe), "runs": [r.to_json() for r in runs]}
     tmp = d / "plan.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(d / "plan.json")

@@ -89,6 +89,12 @@ def test_plan_shares_stage1_and_names_encode_coordinates(tmp_path):
     assert scratch.parent is None and scratch.coords["arm"] == "scratch" and scratch.coords["stage1_tokens"] is None
     assert not any(a.startswith("init_from=") for a in scratch.train_args)
     assert "seed=0" in scratch.train_args and "data.source=text_shards" in scratch.train_args
+    # the typed config the run holds says what its train_args say
+    assert (scratch.cfg.seed, scratch.cfg.data.source, scratch.cfg.out, scratch.cfg.init_from) == (
+        0, "text_shards", scratch.out, None)
+    assert child.cfg.init_from == f"{parent.out}/checkpoints/step_{parent.steps:08d}"
+    assert parent.cfg.data.source == "nca_stream" and parent.cfg.data.nca.complexity.lo == 0.5
+    assert "cfg" not in child.to_json() and child.to_json()["train_args"] == child.train_args
 
 
 # Values derived by hand (not by the code under test) for three runs of BASE. Sizes (configs/model):
