@@ -71,13 +71,13 @@ def initial_weights(cfg: TrainConfig) -> Weights:
     if cfg.init_from is None:
         return fresh
     source = Path(cfg.init_from)
-    tensors = read_logical(source, check(cfg, source))
+    source_weights = logical_reader(source, check(cfg, source))
     t = cfg.transfer
 
     def weights(name: str) -> torch.Tensor:
         if (name in EMBEDDINGS and t.reinit_embeddings) or _selected(cfg, name, t.reinit):
             return fresh(name)
-        return tensors[name]
+        return source_weights(name)
 
     return weights
 
@@ -95,8 +95,8 @@ def read_logical(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
     meta = checkpoint.read_meta(path)
     backend = meta["backend"]
     with checkpoint.weights_only_loads(backend):  # zero_to_fp32 below passes weights_only=False itself
-        if backend == "torch" and (path / LEGACY).is_file():
-            return torch.load(path / LEGACY, map_location="cpu", weights_only=True)["model"]
+        if backend == "torch" and (path / LEGACY).is_file():  # mmap: only the model's pages are read
+            return torch.load(path / LEGACY, map_location="cpu", weights_only=True, mmap=True)["model"]
         if backend == "torch":
             return read_dcp(path / DCP, "model.")
         if backend == "deepspeed" and meta["layout"]["zero"] == 0:  # not a ZeRO checkpoint: one full copy
@@ -108,6 +108,20 @@ def read_logical(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
             return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds").items()}
         model_keys = [k for k in dcp_keys(path / "dist") if not k.startswith("optimizer")]
         return _from_megatron(read_dcp(path / "dist", "", model_keys), model)
+
+
+def logical_reader(path: Path, model: ModelConfig) -> Weights:
+    """logical name -> that tensor of a checkpoint, read when asked for: a torch DCP checkpoint is read tensor
+    by tensor, so a rank holds one source tensor at a time and reads only those its model part needs (a
+    pipeline stage its layers); a tensor is read whole even where a TP rank keeps a slice (DCP stores it as one
+    torch.save item). Other formats are read whole first (read_logical)."""
+    if checkpoint.read_meta(path)["backend"] == "torch" and not (path / LEGACY).is_file():
+        def read(name: str) -> torch.Tensor:
+            with checkpoint.weights_only_loads("torch"):
+                return read_dcp(path / DCP, "model.", ["model." + name])[name]
+
+        return read
+    return read_logical(path, model).__getitem__
 
 
 def dcp_keys(path: Path) -> list[str]:

@@ -88,3 +88,36 @@ def test_a_new_vocabulary_needs_new_embeddings(source, capsys):
     assert "has vocabulary 10002, this run 10010" in err and len(err.splitlines()) == 1
     assert main([*args, "model.d_model=128"]) == 2
     assert "tensor layers.0.attn_norm.weight is (64,) there, (128,) here" in capsys.readouterr().err
+
+
+def _bytes_read(read) -> int:
+    """Bytes this process read from files (the kernel's count of read syscalls) while `read()` ran."""
+    def rchar() -> int:
+        return int(next(line for line in open("/proc/self/io") if line.startswith("rchar:")).split()[1])
+
+    before = rchar()
+    read()
+    return rchar() - before
+
+
+def test_a_transfer_reads_no_optimizer_state_and_one_tensor_at_a_time(source):
+    """The source is a DCP checkpoint with Adam's moments (2/3 of its bytes): reading its weights reads about
+    the weights' bytes (here 7.6 MB for 6.2 MB of weights, of 18.6 MB), and the per-tensor reader (what
+    init_from uses) about one tensor's (216 kB for a 64 kB tensor, .metadata read twice)."""
+    from train_helpers import model_config
+
+    from nca_scale.train.transfer import DCP, logical_reader, read_logical
+
+    cfg = model_config(source)
+    weights = read_logical(source, cfg)  # also imports what the reads need, before counting
+    model_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    files = sum(p.stat().st_size for p in (source / DCP).iterdir())
+    assert files > 2.9 * model_bytes  # the moments are there
+    # the moments would make it >= 3x; the rest is DCP's .metadata, meta.json and per-item overhead
+    assert _bytes_read(lambda: read_logical(source, cfg)) < 1.5 * model_bytes
+    name = "layers.1.mlp.w_up.weight"
+    one = weights[name].numel() * weights[name].element_size()
+    metadata = (source / DCP / ".metadata").stat().st_size
+    got = {}
+    assert _bytes_read(lambda: got.setdefault(name, logical_reader(source, cfg)(name))) < one + 4 * metadata + 65536
+    assert torch.equal(got[name], weights[name])
