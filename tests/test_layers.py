@@ -15,7 +15,6 @@ ORDER = ["base", "nca", "data", "model", "train", "launch", "analysis", "cli"]  
 
 KNOWN = {
     "cycle: nca_scale.train.callbacks, nca_scale.train.preemption",
-    "cycle: nca_scale.train.checkpoint, nca_scale.train.mirror",
 }
 
 

@@ -72,7 +72,7 @@ def export_main(args: list[str]) -> int:
 
 def import_main(args: list[str]) -> int:
     from nca_scale.model import hf
-    from nca_scale.train import checkpoint
+    from nca_scale.train import checkpoint, checkpoint_commit
     from nca_scale.train.config import TrainConfig
 
     src, job = _parse(ImportJob, args, "usage: nca-scale import HF_DIR out=DIR")
@@ -85,7 +85,7 @@ def import_main(args: list[str]) -> int:
     if (Path(src) / "tokenizer.model").is_file():
         shutil.copyfile(Path(src) / "tokenizer.model", out / "tokenizer.model")
     train_cfg = TrainConfig(model=cfg, backend="torch", out=str(out), steps=0)
-    checkpoint.write_meta(out, train_cfg, step=0, tokens=0)
+    checkpoint_commit.write_meta(out, train_cfg, step=0, tokens=0)
     meta = json.loads((out / checkpoint.META).read_text())
     meta["imported_from"] = {"path": str(Path(src).resolve()), "max_position_embeddings": conf.get("max_position_embeddings"),
                              "model": dataclasses.asdict(cfg)}

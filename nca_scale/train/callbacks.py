@@ -8,6 +8,7 @@ act on global rank 0.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -20,9 +21,11 @@ import torch.distributed as dist
 from nca_scale.config import to_dict
 from nca_scale.files import write_atomic
 from nca_scale.model.config import flops_per_token
-from nca_scale.train import checkpoint, mirror
+from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror
 from nca_scale.train import dist as tdist
 from nca_scale.train.speed import peak_flops_per_rank
+
+log = logging.getLogger(__name__)
 
 
 class Callback:
@@ -40,7 +43,7 @@ def _rank0() -> bool:
 
 
 class Checkpointer(Callback):
-    """Saves every `checkpoint_every` steps and at the end (checkpoint.py: staged, then committed by rank 0);
+    """Saves every `checkpoint_every` steps and at the end (checkpoint_commit.py: staged, then committed by rank 0);
     keeps the last k; with checkpoint_url= also publishes each one there, in a thread on rank 0 (the upload never
     blocks a step). It comes after the loggers, so a step is logged before it is checkpointed (a kill right after
     the commit must not lose its metrics line); resuming is the Trainer's (Trainer.resume).
@@ -103,20 +106,20 @@ class Checkpointer(Callback):
         cfg, t0 = trainer.cfg, time.perf_counter()
         self.flush(trainer)  # one save at a time: the previous one is committed before this one begins
         if _rank0():
-            checkpoint.begin(cfg.out, trainer.step)
+            checkpoint_commit.begin(cfg.out, trainer.step)
         tdist.wait_for_rank0()
         writing = trainer.engine.save(checkpoint.staging_dir(cfg.out, trainer.step))
         state = (trainer.step, trainer.tokens, sorted(trainer.skipped))
         if writing is not None:
             self.writing = (writing, *state, t0)
-            trainer.log(f"saving step {trainer.step} in the background (the steps were blocked "
-                        f"{time.perf_counter() - t0:.2f}s)")
+            log.info(f"saving step {trainer.step} in the background (the steps were blocked "
+                     f"{time.perf_counter() - t0:.2f}s)")
             return
         tdist.wait_for_rank0()  # every rank's files are written
-        files = checkpoint.file_table_in_parallel(checkpoint.staging_dir(cfg.out, trainer.step))
+        files = checkpoint_verify.file_table_in_parallel(checkpoint.staging_dir(cfg.out, trainer.step))
         if _rank0():
-            path = checkpoint.commit(cfg, *state[:2], files, skipped_steps=state[2])
-            trainer.log(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
+            path = checkpoint_commit.commit(cfg, *state[:2], files, skipped_steps=state[2])
+            log.info(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
             if cfg.checkpoint_url:
                 self._in_background(self._publish, cfg, path)
         tdist.wait_for_rank0()
@@ -129,8 +132,8 @@ class Checkpointer(Callback):
             self._in_background(self._commit, trainer, step, tokens, skipped, t0)
 
     def _commit(self, trainer, step: int, tokens: int, skipped: list[int], t0: float) -> None:
-        path = checkpoint.commit(trainer.cfg, step, tokens, skipped_steps=skipped)
-        trainer.log(f"saved {path} at step {trainer.step} ({time.perf_counter() - t0:.1f}s after the save began)")
+        path = checkpoint_commit.commit(trainer.cfg, step, tokens, skipped_steps=skipped)
+        log.info(f"saved {path} at step {trainer.step} ({time.perf_counter() - t0:.1f}s after the save began)")
         self._publish(trainer.cfg, path)
 
     @staticmethod

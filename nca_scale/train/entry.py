@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from nca_scale.train import checkpoint, run_folder, transfer
+from nca_scale.train import checkpoint_select, run_folder, transfer
 from nca_scale.train.config import TrainConfig
 
 
@@ -34,17 +34,17 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     if "RANK" in os.environ:  # one rank of a job torchrun/srun started: the ranks agree on the checkpoint in `run`
         run_folder.start(cfg, writer=os.environ["RANK"] == "0")  # before the rendezvous, so every rank has checked
         return _in_process(run, cfg, None)
-    resume = checkpoint.resolve(cfg, cfg.resume)  # verified here, once; the ranks take it as is
+    resume = checkpoint_select.resolve(cfg, cfg.resume)  # verified here, once; the ranks take it as is
     if resume:
-        checkpoint.check_resumable(cfg, resume)
+        checkpoint_select.check_resumable(cfg, resume)
     if cfg.init_from:
         # an absolute path: a folder named `never` or `auto` is a checkpoint here, not resume's keyword (fuzz)
-        transfer.check(cfg, checkpoint.resolve(cfg, os.path.abspath(cfg.init_from)))
+        transfer.check(cfg, checkpoint_select.resolve(cfg, os.path.abspath(cfg.init_from)))
     run_folder.start(cfg, write=cfg.nproc == 1)  # with nproc > 1 rank 0 writes config.yaml (worker.py)
     if cfg.nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
                "-m", "nca_scale.train.worker", *args]
-        env = {**os.environ, checkpoint.RESUME_ENV: str(resume or ""), preemption.LAUNCHER_ENV: str(os.getpid())}
+        env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), preemption.LAUNCHER_ENV: str(os.getpid())}
         # torchrun never outlives this command
         return Outcome(subprocess.call(cmd, env=env, preexec_fn=preemption.die_with_parent))
     return _in_process(run, cfg, (resume,))

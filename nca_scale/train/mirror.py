@@ -12,14 +12,17 @@ OUT/checkpoints/.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from nca_scale.data.urls import Location, parse_location
-from nca_scale.train import checkpoint
-from nca_scale.train.checkpoint import LATEST, META, STAGING
+from nca_scale.train.checkpoint import LATEST, META, STAGING, STEP_NAME, complete_checkpoints, read_meta, root
+from nca_scale.train.checkpoint_verify import verify
+
+log = logging.getLogger(__name__)
 
 
 def _location(url: str) -> Location:
@@ -28,7 +31,7 @@ def _location(url: str) -> Location:
 
 def _remote_steps(loc: Location) -> tuple[list[str], list[str]]:
     """(committed, incomplete) step directory names under `loc`, oldest first."""
-    names = sorted(n for n in loc.names() if checkpoint._NAME.fullmatch(n))
+    names = sorted(n for n in loc.names() if STEP_NAME.fullmatch(n))
     committed = [n for n in names if loc.sub(n).size(META) is not None]
     return committed, [n for n in names if n not in committed]
 
@@ -40,7 +43,7 @@ def publish(path: Path, url: str, keep: int) -> None:
     for name in incomplete:  # leftovers of an interrupted upload (one writer per URL)
         loc.fs.rm(loc.path(name), recursive=True)
     target = loc.sub(path.name)
-    for name in checkpoint.read_meta(path)["files"]:
+    for name in read_meta(path)["files"]:
         target.put_atomic(name, (path / name).read_bytes())
     target.put_atomic(META, (path / META).read_bytes())
     loc.put_atomic(LATEST, (path.name + "\n").encode())
@@ -50,27 +53,27 @@ def publish(path: Path, url: str, keep: int) -> None:
             loc.fs.rm(loc.path(name), recursive=True)
 
 
-def fetch_latest(url: str, out: str | Path, report: Callable[[str], None] = checkpoint.say) -> Path | None:
+def fetch_latest(url: str, out: str | Path, report: Callable[[str], None] = log.info) -> Path | None:
     """Download the checkpoint URL/latest names into OUT/checkpoints/ unless a local one is as new; returns
     the local path of a fetched checkpoint (None when nothing was fetched)."""
     loc = _location(url)
     if loc.size(LATEST) is None:
         return None
     name = loc.read(LATEST).decode().strip()
-    local = checkpoint.complete_checkpoints(out)
+    local = complete_checkpoints(out)
     if local and local[-1].name >= name:
         return None
     remote = loc.sub(name)
     meta = json.loads(remote.read(META))
-    final = checkpoint.root(out) / name
-    staging = checkpoint.root(out) / f"{name}.fetch-{os.getpid()}{STAGING}"
+    final = root(out) / name
+    staging = root(out) / f"{name}.fetch-{os.getpid()}{STAGING}"
     staging.mkdir(parents=True)
     try:
         for rel in meta["files"]:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_bytes(remote.read(rel))
         (staging / META).write_text(json.dumps(meta, indent=1))
-        problem = checkpoint.verify(staging)
+        problem = verify(staging)
         if problem:
             report(f"{remote.url} is unusable ({problem}); not fetched")
             return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import sys
@@ -30,6 +31,8 @@ import torch.distributed as dist
 from nca_scale.files import write_atomic
 from nca_scale.train import dist as tdist
 from nca_scale.train.callbacks import Callback, Checkpointer
+
+log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; a launcher that sees it may requeue the job
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
@@ -129,7 +132,7 @@ class Preemption(Callback):
         with (Path(trainer.cfg.out) / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(line) + "\n")
         self.restart = restart
-        trainer.log(f"restart {restart}: resumed at step {trainer.step}, {lost} steps of work lost")
+        log.info(f"restart {restart}: resumed at step {trainer.step}, {lost} steps of work lost")
 
     def _write_progress(self, trainer, **extra) -> None:
         if dist.get_rank() != 0:
@@ -151,7 +154,7 @@ class Preemption(Callback):
         name = signal.Signals(signum).name
         next(cb for cb in trainer.callbacks if isinstance(cb, Checkpointer)).save_now(trainer)
         self._write_progress(trainer, stopped=name)
-        trainer.log(f"stopping at step {trainer.step} after {name}; exit status {EXIT_PREEMPTED}")
+        log.info(f"stopping at step {trainer.step} after {name}; exit status {EXIT_PREEMPTED}")
         received = signum
         self._restore()
         raise SystemExit(EXIT_PREEMPTED)

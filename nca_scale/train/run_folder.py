@@ -8,6 +8,7 @@ old run aside to OUT.old-<time> first. Every start writes the fully resolved con
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from nca_scale.errors import UserError
 from nca_scale.files import check_creatable, write_atomic
 from nca_scale.train import checkpoint
 from nca_scale.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 
@@ -56,7 +59,7 @@ def start(cfg: TrainConfig, writer: bool = True, *, move: bool = True, write: bo
         while aside.exists():  # two overwrites within one second
             aside, n = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
         out.rename(aside)
-        checkpoint.say(f"overwrite=true: moved the old run in {out} to {aside}")
+        log.info("overwrite=true: moved the old run in %s to %s", out, aside)
     if not write:
         return
     try:

@@ -9,6 +9,7 @@ checkpoint, so a resumed run skips them too and stays identical to the uninterru
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -16,11 +17,13 @@ from pathlib import Path
 
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
-from nca_scale.train import backends, checkpoint, dist, transfer
+from nca_scale.train import backends, checkpoint, checkpoint_select, dist, transfer
 from nca_scale.train.callbacks import Callback, default_callbacks
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
 from nca_scale.train.schedule import lr_at
+
+log = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -40,9 +43,6 @@ class Trainer:
         cfg = self.cfg
         source, mask = build_source(cfg.data, split), target_mask(cfg.data)
         return BatchLoader(source, mask, cfg.batch_size, cfg.micro_batch, self.engine.dp_rank, self.engine.dp_size)
-
-    def log(self, text: str) -> None:
-        checkpoint.say(text)  # global rank 0 only
 
     def should_log(self) -> bool:
         return self.step % self.cfg.log_every == 0 or self.step == self.cfg.total_steps
@@ -72,7 +72,7 @@ class Trainer:
             cb.pre_train(self)
         while self.step < cfg.total_steps:
             if self.step in self.skipped:
-                self.log(f"step {self.step + 1}: skipped (its batch gave a non-finite loss or gradient)")
+                log.info(f"step {self.step + 1}: skipped (its batch gave a non-finite loss or gradient)")
                 self.step += 1
                 self.tokens += cfg.tokens_per_step
                 continue
@@ -118,7 +118,7 @@ class Trainer:
                             f"on_nonfinite=rollback to skip such batches")
         if self.rollbacks >= cfg.max_rollbacks:
             raise UserError(f"{what} (non-finite) after {self.rollbacks} rollbacks (max_rollbacks); stopped without saving")
-        target = dist.decided_by_rank0(lambda: checkpoint.latest_verified(cfg.out, self.log))
+        target = dist.decided_by_rank0(lambda: checkpoint_select.latest_verified(cfg.out, log.info))
         if target is None:
             raise UserError(f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint_every=N")
         skipped = self.skipped | {self.step}
@@ -127,7 +127,7 @@ class Trainer:
         self.rollbacks += 1
         for cb in self.callbacks:
             cb.rewound(self)
-        self.log(f"{what} (non-finite): rolled back to {target.name}; step {bad} will be skipped")
+        log.info(f"{what} (non-finite): rolled back to {target.name}; step {bad} will be skipped")
 
     def evaluate(self) -> dict:
         losses = [self.engine.eval_loss(self.val_data.batch(i)) for i in range(self.cfg.eval_batches)]
@@ -157,12 +157,12 @@ def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | 
     that started this rank (RESUME_ENV), or else by rank 0 for all ranks (a job started by srun/torchrun)."""
     if chosen is not None:  # the caller checked it against cfg too (train/entry.py)
         return chosen[0]
-    if checkpoint.RESUME_ENV in os.environ:
-        return Path(os.environ[checkpoint.RESUME_ENV]) if os.environ[checkpoint.RESUME_ENV] else None
+    if checkpoint_select.RESUME_ENV in os.environ:
+        return Path(os.environ[checkpoint_select.RESUME_ENV]) if os.environ[checkpoint_select.RESUME_ENV] else None
     dist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
-    path = dist.decided_by_rank0(lambda: checkpoint.resolve(cfg, cfg.resume))
+    path = dist.decided_by_rank0(lambda: checkpoint_select.resolve(cfg, cfg.resume))
     if path is not None:
-        checkpoint.check_resumable(cfg, path)  # its meta.json only: what the CLI checks before starting ranks
+        checkpoint_select.check_resumable(cfg, path)  # its meta.json only: what the CLI checks before starting ranks
     return path
 
 
@@ -173,14 +173,14 @@ def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) ->
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, engine, default_callbacks(cfg))
-    trainer.log(describe(cfg.model, cfg.seq_len))
+    log.info(describe(cfg.model, cfg.seq_len))
     if resume_from:
         saved = trainer.resume(resume_from)["config"]
-        trainer.log(f"resumed from {resume_from} at step {trainer.step}")
+        log.info(f"resumed from {resume_from} at step {trainer.step}")
         before, now = saved["schedule"]["total"] or saved["steps"], cfg.schedule.total or cfg.total_steps
         if before != now:  # schedule.total defaults to the run length: extending a run stretches the schedule
-            trainer.log(f"note: the LR schedule now spans {now} steps (it spanned {before}); pin schedule.total to keep it")
-    trainer.log(
+            log.info(f"note: the LR schedule now spans {now} steps (it spanned {before}); pin schedule.total to keep it")
+    log.info(
         f"backend {cfg.backend}: world {cfg.world} = tp {cfg.tp} x pp {cfg.pp} x dp {cfg.data_parallel}; "
         f"batch {cfg.batch_size} x seq {cfg.seq_len} = {cfg.tokens_per_step:,} tokens/step, micro-batch "
         f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps; {precision}"

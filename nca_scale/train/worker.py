@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+from nca_scale import logs
 from nca_scale.errors import UserError, print_error
-from nca_scale.train import checkpoint, run_folder
+from nca_scale.train import checkpoint_select, run_folder
 from nca_scale.train.config import from_args
 
 
@@ -20,10 +21,11 @@ def main(args: list[str]) -> int:
     from nca_scale.train.trainer import run
 
     die_with_parent()  # a rank never outlives its launcher
+    logs.setup()  # `[nca-scale] ...` lines from the start (run_folder's), not only after dist.init
 
     try:
         cfg = from_args(args)
-        by_hand = checkpoint.RESUME_ENV not in os.environ  # torchrun/srun, not `nca-scale train` (which checked)
+        by_hand = checkpoint_select.RESUME_ENV not in os.environ  # torchrun/srun, not `nca-scale train` (which checked)
         if by_hand:
             run_folder.check(cfg)
         run_folder.start(cfg, writer=os.environ.get("RANK", "0") == "0", move=by_hand)

@@ -18,7 +18,7 @@ from nca_scale.data import urls
 from nca_scale.data.urls import Location
 from nca_scale.data.writer import GenerateJob, write_shards
 from nca_scale.errors import UserError
-from nca_scale.train import checkpoint, mirror
+from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror
 from nca_scale.train.config import TrainConfig
 
 
@@ -118,9 +118,9 @@ def test_shards_survive_transient_failures(tiny_cfg):
 
 def _local_checkpoint(tmp_path, step: int):
     cfg = TrainConfig(out=str(tmp_path / "run"))
-    checkpoint.begin(cfg.out, step)
+    checkpoint_commit.begin(cfg.out, step)
     torch.save({"model": {"w": torch.full((256,), float(step))}}, checkpoint.staging_dir(cfg.out, step) / "state.pt")
-    return checkpoint.commit(cfg, step, step * 10)
+    return checkpoint_commit.commit(cfg, step, step * 10)
 
 
 def test_checkpoint_mirror_on_a_flaky_store(tmp_path, monkeypatch):
@@ -130,7 +130,7 @@ def test_checkpoint_mirror_on_a_flaky_store(tmp_path, monkeypatch):
     mirror.publish(_local_checkpoint(tmp_path, 2), loc.url, keep=3)
     assert loc.read("latest").decode().strip() == "step_00000002"
     fetched = mirror.fetch_latest(loc.url, tmp_path / "elsewhere")
-    assert fetched is not None and checkpoint.verify(fetched) is None
+    assert fetched is not None and checkpoint_verify.verify(fetched) is None
     assert torch.load(fetched / "state.pt", weights_only=True)["model"]["w"][0] == 2.0
 
 
@@ -145,4 +145,4 @@ def test_checkpoint_mirror_on_a_full_disk_keeps_the_previous_one(tmp_path, monke
     assert loc.read("latest").decode().strip() == "step_00000002"  # the pointer never moved
     assert loc.sub("step_00000004").size("meta.json") is None  # the interrupted upload is not committed
     fetched = mirror.fetch_latest(loc.url, tmp_path / "elsewhere")
-    assert fetched.name == "step_00000002" and checkpoint.verify(fetched) is None
+    assert fetched.name == "step_00000002" and checkpoint_verify.verify(fetched) is None

@@ -17,7 +17,7 @@ one-process megatron and DeepSpeed runs; 1 kill inside the background write of a
 save); `make chaos` (NCA_SCALE_CHAOS=1) kills one torch process 20 times, a 2-process DDP run 6 times,
 2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs 5 times each, and the asynchronous run in each of its 3
 background writes.
-NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (checkpoint._pause_for_tests) so
+NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (checkpoint_commit.pause_for_tests) so
 kills land inside them; the test reads the pause lines from the run's output to know which window it is in.
 """
 
@@ -37,13 +37,13 @@ import pytest
 from test_checkpoint_safety import SITECUSTOMIZE
 from train_helpers import CLI, FAST, ROOT, metrics, train
 
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, checkpoint_select, checkpoint_verify
 
 FULL = os.environ.get("NCA_SCALE_CHAOS") == "1"
 PAUSE_S = 0.3
 EVERY = 2  # checkpoint_every
 # Where a kill inside a save lands: while the backend writes its files, then the three windows of
-# checkpoint.commit (after the files' fsync, after the manifest, after the rename and before `latest` moves).
+# checkpoint_commit.commit (after the files' fsync, after the manifest, after the rename and before `latest` moves).
 WINDOWS = ("writing", "files written", "manifest written", "renamed")
 
 
@@ -91,7 +91,7 @@ def _saving_since(out: Path, step: int, t0: float) -> bool:
 
 def _pauses(log: Path, offset: int, name: str) -> list[str]:
     """The windows of the commit of checkpoint `name` entered so far, from the pause lines
-    (checkpoint._pause_for_tests) in the run's output after `offset`."""
+    (checkpoint_commit.pause_for_tests) in the run's output after `offset`."""
     with log.open("rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
@@ -228,7 +228,7 @@ def _same_files(path: Path, reference: Path) -> bool:
 def _audit(out: Path, reference: Path, moment: str) -> None:
     """No checkpoint that would load wrongly: each committed one verifies and equals the reference's."""
     for path in checkpoint.complete_checkpoints(out):
-        assert checkpoint.verify(path) is None, (moment, path)
+        assert checkpoint_verify.verify(path) is None, (moment, path)
         assert _same_files(path, reference / "checkpoints" / path.name), (moment, path)
     complete = [p.name for p in checkpoint.complete_checkpoints(out)]
     latest = checkpoint.latest_name(out)
@@ -328,11 +328,11 @@ def _every_file_is_guarded(out: Path) -> None:
             original = (newest / name).read_bytes()
             damage(newest / name)
             lines = []
-            assert checkpoint.latest_verified(out, lines.append) == older, (name, damage)
+            assert checkpoint_select.latest_verified(out, lines.append) == older, (name, damage)
             assert len(lines) == 1 and lines[0].startswith(f"checkpoint {newest} is unusable {problem}") \
                 and lines[0].endswith("; falling back to the previous one"), (name, lines)
             (newest / name).write_bytes(original)
-    assert checkpoint.verify(newest) is None
+    assert checkpoint_verify.verify(newest) is None
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))

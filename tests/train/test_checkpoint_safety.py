@@ -18,7 +18,7 @@ from train_helpers import CLI, FAST, ROOT, state, train
 
 from nca_scale.cli import main
 from nca_scale.errors import UserError
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_select, checkpoint_verify
 from nca_scale.train.config import from_args
 
 CONFIG = str(ROOT / "configs/train/cpu-tiny.yaml")
@@ -30,9 +30,9 @@ def _cfg(tmp_path: Path, *overrides: str):
 
 def _save(cfg, step: int, value: float | None = None) -> Path:
     """A committed torch checkpoint at `step` the way Checkpointer.save makes one (one rank)."""
-    staging = checkpoint.begin(cfg.out, step)
+    staging = checkpoint_commit.begin(cfg.out, step)
     torch.save({"model": {"w": torch.full((64,), float(step if value is None else value))}}, staging / "state.pt")
-    return checkpoint.commit(cfg, step, step * cfg.tokens_per_step)
+    return checkpoint_commit.commit(cfg, step, step * cfg.tokens_per_step)
 
 
 def _flip_byte(path: Path) -> None:
@@ -44,12 +44,12 @@ def _flip_byte(path: Path) -> None:
 def test_commit_publishes_whole_directories_and_moves_latest_last(tmp_path):
     cfg = _cfg(tmp_path, "keep_last=5")
     first = _save(cfg, 2)
-    assert checkpoint.latest_name(cfg.out) == first.name and checkpoint.verify(first) is None
+    assert checkpoint.latest_name(cfg.out) == first.name and checkpoint_verify.verify(first) is None
     assert set(checkpoint.read_meta(first)["files"]) == {"state.pt"}
-    leftover = checkpoint.begin(cfg.out, 4)  # a save killed before its commit
+    leftover = checkpoint_commit.begin(cfg.out, 4)  # a save killed before its commit
     (leftover / "state.pt").write_bytes(b"partial")
     assert checkpoint.complete_checkpoints(cfg.out) == [first]  # staging directories are never listed
-    assert checkpoint.latest_verified(cfg.out) == first
+    assert checkpoint_select.latest_verified(cfg.out) == first
     second = _save(cfg, 4)  # the next save clears the leftovers first
     assert sorted(p.name for p in checkpoint.root(cfg.out).iterdir()) == ["latest", first.name, second.name]
     assert checkpoint.latest_name(cfg.out) == second.name
@@ -66,7 +66,7 @@ def test_auto_resume_reports_a_corrupt_newest_checkpoint_and_uses_the_previous(t
     older, newer = _save(cfg, 2), _save(cfg, 4)
     damage(newer)
     lines = []
-    assert checkpoint.resolve(cfg, "auto", report=lines.append) == older
+    assert checkpoint_select.resolve(cfg, "auto", report=lines.append) == older
     assert len(lines) == 1 and problem in lines[0] and "falling back to the previous one" in lines[0], lines
 
 
@@ -83,7 +83,7 @@ def test_a_checkpoint_committed_but_not_yet_pointed_to_is_used(tmp_path):
     _save(cfg, 2)
     newer = _save(cfg, 4)
     _point_latest_at(cfg, "step_00000002", before=newer)  # killed between rename and pointer
-    assert checkpoint.resolve(cfg, "auto") == newer
+    assert checkpoint_select.resolve(cfg, "auto") == newer
 
 
 def test_auto_resume_follows_latest_past_a_newer_checkpoint_of_an_older_run(tmp_path):
@@ -92,13 +92,13 @@ def test_auto_resume_follows_latest_past_a_newer_checkpoint_of_an_older_run(tmp_
     old = _save(cfg, 5)
     ours = _save(cfg, 2)
     assert checkpoint.latest_name(cfg.out) == ours.name and old.is_dir()
-    assert checkpoint.resolve(cfg, "auto") == ours
+    assert checkpoint_select.resolve(cfg, "auto") == ours
 
 
 def test_auto_resume_without_a_checkpoint_says_so(tmp_path):
     cfg = _cfg(tmp_path)
     lines = []
-    assert checkpoint.resolve(cfg, "auto", report=lines.append) is None
+    assert checkpoint_select.resolve(cfg, "auto", report=lines.append) is None
     assert lines == [f"resume=auto: no checkpoint in {checkpoint.root(cfg.out)}; starting from step 0"]
 
 
@@ -118,15 +118,15 @@ def test_keep_last_never_removes_the_checkpoint_latest_names(tmp_path):
     assert [p.name for p in checkpoint.complete_checkpoints(cfg.out)] == ["step_00000004"]
     (checkpoint.root(cfg.out) / "latest").write_text("step_00000004\n")
     shutil.copytree(checkpoint.step_dir(cfg.out, 4), checkpoint.step_dir(cfg.out, 6))  # committed, not pointed to
-    checkpoint.prune(cfg.out, 1)
+    checkpoint_commit.prune(cfg.out, 1)
     assert [p.name for p in checkpoint.complete_checkpoints(cfg.out)] == ["step_00000004", "step_00000006"]
 
 
 def test_deepspeed_zero_resume_under_another_dp_size_is_refused(tmp_path, capsys):
     saved = _cfg(tmp_path, "backend=deepspeed", "zero=2", "nproc=2")
-    path = checkpoint.begin(saved.out, 3)
+    path = checkpoint_commit.begin(saved.out, 3)
     (path / "ds").mkdir()
-    checkpoint.commit(saved, 3, 0)
+    checkpoint_commit.commit(saved, 3, 0)
     ckpt = checkpoint.step_dir(saved.out, 3)
     assert main(["train", CONFIG, f"out={saved.out}", "backend=deepspeed", "zero=2", "nproc=1", f"resume={ckpt}"]) == 2
     err = capsys.readouterr().err.strip()
@@ -205,13 +205,13 @@ def test_bad_reliability_settings_are_one_line_errors(overrides, message, tmp_pa
 # Imported by every Python process of a run (PYTHONPATH): logs each file checksummed, with the process id.
 SITECUSTOMIZE = """
 import os
-from nca_scale.train import checkpoint
-_inner = checkpoint._sha256
+from nca_scale.train import checkpoint_verify
+_inner = checkpoint_verify.sha256
 def _logged(path):
     with open(os.environ["SHA_LOG"], "a") as f:
         f.write(f"{os.getpid()} {path}\\n")
     return _inner(path)
-checkpoint._sha256 = _logged
+checkpoint_verify.sha256 = _logged
 """
 
 
@@ -230,7 +230,7 @@ def test_a_resumed_checkpoint_is_checksummed_once_per_job(tmp_path):
 
     def resume(log: Path, cmd: list[str]) -> list[str]:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hook), "SHA_LOG": str(log)}
-        env.pop(checkpoint.RESUME_ENV, None)
+        env.pop(checkpoint_select.RESUME_ENV, None)
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"resumed from {saved} at step 2" in proc.stdout, proc.stdout

@@ -14,18 +14,18 @@ import pytest
 from train_helpers import FAST, ROOT
 
 from nca_scale.cli import main
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, checkpoint_select
 
 # Imported by every Python process of the job (PYTHONPATH): rank 0 takes DELAY_S longer to choose a checkpoint.
 SITECUSTOMIZE = """
 import os, time
 if os.environ.get("RANK") == "0":
-    from nca_scale.train import checkpoint
-    _inner = checkpoint.latest_verified
+    from nca_scale.train import checkpoint_select
+    _inner = checkpoint_select.latest_verified
     def _slow(*args, **kwargs):
         time.sleep(float(os.environ["RANK0_DELAY_S"]))
         return _inner(*args, **kwargs)
-    checkpoint.latest_verified = _slow
+    checkpoint_select.latest_verified = _slow
 """
 TIMEOUT_S, DELAY_S = 4, 10
 
@@ -41,7 +41,7 @@ def test_a_slow_checkpoint_choice_on_rank_0_outlasts_the_group_timeout(reference
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hook), "RANK0_DELAY_S": str(DELAY_S)}
-    env.pop(checkpoint.RESUME_ENV, None)
+    env.pop(checkpoint_select.RESUME_ENV, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "nca_scale.train.worker", "configs/train/cpu-tiny.yaml", f"out={out}", *FAST, "nproc=2", "steps=11",
            "resume=auto", f"dist_timeout_s={TIMEOUT_S}"]

@@ -13,7 +13,7 @@ import sys
 import torch
 from train_helpers import FAST, ROOT, losses, metrics, state, train
 
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, checkpoint_verify
 
 RUN = [*FAST, "model.n_layers=2", "checkpoint_every=1", "schedule.warmup=0"]
 EXPLODE = ["optim.lr=1e30", "steps=4"]
@@ -22,7 +22,7 @@ EXPLODE = ["optim.lr=1e30", "steps=4"]
 def _finite_checkpoints(out) -> list[int]:
     steps = []
     for path in checkpoint.complete_checkpoints(out):
-        assert checkpoint.verify(path) is None
+        assert checkpoint_verify.verify(path) is None
         steps.append(checkpoint.read_meta(path)["step"])
         if checkpoint.read_meta(path)["backend"] == "torch":
             assert all(torch.isfinite(t).all() for t in state(path).values()), path

@@ -17,7 +17,7 @@ from test_shards import generate
 from train_helpers import ROOT, losses, train
 
 from nca_scale.data.urls import parse_location
-from nca_scale.train import checkpoint, mirror
+from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror
 from nca_scale.train.config import from_args
 
 STEP2, STEP4 = checkpoint.step_dir("", 2).name, checkpoint.step_dir("", 4).name
@@ -69,7 +69,7 @@ def test_train_from_s3_shards_and_resume_from_an_s3_checkpoint_mirror(reference,
     store.sub(STEP4).put_atomic(weights, state)
     store.sub("step_00000006").put_atomic("state.pt", b"partial")
     assert mirror.fetch_latest(url, third, lines.append) == checkpoint.step_dir(third, 4)
-    assert checkpoint.verify(checkpoint.step_dir(third, 4)) is None
+    assert checkpoint_verify.verify(checkpoint.step_dir(third, 4)) is None
     mirror.publish(checkpoint.step_dir(elsewhere, 4), url, keep=1)
     assert store.names() == {"latest", STEP4}
 
@@ -80,16 +80,16 @@ def test_checkpoints_with_subdirectories_round_trip_through_s3(endpoint, s3_buck
     cfg = from_args([str(ROOT / "configs/train/cpu-tiny.yaml"), f"out={tmp_path / 'run'}"]).resolved()
     url = f"s3://{s3_bucket}/checkpoints"
     for step in (2, 4):
-        staging = checkpoint.begin(cfg.out, step)
+        staging = checkpoint_commit.begin(cfg.out, step)
         (staging / "dist").mkdir()
         (staging / "dist" / "__0_0.distcp").write_bytes(os.urandom(3000))
         (staging / "dist" / ".metadata").write_bytes(os.urandom(100))
         (staging / "latest").write_text("ds")
-        mirror.publish(checkpoint.commit(cfg, step, 0), url, keep=1)
+        mirror.publish(checkpoint_commit.commit(cfg, step, 0), url, keep=1)
     store = parse_location(url)
     assert store.names() == {"latest", STEP4} and store.sub(STEP4).names() == {"dist", "latest", "meta.json"}
     lines = []
     fetched = mirror.fetch_latest(url, tmp_path / "elsewhere", lines.append)
-    assert fetched == checkpoint.step_dir(tmp_path / "elsewhere", 4) and checkpoint.verify(fetched) is None, lines
+    assert fetched == checkpoint.step_dir(tmp_path / "elsewhere", 4) and checkpoint_verify.verify(fetched) is None, lines
     assert checkpoint.read_meta(fetched) == checkpoint.read_meta(checkpoint.step_dir(cfg.out, 4))
-    assert sorted(checkpoint.file_table(fetched)) == ["dist/.metadata", "dist/__0_0.distcp", "latest"]
+    assert sorted(checkpoint_verify.file_table(fetched)) == ["dist/.metadata", "dist/__0_0.distcp", "latest"]

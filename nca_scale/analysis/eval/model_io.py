@@ -11,7 +11,7 @@ import torch
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.model.llama import Llama
-from nca_scale.train import checkpoint, transfer
+from nca_scale.train import checkpoint, checkpoint_select, transfer
 
 
 def resolve(path: str | Path) -> Path:
@@ -22,7 +22,7 @@ def resolve(path: str | Path) -> Path:
         raise UserError(f"{p} does not exist; pass a checkpoint, a run directory or a Hugging Face model directory")
     if checkpoint.is_complete(p) or (p / "config.json").is_file():
         return p
-    found = checkpoint.following_latest(p)  # as resume=auto: the run `latest` points into
+    found = checkpoint_select.following_latest(p)  # as resume=auto: the run `latest` points into
     if found:
         return found[-1]
     if (p / "checkpoints").is_dir() or p.name.startswith("step_"):

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
-from nca_scale.train import checkpoint, cpu_compat
+from nca_scale.train import checkpoint, checkpoint_commit, cpu_compat
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
@@ -351,7 +351,7 @@ def _write_in_background(write, name: str, *args, **kwargs) -> None:
     from nca_scale.train.preemption import die_with_parent
 
     die_with_parent(check_launcher=False)
-    checkpoint._pause_for_tests(name, "writing in the background")
+    checkpoint_commit.pause_for_tests(name, "writing in the background")
     write(*args, **kwargs)
 
 
