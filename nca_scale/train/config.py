@@ -203,7 +203,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0 = only at the end of the run
     keep_last: int = 3  # committed checkpoints kept (the one `latest` names is never removed)
     checkpoint_url: str | None = None  # also publish checkpoints here (file://, s3://, memory://); resume fetches
-    # megatron: write a checkpoint's files in a background process while the steps go on, commit them once written;
+    # megatron, torch: write a checkpoint's files in the background while the steps go on, commit them once written;
     # None = on with a GPU, off on a CPU (docs/training.md, "Asynchronous saves")
     checkpoint_async: bool | None = None
     dist_timeout_s: float = dist.TIMEOUT_S  # a collective of the training process group fails after this (NCCL's watchdog)
@@ -315,8 +315,8 @@ class TrainConfig:
         if not self.zero_init and (self.backend != "deepspeed" or self.zero != 3):
             raise UserError(f"zero_init=false is a DeepSpeed ZeRO-3 setting (backend={self.backend}, zero={self.zero}); "
                             "drop it")
-        if self.checkpoint_async and self.backend != "megatron":
-            raise UserError(f"checkpoint_async=true needs backend=megatron (backend={self.backend} saves synchronously)")
+        if self.checkpoint_async and self.backend == "deepspeed":
+            raise UserError("checkpoint_async=true needs backend=megatron or torch (backend=deepspeed saves synchronously)")
         for name in ("dist_timeout_s", "rank0_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")

@@ -55,9 +55,10 @@ def test_a_slow_checkpoint_choice_on_rank_0_outlasts_the_group_timeout(reference
 @pytest.mark.parametrize("overrides, message", [
     (["dist_timeout_s=0"], "dist_timeout_s=0.0 must be > 0 (seconds)"),
     (["rank0_timeout_s=-1"], "rank0_timeout_s=-1.0 must be > 0 (seconds)"),
-    (["checkpoint_async=true"], "checkpoint_async=true needs backend=megatron (backend=torch saves synchronously)"),
+    (["checkpoint_async=true", "backend=deepspeed"],
+     "checkpoint_async=true needs backend=megatron or torch (backend=deepspeed saves synchronously)"),
     (["zero_init=false"], "zero_init=false is a DeepSpeed ZeRO-3 setting (backend=torch, zero=0); drop it"),
-], ids=["dist-timeout", "rank0-timeout", "async-torch", "zero-init-torch"])
+], ids=["dist-timeout", "rank0-timeout", "async-deepspeed", "zero-init-torch"])
 def test_bad_wait_and_async_settings_are_one_line_errors(overrides, message, tmp_path, capsys):
     assert main(["train", "configs/train/cpu-tiny.yaml", f"out={tmp_path / 'run'}", *overrides]) == 2
     err = capsys.readouterr().err.strip()

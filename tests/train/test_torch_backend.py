@@ -1,11 +1,13 @@
 """The torch backend: metrics, DDP equivalence (losses, grad norms, weights, moments; fp32 with Adam and with
 plain SGD), exact resume in fp32 and bf16, resume on a different DP size (DCP checkpoints saved at dp=2 and at
-dp=1), the precision default."""
+dp=1), asynchronous saves, the precision default."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from torch.distributed.checkpoint import FileSystemReader
 from train_helpers import (
     FP32,
     ROOT,
@@ -112,6 +114,27 @@ def test_bf16_trains_and_resumes_bit_identically(reference_bf16, tmp_path):
     (w, m), (ref_w, ref_m) = (run_state(r / "checkpoints/step_00000010") for r in (rest, reference_bf16))
     assert ref_m["exp_avg"] and all(torch.equal(w[k], ref_w[k]) for k in ref_w)
     assert all(torch.equal(m[k][n], ref_m[k][n]) for k in ref_m for n in ref_m[k])
+
+
+def test_asynchronous_saves_write_the_synchronous_files(ddp2, tmp_path):
+    """checkpoint_async=true at dp=2: the steps go on while a thread per rank writes a copy of the state (DCP
+    async_save), rank 0 commits once all are done; the same losses and the same checkpoint files as the
+    synchronous run (.metadata but its own path and random save id)."""
+    out = tmp_path / "async"
+    proc = train(out, "steps=10", "nproc=2", "checkpoint_every=5", "checkpoint_async=true")
+    assert "saving step 5 in the background" in proc.stdout and "written in the background" in proc.stdout
+    assert losses(out) == losses(ddp2)
+    for step in (5, 10):
+        mine, theirs = (r / f"checkpoints/step_{step:08d}" for r in (out, ddp2))
+        files, reference = (json.loads((c / "meta.json").read_text())["files"] for c in (mine, theirs))
+        assert files.keys() == reference.keys()
+        assert all(files[f] == reference[f] for f in files if not f.endswith(".metadata")), step
+        assert _metadata(mine / DCP) == _metadata(theirs / DCP)
+
+
+def _metadata(path):
+    """A DCP directory's metadata without storage_meta (the save's own path and random id)."""
+    return dataclasses.replace(FileSystemReader(str(path)).read_metadata(), storage_meta=None)
 
 
 @pytest.mark.parametrize(("cuda", "pinned", "want"), [

@@ -4,11 +4,17 @@ The reference the parallel backends are checked against, and the fastest to star
 torch.distributed.checkpoint (DCP) directories, `dcp/`: model and FQN-keyed optimizer state
 (torch.distributed.checkpoint.state_dict), each replicated tensor written once, by one of the DP ranks, which
 share the writing; any DP size loads them. Checkpoints of earlier versions (rank 0's `state.pt`) still load.
+With checkpoint_async (None: on with a GPU) a copy of the state is written by DCP's async_save in a thread, on
+a gloo group of its own, while the steps go on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
+from concurrent.futures import Future
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -30,6 +36,8 @@ from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
 from nca_scale.train.transfer import DCP, LEGACY, Weights, dcp_keys
 
+log = logging.getLogger(__name__)
+
 
 class TorchEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
@@ -43,6 +51,14 @@ class TorchEngine:
         self.optimizer = torch_optimizer(cfg.optim, trainable)
         self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
         self.phases = StepPhases()
+        self.asynchronous = cfg.checkpoint_async
+        if self.asynchronous is None:
+            self.asynchronous = self.device.type == "cuda"
+        # the background save's collectives (plan, metadata) run in its thread, next to the training group's
+        self.save_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.rank0_timeout_s)) \
+            if self.asynchronous else None
+        log.info(f"checkpoints: torch.distributed.checkpoint over dp={self.dp_size}, "
+                 + ("written in the background (checkpoint_async)" if self.asynchronous else "written synchronously"))
 
     def _loss(self, x, y, m) -> torch.Tensor:
         # pinned by the Prefetcher on a GPU: asynchronous copies, queued before the forward that reads them
@@ -79,13 +95,18 @@ class TorchEngine:
         losses = [self._loss(*mb).item() for mb in zip(batch.inputs, batch.targets, batch.masks)]
         return tdist.mean_over(sum(losses) / len(losses))
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path) -> BackgroundSave | None:
         if self.optimizer.state:
             model, optimizer = get_state_dict(self.model, self.optimizer)
             state = {"model": model, "optimizer": optimizer}
         else:  # a step-0 save: get_state_dict would make Adam's state by a zero step (step=1) that resumes count
             state = {"model": get_model_state_dict(self.model)}
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(path / DCP))  # returns once .metadata is written
+        writer = dcp.FileSystemWriter(path / DCP)
+        if not self.asynchronous:
+            dcp.save(state, storage_writer=writer)  # returns once rank 0 wrote .metadata
+            return None
+        # async_save copies the state to new host memory before it returns; a thread writes the copy
+        return BackgroundSave(dcp.async_save(state, storage_writer=writer, process_group=self.save_group), self.device)
 
     def load(self, path: Path, optimizer: bool = True) -> None:
         if (path / LEGACY).is_file():
@@ -108,3 +129,31 @@ class TorchEngine:
         self.model.load_state_dict(state["model"])
         if optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+class BackgroundSave:
+    """A DCP save whose copy of the state is being written by a thread on each rank (callbacks.Checkpointer)."""
+
+    def __init__(self, future: Future, device: torch.device):
+        self.future, self.device = future, device
+
+    def poll(self) -> bool:
+        """Whether every rank's save is done (then rank 0 has written .metadata); a collective on the training
+        group: every rank calls it at the same step. A writer's error is raised here."""
+        done = torch.tensor([int(self.future.done())], device=self.device)
+        dist.all_reduce(done, op=dist.ReduceOp.MIN)
+        if done.item():
+            self.future.result()
+        return bool(done.item())
+
+    def wait(self) -> None:
+        """Block until every rank's save is done: polls in a loop, so that no single collective waits for a slow
+        writer on another rank (it would run into dist_timeout_s)."""
+        while not self.poll():
+            time.sleep(0.05)
+
+    def abandon(self) -> None:
+        """Wait for this rank's thread without a collective of our own; its save collectives end when the other
+        ranks' threads finish or their processes exit (gloo then fails them at once)."""
+        with contextlib.suppress(Exception):
+            self.future.result()
