@@ -1,10 +1,19 @@
-"""Process plumbing shared by the layers: pool workers that exit with their parent, malloc and thread tuning."""
+"""Process plumbing shared by the layers: processes that end with their parent, malloc and thread tuning.
+
+Two ways to end with the parent, for two kinds of child: `die_with_parent` asks the kernel (PR_SET_PDEATHSIG,
+immediate, for a process whose parent's forking thread lives as long as the parent: training ranks and what
+they fork); `exit_with_parent` polls (for pool workers, which a pool's helper thread may start and whose
+kernel death signal would come when that thread ends).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 import time
+from pathlib import Path
 
 
 def exit_with_parent(parent_pid: int) -> None:
@@ -21,6 +30,54 @@ def exit_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def die_with_parent(launcher: int | None = None) -> None:
+    """SIGKILL this process when its parent dies (Linux; a no-op elsewhere). torchrun starts each rank in a
+    session of its own, so a `kill -9` of the launcher (or of the `nca-scale train` above it) would otherwise
+    leave orphan ranks that go on training and writing checkpoints next to the restarted run.
+
+    The request only covers deaths after it is made, and a rank makes it after its imports (seconds): a process
+    whose parent died before that is an orphan already and is killed now. With `launcher` (the pid of the
+    command that started this process's parent) the process is also killed if its parent is no longer that
+    command's child. The request is not inherited over fork, so every process this one forks from now on
+    (megatron's checkpoint writers) makes it too."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    _ask_for_death_signal()
+    if not _forking:
+        os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()), after_in_child=_forked)
+        _forking.append(os.getpid())
+    orphaned = os.getppid() != parent  # the parent died before the request took effect
+    if launcher is not None and _parent_of(os.getppid()) != launcher:  # the parent is gone, or lost its launcher
+        orphaned = True
+    if orphaned:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_forking: list[int] = []  # [pid of the process about to fork], once die_with_parent registered _forked
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ask_for_death_signal() -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _forked() -> None:
+    """In a child just forked: die with the parent (the signal comes when the parent's forking thread ends, and
+    the forks of ours happen on main threads), or now if it is gone already."""
+    _ask_for_death_signal()
+    if os.getppid() != _forking[0]:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def keep_freed_memory() -> None:

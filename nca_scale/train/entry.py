@@ -13,8 +13,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from nca_scale import procs
 from nca_scale.train import checkpoint_select, run_folder, transfer
 from nca_scale.train.config import TrainConfig
+
+# The pid of the `nca-scale train` that started torchrun, in the ranks' environment: a rank whose parent is no
+# longer that command's child dies (worker.py, procs.die_with_parent).
+LAUNCHER_ENV = "NCA_SCALE_LAUNCHER_PID"
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,6 @@ class Outcome:
 def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     """Train `cfg`; `args` are the command-line words it came from (`CONFIG key=value ...`), handed to the ranks
     when nproc > 1 starts them under torchrun."""
-    from nca_scale.train import preemption
-
     run_folder.check(cfg)  # every run-folder error (a run already there, not writable), before any process
     from nca_scale.train.trainer import run
 
@@ -44,9 +47,9 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     if cfg.nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
                "-m", "nca_scale.train.worker", *args]
-        env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), preemption.LAUNCHER_ENV: str(os.getpid())}
+        env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
         # torchrun never outlives this command
-        return Outcome(subprocess.call(cmd, env=env, preexec_fn=preemption.die_with_parent))
+        return Outcome(subprocess.call(cmd, env=env, preexec_fn=procs.die_with_parent))
     return _in_process(run, cfg, (resume,))
 
 

@@ -15,12 +15,10 @@ OUT/progress.json (rank 0, after every step) is what that is measured against.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -39,57 +37,6 @@ SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 # the signal that stopped the last run in this process (None if none): read by the launcher after exit
 received: int | None = None
-
-
-# The pid of the `nca-scale train` that started torchrun, in the ranks' environment (train/entry.py).
-LAUNCHER_ENV = "NCA_SCALE_LAUNCHER_PID"
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def die_with_parent(check_launcher: bool = True) -> None:
-    """SIGKILL this process when its parent dies (Linux). torchrun starts each rank in a session of its own,
-    so a `kill -9` of the launcher (or of the `nca-scale train` above it) would otherwise leave orphan ranks
-    that go on training and writing checkpoints next to the restarted run.
-
-    The request only covers deaths after it is made, and a rank makes it after its imports (seconds): a rank
-    whose launcher was killed before that is an orphan already. So a rank of torchrun started by
-    `nca-scale train` (LAUNCHER_ENV) also checks that its parent is still that command's child; a process a
-    rank starts (check_launcher=False) only asks to die with that rank. The request is not inherited over
-    fork, so every process this one forks from now on (megatron's checkpoint writers) makes it too."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    _ask_for_death_signal()
-    if not _forking:
-        os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()), after_in_child=_forked)
-        _forking.append(os.getpid())
-    launcher = os.environ.get(LAUNCHER_ENV)
-    orphaned = os.getppid() != parent  # the parent died before the request took effect
-    if check_launcher and launcher and _parent_of(os.getppid()) != int(launcher):  # torchrun is gone, or lost its launcher
-        orphaned = True
-    if orphaned:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_forking: list[int] = []  # [pid of the process about to fork], once die_with_parent registered _forked
-
-
-def _ask_for_death_signal() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
-def _forked() -> None:
-    """In a child just forked: die with the parent (the signal comes when the parent's forking thread ends, and
-    the forks of ours happen on main threads), or now if it is gone already."""
-    _ask_for_death_signal()
-    if os.getppid() != _forking[0]:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Preemption(Callback):

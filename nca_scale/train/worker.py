@@ -10,17 +10,18 @@ from __future__ import annotations
 import os
 import sys
 
-from nca_scale import logs
+from nca_scale import logs, procs
 from nca_scale.errors import UserError, print_error
 from nca_scale.train import checkpoint_select, run_folder
 from nca_scale.train.config import from_args
 
 
 def main(args: list[str]) -> int:
-    from nca_scale.train.preemption import die_with_parent
+    from nca_scale.train.entry import LAUNCHER_ENV
     from nca_scale.train.trainer import run
 
-    die_with_parent()  # a rank never outlives its launcher
+    launcher = os.environ.get(LAUNCHER_ENV)  # set when `nca-scale train` started torchrun
+    procs.die_with_parent(int(launcher) if launcher else None)  # a rank never outlives its launcher
     logs.setup()  # `[nca-scale] ...` lines from the start (run_folder's), not only after dist.init
 
     try:
@@ -49,6 +50,4 @@ if __name__ == "__main__":
 elif __name__ == "__mp_main__":
     # a process megatron's checkpoint writer spawned from a rank (it re-imports this module): the death
     # signal is not inherited, so without this it outlives a rank killed with kill -9 (make chaos found it)
-    from nca_scale.train.preemption import die_with_parent
-
-    die_with_parent(check_launcher=False)
+    procs.die_with_parent()

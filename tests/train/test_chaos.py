@@ -133,7 +133,7 @@ def _describe(pid: int) -> str:
 
 
 def _kill(proc: subprocess.Popen) -> float:
-    """SIGKILL the launcher's process group only; the ranks must die with it (preemption.die_with_parent; a rank
+    """SIGKILL the launcher's process group only; the ranks must die with it (procs.die_with_parent; a rank
     killed before it got there dies when it does, after its imports), and so must the processes they fork
     (megatron's checkpoint writers). Returns the time of the kill."""
     tree = _tree(proc.pid)

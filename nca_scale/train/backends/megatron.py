@@ -348,9 +348,9 @@ def _write_in_background(write, name: str, *args, **kwargs) -> None:
     """megatron's file writer, run in the process it forks per save (on a GPU after the tensors were copied to
     host memory; on a CPU fork's copy-on-write keeps the tensors as they were at the save while training
     changes them). It dies with its rank, and so do the writer processes it forks in turn."""
-    from nca_scale.train.preemption import die_with_parent
+    from nca_scale import procs
 
-    die_with_parent(check_launcher=False)
+    procs.die_with_parent()
     checkpoint_commit.pause_for_tests(name, "writing in the background")
     write(*args, **kwargs)
 
