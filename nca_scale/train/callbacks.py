@@ -1,15 +1,19 @@
-"""Trainer callbacks: checkpointing, speed/MFU, JSONL metrics, wandb, progress bar.
+"""Trainer callbacks: checkpointing, speed/MFU, JSONL metrics, run progress, wandb, progress bar.
 
-Hooks run in list order: pre_train (after the model is built), post_step (with the step's metrics dict, which
-earlier callbacks may extend), post_eval, post_train. Only the checkpointer acts on every rank; the loggers
-act on global rank 0.
+Hooks: pre_train (after the model is built), post_step (with the step's metrics dict, which callbacks of
+higher priority may extend), post_eval, post_train (after the trainer's last save, also after a stop),
+rewound, flush, on_error. Each hook runs over the callbacks in descending `priority` (as OLMo-core orders
+them; equal priorities are independent of each other): the speed monitor extends the metrics before the
+loggers read them, and the loggers write a step before the checkpointer saves it (a kill right after the commit
+must not lose its line). No callback looks for another: what they share is the trainer (save_checkpoint,
+request_stop). The checkpointer and the preemption callback act on every rank; the loggers on global rank 0.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -19,23 +23,28 @@ import torch
 import torch.distributed as dist
 
 from nca_scale.config import to_dict
-from nca_scale.files import write_atomic
 from nca_scale.model.config import flops_per_token
-from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror
+from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror, run_files
 from nca_scale.train import dist as tdist
 from nca_scale.train.speed import peak_flops_per_rank
 
 log = logging.getLogger(__name__)
 
 
+# priorities, the highest first: what extends the metrics, what writes them, what saves, what stops
+MEASURES, LOGS, SAVES, STOPS = 300, 200, 100, 0
+
+
 class Callback:
+    priority = LOGS
+
     def pre_train(self, trainer) -> None: ...
     def post_step(self, trainer, metrics: dict) -> None: ...
     def post_eval(self, trainer, metrics: dict) -> None: ...
     def post_train(self, trainer) -> None: ...
     def rewound(self, trainer) -> None: ...  # after a rollback set trainer.step back
     def flush(self, trainer) -> None: ...  # finish background work before a stop or a rollback (every rank)
-    def failed(self, trainer) -> None: ...  # an error ends this rank: wait for its own background work only
+    def on_error(self, trainer) -> None: ...  # an error ends this rank: wait for its own background work only
 
 
 def _rank0() -> bool:
@@ -43,18 +52,21 @@ def _rank0() -> bool:
 
 
 class Checkpointer(Callback):
-    """Saves every `checkpoint_every` steps and at the end (checkpoint_commit.py: staged, then committed by rank 0);
-    keeps the last k; with checkpoint_url= also publishes each one there, in a thread on rank 0 (the upload never
-    blocks a step). It comes after the loggers, so a step is logged before it is checkpointed (a kill right after
-    the commit must not lose its metrics line); resuming is the Trainer's (Trainer.resume).
+    """Saves every `checkpoint_every` steps, and when the trainer asks (Trainer.save_checkpoint: at the end of a
+    run and at a stop), staged, then committed by rank 0 (checkpoint_commit.py); keeps the last k; with
+    checkpoint_url= also publishes each one there, in a thread on rank 0 (the upload never blocks a step). Its
+    priority is below the loggers', so a step is logged before it is checkpointed; resuming is the Trainer's
+    (Trainer.resume).
 
     A backend that writes in the background (megatron with checkpoint_async) returns a Writing from
     engine.save: the steps go on, every rank asks after each step whether all ranks' files are written (one
     all-reduce), and then rank 0 commits the checkpoint in the thread too (checksums, manifest, rename,
     `latest`), so a kill before the commit ends leaves the previous checkpoint as `latest`. Background work is
     finished before the next save, at the end of the run, before a preemption stop and before a non-finite stop
-    or rollback (flush); on an error this rank's writer is waited for but nothing more is committed (failed).
+    or rollback (flush); on an error this rank's writer is waited for but nothing more is committed (on_error).
     The other ranks wait for rank 0 on the gloo side group (dist.wait_for_rank0), never on the training group."""
+
+    priority = SAVES
 
     def __init__(self) -> None:
         self.writing: tuple | None = None  # (Writing, step, tokens, skipped steps, start time) of a save in flight
@@ -70,9 +82,6 @@ class Checkpointer(Callback):
             self.save(trainer)
         trainer.checkpoint_time += time.perf_counter() - t0  # the loop is blocked while a save (or its wait) runs
 
-    def post_train(self, trainer) -> None:
-        self.save_now(trainer)
-
     def flush(self, trainer) -> None:
         """Finish the save in flight: every rank's files written, then rank 0's commit and upload (all ranks
         call it)."""
@@ -86,7 +95,7 @@ class Checkpointer(Callback):
                 raise self.background_error
         tdist.wait_for_rank0()
 
-    def failed(self, trainer) -> None:
+    def on_error(self, trainer) -> None:
         """An error stops this rank: its writer and rank 0's thread end before it does, so no process writes into
         the checkpoint directory after the run is gone; a save still being written stays uncommitted."""
         if self.writing is not None:
@@ -96,7 +105,7 @@ class Checkpointer(Callback):
             self.background.join()
 
     def save_now(self, trainer) -> None:
-        """The current step committed before this returns (the end of a run, a preemption stop)."""
+        """The current step committed before this returns (Trainer.save_checkpoint: the end of a run, a stop)."""
         self.flush(trainer)
         if not checkpoint.is_complete(checkpoint.step_dir(trainer.cfg.out, trainer.step)):
             self.save(trainer)
@@ -160,6 +169,8 @@ class SpeedMonitor(Callback):
     (checkpoint_time: a save follows its own step's line) and, on a GPU, the peak memory allocated in that
     interval, the first from start-up (peak_memory_gib; the caching allocator's counters, no device sync)."""
 
+    priority = MEASURES
+
     def pre_train(self, trainer) -> None:
         cfg = trainer.cfg
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)["train"]
@@ -178,37 +189,72 @@ class SpeedMonitor(Callback):
 
 
 class MetricsLog(Callback):
-    """RUN_DIR/metrics.jsonl: one line per logged step and per evaluation. On resume, lines past the resumed
-    step are dropped so the file reads as one uninterrupted run."""
+    """OUT/metrics.jsonl (run_files.py): one row per logged step and per evaluation. On resume, rows past the
+    resumed step are dropped so the file reads as one uninterrupted run."""
 
     def pre_train(self, trainer) -> None:
-        self.path = Path(trainer.cfg.out) / "metrics.jsonl"
+        self.writer = run_files.MetricsWriter(trainer.cfg.out)
         self.rewound(trainer)
 
     def rewound(self, trainer) -> None:
-        if not _rank0() or not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if _step_of(line) <= trainer.step]
-        write_atomic(self.path, "".join(line + "\n" for line in keep))  # a kill mid-write must not lose history
-
-    def _write(self, metrics: dict) -> None:
         if _rank0():
-            with self.path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            self.writer.keep_until(trainer.step)
 
     def post_step(self, trainer, metrics: dict) -> None:
-        if trainer.should_log():
-            self._write(metrics)
+        if trainer.should_log() and _rank0():
+            self.writer.append(run_files.TrainRow.from_metrics(metrics))
 
     def post_eval(self, trainer, metrics: dict) -> None:
-        self._write(metrics)
+        if _rank0():
+            self.writer.append(run_files.EvalRow(**metrics))
 
 
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except ValueError:  # the torn last line of a killed process
-        return float("inf")
+class RunProgress(Callback):
+    """OUT/progress.json (rank 0, after every step; run_files.Progress): where the run is, what a restart is
+    measured against, and at the end how it ended ("finished", or the name of the signal it stopped for).
+
+    A resumed run records the restart in OUT/metrics.jsonl: one restart row (step, tokens, restart,
+    lost_steps, lost_tokens, lost_seconds, reason), where lost work is what the previous attempt trained past
+    its last complete checkpoint (nothing after a stop's save; the steps since the last save after a hard
+    kill). Its priority is below MetricsLog's, which first drops the rows past the resumed step."""
+
+    priority = LOGS - 1
+
+    def pre_train(self, trainer) -> None:
+        self.restart, self.step_time = 0, 0.0
+        if _rank0():
+            self._record_restart(trainer)
+
+    def _record_restart(self, trainer) -> None:
+        before = run_files.Progress.read(trainer.cfg.out)
+        if trainer.cfg.resume == "never" or before is None:
+            return  # a fresh run
+        if before.stopped == "finished":
+            return  # a finished run continued to more steps is not a restart
+        restart = before.restart + 1
+        slurm = os.environ.get("SLURM_RESTART_COUNT")
+        if slurm is not None and before.job_id == os.environ.get("SLURM_JOB_ID"):
+            restart = max(restart, int(slurm))
+        lost = max(0, before.step - trainer.step)
+        row = run_files.RestartRow(trainer.step, trainer.tokens, restart, lost_steps=lost,
+                                   lost_tokens=lost * trainer.cfg.tokens_per_step,
+                                   lost_seconds=round(lost * before.step_time, 3), reason=before.stopped or "killed")
+        run_files.MetricsWriter(trainer.cfg.out).append(row)
+        self.restart = restart
+        log.info(f"restart {restart}: resumed at step {trainer.step}, {lost} steps of work lost")
+
+    def _write(self, trainer, stopped: str | None = None) -> None:
+        if _rank0():
+            run_files.Progress(trainer.step, trainer.tokens, time.time(), self.step_time, self.restart,
+                               os.environ.get("SLURM_JOB_ID"), stopped).write(trainer.cfg.out)
+
+    def post_step(self, trainer, metrics: dict) -> None:
+        self.step_time = metrics.get("step_time", 0.0)
+        self._write(trainer)
+
+    def post_train(self, trainer) -> None:
+        signum = trainer.stop_signal
+        self._write(trainer, signal.Signals(signum).name if signum else "finished")
 
 
 class Wandb(Callback):
@@ -258,11 +304,3 @@ class ProgressBar(Callback):
 
     def post_train(self, trainer) -> None:
         self.bar.close()
-
-
-def default_callbacks(cfg) -> list[Callback]:
-    # loggers first: a step is logged before it is checkpointed, and before a preemption stops on it
-    from nca_scale.train.preemption import Preemption
-
-    mode = cfg.wandb or os.environ.get("WANDB_MODE", "offline")
-    return [SpeedMonitor(), MetricsLog(), Wandb(mode), ProgressBar(), Checkpointer(), Preemption()]

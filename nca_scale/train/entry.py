@@ -54,12 +54,5 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
 
 
 def _in_process(run, cfg: TrainConfig, chosen) -> Outcome:
-    from nca_scale.train import preemption
-
-    try:
-        run(cfg, chosen=chosen)
-    except SystemExit as e:
-        if e.code != preemption.EXIT_PREEMPTED:
-            raise
-        return Outcome(preemption.EXIT_PREEMPTED, preemption.received)
-    return Outcome(0)
+    fitted = run(cfg, chosen=chosen)  # a FitOutcome: a stop for a signal is exit status EXIT_PREEMPTED
+    return Outcome(fitted.exit_code, fitted.stop_signal)

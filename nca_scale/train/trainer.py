@@ -1,5 +1,11 @@
 """The training loop, top to bottom: build, resume, then step / log / evaluate / checkpoint until the step or
-token budget is reached. Backends differ only behind the Engine interface.
+token budget is reached, or a callback asks it to stop (preemption). Backends differ only behind the Engine
+interface.
+
+The Trainer owns saving and stopping, as OLMo-core's does: `save_checkpoint()` commits the current step (its
+Checkpointer also saves every checkpoint_every steps), `request_stop(signal)` ends the loop after the current
+step. Either way fit() saves the last step and returns a FitOutcome; the callers turn a stop into exit status
+EXIT_PREEMPTED (worker.py, entry.py).
 
 A step whose loss or gradient norm is NaN or infinite (identical on every rank) never reaches the callbacks,
 so it is neither logged as a normal step nor checkpointed. By default the run stops with the step named;
@@ -13,22 +19,46 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
-from nca_scale.train import backends, checkpoint, checkpoint_select, dist, transfer
-from nca_scale.train.callbacks import Callback, default_callbacks
+from nca_scale.train import backends, callbacks, checkpoint, checkpoint_select, dist, transfer
+from nca_scale.train.callbacks import Callback, Checkpointer
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
+from nca_scale.train.preemption import EXIT_PREEMPTED, Preemption
 from nca_scale.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class FitOutcome:
+    """How fit() ended: at its last step (stop_signal None), or stopped early, after saving, for a signal."""
+
+    step: int
+    stop_signal: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PREEMPTED if self.stop_signal else 0
+
+
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """Every callback but the checkpointer (the Trainer makes its own); they run by priority, not list order."""
+    mode = cfg.wandb or os.environ.get("WANDB_MODE", "offline")
+    return [callbacks.SpeedMonitor(), callbacks.MetricsLog(), callbacks.RunProgress(), callbacks.Wandb(mode),
+            callbacks.ProgressBar(), Preemption()]
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, engine, callbacks: list[Callback]):
-        self.cfg, self.engine, self.callbacks = cfg, engine, callbacks
+        self.cfg, self.engine = cfg, engine
+        self.checkpointer = Checkpointer()
+        self.callbacks = sorted([*callbacks, self.checkpointer], key=lambda cb: -cb.priority)
+        self.stop_signal: int | None = None  # set by request_stop
         self.step, self.tokens = 0, 0
         self.skipped: set[int] = set()  # steps whose batch is not trained on (on_nonfinite=rollback)
         self.rollbacks = 0
@@ -55,22 +85,31 @@ class Trainer:
             upcoming += 1
         return self.prefetch.batch(self.step, upcoming if upcoming < self.cfg.total_steps else None)
 
-    def fit(self) -> None:
+    def save_checkpoint(self) -> None:
+        """The current step committed before this returns (every rank calls it; nothing to do if it is)."""
+        self.checkpointer.save_now(self)
+
+    def request_stop(self, signum: int) -> None:
+        """End fit() after the current step: it saves that step and returns FitOutcome(step, signum). Every rank
+        must ask at the same step (Preemption agrees on it with an all-reduce)."""
+        self.stop_signal = signum
+
+    def fit(self) -> FitOutcome:
         try:
-            self._fit()
+            return self._fit()
         except BaseException:
             for cb in self.callbacks:  # e.g. a checkpoint writer of this rank still running
-                cb.failed(self)
+                cb.on_error(self)
             raise
         finally:
             if self.prefetch is not None:
                 self.prefetch.close()
 
-    def _fit(self) -> None:
+    def _fit(self) -> FitOutcome:
         cfg = self.cfg
         for cb in self.callbacks:
             cb.pre_train(self)
-        while self.step < cfg.total_steps:
+        while self.step < cfg.total_steps and self.stop_signal is None:
             if self.step in self.skipped:
                 log.info(f"step {self.step + 1}: skipped (its batch gave a non-finite loss or gradient)")
                 self.step += 1
@@ -92,12 +131,14 @@ class Trainer:
                        "step_time": time.perf_counter() - t0, "data_time": t1 - t0, **self.engine.phases.times}
             for cb in self.callbacks:
                 cb.post_step(self, metrics)
-            if cfg.eval_every and self.step % cfg.eval_every == 0:
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.stop_signal is None:
                 self.evaluate()
-        if cfg.eval_every and self.evaluated_at != self.step:  # the final weights are always evaluated
-            self.evaluate()
+        if cfg.eval_every and self.evaluated_at != self.step and self.stop_signal is None:
+            self.evaluate()  # the final weights are always evaluated; a stopped run's are not final
+        self.save_checkpoint()
         for cb in self.callbacks:
             cb.post_train(self)
+        return FitOutcome(self.step, self.stop_signal)
 
     def resume(self, path: Path) -> dict:
         """Continue from a checkpoint: weights, optimizer state, step, tokens, skipped steps."""
@@ -139,9 +180,9 @@ class Trainer:
         return metrics
 
 
-def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> Trainer:
-    """Train `cfg` in this process (one rank of the job). Returns the finished Trainer. `chosen`: (checkpoint to
-    resume from, or None), already resolved and verified by the caller."""
+def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> FitOutcome:
+    """Train `cfg` in this process (one rank of the job): how it ended. `chosen`: (checkpoint to resume from, or
+    None), already resolved and verified by the caller."""
     if cfg.backend == "megatron" and cfg.tp > 1:
         # one hardware queue per GPU, so that megatron's TP communication overlaps the compute in issue order;
         # CUDA reads it when this process creates its context (dist.init), which has not happened yet
@@ -166,7 +207,7 @@ def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | 
     return path
 
 
-def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) -> Trainer:
+def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) -> FitOutcome:
     resume_from = _resume_from(cfg, chosen)
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
@@ -185,5 +226,4 @@ def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) ->
         f"batch {cfg.batch_size} x seq {cfg.seq_len} = {cfg.tokens_per_step:,} tokens/step, micro-batch "
         f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps; {precision}"
     )
-    trainer.fit()
-    return trainer
+    return trainer.fit()

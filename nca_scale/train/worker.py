@@ -30,7 +30,7 @@ def main(args: list[str]) -> int:
         if by_hand:
             run_folder.check(cfg)
         run_folder.start(cfg, writer=os.environ.get("RANK", "0") == "0", move=by_hand)
-        run(cfg)
+        return run(cfg).exit_code  # preemption.EXIT_PREEMPTED after a stop for a signal
     except UserError as e:  # a bad config, or a run stopped on a non-finite loss
         print_error(e)
         return 2
@@ -42,7 +42,6 @@ def main(args: list[str]) -> int:
             raise
         print_error(UserError(problem))
         return 2
-    return 0
 
 
 if __name__ == "__main__":
