@@ -9,6 +9,7 @@ in the data config (data.nca.seed), so (seed, step) fixes every token.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +19,8 @@ import torch
 
 from nca_scale.errors import UserError
 from nca_scale.train.config import DataConfig
+
+log = logging.getLogger(__name__)
 
 
 class SequenceSource(Protocol):
@@ -78,9 +81,9 @@ class TextShardSource:
         if split == "train" and self.reader.eval_only:
             raise UserError(f"{url} holds evaluation-only text, which is never trained on")
         if self.reader.skipped:
-            print(f"[nca-scale] {url}: skipped {len(self.reader.skipped)} corrupt shards "
-                  f"({self.reader.skipped_sequences} sequences): {'; '.join(e for _, e in self.reader.skipped)}",
-                  flush=True)
+            # a warning: every rank says what it trains without (each reads the shard list itself)
+            log.warning(f"{url}: skipped {len(self.reader.skipped)} corrupt shards ({self.reader.skipped_sequences} "
+                        f"sequences): {'; '.join(e for _, e in self.reader.skipped)}")
 
     def prepare(self, indices) -> None:
         self.reader.prepare(indices)  # see TextShardReader.prepare
