@@ -15,8 +15,8 @@ previous one used; a restart past a corrupted newest checkpoint ends with the un
 torchrun has started the ranks and one inside a save; 1 kill inside the commit of the last checkpoint of
 one-process megatron and DeepSpeed runs; 1 kill inside the background write of a 2-process asynchronous megatron
 save); `make chaos` (NCA_SCALE_CHAOS=1) kills one torch process 20 times, a 2-process DDP run 6 times,
-2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs 5 times each, and the asynchronous run in each of its 3
-background writes.
+2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs 5 times each, and 2-process asynchronous megatron and
+torch runs in each of their 3 background writes.
 NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (checkpoint_commit.pause_for_tests) so
 kills land inside them; the test reads the pause lines from the run's output to know which window it is in.
 """
@@ -375,13 +375,16 @@ def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend
 
 # ---- megatron's asynchronous saves (checkpoint_async) ------------------------------------------------
 # two ranks at dp=2, so the fully parallel save splits the DP-replicated tensors between them
-ASYNC = Chaos(12 if FULL else 6, ["backend=megatron", "nproc=2"])
-BACKGROUND = "writing in the background"  # the window of megatron_backend._write_in_background
+ASYNC = {"megatron": Chaos(12 if FULL else 6, ["backend=megatron", "nproc=2"]),
+         "torch": Chaos(12 if FULL else 6, ["nproc=2"])}  # make chaos only: make test keeps its time
+BACKGROUND = "writing in the background"  # the window of megatron's _write_in_background, torch's _BackgroundWriter
 
 
-def test_kill_nine_inside_an_asynchronous_megatron_save_loses_nothing(tmp_path, monkeypatch):
-    """checkpoint_async=true: each rank forks a process that writes the save's files while the steps go on, and
-    rank 0 commits them once every rank's are written. Against the synchronous run (the reference): every
+@pytest.mark.parametrize("backend", ["megatron", "torch"] if FULL else ["megatron"])
+def test_kill_nine_inside_an_asynchronous_save_loses_nothing(backend, tmp_path, monkeypatch):
+    """checkpoint_async=true: each rank writes the save's files in the background while the steps go on
+    (megatron: a forked process; torch: DCP's async_save thread), and rank 0 commits them once every rank's are
+    written. Against the synchronous run (the reference): every
     committed checkpoint holds its bytes; a kill -9 while the writers of a save are still writing leaves the
     previous checkpoint as `latest`, and no writer outlives its rank to write into the abandoned directory; the
     restart ends with the reference's losses and files. make chaos: a kill in each save's background write.
@@ -392,13 +395,13 @@ def test_kill_nine_inside_an_asynchronous_megatron_save_loses_nothing(tmp_path, 
     with monkeypatch.context() as env:
         env.setenv("PYTHONPATH", str(hook))
         env.setenv("SHA_LOG", str(sha_log))
-        reference = _reference(tmp_path / "reference", ASYNC)  # checkpoint_async unset: synchronous on a CPU
+        reference = _reference(tmp_path / "reference", ASYNC[backend])  # checkpoint_async unset: synchronous on a CPU
     for path in checkpoint.complete_checkpoints(reference):
         hashed = [line.split() for line in sha_log.read_text().splitlines() if f"{path.name}.tmp/" in line]
         assert sorted(f for _, f in hashed) == sorted(str(checkpoint.staging_dir(reference, int(path.name[5:])) / f)
                                                        for f in checkpoint.read_meta(path)["files"]), path
         assert len({pid for pid, _ in hashed}) == 2, (path, hashed)  # both ranks took a share
-    chaos = Chaos(ASYNC.steps, [*ASYNC.extra, "checkpoint_async=true"])
+    chaos = Chaos(ASYNC[backend].steps, [*ASYNC[backend].extra, "checkpoint_async=true"])
     out, log = tmp_path / "chaos", tmp_path / "chaos.log"
     targets = range(2 * EVERY, chaos.steps + 1, 2 * EVERY) if FULL else [2 * EVERY]
     with log.open("w") as sink:
@@ -414,4 +417,4 @@ def test_kill_nine_inside_an_asynchronous_megatron_save_loses_nothing(tmp_path, 
             assert not late, f"written into {staging} after the kill: {late}"
     assert f"saving step {EVERY} in the background" in log.read_text()  # the asynchronous path ran
     _finish(out, reference, chaos, log)
-    print(f"megatron async: {len(targets)} kills in the background write, then finished")
+    print(f"{backend} async: {len(targets)} kills in the background write, then finished")

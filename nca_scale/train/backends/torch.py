@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nca_scale.model.llama import Llama, masked_loss
+from nca_scale.train import checkpoint, checkpoint_commit
 from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import freeze, torch_optimizer
 from nca_scale.train.config import TrainConfig
@@ -101,11 +102,11 @@ class TorchEngine:
             state = {"model": model, "optimizer": optimizer}
         else:  # a step-0 save: get_state_dict would make Adam's state by a zero step (step=1) that resumes count
             state = {"model": get_model_state_dict(self.model)}
-        writer = dcp.FileSystemWriter(path / DCP)
         if not self.asynchronous:
-            dcp.save(state, storage_writer=writer)  # returns once rank 0 wrote .metadata
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(path / DCP))  # returns once rank 0 wrote .metadata
             return None
         # async_save copies the state to new host memory before it returns; a thread writes the copy
+        writer = _BackgroundWriter(path / DCP, path.name.removesuffix(checkpoint.STAGING))
         return BackgroundSave(dcp.async_save(state, storage_writer=writer, process_group=self.save_group), self.device)
 
     def load(self, path: Path, optimizer: bool = True) -> None:
@@ -129,6 +130,18 @@ class TorchEngine:
         self.model.load_state_dict(state["model"])
         if optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+class _BackgroundWriter(dcp.FileSystemWriter):
+    """DCP's file writer, in the background save's thread: the chaos test's window opens before the files."""
+
+    def __init__(self, path: Path, name: str):
+        super().__init__(path)
+        self.name = name
+
+    def write_data(self, plan, planner):
+        checkpoint_commit.pause_for_tests(self.name, "writing in the background")
+        return super().write_data(plan, planner)
 
 
 class BackgroundSave:
