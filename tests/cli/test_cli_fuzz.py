@@ -69,7 +69,7 @@ def test_cli_fuzz(tmp_path, monkeypatch, capsys):
     import nca_scale.train.trainer as trainer
 
     started = []
-    monkeypatch.setattr(trainer, "run", lambda cfg, chosen=None: started.append(cfg.out))
+    monkeypatch.setattr(trainer, "run", lambda cfg, chosen=None: started.append(cfg.out) or trainer.FitOutcome(0))
     monkeypatch.setattr(entry.subprocess, "call", lambda cmd, **kw: started.append(cmd) or 0)  # nproc > 1
     monkeypatch.chdir(tmp_path)
     work = tmp_path

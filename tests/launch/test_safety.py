@@ -62,7 +62,7 @@ def test_a_submitted_run_writes_no_secret_anywhere(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     files = [p for p in [*out.rglob("*"), *home.rglob("*")] if p.is_file()]
     kinds = {p.suffix for p in files}
-    assert {".pkl", ".pt", ".json", ".jsonl", ".wandb"} <= kinds, kinds  # the job pickle, checkpoint, wandb run
+    assert {".pkl", ".distcp", ".json", ".jsonl", ".wandb"} <= kinds, kinds  # the job pickle, checkpoint, wandb run
     for path in files:
         data = path.read_bytes()
         for name, value in SECRETS.items():
