@@ -6,12 +6,12 @@ job's submitit result file; step, last loss, restarts and lost steps from the ru
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
 
 from nca_scale.launch.jobs import records
+from nca_scale.train import run_files
 
 
 def slurm_states(ids: list[str]) -> dict[str, str]:
@@ -44,21 +44,8 @@ def local_state(rec: dict) -> str:
 
 def progress(out: str) -> dict:
     """step, last loss, restarts and lost steps from OUT/metrics.jsonl."""
-    info = {"step": None, "loss": None, "restarts": 0, "lost_steps": 0}
-    f = Path(out) / "metrics.jsonl"
-    if not f.is_file():
-        return info
-    for line in f.read_text().splitlines():
-        try:
-            m = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "loss" in m:
-            info["step"], info["loss"] = m["step"], m["loss"]
-        if "restart" in m:
-            info["restarts"] = max(info["restarts"], m["restart"])
-            info["lost_steps"] += m.get("lost_steps", 0)
-    return info
+    s = run_files.summary(out)
+    return {"step": s.step, "loss": s.loss, "restarts": s.restarts, "lost_steps": s.lost_steps}
 
 
 def status(targets: list[str]) -> list[dict]:

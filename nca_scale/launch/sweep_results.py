@@ -10,8 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import nca_scale
-from nca_scale.launch.status import progress
 from nca_scale.model.config import flops_per_token, param_counts
+from nca_scale.train import run_files
 from nca_scale.train.config import from_args
 
 RESULTS = "results.jsonl"
@@ -31,24 +31,12 @@ def code_version() -> str:
     return f"{nca_scale.__version__}+g{sha.stdout.strip()[:12]}" + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def metric_lines(out: str | Path) -> list[dict]:
-    f = Path(out) / "metrics.jsonl"
-    lines = []
-    for line in f.read_text().splitlines() if f.is_file() else []:
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill; the trainer drops it on resume
-            continue
-    return lines
-
-
 def record(sweep: str, run: dict, wall_s: float) -> dict:
     """The results.jsonl record of a finished planned run (a plan.json entry), from its config and metrics."""
     cfg = from_args(run["train_args"]).resolved()
-    lines = metric_lines(run["out"])
-    train = [m for m in lines if "loss" in m]
-    curve = [{k: m[k] for k in ("step", "tokens", "eval_loss", "eval_ppl")} for m in lines if "eval_loss" in m]
-    tokens = train[-1]["tokens"] if train else 0
+    summary = run_files.summary(run["out"])
+    curve = [asdict(e) for e in summary.evals]
+    tokens = summary.tokens
     counts = param_counts(cfg.model)
     final = curve[-1] if curve else {"eval_loss": None, "eval_ppl": None}
     return {
@@ -66,7 +54,7 @@ def record(sweep: str, run: dict, wall_s: float) -> dict:
         "eval_curve": curve,
         "final": {"eval_loss": final["eval_loss"], "eval_ppl": final["eval_ppl"]},
         "wall_s": round(wall_s, 3),
-        "restarts": progress(run["out"])["restarts"],
+        "restarts": summary.restarts,
         "out": str(Path(run["out"]).resolve()),
     }
 

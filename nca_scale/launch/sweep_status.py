@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nca_scale.launch import jobs, sweep_plan, sweep_results, sweep_spec
 from nca_scale.launch import status as job_status
+from nca_scale.train import run_files
 
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
              "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
@@ -44,15 +45,14 @@ def status_rows(spec: sweep_spec.SweepSpec) -> tuple[list[dict], list[str]]:
     states = _states(recorded)
     rows = []
     for r in runs:
-        p = job_status.progress(r.out)
-        evals = [m for m in sweep_results.metric_lines(r.out) if "eval_loss" in m]
+        p = run_files.summary(r.out)
         state = "FINISHED" if r.name in done else states.get(r.name, "NOT SUBMITTED")
         if state == "COMPLETED":  # the job ended well but wrote no record: it did not finish its run
             state = "INCOMPLETE"
         job = recorded.get(r.name)
-        rows.append({"run": r.name, "stage": r.stage, "state": state, "step": p["step"], "steps": r.steps,
-                     "loss": p["loss"], "eval_loss": evals[-1]["eval_loss"] if evals else None,
-                     "restarts": p["restarts"], "job_id": job["job_id"] if job else None,
+        rows.append({"run": r.name, "stage": r.stage, "state": state, "step": p.step, "steps": r.steps,
+                     "loss": p.loss, "eval_loss": p.evals[-1].eval_loss if p.evals else None,
+                     "restarts": p.restarts, "job_id": job["job_id"] if job else None,
                      "log": job["logs"] if job else None})
     return rows, notes
 
