@@ -50,13 +50,12 @@ def text_shards(tmp_path_factory) -> str:
     with open(d / "docs.jsonl", "w") as f:
         for _ in range(200):
             f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(120))}) + "\n")
-    quiet = lambda *a, **k: None  # noqa: E731
     corpus = CorpusConfig(name="tiny", domain="web", sources=[SourceConfig(files=[str(d / "docs.jsonl")])],
                           val_fraction=0.1)
-    build_corpus(corpus, str(d / "corpus"), log=quiet)
+    build_corpus(corpus, str(d / "corpus"))
     built = Corpus(str(d / "corpus"))
-    train_tokenizer([built], TokenizerConfig(vocab_size=300, threads=1), str(d / "tok"), log=quiet)
-    pack(built, "train", Tokenizer(str(d / "tok")), str(d / "shards"), PackConfig(seq_len=64, threads=1), log=quiet)
+    train_tokenizer([built], TokenizerConfig(vocab_size=300, threads=1), str(d / "tok"))
+    pack(built, "train", Tokenizer(str(d / "tok")), str(d / "shards"), PackConfig(seq_len=64, threads=1))
     return str(d / "shards")
 
 

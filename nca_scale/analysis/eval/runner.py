@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Literal
 import torch
 
 from nca_scale.errors import UserError
+
+log = logging.getLogger(__name__)
 
 TASKS = ("ppl", "humaneval", "gsm8k", "bbl")
 # paper.md §4: samples, temperature, top-p, new tokens, k
@@ -84,7 +87,7 @@ class EvalConfig:
         return list(self.ks or PAPER[self.task]["ks"])
 
 
-def run(ckpt: str, cfg: EvalConfig, log=print) -> dict:
+def run(ckpt: str, cfg: EvalConfig) -> dict:
     from nca_scale.analysis.eval import model_io
 
     t0 = time.perf_counter()
@@ -101,16 +104,16 @@ def run(ckpt: str, cfg: EvalConfig, log=print) -> dict:
                         f"{mcfg.vocab_size}: not this model's tokenizer")
     if cfg.task != "ppl" and tok is None:
         raise UserError(f"task={cfg.task} needs the model's tokenizer: pass tokenizer=PATH/tokenizer.model")
-    log(f"eval {cfg.task}: {info['path']} ({mcfg.n_layers} layers, d {mcfg.d_model}, vocab {mcfg.vocab_size}) "
+    log.info(f"eval {cfg.task}: {info['path']} ({mcfg.n_layers} layers, d {mcfg.d_model}, vocab {mcfg.vocab_size}) "
         f"on {device} {cfg.dtype}")
     result = {"task": cfg.task, "checkpoint": {k: v for k, v in info.items() if k != "tokenizer"},
               "tokenizer": tok.describe() if tok else None, "config": dataclasses.asdict(cfg)}
-    result |= _TASK_FNS[cfg.task](model, tok, cfg, info, seq_len, device, log)
+    result |= _TASK_FNS[cfg.task](model, tok, cfg, info, seq_len, device)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     out = Path(cfg.out) if cfg.out else _default_out(info, cfg.task)
     model_io.write_json(out, result)
     _append_summary(info, cfg.task, result, out)
-    log(f"{cfg.task}: {json.dumps(result['metrics'])} -> {out}")
+    log.info(f"{cfg.task}: {json.dumps(result['metrics'])} -> {out}")
     return result
 
 
@@ -136,7 +139,7 @@ def _append_summary(info: dict, task: str, result: dict, out: Path) -> None:
         pass  # a read-only checkpoint location: the result JSON at `out` is the record
 
 
-def _ppl(model, tok, cfg, info, seq_len, device, log) -> dict:
+def _ppl(model, tok, cfg, info, seq_len, device) -> dict:
     from nca_scale.analysis.eval import perplexity
 
     nca_config = None
@@ -149,21 +152,21 @@ def _ppl(model, tok, cfg, info, seq_len, device, log) -> dict:
         nca_config = cfgmod.from_dict(NCAConfig, meta["config"]["data"]["nca"], source="meta.json")
     rows, mask, source = perplexity.load_rows(cfg.data, tok=tok, seq_len=seq_len, max_rows=cfg.max_sequences or cfg.limit,
                                               nca_config=nca_config)
-    log(f"perplexity on {len(rows)} sequences of {rows.shape[1] - 1} tokens from {source['source']}")
+    log.info(f"perplexity on {len(rows)} sequences of {rows.shape[1] - 1} tokens from {source['source']}")
     metrics = perplexity.perplexity(model, rows, mask, cfg.batch_size, device)
     return {"data": source, "metrics": metrics}
 
 
-def _humaneval(model, tok, cfg, info, seq_len, device, log) -> dict:
+def _humaneval(model, tok, cfg, info, seq_len, device) -> dict:
     from nca_scale.analysis.eval import humaneval
     from nca_scale.analysis.eval.sampling import complete
     from nca_scale.analysis.eval.sandbox import Limits, network_isolation
 
     problems = humaneval.read_problems(cfg.problems)[: cfg.limit]
     sc = dataclasses.replace(cfg.sampling(), stop=humaneval.STOP)
-    samples = complete(model, tok, [p["prompt"] for p in problems], sc, cfg.batch_size, log)
+    samples = complete(model, tok, [p["prompt"] for p in problems], sc, cfg.batch_size)
     completions = [[s["text"] for s in ss] for ss in samples]
-    log(f"executing {sum(map(len, completions))} programs in the sandbox")
+    log.info(f"executing {sum(map(len, completions))} programs in the sandbox")
     checked = humaneval.check(problems, completions, Limits(cfg.timeout, cfg.memory_mb), cfg.workers)
     metrics = humaneval.score(checked, cfg.k_values())
     out = {"metrics": metrics, "sampling": dataclasses.asdict(sc),
@@ -173,7 +176,7 @@ def _humaneval(model, tok, cfg, info, seq_len, device, log) -> dict:
     return out
 
 
-def _gsm8k(model, tok, cfg, info, seq_len, device, log) -> dict:
+def _gsm8k(model, tok, cfg, info, seq_len, device) -> dict:
     from nca_scale.analysis.eval import gsm8k
     from nca_scale.analysis.eval.sampling import complete
 
@@ -181,7 +184,7 @@ def _gsm8k(model, tok, cfg, info, seq_len, device, log) -> dict:
     prompts = gsm8k.prompts(problems, 3 if cfg.shots is None else cfg.shots, cfg.seed)
     problems, prompts = problems[: cfg.limit], prompts[: cfg.limit]
     sc = dataclasses.replace(cfg.sampling(), stop=gsm8k.STOP)
-    samples = complete(model, tok, prompts, sc, cfg.batch_size, log)
+    samples = complete(model, tok, prompts, sc, cfg.batch_size)
     metrics, records = gsm8k.score(problems, samples, cfg.k_values())
     out = {"metrics": metrics, "sampling": dataclasses.asdict(sc)}
     if cfg.save_samples:
@@ -189,7 +192,7 @@ def _gsm8k(model, tok, cfg, info, seq_len, device, log) -> dict:
     return out
 
 
-def _bbl(model, tok, cfg, info, seq_len, device, log) -> dict:
+def _bbl(model, tok, cfg, info, seq_len, device) -> dict:
     from nca_scale.analysis.eval import bigbench
     from nca_scale.analysis.eval.sampling import complete
 
@@ -202,8 +205,8 @@ def _bbl(model, tok, cfg, info, seq_len, device, log) -> dict:
     sc = dataclasses.replace(cfg.sampling(), stop=bigbench.STOP)
     samples = {}
     for name, data in tasks.items():
-        log(f"bbl {name}: {len(data['prompts'])} examples")
-        samples[name] = complete(model, tok, data["prompts"], sc, cfg.batch_size, log)
+        log.info(f"bbl {name}: {len(data['prompts'])} examples")
+        samples[name] = complete(model, tok, data["prompts"], sc, cfg.batch_size)
     metrics, per_task = bigbench.score(tasks, samples, cfg.k_values())
     out = {"metrics": metrics, "per_task": per_task, "dropped": dropped, "sampling": dataclasses.asdict(sc)}
     if cfg.save_samples:

@@ -22,6 +22,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from nca_scale.data.manifest import read_json_manifest
 from nca_scale.data.text import sources as src
 from nca_scale.data.urls import Location, parse_location
 from nca_scale.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "nca_scale.corpus/1"
 MANIFEST = "manifest.json"
@@ -178,7 +181,7 @@ def read_manifest(loc: Location) -> dict | None:
 
 
 def build_corpus(cfg: CorpusConfig, out: str | None = None, *, downloads: Path | None = None,
-                 force: bool = False, log=print, endpoint_url: str | None = None) -> tuple[dict, bool]:
+                 force: bool = False, endpoint_url: str | None = None) -> tuple[dict, bool]:
     """Build `cfg` into `out` (default: the cache); returns (manifest, cached?)."""
     cfg.validate()
     loc = parse_location(out or default_location(cfg.name), endpoint_url)
@@ -213,7 +216,7 @@ def build_corpus(cfg: CorpusConfig, out: str | None = None, *, downloads: Path |
             st["bytes"] += len(doc.text.encode("utf-8"))
             if s.max_docs is not None and st["documents"] >= s.max_docs:
                 break
-        log(f"  {s.label}: {st['documents']} documents ({st['bytes'] / 1e6:.2f} MB; train {st['train']}, "
+        log.info(f"  {s.label}: {st['documents']} documents ({st['bytes'] / 1e6:.2f} MB; train {st['train']}, "
             f"val {st['val']}, eval {st['eval']}, {st['duplicates']} duplicates dropped)")
         stats.append(st)
     for w in writers.values():

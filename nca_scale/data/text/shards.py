@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 import time
@@ -34,6 +35,8 @@ from nca_scale.data.shards import KEY_DIGITS, MTIME, decode_npy, iter_tar_sample
 from nca_scale.data.urls import Location, parse_location
 from nca_scale.errors import UserError
 from nca_scale.files import node_share, replacing, wait_for
+
+log = logging.getLogger(__name__)
 
 FORMAT = "nca_scale.text_shards/1"
 MANIFEST = "manifest.json"
@@ -93,7 +96,7 @@ def read_manifest(loc: Location) -> dict | None:
 
 
 def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: str | None = None,
-         force: bool = False, log=print) -> tuple[dict, bool]:
+         force: bool = False) -> tuple[dict, bool]:
     """Tokenize and pack `split` of `corpus` into shards at `out`; returns (manifest, cached?)."""
     cfg.validate()
     if corpus.count(split) == 0:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from typing import Literal
 
 from nca_scale.data.urls import parse_location
 from nca_scale.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MODEL = "tokenizer.model"
 META = "tokenizer.json"
@@ -68,7 +71,7 @@ def _sentences(texts: Iterator[str], max_len: int) -> Iterator[str]:
                     yield piece
 
 
-def train_tokenizer(corpora: list, cfg: TokenizerConfig, out: str, log=print) -> dict:
+def train_tokenizer(corpora: list, cfg: TokenizerConfig, out: str) -> dict:
     """Train on the train splits of `corpora` (data.text.corpus.Corpus objects); write MODEL and META to `out`."""
     import sentencepiece as spm
 
@@ -104,7 +107,7 @@ def train_tokenizer(corpora: list, cfg: TokenizerConfig, out: str, log=print) ->
     }
     loc.put_atomic(MODEL, data)
     loc.put_atomic(META, json.dumps(meta, indent=1).encode())
-    log(f"{loc.url_of(MODEL)}: {cfg.model_type} vocab {cfg.vocab_size} in {meta['seconds']} s")
+    log.info(f"{loc.url_of(MODEL)}: {cfg.model_type} vocab {cfg.vocab_size} in {meta['seconds']} s")
     return meta
 
 

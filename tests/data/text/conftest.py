@@ -16,14 +16,10 @@ from nca_scale.data.text.tokenizer import Tokenizer, TokenizerConfig, train_toke
 SMALL_TOKENIZER = TokenizerConfig(vocab_size=1000, max_train_bytes=2_000_000, threads=2)
 
 
-def _quiet(*a, **k):
-    pass
-
-
 @pytest.fixture(scope="session")
 def code_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpora") / "code"
-    manifest, cached = build_corpus(DEFAULTS["code"], str(out), log=_quiet)
+    manifest, cached = build_corpus(DEFAULTS["code"], str(out))
     assert not cached
     return out
 
@@ -38,7 +34,7 @@ def corpora(code_corpus) -> dict[str, Corpus]:
     """All three embedded corpora (web and math downloaded and built once, then cached across sessions)."""
     out = {"code": code_corpus}
     for name in ("web", "math"):
-        build_corpus(DEFAULTS[name], log=_quiet)
+        build_corpus(DEFAULTS[name])
         out[name] = Corpus(default_location(name))
     return out
 
@@ -49,7 +45,7 @@ def tokenizers(corpora, tmp_path_factory) -> dict[str, Tokenizer]:
     toks = {}
     for name, corpus in corpora.items():
         out = tmp_path_factory.mktemp(f"tok-{name}")
-        train_tokenizer([corpus], SMALL_TOKENIZER, str(out), log=_quiet)
+        train_tokenizer([corpus], SMALL_TOKENIZER, str(out))
         toks[name] = Tokenizer(str(out))
     return toks
 
@@ -57,5 +53,5 @@ def tokenizers(corpora, tmp_path_factory) -> dict[str, Tokenizer]:
 @pytest.fixture(scope="session")
 def code_tokenizer(code_corpus, tmp_path_factory) -> Tokenizer:
     out = tmp_path_factory.mktemp("tok-code-only")
-    train_tokenizer([code_corpus], SMALL_TOKENIZER, str(out), log=_quiet)
+    train_tokenizer([code_corpus], SMALL_TOKENIZER, str(out))
     return Tokenizer(str(out))

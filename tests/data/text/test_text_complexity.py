@@ -26,7 +26,7 @@ def _corpus(tmp_path, name: str, texts: list[str]) -> str:
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     cfg = CorpusConfig(name, "test", [SourceConfig(files=[str(src)], min_chars=1)], val_fraction=0.0)
     out = tmp_path / name
-    build_corpus(cfg, str(out), downloads=tmp_path / "dl", log=lambda *a: None)
+    build_corpus(cfg, str(out), downloads=tmp_path / "dl")
     return str(out)
 
 

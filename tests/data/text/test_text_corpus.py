@@ -20,10 +20,6 @@ from nca_scale.data.text.corpus import Corpus, CorpusConfig, SourceConfig, build
 from nca_scale.errors import UserError
 
 
-def quiet(*a, **k):
-    pass
-
-
 def docs(corpus: Corpus, split: str) -> list[dict]:
     return list(corpus.documents(split))
 
@@ -65,19 +61,19 @@ def test_eval_source_wins_over_training_duplicate(tmp_path):
     (tmp_path / "b.txt").write_text("other text " * 30)
     cfg = CorpusConfig("dup", "web", [SourceConfig(files=[str(tmp_path / "*.txt")]),
                                       SourceConfig(files=[str(tmp_path / "a.txt")], eval_only=True)])
-    m, _ = build_corpus(cfg, str(tmp_path / "out"), log=quiet)
+    m, _ = build_corpus(cfg, str(tmp_path / "out"))
     assert m["splits"]["eval"]["documents"] == 1
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 1
     assert {s["source"]: s["duplicates"] for s in m["sources"]}[str(tmp_path / "*.txt")] == 1
 
 
 def test_reproducible_and_cached(code_dir, tmp_path):
-    again, cached = build_corpus(cm.DEFAULTS["code"], str(tmp_path / "code"), log=quiet)
+    again, cached = build_corpus(cm.DEFAULTS["code"], str(tmp_path / "code"))
     assert not cached
     ref = json.loads((code_dir / "manifest.json").read_text())
     assert again["fingerprint"] == ref["fingerprint"]
     assert again["splits"] == ref["splits"]  # same parts, byte for byte (sha256)
-    _, cached = build_corpus(cm.DEFAULTS["code"], str(tmp_path / "code"), log=quiet)
+    _, cached = build_corpus(cm.DEFAULTS["code"], str(tmp_path / "code"))
     assert cached
 
 
@@ -94,14 +90,14 @@ def test_interrupted_build_reruns_cleanly(code_dir, tmp_path, monkeypatch):
 
     monkeypatch.setitem(sources.BUILTINS, "cpython_stdlib", (crashing, *real[1:]))
     with pytest.raises(KeyboardInterrupt):
-        build_corpus(small, str(out), log=quiet)
+        build_corpus(small, str(out))
     assert not (out / "manifest.json").exists() and list(out.glob("train-*.jsonl.gz"))
     with pytest.raises(UserError, match="no built corpus"):
         Corpus(str(out))
     monkeypatch.setitem(sources.BUILTINS, "cpython_stdlib", real)
-    m, cached = build_corpus(small, str(out), log=quiet)
+    m, cached = build_corpus(small, str(out))
     assert not cached
-    ref, _ = build_corpus(small, str(tmp_path / "ref"), log=quiet)
+    ref, _ = build_corpus(small, str(tmp_path / "ref"))
     assert m["splits"] == ref["splits"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
 
@@ -129,7 +125,7 @@ def test_bring_your_own_files(tmp_path):
         SourceConfig(files=[f"file://{d}/*.jsonl.gz"], text_fields=["question", "answer"], min_chars=10,
                      eval_only=True),
     ])
-    m, _ = build_corpus(cfg, "memory://byo-corpus", log=quiet)
+    m, _ = build_corpus(cfg, "memory://byo-corpus")
     c = Corpus("memory://byo-corpus")
     ev = docs(c, "eval")
     assert len(ev) == 20 and ev[3]["text"] == rows[3]["question"] + "\n6"
@@ -141,7 +137,7 @@ def test_bring_your_own_yaml(tmp_path, repo_root):
     y = tmp_path / "c.yaml"
     y.write_text(f"name: mine\ndomain: web\nval_fraction: 0.2\nsources:\n  - files: ['{tmp_path}/*.jsonl']\n")
     cfg = cm.resolve(str(y))
-    m, _ = build_corpus(cfg, str(tmp_path / "out"), log=quiet)
+    m, _ = build_corpus(cfg, str(tmp_path / "out"))
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 30
     assert 0 < m["splits"]["val"]["documents"] < 30
     for f in sorted((repo_root / "configs" / "corpus").glob("*.yaml")):
@@ -152,7 +148,7 @@ def test_parquet(tmp_path):
     rows = [f"row {i} " * 40 for i in range(12)]
     pq.write_table(pa.table({"content": rows, "id": list(range(12))}), tmp_path / "x.parquet")
     cfg = CorpusConfig("pq", "code", [SourceConfig(files=[str(tmp_path / "*.parquet")], text_fields=["content"])])
-    m, _ = build_corpus(cfg, str(tmp_path / "out"), log=quiet)
+    m, _ = build_corpus(cfg, str(tmp_path / "out"))
     assert m["sources"][0]["documents"] == 12
     docs = list(sources.read_files([str(tmp_path / "x.parquet")], "auto", ["content"], 1))
     # one document per row, the text field only, in row order
@@ -162,11 +158,11 @@ def test_parquet(tmp_path):
 def test_errors(tmp_path):
     with pytest.raises(UserError, match="matches no files"):
         build_corpus(CorpusConfig("x", "web", [SourceConfig(files=[str(tmp_path / "none-*.txt")])]),
-                     str(tmp_path / "o"), log=quiet)
+                     str(tmp_path / "o"))
     (tmp_path / "a.jsonl").write_text(json.dumps({"body": "x" * 300}) + "\n")
     with pytest.raises(UserError, match="no field 'text'.*text_fields"):
         build_corpus(CorpusConfig("x", "web", [SourceConfig(files=[str(tmp_path / "a.jsonl")])]),
-                     str(tmp_path / "o"), log=quiet)
+                     str(tmp_path / "o"))
     with pytest.raises(UserError, match="unknown corpus 'nope'"):
         cm.resolve("nope")
     with pytest.raises(UserError, match="unknown builtin"):
@@ -179,14 +175,14 @@ def test_hf_source_errors_clearly(tmp_path, monkeypatch):
     cfg = CorpusConfig("hf", "web", [SourceConfig(hf="Skylion007/openwebtext", max_docs=10)])
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
     with pytest.raises(UserError, match=r"^an hf: source needs the datasets package \(pip install datasets\)$"):
-        build_corpus(cfg, str(tmp_path / "o"), log=quiet)
+        build_corpus(cfg, str(tmp_path / "o"))
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'Skylion007/openwebtext' on the Hub (LocalEntryNotFoundError)\nmore")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=unreachable))
     with pytest.raises(UserError) as e:
-        build_corpus(cfg, str(tmp_path / "o2"), log=quiet)
+        build_corpus(cfg, str(tmp_path / "o2"))
     assert str(e.value) == ("Hugging Face dataset Skylion007/openwebtext (default, split train) is not reachable: "
                             "Couldn't reach 'Skylion007/openwebtext' on the Hub (LocalEntryNotFoundError); download "
                             "it elsewhere and use a files: source")
@@ -205,8 +201,7 @@ def test_missing_package_and_checksum(tmp_path):
 def test_open_by_cache_name(tmp_path, monkeypatch):
     monkeypatch.setenv("NCA_SCALE_CACHE", str(tmp_path))
     (tmp_path / "a.txt").write_text("some document text " * 20)
-    build_corpus(CorpusConfig("mine", "web", [SourceConfig(files=[str(tmp_path / "a.txt")], eval_only=True)]),
-                 log=quiet)
+    build_corpus(CorpusConfig("mine", "web", [SourceConfig(files=[str(tmp_path / "a.txt")], eval_only=True)]))
     assert Corpus.open("mine").count("eval") == 1
     with pytest.raises(UserError, match="not built yet; run `nca-scale corpus build web`"):
         Corpus.open("web")

@@ -19,7 +19,7 @@ CFG = PackConfig(seq_len=127, sequences_per_shard=64, threads=2)
 @pytest.fixture(scope="module")
 def val_shards(code_corpus, code_tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "code-val"
-    m, cached = pack(code_corpus, "val", code_tokenizer, str(out), CFG, log=None)
+    m, cached = pack(code_corpus, "val", code_tokenizer, str(out), CFG)
     assert not cached
     return out
 

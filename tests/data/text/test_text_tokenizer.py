@@ -44,7 +44,7 @@ def test_compression_is_sane(corpora, tokenizers):
 
 def test_shared_tokenizer(corpora, tmp_path):
     cfg = TokenizerConfig(vocab_size=1200, max_train_bytes=1_500_000, threads=2)
-    meta = train_tokenizer(list(corpora.values()), cfg, str(tmp_path), log=lambda *a: None)
+    meta = train_tokenizer(list(corpora.values()), cfg, str(tmp_path))
     assert [c["name"] for c in meta["corpora"]] == ["code", "web", "math"]
     tok = Tokenizer(str(tmp_path))
     for c in corpora.values():
@@ -52,7 +52,7 @@ def test_shared_tokenizer(corpora, tmp_path):
         assert [tok.decode(ids) for ids in tok.encode(texts)] == texts
     # the same bytes from the bare model file, and training is deterministic
     assert Tokenizer(str(tmp_path / "tokenizer.model")).sha256 == tok.sha256
-    train_tokenizer(list(corpora.values()), cfg, str(tmp_path / "again"), log=lambda *a: None)
+    train_tokenizer(list(corpora.values()), cfg, str(tmp_path / "again"))
     assert Tokenizer(str(tmp_path / "again")).sha256 == tok.sha256
 
 
@@ -62,5 +62,4 @@ def test_errors(tmp_path, code_corpus):
     with pytest.raises(UserError, match="byte fallback needs"):
         TokenizerConfig(vocab_size=100).validate()
     with pytest.raises(UserError, match="sentencepiece training failed"):
-        train_tokenizer([code_corpus], TokenizerConfig(vocab_size=60000, max_train_bytes=20_000), str(tmp_path / "t"),
-                        log=lambda *a: None)
+        train_tokenizer([code_corpus], TokenizerConfig(vocab_size=60000, max_train_bytes=20_000), str(tmp_path / "t"))
