@@ -15,6 +15,7 @@ from nca_scale.train import run_files
 from nca_scale.train.config import from_args
 
 RESULTS = "results.jsonl"
+VERSION = 1  # the record format (docs/sweeps.md); a reader skips records of a newer one
 
 
 def code_version() -> str:
@@ -40,6 +41,7 @@ def record(sweep: str, run: dict, wall_s: float) -> dict:
     counts = param_counts(cfg.model)
     final = curve[-1] if curve else {"eval_loss": None, "eval_ppl": None}
     return {
+        "v": VERSION,
         "sweep": sweep,
         "run": run["name"],
         "stage": run["stage"],
@@ -78,6 +80,9 @@ def read_records(sweep_dir: str | Path, required: tuple[str, ...] = ("run",)) ->
             rec = json.loads(line)
         except json.JSONDecodeError:
             notes.append(f"{RESULTS} line {i} is not JSON (skipped)")
+            continue
+        if isinstance(rec, dict) and rec.get("v", VERSION) > VERSION:
+            notes.append(f"{RESULTS} line {i} is format v{rec['v']}, newer than this nca_scale reads (skipped)")
             continue
         missing = [k for k in required if not isinstance(rec, dict) or k not in rec]
         if missing:

@@ -145,14 +145,15 @@ def test_load_keeps_last_record_and_skips_damaged_lines(tmp_path):
     rec["final"] = {"eval_loss": 1.0, "eval_ppl": math.e}
     no_curve = json.loads(lines[0])
     diverged = json.loads(lines[0]) | {"run": "diverged", "final": {"eval_loss": float("nan"), "eval_ppl": float("nan")}}
+    newer = rec | {"v": 2, "final": {"eval_loss": 9.0, "eval_ppl": 9.0}}  # a format this code does not know
     (d / "results.jsonl").write_text("\n".join([*lines, json.dumps(rec), "{not json", '{"run": "x"}',
-                                                json.dumps(diverged)]) + "\n")
+                                                json.dumps(diverged), json.dumps(newer)]) + "\n")
     sweep = load_sweep(d)
     last = {r.name: r for r in sweep.runs}[rec["run"]]
     assert last.final_ppl == pytest.approx(math.e)
     assert len(sweep.runs) == 2 and len(sweep.stage1) == 1
     assert any("not JSON" in n for n in sweep.notes) and any("lacks" in n for n in sweep.notes)
-    assert any("diverged" in n for n in sweep.notes)
+    assert any("diverged" in n for n in sweep.notes) and any("format v2" in n for n in sweep.notes)
     # an empty eval_curve falls back to the run's metrics.jsonl
     no_curve["eval_curve"] = []
     (d / "results.jsonl").write_text(json.dumps(no_curve) + "\n" + "\n".join(lines[1:]) + "\n")
