@@ -14,7 +14,7 @@ from pathlib import Path
 import nca_scale
 from nca_scale.analysis import sweep_plots as plots
 from nca_scale.analysis.report_doc import html_page, markdown
-from nca_scale.analysis.report_text import document
+from nca_scale.analysis.report_text import Report, Scaling, document
 from nca_scale.analysis.sweep_metrics import (
     Bootstrap,
     compute_matched,
@@ -66,7 +66,7 @@ def scale_summary(sweep: Sweep) -> dict:
     }
 
 
-def compute(sweep: Sweep, cfg: ReportConfig) -> dict:
+def compute(sweep: Sweep, cfg: ReportConfig) -> Report:
     boot = Bootstrap(cfg.level, cfg.resamples, cfg.seed)
     fset = FitSettings(cfg.fit_resamples, cfg.seed)
     notes = list(sweep.notes)
@@ -81,40 +81,39 @@ def compute(sweep: Sweep, cfg: ReportConfig) -> dict:
               "n_seeds": r["improvement_pct"]["n"]} for r in rows if r["kind"] == "nca" and r["band"]]
     if len({b["band"] for b in bands}) < 2:
         notes.append("fewer than 2 NCA complexity bands were run: no band effect can be read from this sweep")
-    return {
-        "sweep": sweep.name, "directory": str(sweep.directory), "nca_scale_version": nca_scale.__version__,
-        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "settings": {**asdict(cfg), "bootstrap": boot.describe()},
-        "scale": scale_summary(sweep),
-        "final_ppl": final_ppl_table(sweep, boot),
-        "vs_scratch": rows,
-        "compute_matched": matched,
-        "bands": bands,
-        "scaling": {
-            "n_definition": "non-embedding parameters",
-            "loss_vs_n": loss_fits(sweep, boot, fset),
-            "loss_nd": nd_fits(sweep),
-            "improvement_vs_n": metric_trends(rows, "improvement_pct", boot, fset),
-            "speedup_vs_n": metric_trends(rows, "speedup", boot, fset),
-        },
-        "notes": notes,
-    }
+    return Report(
+        sweep=sweep.name, directory=str(sweep.directory), nca_scale_version=nca_scale.__version__,
+        generated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        settings={**asdict(cfg), "bootstrap": boot.describe()},
+        scale=scale_summary(sweep),
+        final_ppl=final_ppl_table(sweep, boot),
+        vs_scratch=rows,
+        compute_matched=matched,
+        bands=bands,
+        scaling=Scaling(
+            loss_vs_n=loss_fits(sweep, boot, fset),
+            loss_nd=nd_fits(sweep),
+            improvement_vs_n=metric_trends(rows, "improvement_pct", boot, fset),
+            speedup_vs_n=metric_trends(rows, "speedup", boot, fset),
+        ),
+        notes=notes,
+    )
 
 
 # ---- writing -----------------------------------------------------------------------------------------------
-def _plots(sweep: Sweep, rep: dict, tmp: Path) -> dict[str, str]:
+def _plots(sweep: Sweep, rep: Report, tmp: Path) -> dict[str, str]:
     colors = plots.arm_colors(r.arm_label for r in sweep.runs)
-    scale = f"{rep['sweep']}: {len(rep['scale']['seeds'])} seed(s)"
+    scale = f"{rep.sweep}: {len(rep.scale['seeds'])} seed(s)"
     made = {}
     jobs = {
         "loss_curves": lambda p: plots.loss_curves(sweep, colors, p, f"Validation perplexity ({scale})"),
-        "final_ppl": lambda p: plots.ppl_bars(rep["final_ppl"], colors, p, f"Final validation perplexity ({scale})"),
-        "improvement_vs_n": lambda p: plots.metric_vs_n(rep["scaling"]["improvement_vs_n"], colors, p,
+        "final_ppl": lambda p: plots.ppl_bars(rep.final_ppl, colors, p, f"Final validation perplexity ({scale})"),
+        "improvement_vs_n": lambda p: plots.metric_vs_n(rep.scaling.improvement_vs_n, colors, p,
                                                         f"Improvement vs scratch ({scale})", "improvement (%)", 0.0),
-        "speedup_vs_n": lambda p: plots.metric_vs_n(rep["scaling"]["speedup_vs_n"], colors, p,
+        "speedup_vs_n": lambda p: plots.metric_vs_n(rep.scaling.speedup_vs_n, colors, p,
                                                     f"Convergence speedup vs scratch ({scale})", "speedup (x)", 1.0),
-        "loss_fits": lambda p: plots.loss_fits(rep["scaling"]["loss_vs_n"], colors, p, f"Loss vs N ({scale})"),
-        "bands": lambda p: plots.band_effect(rep["bands"], p, f"Complexity band effect ({scale})"),
+        "loss_fits": lambda p: plots.loss_fits(rep.scaling.loss_vs_n, colors, p, f"Loss vs N ({scale})"),
+        "bands": lambda p: plots.band_effect(rep.bands, p, f"Complexity band effect ({scale})"),
     }
     for name, draw in jobs.items():
         if draw(tmp / f"{name}.png"):
@@ -132,9 +131,9 @@ def write_report(sweep_dir: str | Path, cfg: ReportConfig) -> tuple[Path, dict]:
     with replacing(out) as tmp:  # the whole report appears at once, replacing an earlier one
         tmp.mkdir()
         images = _plots(sweep, rep, tmp)
-        rep["files"] = sorted([*images.values(), REPORT_JSON, REPORT_MD, REPORT_HTML])
+        rep.files = sorted([*images.values(), REPORT_JSON, REPORT_MD, REPORT_HTML])
         doc = document(rep, images)
-        (tmp / REPORT_JSON).write_text(json.dumps(rep, indent=1) + "\n")
+        (tmp / REPORT_JSON).write_text(json.dumps(rep.to_json(), indent=1) + "\n")
         (tmp / REPORT_MD).write_text(markdown(doc))
         (tmp / REPORT_HTML).write_text(html_page(doc, tmp))
     return out, rep

@@ -1,13 +1,49 @@
-"""The text of a sweep report: report.json's numbers as a Doc (Markdown and HTML render it), one function per
-section, every number next to its seeds and interval."""
+"""A sweep report's numbers (`Report`: report.json is its JSON) and their text: a Doc that Markdown and HTML
+render, one function per section, every number next to its seeds and interval."""
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
 
 from nca_scale.analysis.report_doc import Doc
 from nca_scale.analysis.sweep_metrics import fmt_tokens
 from nca_scale.analysis.sweep_results import fmt_count
 
 PAPER_SCALE = "the paper: 1.6B parameters, 164M NCA tokens, 4.2B-12.6B stage-2 tokens"
+
+
+@dataclass(kw_only=True)
+class Scaling:
+    """Scaling fits (sweep_scaling.py); each list holds one JSON-ready dict per fit or trend."""
+
+    n_definition: str = "non-embedding parameters"
+    loss_vs_n: list[dict]
+    loss_nd: list[dict]
+    improvement_vs_n: list[dict]
+    speedup_vs_n: list[dict]
+
+
+@dataclass
+class Report:
+    """A sweep report's numbers: report.json is `to_json()` of this, report.md and report.html render it.
+    The sections' rows are JSON-ready dicts from sweep_metrics.py (their keys are documented in docs/analysis.md)."""
+
+    sweep: str
+    directory: str
+    nca_scale_version: str
+    generated: str
+    settings: dict
+    scale: dict
+    final_ppl: list[dict]
+    vs_scratch: list[dict]
+    compute_matched: list[dict]
+    bands: list[dict]
+    scaling: Scaling
+    notes: list[str]
+    files: list[str] = field(default_factory=list)  # what write_report wrote
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def fmt_summary(s: dict, fmt: str = "{:.4g}", unit: str = "") -> str:
@@ -61,8 +97,8 @@ def cell_text(c: dict) -> str:
 
 
 
-def _caveats(rep: dict) -> list[str]:
-    sc = rep["scale"]
+def _caveats(rep: Report) -> list[str]:
+    sc = rep.scale
     sizes = sorted(sc["sizes"].values(), key=lambda s: s["params"])
     seeds = len(sc["seeds"])
     return [
@@ -73,7 +109,7 @@ def _caveats(rep: dict) -> list[str]:
         f"{', '.join(fmt_tokens(t) for t in sc['stage1_tokens']) or 'none'}, {seeds} seed(s). Compare with "
         f"{PAPER_SCALE}. At small scale the paper's effect may be absent or reversed; this report states what was "
         "measured and no setting was tuned to make an effect appear.",
-        f"Intervals: {rep['settings']['bootstrap']}. With few seeds (under ~5) percentile intervals are rough and "
+        f"Intervals: {rep.settings['bootstrap']}. With few seeds (under ~5) percentile intervals are rough and "
         "tend to be too narrow; one seed gives no interval.",
         "Improvement % = 100 (ppl_scratch - ppl_arm) / ppl_scratch on final validation perplexity: positive = the "
         "arm ends with lower perplexity than scratch, negative = worse. Seeds are paired (seed s vs seed s).",
@@ -83,19 +119,19 @@ def _caveats(rep: dict) -> list[str]:
     ]
 
 
-def document(rep: dict, images: dict[str, str]) -> Doc:
-    doc = Doc(f"Sweep report: {rep['sweep']}")
+def document(rep: Report, images: dict[str, str]) -> Doc:
+    doc = Doc(f"Sweep report: {rep.sweep}")
     for section in (_overview, _final_ppl, _vs_scratch, _compute_matched, _bands, _scaling):
         section(doc, rep, images)
     doc.h("Notes")
-    doc.ul(rep["notes"] or ["none"])
+    doc.ul(rep.notes or ["none"])
     return doc
 
 
-def _overview(doc: Doc, rep: dict, images: dict[str, str]) -> None:
-    sc = rep["scale"]
-    doc.p(f"Sweep directory {rep['directory']}; {sc['stage2_runs']} finished stage-2 runs, {sc['stage1_runs']} "
-          f"stage-1 runs; generated {rep['generated']} by nca_scale {rep['nca_scale_version']}"
+def _overview(doc: Doc, rep: Report, images: dict[str, str]) -> None:
+    sc = rep.scale
+    doc.p(f"Sweep directory {rep.directory}; {sc['stage2_runs']} finished stage-2 runs, {sc['stage1_runs']} "
+          f"stage-1 runs; generated {rep.generated} by nca_scale {rep.nca_scale_version}"
           f"{'; runs from ' + ', '.join(sc['code_versions']) if sc['code_versions'] else ''}.")
     doc.h("What was measured, and how to read it")
     doc.ul(_caveats(rep))
@@ -104,12 +140,12 @@ def _overview(doc: Doc, rep: dict, images: dict[str, str]) -> None:
                for s, v in sorted(sc["sizes"].items(), key=lambda kv: kv[1]["params"])])
 
 
-def _final_ppl(doc: Doc, rep: dict, images: dict[str, str]) -> None:
+def _final_ppl(doc: Doc, rep: Report, images: dict[str, str]) -> None:
     doc.h("Final validation perplexity")
     doc.p("Mean over seeds [interval]; per-seed values in report.json.")
     doc.table(["size · domain · stage-2 tokens", "arm", "final ppl", "total FLOPs (incl. stage 1)"],
               [[cell_text(r["cell"]), r["arm"], fmt_summary(r["final_ppl"]), f"{r['total_flops']:.3g}"]
-               for r in rep["final_ppl"]])
+               for r in rep.final_ppl])
     if "final_ppl" in images:
         doc.img(images["final_ppl"], "Final validation perplexity per size and arm: bars = mean, whiskers = "
                 "interval, dots = seeds")
@@ -117,14 +153,14 @@ def _final_ppl(doc: Doc, rep: dict, images: dict[str, str]) -> None:
         doc.img(images["loss_curves"], "Validation perplexity over stage-2 tokens, every seed of every arm")
 
 
-def _vs_scratch(doc: Doc, rep: dict, images: dict[str, str]) -> None:
+def _vs_scratch(doc: Doc, rep: Report, images: dict[str, str]) -> None:
     doc.h("Against scratch: improvement and convergence speedup")
     doc.table(["size · domain · stage-2 tokens", "arm", "arm ppl", "scratch ppl", "improvement %", "reads",
                "speedup", "reads "],
               [[cell_text(r["cell"]), r["arm"], fmt_summary(r["final_ppl"]), fmt_summary(r["scratch_final_ppl"]),
                 fmt_summary(r["improvement_pct"], "{:+.2f}", "%"), verdict(r["improvement_pct"], 0.0),
-                speedup_text(r["speedup"]), verdict(r["speedup"], 1.0)] for r in rep["vs_scratch"]])
-    if not rep["vs_scratch"]:
+                speedup_text(r["speedup"]), verdict(r["speedup"], 1.0)] for r in rep.vs_scratch])
+    if not rep.vs_scratch:
         doc.p("No arm could be compared with scratch (see notes).")
     for key, caption in (("improvement_vs_n", "Improvement vs scratch (%) over N, mean and interval per size"),
                          ("speedup_vs_n", "Convergence speedup vs scratch over N (dashed: no speedup)")):
@@ -132,9 +168,9 @@ def _vs_scratch(doc: Doc, rep: dict, images: dict[str, str]) -> None:
             doc.img(images[key], caption)
 
 
-def _compute_matched(doc: Doc, rep: dict, images: dict[str, str]) -> None:
+def _compute_matched(doc: Doc, rep: Report, images: dict[str, str]) -> None:
     doc.h("Compute-matched: pre-pre-training vs simply training longer")
-    if not rep["compute_matched"]:
+    if not rep.compute_matched:
         doc.p("Not measured: the sweep has no scratch_matched runs.")
         return
     doc.p("scratch_matched trains stage 2 for the same tokens plus the stage-1 FLOPs as extra language tokens. "
@@ -145,42 +181,42 @@ def _compute_matched(doc: Doc, rep: dict, images: dict[str, str]) -> None:
               [[cell_text(r["cell"]), r["arm"], fmt_summary(r["arm_final_ppl"]),
                 fmt_summary(r["matched_final_ppl"]), fmt_summary(r["improvement_pct"], "{:+.2f}", "%"),
                 verdict(r["improvement_pct"], 0.0),
-                ", ".join(f"{v:.3f}" for v in r["flops_ratio"].values())] for r in rep["compute_matched"]])
+                ", ".join(f"{v:.3f}" for v in r["flops_ratio"].values())] for r in rep.compute_matched])
 
 
-def _bands(doc: Doc, rep: dict, images: dict[str, str]) -> None:
+def _bands(doc: Doc, rep: Report, images: dict[str, str]) -> None:
     doc.h("Complexity band per domain")
-    if rep["bands"]:
+    if rep.bands:
         doc.table(["domain", "size", "stage-1 tokens", "band", "improvement %"],
                   [[domain_text(b), b["size"], fmt_tokens(b["stage1_tokens"]), b["band"],
                     fmt_summary({"mean": b["mean"], "ci": b["ci"], "n": b["n_seeds"], "seeds": b["n_seeds"]},
-                                "{:+.2f}", "%")] for b in rep["bands"]])
+                                "{:+.2f}", "%")] for b in rep.bands])
     if "bands" in images:
         doc.img(images["bands"], "Improvement vs scratch per NCA complexity band, per domain")
-    if len({b["band"] for b in rep["bands"]}) < 2:
+    if len({b["band"] for b in rep.bands}) < 2:
         doc.p("Fewer than two bands were run, so the band effect is not measured here.")
 
 
-def _scaling(doc: Doc, rep: dict, images: dict[str, str]) -> None:
+def _scaling(doc: Doc, rep: Report, images: dict[str, str]) -> None:
     doc.h("Scaling fits")
-    sl = rep["scaling"]
-    doc.p(f"N = {sl['n_definition']}; loss = final validation loss (nats/token). Fits: Huber loss (delta 1e-3) on "
+    sl = rep.scaling
+    doc.p(f"N = {sl.n_definition}; loss = final validation loss (nats/token). Fits: Huber loss (delta 1e-3) on "
           "log loss, multi-start; intervals from refits on seeds redrawn within each size "
-          f"({rep['settings']['fit_resamples']} refits, {rep['settings']['level']:.0%}). Holdout: the largest size "
+          f"({rep.settings['fit_resamples']} refits, {rep.settings['level']:.0%}). Holdout: the largest size "
           "is left out, the rest fitted, the largest predicted.")
     doc.table(["domain", "stage-2 tokens", "arm", "sizes", "form", "parameters [interval]", "holdout", "notes"],
-              [_loss_fit_row(f) for f in sl["loss_vs_n"]])
+              [_loss_fit_row(f) for f in sl.loss_vs_n])
     if "loss_fits" in images:
         doc.img(images["loss_fits"], "Final loss vs N per arm: dots = seeds, line = fit, band = interval, "
                 "x = holdout prediction of the largest size")
     nd_rows = [[domain_text(f), f["arm"], str(f["cells"]),
                 "; ".join(f"{k} {v:.4g}" for k, v in f["fit"]["params"].items()) if f["fit"] else "not fitted",
                 f"{f['holdout']['mean_abs_error_pct']:.2f}%" if f.get("holdout") else "-",
-                "; ".join(f["notes"]) or "-"] for f in sl["loss_nd"]]
+                "; ".join(f["notes"]) or "-"] for f in sl.loss_nd]
     doc.p("L(N, D) = E + A/N^alpha + B/D^beta with D = stage-2 tokens, over the sweep's final points:")
     doc.table(["domain", "arm", "(N, D) cells", "parameters", "holdout mean |error|", "notes"], nd_rows)
     trend_rows = [_trend_row(key, unit, t) for key, unit in (("improvement_vs_n", "pp"), ("speedup_vs_n", "x"))
-                  for t in sl[key]]
+                  for t in getattr(sl, key)]
     doc.p("Does the gain hold as models grow? Least-squares slope of the per-seed metric against log10 N:")
     doc.table(["metric", "domain", "stage-2 tokens", "arm", "sizes", "slope [interval]", "notes"], trend_rows)
 

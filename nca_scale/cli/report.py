@@ -21,6 +21,6 @@ def main(args: list[str]) -> int:
         raise UserError("expected exactly one SWEEP_DIR, e.g. `nca-scale report runs/sweeps/demo`")
     cfg = config.load(ReportConfig, None, overrides)
     out, rep = write_report(positional[0], cfg)
-    print(f"wrote {len(rep['files'])} files to {out} ({rep['scale']['stage2_runs']} stage-2 runs, "
-          f"{len(rep['notes'])} notes): {out / 'report.md'}")
+    print(f"wrote {len(rep.files)} files to {out} ({rep.scale['stage2_runs']} stage-2 runs, "
+          f"{len(rep.notes)} notes): {out / 'report.md'}")
     return 0
