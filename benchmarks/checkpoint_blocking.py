@@ -1,5 +1,5 @@
 """How long a checkpoint save blocks the training loop, synchronous vs asynchronous (megatron,
-checkpoint_async=false / true): runs `nca-scale train backend=megatron` on a model whose checkpoint takes seconds
+checkpoint.asynchronous=false / true): runs `nca-scale train backend=megatron` on a model whose checkpoint takes seconds
 to write here, both ways in interleaved rounds, and reports from metrics.jsonl, whose `checkpoint_time` is what
 each step spent in the checkpointer, the loop's blocked time per save: the checkpointer's time from one periodic
 save to the next (the save itself, the per-step check whether the background write is done, a wait for an
@@ -32,8 +32,8 @@ CLI = Path(sys.executable).parent / "nca-scale"
 def run(args, asynchronous: bool, out: Path) -> list[dict]:
     cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", "backend=megatron",
            f"model.d_model={args.d_model}", f"model.n_layers={args.layers}", f"model.n_heads={args.d_model // 64}",
-           "batch_size=2", "micro_batch=2", f"steps={args.steps}", f"checkpoint_every={args.every}",
-           f"checkpoint_async={str(asynchronous).lower()}", "keep_last=2", "wandb=disabled", "progress=false",
+           "batch_size=2", "micro_batch=2", f"steps={args.steps}", f"checkpoint.every={args.every}",
+           f"checkpoint.asynchronous={str(asynchronous).lower()}", "checkpoint.keep_last=2", "wandb=disabled", "progress=false",
            "eval_every=0"]
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS=str(args.threads))
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env=env)
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=13)
-    ap.add_argument("--every", type=int, default=3, help="checkpoint_every")
+    ap.add_argument("--every", type=int, default=3, help="checkpoint.every")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training process")
     args = ap.parse_args()

@@ -47,11 +47,11 @@ TRAIN = [
     "optim.lr=3e-4", "schedule.warmup=5", f"schedule.total={STEPS}",
     # a smaller rule bank than the paper's 16,000: start-up time, not a different stream per rule
     "data.nca.bank.size=2000", "data.nca.bank.val_size=200",
-    "eval_every=0", "wandb=disabled", "progress=false", "log_every=1", f"checkpoint_every={RESUME_FROM}",
-    "keep_last=2",
+    "eval_every=0", "wandb=disabled", "progress=false", "log_every=1", f"checkpoint.every={RESUME_FROM}",
+    "checkpoint.keep_last=2",
 ]
-BACKENDS = {"torch": ["backend=torch"], "megatron": ["backend=megatron", "tp=1"],
-            "deepspeed": ["backend=deepspeed", "zero=1"]}
+BACKENDS = {"torch": ["backend=torch"], "megatron": ["backend=megatron", "parallel.tp=1"],
+            "deepspeed": ["backend=deepspeed", "deepspeed.zero=1"]}
 GENERATE = {"cuda": ["device=cuda", "batch_size=4096"], "cpu": ["device=cpu", "workers=0"]}
 NCA_TOKENS = 8_000_000
 # what a GPU machine with PyTorch lacks (docs/gpu.md): the wheels tools/gpu_check.sh installs

@@ -27,13 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {  # name -> overrides
     "torch": ["backend=torch"],
-    "torch-ddp2": ["backend=torch", "nproc=2"],
+    "torch-ddp2": ["backend=torch", "parallel.nproc=2"],
     "megatron": ["backend=megatron"],
-    "megatron-tp2": ["backend=megatron", "nproc=2", "tp=2"],
-    "megatron-pp2": ["backend=megatron", "nproc=2", "pp=2"],
-    "megatron-dp2": ["backend=megatron", "nproc=2", "dp=2"],
-    "deepspeed-zero2": ["backend=deepspeed", "nproc=2", "zero=2"],
-    "deepspeed-zero3": ["backend=deepspeed", "nproc=2", "zero=3"],
+    "megatron-tp2": ["backend=megatron", "parallel.nproc=2", "parallel.tp=2"],
+    "megatron-pp2": ["backend=megatron", "parallel.nproc=2", "parallel.pp=2"],
+    "megatron-dp2": ["backend=megatron", "parallel.nproc=2", "parallel.dp=2"],
+    "deepspeed-zero2": ["backend=deepspeed", "parallel.nproc=2", "deepspeed.zero=2"],
+    "deepspeed-zero3": ["backend=deepspeed", "parallel.nproc=2", "deepspeed.zero=3"],
 }
 
 
@@ -80,7 +80,7 @@ def measure_bare(args: argparse.Namespace) -> dict:
 
 def measure(name: str, args: argparse.Namespace, out: Path) -> dict:
     cmd = [str(Path(sys.executable).parent / "nca-scale"), "train", args.config, f"out={out}", f"model={args.model}",
-           f"steps={args.steps}", "eval_every=0", "wandb=disabled", "progress=false", "checkpoint_every=0",
+           f"steps={args.steps}", "eval_every=0", "wandb=disabled", "progress=false", "checkpoint.every=0",
            f"batch_size={args.batch_size}", f"micro_batch={args.micro_batch}", *SETTINGS[name], *args.overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

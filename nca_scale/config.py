@@ -3,13 +3,15 @@
 Every component has a small dataclass config. `load(cls, path, overrides)` builds one from a YAML file plus
 dotted `key=value` overrides; an unknown key, a wrong type or an unreadable file raises `UserError` naming the
 key and where it came from. A dataclass-typed field may also be given as a path to its own YAML file, found
-relative to the YAML file that names it, then in the project's configs/ (`find_nested`).
+relative to the YAML file that names it, then in the project's configs/ (`find_nested`). A class's `KEY_ALIASES`
+(old top-level key -> `section.key`) keeps renamed keys loading, with one deprecation warning per key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import re
 import types
 import typing
@@ -19,6 +21,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from nca_scale.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # the shipped configs (a source checkout); nested config paths fall back to it
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -170,9 +174,61 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# ---- deprecated key names: a class's KEY_ALIASES maps an old top-level key to its new dotted `section.key` ------
+_WARNED: set[str] = set()
+
+
+def _deprecated(old: str, new: str) -> None:
+    if old not in _WARNED:  # once per key per process
+        _WARNED.add(old)
+        log.warning(f"{old} is deprecated: use {new} (the flat name works until the next release)")
+
+
+def rename_aliases(data: dict, aliases: dict[str, str], *, source: str, warn: bool = True) -> dict:
+    """`data` with every old top-level key moved to its section (a copy; `data` is not changed). An old key and its
+    new one both given is an error naming both."""
+    if not any(k in aliases for k in data):
+        return data
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old in [k for k in data if k in aliases]:
+        section, _, leaf = aliases[old].partition(".")
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise UserError(f"{source}: '{old}' is the old name of '{aliases[old]}', but '{section}' is given as "
+                            f"{target!r}; write {section}: {{{leaf}: ...}} instead")
+        if leaf in target:
+            raise _both_given(source, old, aliases[old])
+        if warn:
+            _deprecated(old, aliases[old])
+        target[leaf] = out.pop(old)
+    return out
+
+
+def _alias(cls, dotted: str) -> str:
+    new = getattr(cls, "KEY_ALIASES", {}).get(dotted)
+    if new is None:
+        return dotted
+    _deprecated(dotted, new)
+    return new
+
+
+def _both_given(source: str, old: str, new: str) -> UserError:
+    return UserError(f"{source}: both '{old}' and '{new}' are given; keep only '{new}' ('{old}' is its deprecated name)")
+
+
+def _check_both_given(cls, overrides: list[tuple[str, str]]) -> None:
+    """Overrides apply in order, so a later one would silently win: an old key with its new one is refused."""
+    aliases = getattr(cls, "KEY_ALIASES", {})
+    keys = {k for k, _ in overrides}
+    for old in sorted(keys & aliases.keys()):
+        if aliases[old] in keys:
+            raise _both_given("command line", old, aliases[old])
+
+
 def from_dict(cls, data: dict, *, source: str, prefix: str = ""):
     """Build dataclass `cls` from a mapping; unknown keys and wrong types are errors naming key and source."""
     hints = _hints(cls)
+    data = rename_aliases(data, getattr(cls, "KEY_ALIASES", {}), source=source)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
     for key, value in data.items():
@@ -190,7 +246,7 @@ def from_dict(cls, data: dict, *, source: str, prefix: str = ""):
 
 def set_key(obj, dotted: str, raw: str, source: str = "command line", prefix: str = ""):
     """Apply one `a.b.c=value` override to a (nested) dataclass instance, returning a new instance."""
-    head, _, rest = dotted.partition(".")
+    head, _, rest = _alias(type(obj), dotted).partition(".")
     names = {f.name for f in dataclasses.fields(obj)}
     if head not in names:
         valid = ", ".join(prefix + n for n in sorted(names))
@@ -271,11 +327,13 @@ def describe_keys(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def load(cls, path: str | Path | None, overrides: list[tuple[str, str]] = ()):
-    """A `cls` from YAML file `path` (or defaults when None) with dotted overrides applied, then validated."""
+def load(cls, path: str | Path | None, overrides: list[tuple[str, str]] = (), validate: bool = True):
+    """A `cls` from YAML file `path` (or defaults when None) with dotted overrides applied, then validated (unless
+    `validate=False`: the caller validates, e.g. with the world size)."""
+    _check_both_given(cls, list(overrides))
     obj = from_dict(cls, read_yaml(path), source=str(path)) if path else cls()
     for key, value in overrides:
         obj = set_key(obj, key, value)
-    if hasattr(obj, "validate"):
+    if validate and hasattr(obj, "validate"):
         obj.validate()
     return obj

@@ -38,7 +38,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                            ("nca_scale.cli.generate:GenerateJob", _NCA_KEYS)),
     ("nca", "stats"): Command("nca_scale.cli.nca_tools:stats", "complexity-score quantiles and band acceptance of random rules (JSON)",
                               "nca-scale nca stats rules=4000 seed=123", ("nca_scale.cli.nca_tools:StatsJob", _NCA_KEYS)),
-    ("train",): Command("nca_scale.cli.train:main", "train a model on NCA data (torch, megatron or deepspeed backend; nproc=N)",
+    ("train",): Command("nca_scale.cli.train:main", "train a model on NCA data (torch, megatron or deepspeed backend; parallel.nproc=N)",
                         "nca-scale train configs/train/cpu-tiny.yaml out=runs/r1 steps=20", _TRAIN_KEYS),
     ("nca", "show"): Command("nca_scale.cli.nca_tools:show", "PNG grids, GIFs and a score histogram of trajectories per band",
                              "nca-scale nca show configs/nca/paper.yaml out=figures/nca",

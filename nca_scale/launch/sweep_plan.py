@@ -136,8 +136,8 @@ class Planner:
         counts = param_counts(model)
         rec = []
         if spec.recipe.rule == "olmo-core":
-            nproc = self.world or cfg0.nproc
-            dp = max(1, nproc // (cfg0.tp * cfg0.pp))
+            nproc = self.world or cfg0.parallel.nproc
+            dp = max(1, nproc // (cfg0.parallel.tp * cfg0.parallel.pp))
             h = recipes.hyper(spec.recipe, counts["non_embedding"], spec.seq_len, tokens, cfg0.micro_batch, dp)
             mine = {k for k, _ in user}  # what the spec sets explicitly wins; micro_batch follows the batch
             rec = [(k, v) for k, v in h.overrides() if k not in mine or k == "micro_batch"]
@@ -147,7 +147,7 @@ class Planner:
         if not any(k == "eval_every" for k, _ in user):
             over.append(("eval_every", str(max(1, steps // spec.evals))))
         if self.world:  # on Slurm one rank per task of the profile (as `nca-scale submit` does)
-            over.append(("nproc", str(self.world)))
+            over.append(("parallel.nproc", str(self.world)))
         over += [("out", out), ("resume", "auto")]  # a restarted or relaunched run continues from its checkpoint
         if parent is not None:
             over.append(("init_from", f"{parent.out}/checkpoints/step_{parent.steps:08d}"))

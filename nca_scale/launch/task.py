@@ -68,13 +68,14 @@ class TrainWork:
         return ["train", *self.args]
 
     def __call__(self) -> Outcome:
+        from nca_scale.train import dist
         from nca_scale.train.config import from_args
         from nca_scale.train.entry import train
 
         args = list(self.args)
         if restarted():
             args.append("resume=auto")  # a requeued run continues from its latest complete checkpoint
-        return train(from_args(args), args)
+        return train(from_args(args, world=dist.launched_world()), args)
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,13 @@ def _rank0() -> bool:
 
 
 class Checkpointer(Callback):
-    """Saves every `checkpoint_every` steps, and when the trainer asks (Trainer.save_checkpoint: at the end of a
+    """Saves every `checkpoint.every` steps, and when the trainer asks (Trainer.save_checkpoint: at the end of a
     run and at a stop), staged, then committed by rank 0 (checkpoint_commit.py); keeps the last k; with
-    checkpoint_url= also publishes each one there, in a thread on rank 0 (the upload never blocks a step). Its
+    checkpoint.url= also publishes each one there, in a thread on rank 0 (the upload never blocks a step). Its
     priority is below the loggers', so a step is logged before it is checkpointed; resuming is the Trainer's
     (Trainer.resume).
 
-    A backend that writes in the background (megatron with checkpoint_async) returns a Writing from
+    A backend that writes in the background (megatron with checkpoint.asynchronous) returns a Writing from
     engine.save: the steps go on, every rank asks after each step whether all ranks' files are written (one
     all-reduce), and then rank 0 commits the checkpoint in the thread too (checksums, manifest, rename,
     `latest`), so a kill before the commit ends leaves the previous checkpoint as `latest`. Background work is
@@ -77,7 +77,7 @@ class Checkpointer(Callback):
         t0 = time.perf_counter()
         if self.writing is not None and self.writing[0].poll():
             self._written(trainer)
-        every = trainer.cfg.checkpoint_every
+        every = trainer.cfg.checkpoint.every
         if every and trainer.step % every == 0:
             self.save(trainer)
         trainer.checkpoint_time += time.perf_counter() - t0  # the loop is blocked while a save (or its wait) runs
@@ -129,7 +129,7 @@ class Checkpointer(Callback):
         if _rank0():
             path = checkpoint_commit.commit(cfg, *state[:2], files, skipped_steps=state[2])
             log.info(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
-            if cfg.checkpoint_url:
+            if cfg.checkpoint.url:
                 self._in_background(self._publish, cfg, path)
         tdist.wait_for_rank0()
 
@@ -147,8 +147,8 @@ class Checkpointer(Callback):
 
     @staticmethod
     def _publish(cfg, path: Path) -> None:
-        if cfg.checkpoint_url:
-            mirror.publish(path, cfg.checkpoint_url, cfg.keep_last)
+        if cfg.checkpoint.url:
+            mirror.publish(path, cfg.checkpoint.url, cfg.checkpoint.keep_last)
 
     def _in_background(self, work, *args) -> None:
         """Run work(*args) in a thread of rank 0; flush() joins it and raises its error on the main thread."""

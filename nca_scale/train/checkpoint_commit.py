@@ -38,7 +38,7 @@ def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, files: dict
         "tokens": tokens,
         "sequences_consumed": step * cfg.batch_size,  # the data position: global batch s = [s*B, (s+1)*B)
         "backend": cfg.backend,
-        "layout": {"world": cfg.world, "tp": cfg.tp, "pp": cfg.pp, "vpp": cfg.vpp, "dp": cfg.data_parallel, "zero": cfg.zero},
+        "layout": {"world": cfg.world, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp, "dp": cfg.data_parallel, "zero": cfg.deepspeed.zero},
         "version": nca_scale.__version__,
         "config": to_dict(cfg),
         **extra,
@@ -85,7 +85,7 @@ def commit(cfg: TrainConfig, step: int, tokens: int, files: dict[str, dict] | No
     fsync(final.parent)
     pause_for_tests(final.name, "renamed")
     write_atomic(checkpoint.root(cfg.out) / checkpoint.LATEST, final.name + "\n")
-    prune(cfg.out, cfg.keep_last)
+    prune(cfg.out, cfg.checkpoint.keep_last)
     return final
 
 

@@ -2,7 +2,7 @@
 
 `resume=auto` follows `latest`: it takes the newest committed checkpoint up to the one `latest` names (or
 committed after the pointer last moved: a kill between rename and pointer) that verifies, reporting (one line
-each) the newer ones that do not. With `checkpoint_url=` a newer checkpoint there is fetched first (mirror.py).
+each) the newer ones that do not. With `checkpoint.url=` a newer checkpoint there is fetched first (mirror.py).
 `resume=DIR` refuses a DIR that is incomplete or corrupt. `check_resumable` refuses a checkpoint that could not
 continue the same run exactly.
 """
@@ -18,6 +18,7 @@ from nca_scale.errors import UserError
 from nca_scale.train import checkpoint, mirror
 from nca_scale.train.checkpoint_verify import verify
 from nca_scale.train.config import TrainConfig
+from nca_scale.train.config_sections import sectioned
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ def resolve(cfg: TrainConfig, which: str | None, report: Callable[[str], None] =
     if which in (None, "never"):
         return None
     if which == "auto":
-        if cfg.checkpoint_url:
+        if cfg.checkpoint.url:
             try:
-                mirror.fetch_latest(cfg.checkpoint_url, cfg.out, report)
+                mirror.fetch_latest(cfg.checkpoint.url, cfg.out, report)
             except OSError as e:
-                raise UserError(f"checkpoint_url={cfg.checkpoint_url} cannot be read: {e}") from None
+                raise UserError(f"checkpoint.url={cfg.checkpoint.url} cannot be read: {e}") from None
         found = latest_verified(cfg.out, report)
         if found is None:
             report(f"resume=auto: no checkpoint in {checkpoint.root(cfg.out)}; starting from step 0")
@@ -75,23 +76,23 @@ def resolve(cfg: TrainConfig, which: str | None, report: Callable[[str], None] =
 def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     """Refuse a resume that could not continue the same run exactly."""
     meta = checkpoint.read_meta(path)
-    saved, current = meta["config"], to_dict(cfg.resolved())
+    saved, current = sectioned(meta["config"]), to_dict(cfg.resolved())  # older checkpoints hold flat keys
     if meta["backend"] != cfg.backend:
         raise UserError(f"{path} was written by backend={meta['backend']}; resume it with that backend, or use init_from=")
     for key in ("model", "data", "batch_size", "seed"):
         if saved[key] != current[key]:
             raise UserError(f"{path}: '{key}' differs from the checkpoint's; resuming would not continue the same run")
     layout = meta["layout"]
-    moved = [k for k in ("tp", "pp", "vpp") if layout[k] != getattr(cfg, k)]
-    if cfg.backend == "megatron" and moved and saved["distributed_optimizer"]:
+    moved = [k for k in ("tp", "pp", "vpp") if layout[k] != getattr(cfg.parallel, k)]
+    if cfg.backend == "megatron" and moved and saved["megatron"]["distributed_optimizer"]:
         raise UserError(
             f"{path} holds distributed-optimizer state, which reshards over DP only, but {', '.join(moved)} changed; "
-            "resume under its tp/pp/vpp (or train with distributed_optimizer=false to reshard freely)"
+            "resume under its parallel.tp/pp/vpp (or train with megatron.distributed_optimizer=false to reshard freely)"
         )
     if cfg.backend == "deepspeed" and layout.get("zero") and layout["dp"] != cfg.data_parallel:
         # DeepSpeed partitions ZeRO optimizer state per DP rank and cannot load it into another partitioning
         raise UserError(
             f"{path} holds DeepSpeed ZeRO-{layout['zero']} state partitioned over dp={layout['dp']}, but this run has "
-            f"dp={cfg.data_parallel}; resume with nproc={layout['world']}, or start from its weights with init_from="
+            f"dp={cfg.data_parallel}; resume with parallel.nproc={layout['world']}, or start from its weights with init_from="
         )
     return meta

@@ -1,33 +1,44 @@
 """Training configuration: one typed tree, loaded from YAML plus `key=value` overrides (nca_scale.config).
 
-Run-level knobs that people change on the command line (out, steps, backend, nproc, tp, pp, dp, zero,
-checkpoint_every, resume, init_from) are top-level keys; components (model, data, optim, schedule, transfer)
-are nested. `validate()` catches every layout error before any process or process group starts.
+The run loop's keys (out, steps, batch_size, backend, resume, init_from, ...) are top-level; everything else is in
+sections: model, data, optim, schedule, transfer, parallel, checkpoint, megatron, deepspeed (config_sections.py,
+which also maps the previous release's flat names, e.g. tp -> parallel.tp). `validate()` catches every layout
+error before any process or process group starts.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from nca_scale.data.dyck import DyckConfig
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.nca.config import NCAConfig
 from nca_scale.train import dist
+from nca_scale.train.config_sections import (
+    FLAT_ALIASES,
+    CheckpointConfig,
+    DeepSpeedConfig,
+    MegatronConfig,
+    ParallelConfig,
+)
 
 BACKENDS = ("torch", "megatron", "deepspeed")
 
 
-def from_args(args: list[str]) -> TrainConfig:
-    """`CONFIG.yaml key=value ...` -> a validated TrainConfig."""
+def from_args(args: list[str], world: int | None = None) -> TrainConfig:
+    """`CONFIG.yaml key=value ...` -> a TrainConfig validated for `world` ranks (None: parallel.nproc; a rank
+    under torchrun/srun passes the launcher's, dist.launched_world())."""
     from nca_scale import config
 
     positional, overrides = config.split_overrides(args)
     if len(positional) != 1:
         raise UserError("usage: nca-scale train CONFIG.yaml [key=value ...], e.g. configs/train/cpu-tiny.yaml")
-    return config.load(TrainConfig, positional[0], overrides)
+    cfg = config.load(TrainConfig, positional[0], overrides, validate=False).with_world(world)
+    cfg.validate()
+    return cfg
 
 
 @dataclass(frozen=True)
@@ -170,42 +181,17 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     backend: str = "torch"  # torch | megatron | deepspeed
-    nproc: int = 1  # local processes the CLI launches; under an external launcher, the world size
-    tp: int = 1  # megatron: tensor-parallel ranks
-    pp: int = 1  # megatron: pipeline stages
-    vpp: int = 1  # virtual pipeline stages per rank; > 1 selects the interleaved 1F1B schedule
-    dp: int | None = None  # derived as nproc / (tp * pp); if given it must agree
-    sequence_parallel: bool = False  # megatron: shard activations along the sequence over tp
-    distributed_optimizer: bool = True  # megatron: shard optimizer state over DP (ZeRO-1)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)  # read by backend=megatron only
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read by backend=deepspeed only
     # recompute activations in the backward: false, true or full (every layer), selective (megatron's: the core
     # attention only)
     recompute: bool | Literal["full", "selective"] = False
-    zero: int = 0  # deepspeed ZeRO stage
-    offload: bool = False  # deepspeed: optimizer state on the CPU
-    zero_init: bool = True  # deepspeed ZeRO-3: build the model already partitioned (deepspeed.zero.Init)
-    # Overlapped communication and fused kernels (docs/training.md, "Overlap and fusion"). null = this device's
-    # default: on with a GPU; off on a CPU, where gloo's collectives run on the cores the compute uses and the
-    # fusions are compiled kernels (or TransformerEngine/Apex ones) that buy nothing. A fusion this machine lacks
-    # is turned off with a logged line when null, refused when set to true.
-    overlap_grad_reduce: bool | None = None  # megatron: reduce gradient buckets during the backward
-    overlap_param_gather: bool | None = None  # megatron, distributed optimizer: gather parameters in the forward
-    grad_accum_fusion: bool | None = None  # megatron: weight-gradient GEMMs add into the fp32 grad buffer (Apex)
-    bias_swiglu_fusion: bool | None = None  # megatron: fused SwiGLU (megatron-core's torch.compile'd kernel)
-    rope_fusion: bool | None = None  # megatron: TransformerEngine's fused RoPE
-    cross_entropy_fusion: bool | None = None  # megatron: fused vocab-parallel cross-entropy
-    overlap_comm: bool = True  # deepspeed ZeRO: reduce gradients during the backward (on a CPU: in order, no streams)
-    contiguous_gradients: bool = True  # deepspeed ZeRO: gradients copied into one buffer as they are reduced
-    bucket_size: int | None = None  # elements per gradient bucket; null: megatron-core's, DeepSpeed d_model^2
 
     eval_every: int = 0  # 0 = no evaluation
     eval_batches: int = 2  # global batches of the val split per evaluation
     log_every: int = 1  # steps between metrics lines
-    checkpoint_every: int = 0  # 0 = only at the end of the run
-    keep_last: int = 3  # committed checkpoints kept (the one `latest` names is never removed)
-    checkpoint_url: str | None = None  # also publish checkpoints here (file://, s3://, memory://); resume fetches
-    # megatron, torch: write a checkpoint's files in the background while the steps go on, commit them once written;
-    # None = on with a GPU, off on a CPU (docs/training.md, "Asynchronous saves")
-    checkpoint_async: bool | None = None
     dist_timeout_s: float = dist.TIMEOUT_S  # a collective of the training process group fails after this (NCCL's watchdog)
     rank0_timeout_s: float = dist.RANK0_TIMEOUT_S  # bound of the waits for rank 0's checkpoint work (choice, verification, commit)
     # NaN/inf loss or grad norm: stop, or reload the last checkpoint and skip the offending step's batch
@@ -226,14 +212,23 @@ class TrainConfig:
     # limits and preemption (0 = off)
     min_step_time: float = 0.0
 
+    # the previous release's flat keys (tp, zero, checkpoint_every, ...) -> their sections; nca_scale.config
+    # accepts them with a deprecation warning
+    KEY_ALIASES: ClassVar[dict[str, str]] = FLAT_ALIASES
+
     # ---- derived ---------------------------------------------------------------------------------
     @property
     def world(self) -> int:
-        return int(os.environ.get("WORLD_SIZE", self.nproc))
+        """The world size: parallel.nproc, which the callers set to the launcher's world (`with_world`)."""
+        return self.parallel.nproc
+
+    def with_world(self, world: int | None) -> TrainConfig:
+        """This config for `world` ranks started by an external launcher (torchrun, srun: WORLD_SIZE); None = as is."""
+        return self if world is None else replace(self, parallel=replace(self.parallel, nproc=world))
 
     @property
     def data_parallel(self) -> int:
-        return self.world // (self.tp * self.pp)
+        return self.world // (self.parallel.tp * self.parallel.pp)
 
     @property
     def seq_len(self) -> int:
@@ -247,7 +242,7 @@ class TrainConfig:
             return self.micro_batch
         fits = [d for d in range(1, min(self.micro_batch, share) + 1) if share % d == 0]
         # the interleaved schedule needs the micro-batch count divisible by pp
-        fits = [d for d in fits if self.vpp == 1 or (share // d) % self.pp == 0] or fits
+        fits = [d for d in fits if self.parallel.vpp == 1 or (share // d) % self.parallel.pp == 0] or fits
         return fits[-1]
 
     @property
@@ -269,7 +264,7 @@ class TrainConfig:
         """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest) and the
         micro-batch this world size runs (what the backends read), precision=auto made concrete for this device."""
         return replace(self, model=self.model.with_vocab(self.data.vocab_size), micro_batch=self.micro,
-                       precision=self.chosen_precision()[0], **self.chosen_overlap())
+                       precision=self.chosen_precision()[0], megatron=replace(self.megatron, **self.chosen_overlap()))
 
     def chosen_overlap(self) -> dict[str, bool]:
         """megatron's overlap keys made concrete for this device (null: on with a GPU); other backends keep them
@@ -277,11 +272,11 @@ class TrainConfig:
         overlapped (megatron-core's schedule needs both)."""
         if self.backend != "megatron":
             return {}
-        gpu = dist.device().type == "cuda"
-        grad = gpu if self.overlap_grad_reduce is None else self.overlap_grad_reduce
-        param = self.overlap_param_gather
+        gpu, m = dist.device().type == "cuda", self.megatron
+        grad = gpu if m.overlap_grad_reduce is None else m.overlap_grad_reduce
+        param = m.overlap_param_gather
         if param is None:
-            param = gpu and grad and self.distributed_optimizer
+            param = gpu and grad and m.distributed_optimizer
         return {"overlap_grad_reduce": grad, "overlap_param_gather": param}
 
     def chosen_precision(self) -> tuple[str, str]:
@@ -293,112 +288,80 @@ class TrainConfig:
         return "fp32", "precision=auto without a GPU; set precision=bf16 to train in bf16 here"
 
     def validate(self) -> None:
+        """Every section's own checks, then those across sections (layout against the model, batch against the
+        world size parallel.nproc: see `with_world`)."""
         self.model.validate()
         self.data.validate()
         self.optim.validate()
-        if self.overwrite and self.resume != "never":
-            raise UserError(f"overwrite=true starts afresh but resume={self.resume} continues a run; set only one")
         if self.backend not in BACKENDS:
             raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.parallel.validate(self.backend)
+        self.checkpoint.validate(self.backend)
+        self.megatron.validate(self.backend, self.optim.name)
+        self.deepspeed.validate(self.backend, self.optim.name)
+        # asked only for DeepSpeed ZeRO-0: precision=auto resolves through the device (a CUDA context on a GPU)
+        if self.backend == "deepspeed" and self.deepspeed.zero == 0 and self.chosen_precision()[0] == "bf16":
+            # ZeRO-0 bf16 runs DeepSpeed's fp16 loss-scaling wrapper: 2e-3 off the bf16 loss in 10 steps, ZeRO-1..3 5e-5
+            raise UserError("DeepSpeed bf16 needs ZeRO (its ZeRO-0 bf16 path drifts from the bf16 reference); set "
+                            "deepspeed.zero=1, or precision=fp32")
+        self._validate_loop()
+        self._validate_layout()
+        self._validate_transfer()
+
+    def _validate_loop(self) -> None:
+        if self.overwrite and self.resume != "never":
+            raise UserError(f"overwrite=true starts afresh but resume={self.resume} continues a run; set only one")
         if self.steps is None and self.tokens is None:
             raise UserError("set steps=N or tokens=N to say when training stops")
         if self.data.source == "text_shards" and self.eval_every and not self.data.val_shards:
             raise UserError(f"eval_every={self.eval_every} evaluates on data.val_shards, which is not set; tokenize the "
                             "corpus's val split (nca-scale corpus tokenize CORPUS split=val ...) and set "
                             "data.val_shards=URL, or set eval_every=0")
-        for name in ("nproc", "tp", "pp", "vpp", "batch_size", "micro_batch", "log_every", "keep_last"):
+        for name in ("batch_size", "micro_batch", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")
-        world, tp, pp = self.world, self.tp, self.pp
-        if self.backend != "megatron" and (tp > 1 or pp > 1 or self.vpp > 1 or self.sequence_parallel):
-            raise UserError(f"tp/pp/vpp/sequence_parallel need backend=megatron (backend={self.backend})")
-        if not self.zero_init and (self.backend != "deepspeed" or self.zero != 3):
-            raise UserError(f"zero_init=false is a DeepSpeed ZeRO-3 setting (backend={self.backend}, zero={self.zero}); "
-                            "drop it")
-        if self.checkpoint_async and self.backend == "deepspeed":
-            raise UserError("checkpoint_async=true needs backend=megatron or torch (backend=deepspeed saves synchronously)")
         for name in ("dist_timeout_s", "rank0_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")
-        if self.backend != "deepspeed" and (self.zero or self.offload):
-            raise UserError(f"zero/offload need backend=deepspeed (backend={self.backend})")
-        if self.backend == "deepspeed" and self.zero == 0 and self.chosen_precision()[0] == "bf16":
-            # ZeRO-0 bf16 runs DeepSpeed's fp16 loss-scaling wrapper: 2e-3 off the bf16 loss in 10 steps, ZeRO-1..3 5e-5
-            raise UserError("DeepSpeed bf16 needs ZeRO (its ZeRO-0 bf16 path drifts from the bf16 reference); set zero=1, "
-                            "or precision=fp32")
-        if self.offload and self.optim.name == "sgd":
-            raise UserError("offload=true runs DeepSpeed's CPU Adam, not SGD; use optim.name=adam|adamw or offload=false")
-        if self.backend == "megatron" and self.distributed_optimizer and self.optim.name == "sgd":
-            raise UserError("megatron-core's distributed optimizer supports Adam only; with optim.name=sgd set "
-                            "distributed_optimizer=false")
+        if self.recompute == "selective" and self.backend != "megatron":
+            raise UserError(f"recompute=selective is megatron's (it recomputes the core attention); backend="
+                            f"{self.backend} recomputes whole layers: set recompute=full")
+        if self.init_from is not None and not os.path.isdir(self.init_from):
+            raise UserError(f"init_from={self.init_from} is not a checkpoint directory")
+        if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):
+            raise UserError(f"resume={self.resume}: use never, auto or an existing checkpoint directory")
+
+    def _validate_layout(self) -> None:
+        """The parallel layout against the world size, the model's shapes and the batch."""
+        world, tp, pp, vpp, m = self.world, self.parallel.tp, self.parallel.pp, self.parallel.vpp, self.model
         if world % (tp * pp):
-            raise UserError(f"tp={tp} x pp={pp} = {tp * pp} does not divide the world size {world} (nproc)")
-        if self.dp is not None and self.dp * tp * pp != world:
-            raise UserError(f"dp={self.dp} x tp={tp} x pp={pp} = {self.dp * tp * pp} != world size {world}; set nproc")
-        m = self.model
+            raise UserError(f"tp={tp} x pp={pp} = {tp * pp} does not divide the world size {world} (parallel.nproc)")
+        if self.parallel.dp is not None and self.parallel.dp * tp * pp != world:
+            raise UserError(f"dp={self.parallel.dp} x tp={tp} x pp={pp} = {self.parallel.dp * tp * pp} != world size "
+                            f"{world}; set parallel.nproc")
         if m.n_heads % tp or m.kv_heads % tp:
             raise UserError(f"model.n_heads={m.n_heads} (kv heads {m.kv_heads}) is not divisible by tp={tp}")
-        if m.n_layers % (pp * self.vpp):
-            raise UserError(f"model.n_layers={m.n_layers} is not divisible by pp={pp} x vpp={self.vpp}")
-        if self.vpp > 1 and pp < 2:
-            raise UserError("vpp > 1 (interleaved schedule) needs pp >= 2")
+        if m.n_layers % (pp * vpp):
+            raise UserError(f"model.n_layers={m.n_layers} is not divisible by pp={pp} x vpp={vpp}")
         vocab = m.vocab_size or self.data.vocab_size
         if vocab % tp:
             raise UserError(f"vocabulary {vocab} is not divisible by tp={tp}; set model.vocab_size to a padded multiple")
         if m.ffn % tp:
             raise UserError(f"SwiGLU width {m.ffn} is not divisible by tp={tp}")
-        if self.sequence_parallel and tp < 2:
-            raise UserError("sequence_parallel needs tp >= 2")
-        self._validate_overlap()
-        if self.auto_micro_batch and self.batch_size % self.data_parallel:
+        dp = self.data_parallel
+        if self.auto_micro_batch and self.batch_size % dp:
             raise UserError(f"batch_size={self.batch_size} (the recipe's global batch) cannot be split evenly over "
-                            f"dp={self.data_parallel} data-parallel ranks; use a batch_size that is a multiple of "
-                            f"{self.data_parallel}, or raise tp/pp so that dp divides {self.batch_size}")
-        per_step = self.micro * self.data_parallel
-        if self.batch_size % per_step:
-            raise UserError(
-                f"batch_size={self.batch_size} is not a multiple of micro_batch={self.micro_batch} x dp={self.data_parallel}"
-            )
-        if self.vpp > 1 and self.grad_accum % pp:
+                            f"dp={dp} data-parallel ranks; use a batch_size that is a multiple of {dp}, or raise "
+                            f"tp/pp so that dp divides {self.batch_size}")
+        if self.batch_size % (self.micro * dp):
+            raise UserError(f"batch_size={self.batch_size} is not a multiple of micro_batch={self.micro_batch} x dp={dp}")
+        if vpp > 1 and self.grad_accum % pp:
             raise UserError(f"the interleaved schedule needs micro-batches per step ({self.grad_accum}) divisible by pp={pp}")
-        if self.init_from is not None and not os.path.isdir(self.init_from):
-            raise UserError(f"init_from={self.init_from} is not a checkpoint directory")
-        if self.zero not in (0, 1, 2, 3):
-            raise UserError(f"zero={self.zero}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
-        if self.checkpoint_url:
-            from nca_scale.data.urls import parse_location
 
-            parse_location(self.checkpoint_url, what="checkpoint_url")
-        if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):
-            raise UserError(f"resume={self.resume}: use never, auto or an existing checkpoint directory")
-        t = self.transfer
+    def _validate_transfer(self) -> None:
+        t, n_layers = self.transfer, self.model.n_layers
         for name in (*t.reinit, *t.freeze):
             if name not in ("attn", "mlp", "norm"):
                 raise UserError(f"transfer module {name!r} unknown; use attn, mlp or norm")
-        if t.layers is not None and not (len(t.layers) == 2 and 0 <= t.layers[0] < t.layers[1] <= m.n_layers):
-            raise UserError(f"transfer.layers={t.layers} must be [first, last) within 0..{m.n_layers}")
-
-    def _validate_overlap(self) -> None:
-        """Overlap, fusion and recompute keys the chosen backend does not read are refused, not ignored."""
-        megatron = ("overlap_grad_reduce", "overlap_param_gather", "grad_accum_fusion", "bias_swiglu_fusion",
-                    "rope_fusion", "cross_entropy_fusion")
-        for name in megatron:
-            if self.backend != "megatron" and getattr(self, name) is not None:
-                also = "; DeepSpeed's is overlap_comm" if name == "overlap_grad_reduce" and self.backend == "deepspeed" else ""
-                raise UserError(f"{name} is a megatron setting and backend={self.backend} does not read it; drop it{also}")
-        for name in ("overlap_comm", "contiguous_gradients"):
-            if self.backend != "deepspeed" and not getattr(self, name):
-                raise UserError(f"{name}=false is a DeepSpeed ZeRO setting and backend={self.backend} does not read it; "
-                                "drop it")
-        if self.bucket_size is not None and (self.backend == "torch" or self.bucket_size < 1):
-            raise UserError(f"bucket_size={self.bucket_size}: a positive number of elements, for backend=megatron or "
-                            "deepspeed (torch DDP keeps its own buckets)")
-        if self.overlap_param_gather and not self.distributed_optimizer:
-            raise UserError("overlap_param_gather=true gathers what the distributed optimizer updated; set "
-                            "distributed_optimizer=true, or drop overlap_param_gather")
-        if self.overlap_param_gather and self.overlap_grad_reduce is False:
-            raise UserError("overlap_param_gather=true needs overlap_grad_reduce (megatron-core's schedule starts the "
-                            "parameter gathers where the gradient reduce ends); drop overlap_grad_reduce=false")
-        if self.recompute == "selective" and self.backend != "megatron":
-            raise UserError(f"recompute=selective is megatron's (it recomputes the core attention); backend="
-                            f"{self.backend} recomputes whole layers: set recompute=full")
+        if t.layers is not None and not (len(t.layers) == 2 and 0 <= t.layers[0] < t.layers[1] <= n_layers):
+            raise UserError(f"transfer.layers={t.layers} must be [first, last) within 0..{n_layers}")

@@ -143,6 +143,12 @@ def decided_by_rank0(decide: Callable[[], T]) -> T:
     return value
 
 
+def launched_world() -> int | None:
+    """The world size an external launcher (torchrun, srun via launch/rendezvous.py) started this rank in; None
+    in a process it did not start. Callers hand it to TrainConfig (from_args(args, world=...))."""
+    return int(os.environ["WORLD_SIZE"]) if "RANK" in os.environ and "WORLD_SIZE" in os.environ else None
+
+
 def rank_and_world() -> tuple[int, int]:
     """(global rank, world size); (0, 1) in a process without a group."""
     if not dist.is_initialized():

@@ -43,9 +43,9 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     if cfg.init_from:
         # an absolute path: a folder named `never` or `auto` is a checkpoint here, not resume's keyword (fuzz)
         transfer.check(cfg, checkpoint_select.resolve(cfg, os.path.abspath(cfg.init_from)))
-    run_folder.start(cfg, write=cfg.nproc == 1)  # with nproc > 1 rank 0 writes config.yaml (worker.py)
-    if cfg.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
+    run_folder.start(cfg, write=cfg.parallel.nproc == 1)  # with nproc > 1 rank 0 writes config.yaml (worker.py)
+    if cfg.parallel.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.parallel.nproc}",
                "-m", "nca_scale.train.worker", *args]
         env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
         # torchrun never outlives this command

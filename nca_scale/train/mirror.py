@@ -1,4 +1,4 @@
-"""Checkpoints on an fsspec URL (`checkpoint_url=`: file://, s3://, memory://): published after each local
+"""Checkpoints on an fsspec URL (`checkpoint.url=`: file://, s3://, memory://): published after each local
 commit, fetched back when a run resumes somewhere its local checkpoints are missing or older.
 
 Object stores cannot rename a directory, so the order of writes is the commit: every file of
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _location(url: str) -> Location:
-    return parse_location(url, what="checkpoint_url")
+    return parse_location(url, what="checkpoint.url")
 
 
 def _remote_steps(loc: Location) -> tuple[list[str], list[str]]:

@@ -32,18 +32,18 @@ def holds_run(out: str | Path) -> bool:
 
 
 def check(cfg: TrainConfig) -> None:
-    """Refuse an OUT (or checkpoint_url) that cannot take this run; creates nothing under OUT."""
+    """Refuse an OUT (or checkpoint.url) that cannot take this run; creates nothing under OUT."""
     if not cfg.out.strip():
         raise UserError("out= is empty; give the run folder, e.g. out=runs/r1")
     check_creatable(cfg.out)
     if cfg.resume == "never" and not cfg.overwrite and holds_run(cfg.out):
         raise UserError(f"out={cfg.out} already holds a run; continue it with resume=auto, start afresh with "
                         "overwrite=true (moves it aside), or choose another out=")
-    if cfg.checkpoint_url and cfg.checkpoint_url.startswith("s3://"):
+    if cfg.checkpoint.url and cfg.checkpoint.url.startswith("s3://"):
         from nca_scale.data.urls import parse_location
 
         # a probe write: missing S3 credentials or a wrong endpoint show here, not at the first save
-        parse_location(cfg.checkpoint_url, what="checkpoint_url").check_writable("checkpoint_url")
+        parse_location(cfg.checkpoint.url, what="checkpoint.url").check_writable("checkpoint.url")
 
 
 def start(cfg: TrainConfig, writer: bool = True, *, move: bool = True, write: bool = True) -> None:

@@ -3,7 +3,7 @@ token budget is reached, or a callback asks it to stop (preemption). Backends di
 interface.
 
 The Trainer owns saving and stopping, as OLMo-core's does: `save_checkpoint()` commits the current step (its
-Checkpointer also saves every checkpoint_every steps), `request_stop(signal)` ends the loop after the current
+Checkpointer also saves every checkpoint.every steps), `request_stop(signal)` ends the loop after the current
 step. Either way fit() saves the last step and returns a FitOutcome; the callers turn a stop into exit status
 EXIT_PREEMPTED (worker.py, entry.py).
 
@@ -161,7 +161,7 @@ class Trainer:
             raise UserError(f"{what} (non-finite) after {self.rollbacks} rollbacks (max_rollbacks); stopped without saving")
         target = dist.decided_by_rank0(lambda: checkpoint_select.latest_verified(cfg.out, log.info))
         if target is None:
-            raise UserError(f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint_every=N")
+            raise UserError(f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint.every=N")
         skipped = self.skipped | {self.step}
         self.resume(target)
         self.skipped |= skipped
@@ -183,7 +183,7 @@ class Trainer:
 def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> FitOutcome:
     """Train `cfg` in this process (one rank of the job): how it ended. `chosen`: (checkpoint to resume from, or
     None), already resolved and verified by the caller."""
-    if cfg.backend == "megatron" and cfg.tp > 1:
+    if cfg.backend == "megatron" and cfg.parallel.tp > 1:
         # one hardware queue per GPU, so that megatron's TP communication overlaps the compute in issue order;
         # CUDA reads it when this process creates its context (dist.init), which has not happened yet
         os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
@@ -212,6 +212,9 @@ def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) ->
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))
+    if (world := dist.rank_and_world()[1]) != cfg.world:  # the layout checks ran for cfg.world ranks
+        raise UserError(f"this job has {world} ranks but its config was validated for parallel.nproc={cfg.world}; "
+                        f"set parallel.nproc={world} (a rank's caller passes the launcher's world: from_args(world=))")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, engine, default_callbacks(cfg))
     log.info(describe(cfg.model, cfg.seq_len))
@@ -222,7 +225,7 @@ def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) ->
         if before != now:  # schedule.total defaults to the run length: extending a run stretches the schedule
             log.info(f"note: the LR schedule now spans {now} steps (it spanned {before}); pin schedule.total to keep it")
     log.info(
-        f"backend {cfg.backend}: world {cfg.world} = tp {cfg.tp} x pp {cfg.pp} x dp {cfg.data_parallel}; "
+        f"backend {cfg.backend}: world {cfg.world} = tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {cfg.data_parallel}; "
         f"batch {cfg.batch_size} x seq {cfg.seq_len} = {cfg.tokens_per_step:,} tokens/step, micro-batch "
         f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps; {precision}"
     )

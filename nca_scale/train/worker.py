@@ -12,7 +12,7 @@ import sys
 
 from nca_scale import logs, procs
 from nca_scale.errors import UserError, print_error
-from nca_scale.train import checkpoint_select, run_folder
+from nca_scale.train import checkpoint_select, dist, run_folder
 from nca_scale.train.config import from_args
 
 
@@ -25,7 +25,7 @@ def main(args: list[str]) -> int:
     logs.setup()  # `[nca-scale] ...` lines from the start (run_folder's), not only after dist.init
 
     try:
-        cfg = from_args(args)
+        cfg = from_args(args, world=dist.launched_world())  # torchrun/srun: WORLD_SIZE, whatever nproc says
         by_hand = checkpoint_select.RESUME_ENV not in os.environ  # torchrun/srun, not `nca-scale train` (which checked)
         if by_hand:
             run_folder.check(cfg)

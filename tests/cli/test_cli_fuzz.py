@@ -18,7 +18,7 @@ from nca_scale.train.config import TrainConfig
 REPO = Path(__file__).resolve().parents[2]
 CASES, SECONDS, SEED = 3000, 20.0, 17
 KEYS = [key for key, *_ in describe_keys(TrainConfig)]
-RUN_KEYS = ["out", "resume", "init_from", "overwrite", "checkpoint_url", "nproc", "steps", "model", "data.nca"]
+RUN_KEYS = ["out", "resume", "init_from", "overwrite", "checkpoint.url", "parallel.nproc", "steps", "model", "data.nca"]
 WORDS = ["train", "train", "train", "export", "help", "status", "nca", "corpus", "sweep", "trian", "--help", "-x",
          "eval report"]
 YAML_TEXTS = ["steps: 3\n", "model: {n_layers: 1}\n", "model: model.yaml\n", "data:\n  source: dyck\n", "- a\n- b\n",

@@ -58,7 +58,7 @@ def listing(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-FIRST = ["steps=2", "checkpoint_every=1", "resume=auto"]
+FIRST = ["steps=2", "checkpoint.every=1", "resume=auto"]
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def _no_credentials_env() -> dict:
 
 
 @pytest.mark.parametrize("command", [
-    ["train", CONFIG, "checkpoint_url=s3://bucket/ckpt", "steps=1", *FAST],
+    ["train", CONFIG, "checkpoint.url=s3://bucket/ckpt", "steps=1", *FAST],
     ["generate", NCA, "out=s3://bucket/shards", "tokens=100"],
 ])
 def test_s3_without_credentials_is_one_line_naming_the_fix(command, tmp_path):

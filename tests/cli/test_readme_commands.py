@@ -67,4 +67,4 @@ def test_readme_torchrun_lines_are_valid_training_command_lines():
         args = argv[argv.index("nca_scale.train.worker") + 1:]
         positional, overrides = split_overrides(args)
         assert len(positional) == 1 and all(k in train_keys for k, _ in overrides), argv
-        from_args([str(REPO / positional[0]), *args[1:], f"nproc={world}"])  # the layout of that world size
+        from_args([str(REPO / positional[0]), *args[1:], f"parallel.nproc={world}"])  # the layout of that world size

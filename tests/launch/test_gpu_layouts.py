@@ -120,15 +120,15 @@ def test_a_batch_that_cannot_be_kept_is_refused_with_the_fix(no_slurm, tmp_path,
     assert "batch_size=32 (the recipe's global batch) cannot be split evenly over dp=64" in err
     # the fix it names: tensor parallelism brings dp to 32
     rc = cli.main(["submit", "configs/train/paper-stage1.yaml", "cluster=launchers/gpu-example.yaml",
-                   "cluster.nodes=8", "tp=2", "dry_run=true", f"out={tmp_path / 'run'}"])
+                   "cluster.nodes=8", "parallel.tp=2", "dry_run=true", f"out={tmp_path / 'run'}"])
     assert rc == 0 and "tp 2 x pp 1 x dp 32; batch 32 = micro-batch 1 x 1" in capsys.readouterr().out
 
 
 def test_auto_micro_batch_keeps_the_interleaved_schedule_valid(no_slurm):
     # share 12 per rank, micro <= 4: 4 would give 3 micro-batches, not a multiple of pp=2; 3 gives 4
-    cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=megatron", "nproc=2", "pp=2", "vpp=2", "model.n_layers=4",
+    cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=megatron", "parallel.nproc=2", "parallel.pp=2", "parallel.vpp=2", "model.n_layers=4",
                      "batch_size=12", "micro_batch=4", "auto_micro_batch=true"])
     assert (cfg.micro, cfg.grad_accum) == (3, 4)
     assert cfg.resolved().micro_batch == 3  # what the backends read
-    plain = from_args(["configs/train/cpu-tiny.yaml", "batch_size=12", "micro_batch=4", "nproc=1"])
+    plain = from_args(["configs/train/cpu-tiny.yaml", "batch_size=12", "micro_batch=4", "parallel.nproc=1"])
     assert (plain.micro, plain.grad_accum) == (4, 3)  # without auto_micro_batch, micro_batch is exact

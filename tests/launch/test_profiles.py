@@ -73,7 +73,7 @@ def test_local_executor_runs_a_training_job(env, tmp_path):
 
 
 def test_submit_errors(env, tmp_path):
-    proc = nca(env, "submit", "configs/train/cpu-tiny.yaml", "steps=2", "backend=megatron", "tp=3", f"out={tmp_path}",
+    proc = nca(env, "submit", "configs/train/cpu-tiny.yaml", "steps=2", "backend=megatron", "parallel.tp=3", f"out={tmp_path}",
                check=False)
     assert proc.returncode == 2 and "tp=3" in proc.stderr  # the command's config is checked before submitting
     proc = nca(env, "submit", "configs/train/cpu-tiny.yaml", "after=123", f"out={tmp_path}", check=False)

@@ -55,7 +55,7 @@ def test_unsafe_submissions_are_refused_before_anything_is_written(args, message
 def test_a_submitted_run_writes_no_secret_anywhere(tmp_path):
     out, home = tmp_path / "run", tmp_path / "home"
     env = {**os.environ, **SECRETS, "NCA_SCALE_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).parent / "nca-scale"), "submit", CONFIG, f"out={out}", "steps=2", "checkpoint_every=1",
+    cmd = [str(Path(sys.executable).parent / "nca-scale"), "submit", CONFIG, f"out={out}", "steps=2", "checkpoint.every=1",
            "model.n_layers=2", "data.nca.bank.size=8", "data.nca.bank.val_size=4", "wandb=offline", "progress=false",
            "eval_every=0", "wait=true"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

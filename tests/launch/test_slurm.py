@@ -41,8 +41,8 @@ pytestmark = pytest.mark.usefixtures("slurm")
 STEPS = 30
 PAD = "min_step_time=0.2"  # >= 6 s of training per run
 BACKENDS = {
-    "megatron": ["backend=megatron", "tp=2"],  # tensor parallel across the two nodes
-    "deepspeed": ["backend=deepspeed", "zero=2"],  # data parallel, optimizer state partitioned over the nodes
+    "megatron": ["backend=megatron", "parallel.tp=2"],  # tensor parallel across the two nodes
+    "deepspeed": ["backend=deepspeed", "deepspeed.zero=2"],  # data parallel, optimizer state partitioned over the nodes
     "torch": ["backend=torch"],  # data parallel (DDP)
 }
 SIGNALS = {"usr2": ["scancel", "--signal=USR2"], "requeue": ["scontrol", "requeue"]}
@@ -68,7 +68,7 @@ def two_node_runs(env, tmp_path_factory):
     subprocess.run(["scontrol", "release", ",".join(job for _, job in runs.values())], check=True)
     for backend in BACKENDS:
         out = base / f"{backend}-local"
-        proc = subprocess.Popen([str(CLI), "train", *train_args(backend), "nproc=2", f"out={out}"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([str(CLI), "train", *train_args(backend), "parallel.nproc=2", f"out={out}"], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         runs[backend, "local"] = (out, proc)
     t0 = time.time()

@@ -29,7 +29,7 @@ def test_sweep_on_slurm_arrays_dependencies_records(tmp_path, env):
     assert sorted(jobs) == sorted([S1, NCA, SCRATCH]) and {j["executor"] for j in jobs.values()} == {"slurm"}
     assert jobs[NCA]["after"] == [jobs[S1]["job_id"]] and jobs[SCRATCH]["after"] == jobs[S1]["after"] == []
     plan = {r["name"]: r for r in json.loads((sweep / "plan.json").read_text())["runs"]}
-    assert "nproc=1" in plan[NCA]["train_args"]  # one rank per task of the profile
+    assert "parallel.nproc=1" in plan[NCA]["train_args"]  # one rank per task of the profile
     recs = results(sweep)
     assert sorted(recs) == sorted(plan)
     check_record(recs[S1], plan[S1], None)

@@ -212,7 +212,7 @@ def test_generation_batch_independence_stops_and_top_p():
 def megatron_run(tmp_path_factory, repo_root) -> Path:
     """`nca-scale train` with the megatron backend, TP=2 over 2 processes, one step, evaluated at the end."""
     run = tmp_path_factory.mktemp("meg") / "run"
-    train(run, "steps=1", "backend=megatron", "nproc=2", "tp=2", "eval_every=1", "eval_batches=1", cwd=repo_root)
+    train(run, "steps=1", "backend=megatron", "parallel.nproc=2", "parallel.tp=2", "eval_every=1", "eval_batches=1", cwd=repo_root)
     return run
 
 

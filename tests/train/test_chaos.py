@@ -41,7 +41,7 @@ from nca_scale.train import checkpoint, checkpoint_select, checkpoint_verify
 
 FULL = os.environ.get("NCA_SCALE_CHAOS") == "1"
 PAUSE_S = 0.3
-EVERY = 2  # checkpoint_every
+EVERY = 2  # checkpoint.every
 # Where a kill inside a save lands: while the backend writes its files, then the three windows of
 # checkpoint_commit.commit (after the files' fsync, after the manifest, after the rename and before `latest` moves).
 WINDOWS = ("writing", "files written", "manifest written", "renamed")
@@ -54,15 +54,15 @@ class Chaos:
 
     @property
     def nproc(self) -> int:
-        return int(next((e.split("=")[1] for e in self.extra if e.startswith("nproc=")), 1))
+        return int(next((e.split("=")[1] for e in self.extra if e.startswith("parallel.nproc=")), 1))
 
     def run(self) -> list[str]:
-        return [*FAST, "model.n_layers=2", f"steps={self.steps}", f"checkpoint_every={EVERY}", *self.extra]
+        return [*FAST, "model.n_layers=2", f"steps={self.steps}", f"checkpoint.every={EVERY}", *self.extra]
 
 
 def _start(out: Path, log, chaos: Chaos) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", NCA_SCALE_TEST_SAVE_PAUSE=str(PAUSE_S))
-    cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *chaos.run(), "keep_last=3", "resume=auto"]
+    cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *chaos.run(), "checkpoint.keep_last=3", "resume=auto"]
     # a process group of its own (the CLI and torchrun), which _kill SIGKILLs
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -245,7 +245,7 @@ def _losses(out: Path) -> dict[int, float]:
 
 
 def _reference(out: Path, chaos: Chaos) -> Path:
-    train(out, *chaos.run(), "keep_last=100")  # uninterrupted; keeps every checkpoint for the audit
+    train(out, *chaos.run(), "checkpoint.keep_last=100")  # uninterrupted; keeps every checkpoint for the audit
     return out
 
 
@@ -295,15 +295,15 @@ def test_kill_nine_during_training_and_saves_loses_nothing(tmp_path):
 
 
 def test_kill_nine_of_a_two_process_run_loses_nothing(tmp_path):
-    two = Chaos(TORCH.steps, ["nproc=2"])
+    two = Chaos(TORCH.steps, ["parallel.nproc=2"])
     reference = _reference(tmp_path / "reference", two)
     _chaos(tmp_path, reference, two, 6 if FULL else 2, seed=2, modes=["spawn", "save", "step", "save"])
 
 
 # ---- megatron's dist/ and DeepSpeed's ds/ checkpoints ------------------------------------------------
 BACKENDS = {  # make test: one process, 6 steps (checkpoints at 2, 4, 6); make chaos: two processes, 12 steps
-    "megatron": ["backend=megatron", *(["nproc=2", "tp=2"] if FULL else [])],
-    "deepspeed": ["backend=deepspeed", "zero=2", *(["nproc=2"] if FULL else [])],
+    "megatron": ["backend=megatron", *(["parallel.nproc=2", "parallel.tp=2"] if FULL else [])],
+    "deepspeed": ["backend=deepspeed", "deepspeed.zero=2", *(["parallel.nproc=2"] if FULL else [])],
 }
 
 
@@ -362,7 +362,7 @@ def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend
     *_, previous, newest = checkpoint.complete_checkpoints(out)
     biggest = max(checkpoint.read_meta(newest)["files"], key=lambda f: (newest / f).stat().st_size)
     _flip_byte(newest / biggest)
-    proc = train(out, *chaos.run(), "keep_last=3", "resume=auto")
+    proc = train(out, *chaos.run(), "checkpoint.keep_last=3", "resume=auto")
     assert (f"checkpoint {newest} is unusable ({biggest} does not match its sha256 in meta.json); falling back to "
             "the previous one") in proc.stdout, proc.stdout
     assert f"resumed from {previous} at step {checkpoint.read_meta(previous)['step']}" in proc.stdout, proc.stdout
@@ -373,16 +373,16 @@ def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend
     print(f"{backend}: {len(moments)} kills: {moments}; then {newest.name}/{biggest} corrupted")
 
 
-# ---- megatron's asynchronous saves (checkpoint_async) ------------------------------------------------
+# ---- megatron's asynchronous saves (checkpoint.asynchronous) ------------------------------------------------
 # two ranks at dp=2, so the fully parallel save splits the DP-replicated tensors between them
-ASYNC = {"megatron": Chaos(12 if FULL else 6, ["backend=megatron", "nproc=2"]),
-         "torch": Chaos(12 if FULL else 6, ["nproc=2"])}  # make chaos only: make test keeps its time
+ASYNC = {"megatron": Chaos(12 if FULL else 6, ["backend=megatron", "parallel.nproc=2"]),
+         "torch": Chaos(12 if FULL else 6, ["parallel.nproc=2"])}  # make chaos only: make test keeps its time
 BACKGROUND = "writing in the background"  # the window of megatron's _write_in_background, torch's _BackgroundWriter
 
 
 @pytest.mark.parametrize("backend", ["megatron", "torch"] if FULL else ["megatron"])
 def test_kill_nine_inside_an_asynchronous_save_loses_nothing(backend, tmp_path, monkeypatch):
-    """checkpoint_async=true: each rank writes the save's files in the background while the steps go on
+    """checkpoint.asynchronous=true: each rank writes the save's files in the background while the steps go on
     (megatron: a forked process; torch: DCP's async_save thread), and rank 0 commits them once every rank's are
     written. Against the synchronous run (the reference): every
     committed checkpoint holds its bytes; a kill -9 while the writers of a save are still writing leaves the
@@ -395,13 +395,13 @@ def test_kill_nine_inside_an_asynchronous_save_loses_nothing(backend, tmp_path, 
     with monkeypatch.context() as env:
         env.setenv("PYTHONPATH", str(hook))
         env.setenv("SHA_LOG", str(sha_log))
-        reference = _reference(tmp_path / "reference", ASYNC[backend])  # checkpoint_async unset: synchronous on a CPU
+        reference = _reference(tmp_path / "reference", ASYNC[backend])  # checkpoint.asynchronous unset: synchronous on a CPU
     for path in checkpoint.complete_checkpoints(reference):
         hashed = [line.split() for line in sha_log.read_text().splitlines() if f"{path.name}.tmp/" in line]
         assert sorted(f for _, f in hashed) == sorted(str(checkpoint.staging_dir(reference, int(path.name[5:])) / f)
                                                        for f in checkpoint.read_meta(path)["files"]), path
         assert len({pid for pid, _ in hashed}) == 2, (path, hashed)  # both ranks took a share
-    chaos = Chaos(ASYNC[backend].steps, [*ASYNC[backend].extra, "checkpoint_async=true"])
+    chaos = Chaos(ASYNC[backend].steps, [*ASYNC[backend].extra, "checkpoint.asynchronous=true"])
     out, log = tmp_path / "chaos", tmp_path / "chaos.log"
     targets = range(2 * EVERY, chaos.steps + 1, 2 * EVERY) if FULL else [2 * EVERY]
     with log.open("w") as sink:

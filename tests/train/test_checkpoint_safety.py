@@ -42,7 +42,7 @@ def _flip_byte(path: Path) -> None:
 
 
 def test_commit_publishes_whole_directories_and_moves_latest_last(tmp_path):
-    cfg = _cfg(tmp_path, "keep_last=5")
+    cfg = _cfg(tmp_path, "checkpoint.keep_last=5")
     first = _save(cfg, 2)
     assert checkpoint.latest_name(cfg.out) == first.name and checkpoint_verify.verify(first) is None
     assert set(checkpoint.read_meta(first)["files"]) == {"state.pt"}
@@ -112,7 +112,7 @@ def test_explicit_resume_of_a_corrupt_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_keep_last_never_removes_the_checkpoint_latest_names(tmp_path):
-    cfg = _cfg(tmp_path, "keep_last=1")
+    cfg = _cfg(tmp_path, "checkpoint.keep_last=1")
     _save(cfg, 2)
     _save(cfg, 4)
     assert [p.name for p in checkpoint.complete_checkpoints(cfg.out)] == ["step_00000004"]
@@ -123,14 +123,14 @@ def test_keep_last_never_removes_the_checkpoint_latest_names(tmp_path):
 
 
 def test_deepspeed_zero_resume_under_another_dp_size_is_refused(tmp_path, capsys):
-    saved = _cfg(tmp_path, "backend=deepspeed", "zero=2", "nproc=2")
+    saved = _cfg(tmp_path, "backend=deepspeed", "deepspeed.zero=2", "parallel.nproc=2")
     path = checkpoint_commit.begin(saved.out, 3)
     (path / "ds").mkdir()
     checkpoint_commit.commit(saved, 3, 0)
     ckpt = checkpoint.step_dir(saved.out, 3)
-    assert main(["train", CONFIG, f"out={saved.out}", "backend=deepspeed", "zero=2", "nproc=1", f"resume={ckpt}"]) == 2
+    assert main(["train", CONFIG, f"out={saved.out}", "backend=deepspeed", "deepspeed.zero=2", "parallel.nproc=1", f"resume={ckpt}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "holds DeepSpeed ZeRO-2 state partitioned over dp=2, but this run has dp=1; resume with nproc=2" in err
+    assert "holds DeepSpeed ZeRO-2 state partitioned over dp=2, but this run has dp=1; resume with parallel.nproc=2" in err
 
 
 # ---- weights-only loading ----------------------------------------------------------------------------
@@ -169,13 +169,13 @@ def test_forcing_unsafe_loads_is_refused(monkeypatch):
 
 
 # ---- end to end: a real run, a corrupted newest checkpoint, a mirror ----------------------------------
-RUN = [*FAST, "model.n_layers=2", "checkpoint_every=2", "schedule.total=6"]
+RUN = [*FAST, "model.n_layers=2", "checkpoint.every=2", "schedule.total=6"]
 
 
 def test_resume_skips_a_corrupt_checkpoint_and_a_mirror_restores_lost_ones(tmp_path):
     url = f"file://{tmp_path / 'mirror'}"
     out = tmp_path / "run"
-    train(out, *RUN, "steps=4", f"checkpoint_url={url}")
+    train(out, *RUN, "steps=4", f"checkpoint.url={url}")
     mirrored = tmp_path / "mirror"
     assert (mirrored / "latest").read_text().strip() == "step_00000004"
     assert json.loads((mirrored / "step_00000004" / "meta.json").read_text())["step"] == 4
@@ -184,15 +184,15 @@ def test_resume_skips_a_corrupt_checkpoint_and_a_mirror_restores_lost_ones(tmp_p
     assert "step_00000004 is unusable (dcp/__0_0.distcp does not match its sha256" in proc.stdout
     assert "resumed from" in proc.stdout and "step_00000002 at step 2" in proc.stdout
     elsewhere = tmp_path / "elsewhere"  # a new machine: no local checkpoints, only the mirror
-    proc = train(elsewhere, *RUN, "steps=6", "resume=auto", f"checkpoint_url={url}")
+    proc = train(elsewhere, *RUN, "steps=6", "resume=auto", f"checkpoint.url={url}")
     assert "fetched" in proc.stdout and "at step 4" in proc.stdout
     final = state(checkpoint.step_dir(elsewhere, 6))
     assert all(torch.equal(final[k], v) for k, v in state(checkpoint.step_dir(out, 6)).items())
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["checkpoint_url=gs://b/x"], "checkpoint_url=gs://b/x: unsupported URL scheme 'gs'; use a local path, file://"),
-    (["checkpoint_url=s3://"], "checkpoint_url=s3://: no bucket given; write s3://bucket/prefix"),
+    (["checkpoint.url=gs://b/x"], "checkpoint.url=gs://b/x: unsupported URL scheme 'gs'; use a local path, file://"),
+    (["checkpoint.url=s3://"], "checkpoint.url=s3://: no bucket given; write s3://bucket/prefix"),
     (["on_nonfinite=skip"], "key 'on_nonfinite' must be one of 'stop', 'rollback', got 'skip'"),
 ], ids=["url-scheme", "url-bucket", "on-nonfinite"])
 def test_bad_reliability_settings_are_one_line_errors(overrides, message, tmp_path, capsys):
@@ -220,7 +220,7 @@ def test_a_resumed_checkpoint_is_checksummed_once_per_job(tmp_path):
     it over, and ranks started by an outside launcher (torchrun here, srun on a cluster) let rank 0 verify and
     broadcast its choice, instead of every process reading every file again."""
     out = tmp_path / "run"
-    run = ["nproc=2", "checkpoint_every=2", "eval_every=0"]
+    run = ["parallel.nproc=2", "checkpoint.every=2", "eval_every=0"]
     train(out, *run, "steps=2")
     saved = checkpoint.step_dir(out, 2)
     files = len(checkpoint.read_meta(saved)["files"])

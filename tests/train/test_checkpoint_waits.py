@@ -43,7 +43,7 @@ def test_a_slow_checkpoint_choice_on_rank_0_outlasts_the_group_timeout(reference
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hook), "RANK0_DELAY_S": str(DELAY_S)}
     env.pop(checkpoint_select.RESUME_ENV, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "nca_scale.train.worker", "configs/train/cpu-tiny.yaml", f"out={out}", *FAST, "nproc=2", "steps=11",
+           "nca_scale.train.worker", "configs/train/cpu-tiny.yaml", f"out={out}", *FAST, "parallel.nproc=2", "steps=11",
            "resume=auto", f"dist_timeout_s={TIMEOUT_S}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -55,9 +55,9 @@ def test_a_slow_checkpoint_choice_on_rank_0_outlasts_the_group_timeout(reference
 @pytest.mark.parametrize("overrides, message", [
     (["dist_timeout_s=0"], "dist_timeout_s=0.0 must be > 0 (seconds)"),
     (["rank0_timeout_s=-1"], "rank0_timeout_s=-1.0 must be > 0 (seconds)"),
-    (["checkpoint_async=true", "backend=deepspeed"],
-     "checkpoint_async=true needs backend=megatron or torch (backend=deepspeed saves synchronously)"),
-    (["zero_init=false"], "zero_init=false is a DeepSpeed ZeRO-3 setting (backend=torch, zero=0); drop it"),
+    (["checkpoint.asynchronous=true", "backend=deepspeed"],
+     "checkpoint.asynchronous=true needs backend=megatron or torch (backend=deepspeed saves synchronously)"),
+    (["deepspeed.zero_init=false"], "zero_init=false is a DeepSpeed ZeRO-3 setting (backend=torch, zero=0); drop it"),
 ], ids=["dist-timeout", "rank0-timeout", "async-deepspeed", "zero-init-torch"])
 def test_bad_wait_and_async_settings_are_one_line_errors(overrides, message, tmp_path, capsys):
     assert main(["train", "configs/train/cpu-tiny.yaml", f"out={tmp_path / 'run'}", *overrides]) == 2

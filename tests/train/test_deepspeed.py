@@ -19,13 +19,13 @@ from train_helpers import (
     train,
 )
 
-DEEPSPEED = ("backend=deepspeed", "nproc=2")
+DEEPSPEED = ("backend=deepspeed", "parallel.nproc=2")
 
 
 @pytest.mark.parametrize("zero", [1, 2])
 def test_zero_matches_single_process(zero, reference, tmp_path):
     out = tmp_path / "run"
-    train(out, "steps=10", *DEEPSPEED, f"zero={zero}")
+    train(out, "steps=10", *DEEPSPEED, f"deepspeed.zero={zero}")
     assert_same_training(out, reference, FP32)
 
 
@@ -37,7 +37,7 @@ def test_zero2_matches_single_process_with_plain_sgd(reference_sgd, tmp_path):
     """The scale-sensitive check: SGD without clipping moves the weights by lr x gradient, so gradients
     summed over DP ranks instead of averaged would double the update."""
     out = tmp_path / "sgd"
-    train(out, "steps=10", *DEEPSPEED, "zero=2", *SGD)
+    train(out, "steps=10", *DEEPSPEED, "deepspeed.zero=2", *SGD)
     assert_same_training(out, reference_sgd, FP32)
 
 
@@ -53,7 +53,7 @@ def test_phase_timers_split_each_step(deepspeed_zero3_bf16):
 
 def test_bf16_resume_is_bit_identical(deepspeed_zero3_bf16, tmp_path):
     rest = tmp_path / "rest"
-    train(rest, "steps=10", *DEEPSPEED, "zero=3", "precision=bf16",
+    train(rest, "steps=10", *DEEPSPEED, "deepspeed.zero=3", "precision=bf16",
           f"resume={deepspeed_zero3_bf16}/checkpoints/step_00000005")
     assert losses(rest) == losses(deepspeed_zero3_bf16)[5:]
     (w, m), (ref_w, ref_m) = (run_state(r / "checkpoints/step_00000010") for r in (rest, deepspeed_zero3_bf16))
@@ -65,7 +65,7 @@ def test_resume_is_bit_identical(tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     full, split = tmp_path / "full", tmp_path / "split"
-    common = (*DEEPSPEED, "zero=3", "model.attn_dropout=0.1", "schedule.total=6")
+    common = (*DEEPSPEED, "deepspeed.zero=3", "model.attn_dropout=0.1", "schedule.total=6")
     train(full, "steps=6", *common)
     train(split, "steps=3", *common)
     train(split, "steps=6", "resume=auto", *common)
@@ -79,7 +79,7 @@ def test_cpu_offload_matches_and_resumes_exactly(reference, tmp_path):
     """offload=true: ZeRO-2 with the optimizer state and step on the CPU (DeepSpeedCPUAdam, JIT-built once,
     ~90 s). fp32 resume is exact with it (in bf16 it is not: docs/training.md)."""
     full, split = tmp_path / "full", tmp_path / "split"
-    common = (*DEEPSPEED, "zero=2", "offload=true", "schedule.total=10")
+    common = (*DEEPSPEED, "deepspeed.zero=2", "deepspeed.offload=true", "schedule.total=10")
     train(full, "steps=10", *common, timeout=600)
     assert_same_training(full, reference, FP32)
     train(split, "steps=5", *common)
@@ -94,8 +94,8 @@ def test_zero3_built_partitioned_trains_like_the_model_built_whole(deepspeed_zer
     """deepspeed_zero3 (2 ranks, ZeRO-3, 10 steps; zero_init by default) against the same run with zero_init=false:
     losses, gradient norms, final fp32 weights and Adam moments bit for bit."""
     out = tmp_path / "whole"
-    proc = train(out, "steps=10", "backend=deepspeed", "nproc=2", "zero=3", "eval_every=10", "eval_batches=1",
-                 "zero_init=false")
+    proc = train(out, "steps=10", "backend=deepspeed", "parallel.nproc=2", "deepspeed.zero=3", "eval_every=10", "eval_batches=1",
+                 "deepspeed.zero_init=false")
     assert "built partitioned" not in proc.stdout
     assert losses(out) == losses(deepspeed_zero3) and grad_norms(out) == grad_norms(deepspeed_zero3)
     (weights, moments), (ref_weights, ref_moments) = (deepspeed_state(final_checkpoint(r)) for r in (out, deepspeed_zero3))
@@ -106,5 +106,5 @@ def test_zero3_built_partitioned_trains_like_the_model_built_whole(deepspeed_zer
 
 def test_zero3_partitioned_build_says_so(tmp_path):
     """The start-up line of a ZeRO-3 run names the partitioned build (one step, one rank)."""
-    proc = train(tmp_path / "run", "steps=1", "backend=deepspeed", "zero=3")
+    proc = train(tmp_path / "run", "steps=1", "backend=deepspeed", "deepspeed.zero=3")
     assert "ZeRO-3: the model is built partitioned over dp=1 (deepspeed.zero.Init)" in proc.stdout, proc.stdout

@@ -27,9 +27,9 @@ from train_helpers import (
     update_error,
 )
 
-MEGATRON = ("backend=megatron", "nproc=2")
+MEGATRON = ("backend=megatron", "parallel.nproc=2")
 FP32 = {"loss": 1e-4, "grad_norm": 1e-5, "weights": 2e-4, "moments": 1e-4}
-GPU_OVERLAP = ("overlap_grad_reduce=true", "overlap_param_gather=true")  # the GPU defaults, which gloo runs too
+GPU_OVERLAP = ("megatron.overlap_grad_reduce=true", "megatron.overlap_param_gather=true")  # the GPU defaults, which gloo runs too
 
 
 def assert_continues(run, uninterrupted, start: int, tol=FP32) -> None:
@@ -68,21 +68,21 @@ def text_single(text, tmp_path_factory):
 
 
 # the plain (non-distributed) optimizer's state is sharded like the model, so it reshards with it
-RESHARDABLE = ("backend=megatron", "distributed_optimizer=false")
+RESHARDABLE = ("backend=megatron", "megatron.distributed_optimizer=false")
 
 
 @pytest.fixture(scope="module")
 def text_tp2(text, tmp_path_factory):
     """TP=2 without sequence parallelism and with the plain optimizer; its step-9 checkpoint is resharded."""
     out = tmp_path_factory.mktemp("text-tp2") / "run"
-    train(out, *text, "nproc=2", "tp=2", "checkpoint_every=9", *RESHARDABLE)
+    train(out, *text, "parallel.nproc=2", "parallel.tp=2", "checkpoint.every=9", *RESHARDABLE)
     return out
 
 
 @pytest.fixture(scope="module")
 def text_tp2_pp2_sp(text, tmp_path_factory):
     out = tmp_path_factory.mktemp("text-tp2-pp2") / "run"
-    train(out, *text, "backend=megatron", "nproc=4", "tp=2", "pp=2", "sequence_parallel=true")
+    train(out, *text, "backend=megatron", "parallel.nproc=4", "parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true")
     return out
 
 
@@ -93,7 +93,7 @@ def test_tensor_parallel_clips_like_the_single_process(layout, text_single, requ
     assert_same_training(request.getfixturevalue(layout), text_single, FP32)
 
 
-@pytest.mark.parametrize("target", [("nproc=1",), ("nproc=2", "pp=2")], ids=["tp1", "pp2"])
+@pytest.mark.parametrize("target", [("parallel.nproc=1",), ("parallel.nproc=2", "parallel.pp=2")], ids=["tp1", "pp2"])
 def test_tp2_checkpoint_continues_under_another_layout(target, text, text_tp2, tmp_path):
     """Steps 10-12 on the resharded weights and optimizer state are those of the uninterrupted TP=2 run."""
     out = tmp_path / "resharded"
@@ -109,7 +109,7 @@ def test_tensor_and_sequence_parallel_match_single_process(megatron_tp2, referen
 # PP=2 with the 1F1B schedule: in TP=2 x PP=2 above (and resharded to from TP=2)
 def test_interleaved_pipeline_matches_single_process(reference, tmp_path):
     out = tmp_path / "run"
-    train(out, "steps=10", *MEGATRON, "pp=2", "vpp=2")
+    train(out, "steps=10", *MEGATRON, "parallel.pp=2", "parallel.vpp=2")
     # the reference is the torch backend: same init (nca_scale.model.layout), same data, same optimizer
     assert_same_training(out, reference, FP32)
 
@@ -119,7 +119,7 @@ def dp2(tmp_path_factory):
     """DP=2 with the distributed optimizer and the GPU's overlapped gradient reduce and parameter gather (off on a
     CPU by default); its step-7 checkpoint continues on one rank."""
     out = tmp_path_factory.mktemp("dp2") / "run"
-    train(out, "steps=10", *MEGATRON, "dp=2", *GPU_OVERLAP, "checkpoint_every=7")
+    train(out, "steps=10", *MEGATRON, "parallel.dp=2", *GPU_OVERLAP, "checkpoint.every=7")
     return out
 
 
@@ -137,15 +137,15 @@ def test_plain_sgd_data_parallel_matches_single_process(reference_sgd, tmp_path)
     """SGD's update is the gradient itself: a gradient scaled by a constant (DP ranks summed instead of
     averaged, a replicated gradient counted twice) moves the weights by that factor, where Adam hides it."""
     out = tmp_path / "dp2"
-    train(out, "steps=10", *SGD, "nproc=2", "dp=2", *RESHARDABLE)  # megatron's distributed optimizer is Adam-only
+    train(out, "steps=10", *SGD, "parallel.nproc=2", "parallel.dp=2", *RESHARDABLE)  # megatron's distributed optimizer is Adam-only
     assert_same_training(out, reference_sgd, FP32)
 
 
 def test_resume_is_bit_identical(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     # distributed optimizer, dropout on, overlapped as on a GPU
-    common = (*MEGATRON, "dp=2", *GPU_OVERLAP, "model.attn_dropout=0.1", "schedule.total=6")
-    train(full, "steps=6", "checkpoint_every=3", *common)
+    common = (*MEGATRON, "parallel.dp=2", *GPU_OVERLAP, "model.attn_dropout=0.1", "schedule.total=6")
+    train(full, "steps=6", "checkpoint.every=3", *common)
     train(split, "steps=6", f"resume={full}/checkpoints/step_00000003", *common)
     assert_continues(split, full, start=3, tol={"loss": 0, "grad_norm": 0, "weights": 0, "moments": 0})
 
@@ -166,17 +166,17 @@ def test_bf16_tensor_parallel_matches_single_process(megatron_tp2_bf16, referenc
 
 def test_bf16_data_parallel_plain_optimizer_matches_single_process(reference_bf16, tmp_path):
     out = tmp_path / "run"  # Float16OptimizerWithFloat16Params: fp32 main params outside the distributed optimizer
-    train(out, "steps=10", "precision=bf16", *MEGATRON, "dp=2", "distributed_optimizer=false")
+    train(out, "steps=10", "precision=bf16", *MEGATRON, "parallel.dp=2", "megatron.distributed_optimizer=false")
     assert_same_training(out, reference_bf16, BF16)
 
 
 def test_phase_timers_split_each_step(megatron_tp2_bf16):
-    assert_phase_timers(megatron_tp2_bf16, saved_at=7)  # its checkpoint_every
+    assert_phase_timers(megatron_tp2_bf16, saved_at=7)  # its checkpoint.every
 
 
 def test_bf16_resume_is_bit_identical(megatron_tp2_bf16, tmp_path):
     out = tmp_path / "resumed"
-    train(out, "steps=10", "precision=bf16", *MEGATRON, "tp=2", f"resume={megatron_tp2_bf16}/checkpoints/step_00000007")
+    train(out, "steps=10", "precision=bf16", *MEGATRON, "parallel.tp=2", f"resume={megatron_tp2_bf16}/checkpoints/step_00000007")
     assert_continues(out, megatron_tp2_bf16, start=7, tol={"loss": 0, "grad_norm": 0, "weights": 0, "moments": 0})
 
 

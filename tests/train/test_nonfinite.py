@@ -15,7 +15,7 @@ from train_helpers import FAST, ROOT, losses, metrics, state, train
 
 from nca_scale.train import checkpoint, checkpoint_verify
 
-RUN = [*FAST, "model.n_layers=2", "checkpoint_every=1", "schedule.warmup=0"]
+RUN = [*FAST, "model.n_layers=2", "checkpoint.every=1", "schedule.warmup=0"]
 EXPLODE = ["optim.lr=1e30", "steps=4"]
 
 
@@ -40,7 +40,7 @@ def test_nan_stops_the_run_naming_the_step_and_saves_nothing_poisoned(tmp_path):
 
 
 def test_nan_on_a_two_rank_deepspeed_run_stops_every_rank(tmp_path):
-    proc = train(tmp_path, *RUN, *EXPLODE, "backend=deepspeed", "zero=1", "nproc=2", check=False)
+    proc = train(tmp_path, *RUN, *EXPLODE, "backend=deepspeed", "deepspeed.zero=1", "parallel.nproc=2", check=False)
     assert proc.returncode == 1  # torchrun's status when its ranks fail (each rank exits 2 with its line)
     stops = [line for line in proc.stderr.splitlines() if line.startswith("nca-scale: error: step 2: loss nan")]
     assert len(stops) == 2, proc.stderr[-3000:]  # both ranks, same step, no hang
@@ -77,10 +77,10 @@ sys.exit(main(sys.argv[2:]))
 
 def test_rollback_reloads_the_last_checkpoint_and_skips_the_bad_step(tmp_path):
     clean = tmp_path / "clean"
-    train(clean, *RUN, "steps=8", "checkpoint_every=2")
+    train(clean, *RUN, "steps=8", "checkpoint.every=2")
     out = tmp_path / "faulty"
     cmd = [sys.executable, "-c", DRIVER, "4", "train", "configs/train/cpu-tiny.yaml", f"out={out}", *RUN, "steps=8",
-           "checkpoint_every=2", "on_nonfinite=rollback"]
+           "checkpoint.every=2", "on_nonfinite=rollback"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -26,13 +26,13 @@ def _gpu(monkeypatch, present: bool) -> None:
 def test_null_overlap_is_the_devices_default(monkeypatch, gpu, grad, param):
     _gpu(monkeypatch, gpu)
     cfg = from_args(MEGATRON).resolved()
-    assert (cfg.overlap_grad_reduce, cfg.overlap_param_gather) == (grad, param)
+    assert (cfg.megatron.overlap_grad_reduce, cfg.megatron.overlap_param_gather) == (grad, param)
 
 
 def test_parameters_are_gathered_in_the_forward_only_with_the_distributed_optimizer(monkeypatch):
     _gpu(monkeypatch, True)
-    assert not from_args([*MEGATRON, "distributed_optimizer=false"]).resolved().overlap_param_gather
-    assert not from_args([*MEGATRON, "overlap_grad_reduce=false"]).resolved().overlap_param_gather
+    assert not from_args([*MEGATRON, "megatron.distributed_optimizer=false"]).resolved().megatron.overlap_param_gather
+    assert not from_args([*MEGATRON, "megatron.overlap_grad_reduce=false"]).resolved().megatron.overlap_param_gather
 
 
 def test_gpu_fusions_on_where_the_kernel_exists_off_with_a_line_where_not(monkeypatch, caplog):
@@ -61,7 +61,7 @@ def test_cpu_fusions_are_off_unless_asked_and_recompute_is_passed_on(monkeypatch
 
     _gpu(monkeypatch, False)
     assert not any(megatron_spec.kernel_settings(from_args(MEGATRON).resolved()).values())
-    got = megatron_spec.kernel_settings(from_args([*MEGATRON, "bias_swiglu_fusion=true", "recompute=selective"]).resolved())
+    got = megatron_spec.kernel_settings(from_args([*MEGATRON, "megatron.bias_swiglu_fusion=true", "recompute=selective"]).resolved())
     assert got["bias_activation_fusion"] and got["recompute_granularity"] == "selective"
     got = megatron_spec.kernel_settings(from_args([*MEGATRON, "recompute=true"]).resolved())
     assert (got["recompute_granularity"], got["recompute_method"], got["recompute_num_layers"]) == ("full", "uniform", 1)
@@ -77,20 +77,20 @@ def test_a_fusion_set_true_without_its_kernel_is_refused_before_the_model_is_bui
     from nca_scale.train.backends import megatron_spec
 
     _gpu(monkeypatch, True)
-    with pytest.raises(UserError, match=f"^{key}=true needs {needs}, which this machine lacks; set {key}=false, or "
-                                        r"leave it unset \(on where available\)$"):
-        megatron_spec.kernel_settings(from_args([*MEGATRON, f"{key}=true"]).resolved())
+    with pytest.raises(UserError, match=f"^megatron.{key}=true needs {needs}, which this machine lacks; set "
+                                        rf"megatron.{key}=false, or leave it unset \(on where available\)$"):
+        megatron_spec.kernel_settings(from_args([*MEGATRON, f"megatron.{key}=true"]).resolved())
 
 
 @pytest.mark.parametrize("args, message", [
-    (["overlap_grad_reduce=true"], "overlap_grad_reduce is a megatron setting and backend=torch does not read it"),
-    (["backend=deepspeed", "rope_fusion=false"], "rope_fusion is a megatron setting and backend=deepspeed does not"),
-    (["backend=megatron", "overlap_comm=false"], "overlap_comm=false is a DeepSpeed ZeRO setting and backend=megatron"),
-    (["bucket_size=1000"], "bucket_size=1000: a positive number of elements, for backend=megatron or deepspeed"),
-    (["backend=megatron", "overlap_param_gather=true", "distributed_optimizer=false"],
-     "overlap_param_gather=true gathers what the distributed optimizer updated"),
-    (["backend=megatron", "overlap_param_gather=true", "overlap_grad_reduce=false"],
-     "overlap_param_gather=true needs overlap_grad_reduce"),
+    (["megatron.overlap_grad_reduce=true"], "megatron.overlap_grad_reduce is a megatron setting and backend=torch does not read it"),
+    (["backend=deepspeed", "megatron.rope_fusion=false"], "megatron.rope_fusion is a megatron setting and backend=deepspeed does not"),
+    (["backend=megatron", "deepspeed.overlap_comm=false"], "deepspeed.overlap_comm=false is a DeepSpeed ZeRO setting and backend=megatron"),
+    (["parallel.bucket_size=1000"], "parallel.bucket_size=1000: a positive number of elements, for backend=megatron or deepspeed"),
+    (["backend=megatron", "megatron.overlap_param_gather=true", "megatron.distributed_optimizer=false"],
+     "megatron.overlap_param_gather=true gathers what the distributed optimizer updated"),
+    (["backend=megatron", "megatron.overlap_param_gather=true", "megatron.overlap_grad_reduce=false"],
+     "megatron.overlap_param_gather=true needs megatron.overlap_grad_reduce"),
     (["backend=deepspeed", "recompute=selective"], "recompute=selective is megatron's"),
 ])
 def test_keys_the_backend_does_not_read_are_refused(args, message):
@@ -101,13 +101,13 @@ def test_keys_the_backend_does_not_read_are_refused(args, message):
 @pytest.mark.parametrize("zero, extra, want", [
     (2, [], {"reduce_bucket_size": 64 * 64, "allgather_bucket_size": 64 * 64}),
     (3, [], {"reduce_bucket_size": 64 * 64, "stage3_prefetch_bucket_size": int(0.9 * 64 * 64)}),
-    (2, ["bucket_size=5000000", "overlap_comm=false"], {"reduce_bucket_size": 5_000_000, "overlap_comm": False}),
+    (2, ["parallel.bucket_size=5000000", "deepspeed.overlap_comm=false"], {"reduce_bucket_size": 5_000_000, "overlap_comm": False}),
 ])
 def test_deepspeed_buckets_follow_the_model_width(zero, extra, want):
     from nca_scale.train.backends.deepspeed import zero_buckets
 
-    cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=deepspeed", f"zero={zero}", *extra]).resolved()
+    cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=deepspeed", f"deepspeed.zero={zero}", *extra]).resolved()
     assert cfg.model.d_model == 64
     got = zero_buckets(cfg)
     assert {k: got[k] for k in want} == want and got["contiguous_gradients"] is True
-    assert got["overlap_comm"] is ("overlap_comm=false" not in extra)
+    assert got["overlap_comm"] is ("deepspeed.overlap_comm=false" not in extra)

@@ -19,7 +19,7 @@ def test_usr2_saves_the_step_it_stops_at_exits_75_and_the_resume_counts_a_restar
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *FAST, "steps=2000",
-           "checkpoint_every=1000", "min_step_time=0.05"]
+           "checkpoint.every=1000", "min_step_time=0.05"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (out / "progress.json").exists():  # after its first step the handler is in place

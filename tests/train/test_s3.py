@@ -34,8 +34,8 @@ def test_train_from_s3_shards_and_resume_from_an_s3_checkpoint_mirror(reference,
     shards, url = f"s3://{s3_bucket}/nca/train", f"s3://{s3_bucket}/checkpoints"
     generate(shards, "train", 4 * 8)
     # the reference streamed the same indices with the same schedule (10 steps): bitwise the same run
-    run = ["schedule.total=10", "data.source=nca_shards", f"data.shards={shards}", "checkpoint_every=2",
-           f"checkpoint_url={url}", "keep_last=1"]
+    run = ["schedule.total=10", "data.source=nca_shards", f"data.shards={shards}", "checkpoint.every=2",
+           f"checkpoint.url={url}", "checkpoint.keep_last=1"]
     first = tmp_path / "first"
     train(first, *run, "steps=2")
     assert losses(first) == losses(reference)[:2]

@@ -57,7 +57,7 @@ def test_eval_lines(reference):
 def ddp2(tmp_path_factory):
     """DDP over 2 ranks, 10 steps, checkpointed at step 5 and 10."""
     out = tmp_path_factory.mktemp("ddp2") / "run"
-    train(out, "steps=10", "nproc=2", "checkpoint_every=5")
+    train(out, "steps=10", "parallel.nproc=2", "checkpoint.every=5")
     return out
 
 
@@ -78,7 +78,7 @@ def test_a_dp2_checkpoint_continues_exactly_at_dp2_and_closely_at_dp1(ddp2, refe
     assert sum(shares.values()) < 1.1 * one_copy, (shares, one_copy)
 
     same = tmp_path / "dp2"
-    train(same, "steps=10", "nproc=2", f"resume={ckpt}")
+    train(same, "steps=10", "parallel.nproc=2", f"resume={ckpt}")
     assert losses(same) == losses(ddp2)[5:] and grad_norms(same) == grad_norms(ddp2)[5:]
     (w, m), (ref_w, ref_m) = (run_state(r / "checkpoints/step_00000010") for r in (same, ddp2))
     assert all(torch.equal(w[k], ref_w[k]) for k in ref_w)
@@ -97,7 +97,7 @@ def test_ddp_matches_one_process_with_plain_sgd(reference_sgd, tmp_path):
     summed instead of averaged (or counted twice) would double the update. Also: precision=auto resolves to
     fp32 here, and the start-up line says so."""
     out = tmp_path / "dp2-sgd"
-    proc = train(out, "steps=10", "nproc=2", "precision=auto", *SGD)
+    proc = train(out, "steps=10", "parallel.nproc=2", "precision=auto", *SGD)
     assert "precision fp32 (precision=auto without a GPU" in proc.stdout
     assert_same_training(out, reference_sgd, FP32)
 
@@ -121,7 +121,7 @@ def test_asynchronous_saves_write_the_synchronous_files(ddp2, tmp_path):
     async_save), rank 0 commits once all are done; the same losses and the same checkpoint files as the
     synchronous run (.metadata but its own path and random save id)."""
     out = tmp_path / "async"
-    proc = train(out, "steps=10", "nproc=2", "checkpoint_every=5", "checkpoint_async=true")
+    proc = train(out, "steps=10", "parallel.nproc=2", "checkpoint.every=5", "checkpoint.asynchronous=true")
     assert "saving step 5 in the background" in proc.stdout and "written in the background" in proc.stdout
     assert losses(out) == losses(ddp2)
     for step in (5, 10):
@@ -160,5 +160,5 @@ def test_resume_is_bit_identical_and_may_change_the_dp_size(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the same checkpoint continued by DDP over 2 ranks: the same global batches, so the same losses up to
     # the order of floating-point reductions
-    train(wider, "steps=6", f"resume={split}/checkpoints/step_00000003", "nproc=2", *common)
+    train(wider, "steps=6", f"resume={split}/checkpoints/step_00000003", "parallel.nproc=2", *common)
     assert_close(losses(wider), losses(full)[3:])

@@ -59,7 +59,7 @@ def test_reinit_names_exactly_its_modules_and_layers(source, tmp_path):
 
 def test_freeze_keeps_exactly_its_modules(source, tmp_path):
     out = tmp_path / "run"
-    train(out, "steps=2", "nproc=2", f"init_from={source}", "transfer.freeze=[attn]")
+    train(out, "steps=2", "parallel.nproc=2", f"init_from={source}", "transfer.freeze=[attn]")
     src, dst = state(source), state(out / "checkpoints/step_00000002")
     for name in src:
         assert torch.equal(dst[name], src[name]) == (".attn." in name), name
@@ -67,7 +67,7 @@ def test_freeze_keeps_exactly_its_modules(source, tmp_path):
 
 @pytest.mark.parametrize("src_run, dst_backend", [
     ("megatron_tp2", ("backend=torch",)),
-    ("deepspeed_zero3", ("backend=megatron", "nproc=2", "pp=2")),
+    ("deepspeed_zero3", ("backend=megatron", "parallel.nproc=2", "parallel.pp=2")),
 ], ids=["megatron-tp2-to-torch", "deepspeed-zero3-to-megatron-pp2"])
 def test_transfer_across_backends_keeps_the_model(src_run, dst_backend, request, tmp_path):
     src, dst = request.getfixturevalue(src_run), tmp_path / "dst"

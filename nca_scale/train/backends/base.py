@@ -13,7 +13,7 @@ from nca_scale.train.speed import StepPhases
 
 
 class Writing(Protocol):
-    """A save whose files are still being written (checkpoint_async: megatron, torch); callbacks.Checkpointer commits
+    """A save whose files are still being written (checkpoint.asynchronous: megatron, torch); callbacks.Checkpointer commits
     it once poll() or wait() says every rank's files are complete."""
 
     def poll(self) -> bool:

@@ -41,14 +41,14 @@ class DeepSpeedEngine:
             "train_micro_batch_size_per_gpu": cfg.micro_batch,
             "gradient_accumulation_steps": cfg.grad_accum,
             "gradient_clipping": o.clip_grad,
-            "zero_optimization": {"stage": cfg.zero, **zero_buckets(cfg)},
+            "zero_optimization": {"stage": cfg.deepspeed.zero, **zero_buckets(cfg)},
             "bf16": {"enabled": cfg.precision == "bf16"},
             "steps_per_print": 2**62,
         }
         model = _model(cfg, weights, config)
         model.recompute = cfg.recompute
         trainable = freeze(model, frozen)
-        if cfg.offload:
+        if cfg.deepspeed.offload:
             config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
             config["optimizer"] = {"type": "AdamW" if o.name == "adamw" else "Adam", "params": {
                 "lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps, "weight_decay": o.weight_decay}}
@@ -76,7 +76,7 @@ class DeepSpeedEngine:
             self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps; all-reduces at the boundary
             total += loss.item()  # after the backward, so that it waits for it
             if self.engine.is_gradient_accumulation_boundary():
-                if self.cfg.zero == 0:
+                if self.cfg.deepspeed.zero == 0:
                     # without ZeRO, fp32 DeepSpeed clips but does not report the norm: take it before the step
                     norm = torch.nn.utils.get_total_norm([p.grad for p in self.trainable]).item()
                 self.phases.mark("fwd_bwd_time")
@@ -103,7 +103,7 @@ class DeepSpeedEngine:
             str(path), tag=_TAG, load_optimizer_states=optimizer, load_lr_scheduler_states=False,
             load_module_only=not optimizer,
         )
-        if optimizer and self.cfg.offload:
+        if optimizer and self.cfg.deepspeed.offload:
             _replay_cpu_adam_powers(self.engine.optimizer.optimizer)
 
 
@@ -112,10 +112,10 @@ def zero_buckets(cfg: TrainConfig) -> dict:
     the model's width (bucket_size= overrides them, as Hugging Face's "auto" values): d_model^2 elements per
     reduce and all-gather bucket, 0.9 x that prefetched ahead under ZeRO-3. DeepSpeed's fixed defaults (5e8
     elements per bucket: 1 GB buffers in bf16) fit no particular model."""
-    bucket = cfg.bucket_size or cfg.model.d_model ** 2
-    zero = {"overlap_comm": cfg.overlap_comm, "contiguous_gradients": cfg.contiguous_gradients,
+    bucket = cfg.parallel.bucket_size or cfg.model.d_model ** 2
+    zero = {"overlap_comm": cfg.deepspeed.overlap_comm, "contiguous_gradients": cfg.deepspeed.contiguous_gradients,
             "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
-    if cfg.zero == 3:
+    if cfg.deepspeed.zero == 3:
         zero["stage3_prefetch_bucket_size"] = int(0.9 * bucket)
     return zero
 
@@ -126,7 +126,7 @@ def _model(cfg: TrainConfig, weights: Weights, config: dict) -> Llama:
     no rank ever holds the whole model (at 7B, 28 GB in fp32 per rank). The constructor's copies then go into
     the empty placeholders ZeRO leaves, and each initial tensor is written afterwards, one at a time: made on
     rank 0 and spread from there (GatheredParameters). The same values as an unpartitioned build."""
-    if cfg.zero != 3 or not cfg.zero_init:
+    if cfg.deepspeed.zero != 3 or not cfg.deepspeed.zero_init:
         return Llama(cfg.model, cfg.seq_len, weights=weights)
     import deepspeed
 

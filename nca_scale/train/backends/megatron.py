@@ -2,7 +2,7 @@
 the local spec with torch SDPA attention), TP (+ sequence parallel), PP (1F1B, or interleaved with vpp > 1),
 DP with megatron's DDP and distributed optimizer, bf16, full activation recompute, and `torch_dist`
 distributed checkpoints that load under another TP/PP layout, saved and loaded fully parallel over DP, written
-in the background with checkpoint_async.
+in the background with checkpoint.asynchronous.
 
 On CPU machines nca_scale.train.cpu_compat is activated first; on GPUs nothing is patched.
 """
@@ -44,14 +44,14 @@ class MegatronEngine:
 
         self.cfg, self.ps, self.weights, self.frozen = cfg, ps, weights, frozen
         ps.initialize_model_parallel(
-            tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
-            virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
+            tensor_model_parallel_size=cfg.parallel.tp, pipeline_model_parallel_size=cfg.parallel.pp,
+            virtual_pipeline_model_parallel_size=cfg.parallel.vpp if cfg.parallel.vpp > 1 else None,
             distributed_timeout_minutes=max(1, math.ceil(cfg.dist_timeout_s / 60)),  # megatron's groups: whole minutes
         )
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self._seed(step=-1)  # the RNG tracker must exist before any forward, evaluation included
         self.config = self._transformer_config()
-        self.chunks = [self._wrap(self._build_chunk(i), bucketed=i == 0) for i in range(cfg.vpp)]
+        self.chunks = [self._wrap(self._build_chunk(i), bucketed=i == 0) for i in range(cfg.parallel.vpp)]
         self._schedule_hooks()
         self.optimizer = self._optimizer()
         s = cfg.seq_len
@@ -74,9 +74,9 @@ class MegatronEngine:
             kv_channels=m.head_dim, ffn_hidden_size=m.ffn, normalization="RMSNorm", layernorm_epsilon=m.norm_eps,
             gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0,
             attention_dropout=m.attn_dropout, init_method_std=m.init_std,
-            tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
-            virtual_pipeline_model_parallel_size=cfg.vpp if cfg.vpp > 1 else None,
-            sequence_parallel=cfg.sequence_parallel, pipeline_dtype=dtype, params_dtype=dtype,
+            tensor_model_parallel_size=cfg.parallel.tp, pipeline_model_parallel_size=cfg.parallel.pp,
+            virtual_pipeline_model_parallel_size=cfg.parallel.vpp if cfg.parallel.vpp > 1 else None,
+            sequence_parallel=cfg.parallel.sequence_parallel, pipeline_dtype=dtype, params_dtype=dtype,
             bf16=cfg.precision == "bf16",
             # gloo mismatches batch_isend_irecv's concurrent sends/receives between one pair of ranks in the
             # interleaved schedule (micro-batch losses drift from 1F1B's); NCCL batches them correctly
@@ -94,7 +94,7 @@ class MegatronEngine:
         from nca_scale.train.backends import megatron_spec
 
         cfg, ps = self.cfg, self.ps
-        vp_stage = vp if cfg.vpp > 1 else None
+        vp_stage = vp if cfg.parallel.vpp > 1 else None
         model = GPTModel(
             config=self.config, transformer_layer_spec=megatron_spec.block_spec(cfg, self.config, vp_stage),
             vocab_size=cfg.model.vocab_size,
@@ -112,7 +112,7 @@ class MegatronEngine:
         from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 
         cfg, ps = self.cfg, self.ps
-        tp_rank, tp = ps.get_tensor_model_parallel_rank(), cfg.tp
+        tp_rank, tp = ps.get_tensor_model_parallel_rank(), cfg.parallel.tp
         tied = cfg.model.tie_embeddings
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -138,11 +138,11 @@ class MegatronEngine:
             model = Float16Module(self.config, model)
         cfg = self.cfg
         ddp = DistributedDataParallelConfig(
-            use_distributed_optimizer=cfg.distributed_optimizer, grad_reduce_in_fp32=True,
-            overlap_grad_reduce=cfg.overlap_grad_reduce, overlap_param_gather=cfg.overlap_param_gather,
+            use_distributed_optimizer=cfg.megatron.distributed_optimizer, grad_reduce_in_fp32=True,
+            overlap_grad_reduce=cfg.megatron.overlap_grad_reduce, overlap_param_gather=cfg.megatron.overlap_param_gather,
             # the interleaved schedule starts each chunk's parameter gather itself (_schedule_hooks); otherwise
             # each bucket's forward pre-hook starts the next bucket's
-            align_param_gather=cfg.overlap_param_gather and cfg.vpp > 1, bucket_size=cfg.bucket_size,
+            align_param_gather=cfg.megatron.overlap_param_gather and cfg.parallel.vpp > 1, bucket_size=cfg.parallel.bucket_size,
         )
         # only the first chunk is bucketed, as in Megatron-LM (later chunks would overlap nothing)
         return DistributedDataParallel(self.config, ddp, model, disable_bucketing=not bucketed)
@@ -155,10 +155,10 @@ class MegatronEngine:
             hooks = [getattr(chunk, name) for chunk in self.chunks]
             return hooks[0] if len(hooks) == 1 else hooks
 
-        if self.cfg.overlap_grad_reduce:
+        if self.cfg.megatron.overlap_grad_reduce:
             self.config.no_sync_func = per_chunk("no_sync")
             self.config.grad_sync_func = per_chunk("start_grad_sync")
-        if self.cfg.overlap_param_gather and self.cfg.vpp > 1:
+        if self.cfg.megatron.overlap_param_gather and self.cfg.parallel.vpp > 1:
             self.config.param_sync_func = per_chunk("start_param_sync")
 
     def _optimizer(self):
@@ -170,7 +170,7 @@ class MegatronEngine:
             lr=o.lr, weight_decay=o.weight_decay if adamw else 0.0, decoupled_weight_decay=adamw,
             adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad,
             bf16=self.cfg.precision == "bf16", params_dtype=self.config.params_dtype,
-            use_distributed_optimizer=self.cfg.distributed_optimizer, overlap_param_gather=self.cfg.overlap_param_gather,
+            use_distributed_optimizer=self.cfg.megatron.distributed_optimizer, overlap_param_gather=self.cfg.megatron.overlap_param_gather,
         )
         # config_overrides={}: decay every tensor, as the torch backend does (megatron's default exempts norms)
         return get_megatron_optimizer(config, self.chunks, config_overrides={})
@@ -243,7 +243,7 @@ class MegatronEngine:
         """Fully parallel saves and loads, as Megatron-LM's --ckpt-fully-parallel-save/-load: a tensor that DP
         replicates (the model's, and with distributed_optimizer=false the optimizer's) is written by one of its
         replicas each, spread over the DP group, not all by DP rank 0; on load each replica reads a share and
-        the DP group exchanges them. checkpoint_async (None: on with a GPU) writes in a background process."""
+        the DP group exchanges them. checkpoint.asynchronous (None: on with a GPU) writes in a background process."""
         from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
         from megatron.core.dist_checkpointing.strategies.fully_parallel import (
@@ -254,12 +254,12 @@ class MegatronEngine:
         # the state dict's structure never changes within a run, so the split over the replicas is computed once
         self.save_strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), dp_group,
                                                               do_cache_distribution=True)
-        self.asynchronous = self.cfg.checkpoint_async
+        self.asynchronous = self.cfg.checkpoint.asynchronous
         if self.asynchronous is None:
             self.asynchronous = tdist.device().type == "cuda"
         self.async_queue = AsyncCallsQueue() if self.asynchronous else None
         log.info(f"checkpoints: fully parallel over dp={self.dp_size}, "
-                 + ("written in the background (checkpoint_async)" if self.asynchronous else "written synchronously"))
+                 + ("written in the background (checkpoint.asynchronous)" if self.asynchronous else "written synchronously"))
 
     def _load_strategy(self, path: Path):
         from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
@@ -274,7 +274,7 @@ class MegatronEngine:
         from megatron.core import dist_checkpointing
 
         self._ensure_optimizer_state()  # a step-0 save (init_from + steps=0) precedes any update
-        if self.cfg.overlap_param_gather:  # the others' updated shards reach this rank only in the next forward
+        if self.cfg.megatron.overlap_param_gather:  # the others' updated shards reach this rank only in the next forward
             for chunk in self.chunks:
                 chunk.start_param_sync(force_sync=True)
         target = path / "dist"
@@ -307,7 +307,7 @@ class MegatronEngine:
             chunk.module.load_state_dict(loaded[f"model{i}"])
         with torch.no_grad():  # DistributedOptimizer copies into views of leaf tensors
             self.optimizer.load_state_dict(loaded["optimizer"])
-        if self.cfg.distributed_optimizer:
+        if self.cfg.megatron.distributed_optimizer:
             # torch Adam: the per-parameter 'step' comes back from the template (0) and shared between
             # parameters; restore the saved step count, one tensor per parameter
             for opt in self._optimizers():
@@ -317,7 +317,7 @@ class MegatronEngine:
                         st["step"] = torch.tensor(step)
 
     def _ensure_optimizer_state(self) -> None:
-        if self.cfg.distributed_optimizer:
+        if self.cfg.megatron.distributed_optimizer:
             for opt in self._optimizers():
                 ensure_optimizer_state(opt)
 

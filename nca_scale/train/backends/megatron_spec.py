@@ -42,7 +42,7 @@ def _te_rope() -> bool:
     return rope_utils.fused_apply_rotary_pos_emb is not None  # TransformerEngine's, imported by megatron-core
 
 
-# TrainConfig key -> (megatron TransformerConfig field, what the fused kernel needs, whether this run has it)
+# TrainConfig megatron.KEY -> (megatron TransformerConfig field, what the fused kernel needs, whether this run has it)
 _FUSIONS = {
     "grad_accum_fusion": ("gradient_accumulation_fusion", "Apex's fused_weight_gradient_mlp_cuda and a GPU",
                           lambda gpu, cfg: gpu and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None),
@@ -62,10 +62,10 @@ def kernel_settings(cfg) -> dict:
     model is built, rather than failing in the first step. Rank 0 logs what was chosen."""
     gpu, settings, notes = torch.cuda.is_available(), {}, []
     for key, (field, needs, present) in _FUSIONS.items():
-        value, available = getattr(cfg, key), present(gpu, cfg)
+        value, available = getattr(cfg.megatron, key), present(gpu, cfg)
         if value and not available:
-            raise UserError(f"{key}=true needs {needs}, which this machine lacks; set {key}=false, or leave it "
-                            "unset (on where available)")
+            raise UserError(f"megatron.{key}=true needs {needs}, which this machine lacks; set megatron.{key}=false, "
+                            "or leave it unset (on where available)")
         if value is None:
             value = gpu and available
             if gpu and not available:
@@ -77,7 +77,7 @@ def kernel_settings(cfg) -> dict:
         settings.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     on = [key for key, (field, _, _) in _FUSIONS.items() if settings[field]]
     log.info("megatron overlap: grad reduce %s, param gather %s; fusions: %s%s; recompute %s",
-             _onoff(cfg.overlap_grad_reduce), _onoff(cfg.overlap_param_gather), ", ".join(on) or "none",
+             _onoff(cfg.megatron.overlap_grad_reduce), _onoff(cfg.megatron.overlap_param_gather), ", ".join(on) or "none",
              "".join(f"; {n}" for n in notes), settings.get("recompute_granularity", "off"))
     return settings
 

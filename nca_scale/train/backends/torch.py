@@ -4,7 +4,7 @@ The reference the parallel backends are checked against, and the fastest to star
 torch.distributed.checkpoint (DCP) directories, `dcp/`: model and FQN-keyed optimizer state
 (torch.distributed.checkpoint.state_dict), each replicated tensor written once, by one of the DP ranks, which
 share the writing; any DP size loads them. Checkpoints of earlier versions (rank 0's `state.pt`) still load.
-With checkpoint_async (None: on with a GPU) a copy of the state is written by DCP's async_save in a thread, on
+With checkpoint.asynchronous (None: on with a GPU) a copy of the state is written by DCP's async_save in a thread, on
 a gloo group of its own, while the steps go on.
 """
 
@@ -52,14 +52,14 @@ class TorchEngine:
         self.optimizer = torch_optimizer(cfg.optim, trainable)
         self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
         self.phases = StepPhases()
-        self.asynchronous = cfg.checkpoint_async
+        self.asynchronous = cfg.checkpoint.asynchronous
         if self.asynchronous is None:
             self.asynchronous = self.device.type == "cuda"
         # the background save's collectives (plan, metadata) run in its thread, next to the training group's
         self.save_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.rank0_timeout_s)) \
             if self.asynchronous else None
         log.info(f"checkpoints: torch.distributed.checkpoint over dp={self.dp_size}, "
-                 + ("written in the background (checkpoint_async)" if self.asynchronous else "written synchronously"))
+                 + ("written in the background (checkpoint.asynchronous)" if self.asynchronous else "written synchronously"))
 
     def _loss(self, x, y, m) -> torch.Tensor:
         # pinned by the Prefetcher on a GPU: asynchronous copies, queued before the forward that reads them
