@@ -216,13 +216,13 @@ def _both_given(source: str, old: str, new: str) -> UserError:
     return UserError(f"{source}: both '{old}' and '{new}' are given; keep only '{new}' ('{old}' is its deprecated name)")
 
 
-def _check_both_given(cls, overrides: list[tuple[str, str]]) -> None:
+def check_both_given(cls, overrides: list[tuple[str, str]], source: str = "command line") -> None:
     """Overrides apply in order, so a later one would silently win: an old key with its new one is refused."""
     aliases = getattr(cls, "KEY_ALIASES", {})
     keys = {k for k, _ in overrides}
     for old in sorted(keys & aliases.keys()):
         if aliases[old] in keys:
-            raise _both_given("command line", old, aliases[old])
+            raise _both_given(source, old, aliases[old])
 
 
 def from_dict(cls, data: dict, *, source: str, prefix: str = ""):
@@ -330,7 +330,7 @@ def describe_keys(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
 def load(cls, path: str | Path | None, overrides: list[tuple[str, str]] = (), validate: bool = True):
     """A `cls` from YAML file `path` (or defaults when None) with dotted overrides applied, then validated (unless
     `validate=False`: the caller validates, e.g. with the world size)."""
-    _check_both_given(cls, list(overrides))
+    check_both_given(cls, list(overrides))
     obj = from_dict(cls, read_yaml(path), source=str(path)) if path else cls()
     for key, value in overrides:
         obj = set_key(obj, key, value)

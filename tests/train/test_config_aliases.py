@@ -82,6 +82,10 @@ def test_an_old_key_with_its_new_one_is_refused(tmp_path):
     both.write_text("keep_last: 2\ncheckpoint:\n  keep_last: 2\n")
     with pytest.raises(UserError, match=f"{both}: both 'keep_last' and 'checkpoint.keep_last' are given"):
         config.load(TrainConfig, both)
+    spec = sweep_spec.load(str(ROOT / "configs/sweeps/demo.yaml"))
+    spec.overrides.update({"zero": 0, "deepspeed.zero": 0})
+    with pytest.raises(UserError, match="sweep overrides: both 'zero' and 'deepspeed.zero' are given"):
+        sweep_plan.plan(spec)
 
 
 def test_a_saved_flat_config_reads_in_sections():
