@@ -155,7 +155,7 @@ def test_sgd_with_the_distributed_optimizer_is_refused():
     from nca_scale.train.config import from_args
 
     with pytest.raises(UserError, match="^megatron-core's distributed optimizer supports Adam only; with optim.name=sgd"
-                                        " set distributed_optimizer=false$"):
+                                        " set megatron.distributed_optimizer=false$"):
         from_args(["configs/train/cpu-tiny.yaml", "backend=megatron", "optim.name=sgd"])
 
 
