@@ -15,7 +15,7 @@ from launch_helpers import ROOT, nca
 import nca_scale
 from nca_scale.model.config import ModelConfig, flops_per_token, param_counts
 
-KEYS = {"sweep", "run", "stage", "config_hash", "code_version", "coords", "params", "non_embedding_params", "tokens",
+KEYS = {"v", "sweep", "run", "stage", "config_hash", "code_version", "coords", "params", "non_embedding_params", "tokens",
         "flops", "stage1_flops", "eval_curve", "final", "wall_s", "restarts", "out"}
 S1 = "s1-cpu-tiny-nca-b50-t2k-s0"
 S2 = {"scratch": "s2-code-cpu-tiny-scratch-d4k-s0", "nca": "s2-code-cpu-tiny-nca-b50-t2k-d4k-s0",
