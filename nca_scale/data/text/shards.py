@@ -95,6 +95,31 @@ def read_manifest(loc: Location) -> dict | None:
                               "are read with data.source=nca_shards")
 
 
+@dataclasses.dataclass
+class _DocStats:
+    documents: int = 0
+    bytes: int = 0
+    tokens: int = 0  # with one EOS per document
+
+
+def _packed_rows(docs, tok, dtype, row_len: int, cfg: PackConfig, stats: _DocStats):
+    """Rows of `row_len` tokens, one list per encoded batch of documents: documents + EOS concatenated and cut;
+    the tail that does not fill a row carries over to the next batch. `stats` counts what was encoded."""
+    threads = cfg.threads or os.cpu_count() or 1
+    pending = np.empty(0, dtype=dtype)
+    while batch := [d for _, d in zip(range(cfg.encode_batch), docs)]:
+        pieces = [pending]
+        for d, ids in zip(batch, tok.encode([d["text"] for d in batch], threads)):
+            pieces.append(np.asarray(ids + [tok.eos_id], dtype=dtype))
+            stats.documents += 1
+            stats.bytes += len(d["text"].encode("utf-8"))
+            stats.tokens += len(ids) + 1
+        flat = np.concatenate(pieces)
+        full = len(flat) // row_len
+        pending = flat[full * row_len :]
+        yield list(flat[: full * row_len].reshape(full, row_len))
+
+
 def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: str | None = None,
          force: bool = False) -> tuple[dict, bool]:
     """Tokenize and pack `split` of `corpus` into shards at `out`; returns (manifest, cached?)."""
@@ -113,13 +138,9 @@ def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: st
     loc.remove_stale_temps()
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 65536 else np.int32)
     row_len = cfg.seq_len + 1
-    threads = cfg.threads or os.cpu_count() or 1
     t0 = time.perf_counter()
     records: list[dict] = []
-    rows: list[np.ndarray] = []
-    pending = np.empty(0, dtype=dtype)
-    n_docs = doc_bytes = doc_tokens = 0
-    done = False
+    stats = _DocStats()
 
     def commit(rows_: list[np.ndarray]) -> None:
         start = sum(r["sequences"] for r in records)
@@ -132,37 +153,40 @@ def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: st
         loc.put_atomic(f"{name}.json", json.dumps(rec).encode())
         records.append(rec)
 
+    rows: list[np.ndarray] = []
+    total, limit, per_shard = 0, cfg.max_sequences, cfg.sequences_per_shard
     docs = _shuffled(corpus.documents(split), cfg.seed, cfg.shuffle_window)
-    while not done:
-        batch = [d for _, d in zip(range(cfg.encode_batch), docs)]
-        if not batch:
-            break
-        encoded = tok.encode([d["text"] for d in batch], threads)
-        pieces = [pending]
-        for d, ids in zip(batch, encoded):
-            pieces.append(np.asarray(ids + [tok.eos_id], dtype=dtype))
-            n_docs += 1
-            doc_bytes += len(d["text"].encode("utf-8"))
-            doc_tokens += len(ids) + 1
-        flat = np.concatenate(pieces)
-        full = len(flat) // row_len
-        rows.extend(flat[: full * row_len].reshape(full, row_len))
-        pending = flat[full * row_len :]
-        if cfg.max_sequences is not None:
-            keep = cfg.max_sequences - sum(r["sequences"] for r in records)
-            done = len(rows) >= keep
-            rows = rows[:keep]
-        while len(rows) >= cfg.sequences_per_shard:
-            commit(rows[: cfg.sequences_per_shard])
-            rows = rows[cfg.sequences_per_shard :]
+    for batch_rows in _packed_rows(docs, tok, dtype, row_len, cfg, stats):
+        if limit is not None:
+            batch_rows = batch_rows[: limit - total]
+        total += len(batch_rows)
+        rows.extend(batch_rows)
+        while len(rows) >= per_shard:
+            commit(rows[:per_shard])
+            rows = rows[per_shard:]
+        if limit is not None and total >= limit:
+            break  # no more documents are encoded
     while rows:
-        commit(rows[: cfg.sequences_per_shard])
-        rows = rows[cfg.sequences_per_shard :]
+        commit(rows[:per_shard])
+        rows = rows[per_shard:]
     if not records:
-        raise UserError(f"{corpus.name}/{split}: {doc_tokens} tokens do not fill one row of seq_len + 1 = "
+        raise UserError(f"{corpus.name}/{split}: {stats.tokens} tokens do not fill one row of seq_len + 1 = "
                         f"{row_len}; lower seq_len or add documents")
+    m = _manifest(corpus, split, tok, cfg, fp, dtype, records, stats, time.perf_counter() - t0)
+    loc.put_atomic(MANIFEST, json.dumps(m, indent=1).encode())
+    listed = {r["name"] for r in records}
+    for name in loc.names():  # shards of an earlier run with more data are no longer part of this directory
+        base = name[:-5] if name.endswith(".tar.json") else name
+        if base.endswith(".tar") and base not in listed:
+            loc.fs.rm_file(loc.path(name))
+    return m, False
+
+
+def _manifest(corpus, split: str, tok, cfg: PackConfig, fp: str, dtype, records: list[dict], stats: _DocStats,
+              seconds: float) -> dict:
+    row_len = cfg.seq_len + 1
     sequences = sum(r["sequences"] for r in records)
-    m = {
+    return {
         "format": FORMAT, "package_version": nca_scale.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "fingerprint": fp,
         "corpus": {"name": corpus.name, "domain": corpus.domain, "fingerprint": corpus.fingerprint,
@@ -171,9 +195,9 @@ def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: st
         "tokenizer": tok.describe(), "pack": dataclasses.asdict(cfg),
         "seq_len": cfg.seq_len, "sequence_tokens": row_len, "start": 0, "stop": sequences, "sequences": sequences,
         "sequences_per_shard": cfg.sequences_per_shard,
-        "documents": n_docs, "document_bytes": doc_bytes, "document_tokens": doc_tokens,
-        "tokens": sequences * row_len, "tokens_dropped": doc_tokens - sequences * row_len,
-        "bytes_per_token": round(doc_bytes / max(doc_tokens, 1), 4),
+        "documents": stats.documents, "document_bytes": stats.bytes, "document_tokens": stats.tokens,
+        "tokens": sequences * row_len, "tokens_dropped": stats.tokens - sequences * row_len,
+        "bytes_per_token": round(stats.bytes / max(stats.tokens, 1), 4),
         "token_dtype": dtype.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
         "packing": "documents (window-shuffled) + EOS, concatenated, cut into rows of seq_len + 1; tail dropped",
         "loss_mask": {"inputs": "tokens[:-1]", "targets": "tokens[1:]", "rule": "every target is supervised"},
@@ -181,15 +205,8 @@ def pack(corpus, split: str, tok, out: str, cfg: PackConfig, *, endpoint_url: st
                    "tokens.npy": f"({row_len},) {dtype.name}"},
         "shards": [{k: r[k] for k in ("name", "start", "stop", "sequences", "tokens", "bytes", "sha256")}
                    for r in records],
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
     }
-    loc.put_atomic(MANIFEST, json.dumps(m, indent=1).encode())
-    listed = {r["name"] for r in records}
-    for name in loc.names():  # shards of an earlier run with more data are no longer part of this directory
-        base = name[:-5] if name.endswith(".tar.json") else name
-        if base.endswith(".tar") and base not in listed:
-            loc.fs.rm_file(loc.path(name))
-    return m, False
 
 
 class TextShardReader:
