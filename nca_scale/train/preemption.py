@@ -51,8 +51,8 @@ class Preemption(Callback):
     def post_step(self, trainer, metrics: dict) -> None:
         flag = torch.tensor([self.flag], dtype=torch.int64, device=tdist.device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if int(flag.item()):
-            trainer.request_stop(int(flag.item()))
+        if signum := int(flag.item()):  # one .item(): on a GPU each is a device sync on the step loop
+            trainer.request_stop(signum)
 
     def post_train(self, trainer) -> None:
         if trainer.stop_signal:

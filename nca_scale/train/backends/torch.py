@@ -155,9 +155,9 @@ class BackgroundSave:
         group: every rank calls it at the same step. A writer's error is raised here."""
         done = torch.tensor([int(self.future.done())], device=self.device)
         dist.all_reduce(done, op=dist.ReduceOp.MIN)
-        if done.item():
+        if finished := bool(done.item()):  # one .item(): on a GPU each is a device sync on the step loop
             self.future.result()
-        return bool(done.item())
+        return finished
 
     def wait(self) -> None:
         """Block until every rank's save is done: polls in a loop, so that no single collective waits for a slow
