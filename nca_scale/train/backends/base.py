@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -12,18 +13,24 @@ from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
 
 
-class Writing(Protocol):
-    """A save whose files are still being written (checkpoint.asynchronous: megatron, torch); callbacks.Checkpointer commits
-    it once poll() or wait() says every rank's files are complete."""
+class Writing:
+    """A save whose files are still being written (checkpoint.asynchronous: megatron, torch); callbacks.Checkpointer
+    commits it once poll() or wait() says every rank's files are complete. A backend implements poll and
+    abandon; wait is the same for all."""
 
     def poll(self) -> bool:
         """Whether every rank has written its files; a collective (every rank calls it at the same step)."""
+        raise NotImplementedError
 
     def wait(self) -> None:
-        """Block until every rank has written its files; a collective."""
+        """Block until every rank has written its files: polls in a loop, so that no single collective waits for
+        a slow writer on another rank (it would run into dist_timeout_s)."""
+        while not self.poll():
+            time.sleep(0.05)
 
     def abandon(self) -> None:
         """Wait for this rank's writer only, without collectives (an error ends the run)."""
+        raise NotImplementedError
 
 
 class Engine(Protocol):

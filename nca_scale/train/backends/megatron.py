@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
 from nca_scale.train import checkpoint, checkpoint_commit, cpu_compat
 from nca_scale.train import dist as tdist
+from nca_scale.train.backends.base import Writing
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
@@ -355,7 +355,7 @@ def _write_in_background(write, name: str, *args, **kwargs) -> None:
     write(*args, **kwargs)
 
 
-class BackgroundWrite:
+class BackgroundWrite(Writing):
     """A megatron save whose files are being written by a forked process on each rank (callbacks.Checkpointer)."""
 
     def __init__(self, queue):
@@ -366,12 +366,6 @@ class BackgroundWrite:
         metadata.json); a collective: every rank calls it at the same step."""
         self.queue.maybe_finalize_async_calls(blocking=False)
         return self.queue.get_num_unfinalized_calls() == 0
-
-    def wait(self) -> None:
-        """Block until every rank has written its files: polls in a loop, so that no single collective waits
-        for a slow writer on another rank (it would run into dist_timeout_s)."""
-        while not self.poll():
-            time.sleep(0.05)
 
     def abandon(self) -> None:
         """Wait for this rank's writer without any collective (the other ranks may be gone)."""

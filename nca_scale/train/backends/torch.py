@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from concurrent.futures import Future
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nca_scale.model.llama import Llama, masked_loss
 from nca_scale.train import checkpoint, checkpoint_commit
 from nca_scale.train import dist as tdist
-from nca_scale.train.backends.base import freeze, torch_optimizer
+from nca_scale.train.backends.base import Writing, freeze, torch_optimizer
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
@@ -144,7 +143,7 @@ class _BackgroundWriter(dcp.FileSystemWriter):
         return super().write_data(plan, planner)
 
 
-class BackgroundSave:
+class BackgroundSave(Writing):
     """A DCP save whose copy of the state is being written by a thread on each rank (callbacks.Checkpointer)."""
 
     def __init__(self, future: Future, device: torch.device):
@@ -158,12 +157,6 @@ class BackgroundSave:
         if finished := bool(done.item()):  # one .item(): on a GPU each is a device sync on the step loop
             self.future.result()
         return finished
-
-    def wait(self) -> None:
-        """Block until every rank's save is done: polls in a loop, so that no single collective waits for a slow
-        writer on another rank (it would run into dist_timeout_s)."""
-        while not self.poll():
-            time.sleep(0.05)
 
     def abandon(self) -> None:
         """Wait for this rank's thread without a collective of our own; its save collectives end when the other
