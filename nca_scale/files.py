@@ -8,6 +8,7 @@ This module sits at the bottom of the import order (nca/native.py uses it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -113,3 +114,12 @@ def check_creatable(path: str | Path, key: str = "out") -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{key}={path} is not writable ({parent} does not allow this user to write); "
                         f"choose another {key}=")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -7,19 +7,11 @@ existed (no "files") are accepted unverified.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from nca_scale.files import file_sha256 as sha256  # module-level: tests count the calls
 from nca_scale.files import fsync
 from nca_scale.train.checkpoint import META, read_meta
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(path: Path) -> list[Path]:

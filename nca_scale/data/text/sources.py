@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nca_scale.errors import UserError
+from nca_scale.files import file_sha256
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,6 @@ ARTIFACTS = {
 
 def default_cache() -> Path:
     return Path(os.environ.get("NCA_SCALE_CACHE") or Path.home() / ".cache" / "nca_scale")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(art: Artifact, downloads: Path) -> Path:
