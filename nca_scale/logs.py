@@ -18,8 +18,8 @@ PREFIX = "[nca-scale] "
 
 
 class _Stdout(logging.StreamHandler):
-    """Writes to whatever sys.stdout is at the time of the record (pytest's capture, a redirect), in one write
-    per record so that ranks sharing a pipe do not interleave half lines."""
+    """A StreamHandler on whatever sys.stdout is at the time of the record (pytest's capture, a redirect).
+    StreamHandler writes a record and its newline in one write, so ranks sharing a pipe do not split lines."""
 
     def __init__(self) -> None:
         super().__init__(sys.stdout)
@@ -29,15 +29,8 @@ class _Stdout(logging.StreamHandler):
         return sys.stdout
 
     @stream.setter
-    def stream(self, _value) -> None:
+    def stream(self, _value) -> None:  # StreamHandler.__init__ and setStream assign it
         pass
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stdout.write(self.format(record) + "\n")
-            sys.stdout.flush()
-        except Exception:
-            self.handleError(record)
 
 
 def rank() -> int:
