@@ -40,12 +40,15 @@ class TrainRow:
     @classmethod
     def from_metrics(cls, metrics: dict) -> TrainRow:
         """From the Trainer's per-step metrics dict (as the callbacks extended it)."""
-        base = {f.name for f in fields(cls)} - {"measures"}
-        return cls(**{k: metrics[k] for k in base}, measures={k: v for k, v in metrics.items() if k not in base})
+        return cls(**{k: metrics[k] for k in _TRAIN_KEYS},
+                   measures={k: v for k, v in metrics.items() if k not in _TRAIN_KEYS})
 
     def to_json(self) -> dict:
         d = asdict(self)
         return {"v": VERSION, "kind": self.kind, **{k: v for k, v in d.items() if k != "measures"}, **self.measures}
+
+
+_TRAIN_KEYS = tuple(f.name for f in fields(TrainRow) if f.name != "measures")  # once, not per row
 
 
 @dataclass(frozen=True)
