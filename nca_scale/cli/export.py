@@ -72,7 +72,8 @@ def export_main(args: list[str]) -> int:
 
 def import_main(args: list[str]) -> int:
     from nca_scale.model import hf
-    from nca_scale.train import checkpoint, checkpoint_commit
+    from nca_scale.train import checkpoint
+    from nca_scale.train.checkpoint import commit as checkpoint_commit
     from nca_scale.train.config import TrainConfig
 
     src, job = _parse(ImportJob, args, "usage: nca-scale import HF_DIR out=DIR")

@@ -24,8 +24,11 @@ import torch.distributed as dist
 
 from nca_scale.config import to_dict
 from nca_scale.model.config import flops_per_token
-from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror, run_files
+from nca_scale.train import checkpoint, run_files
 from nca_scale.train import dist as tdist
+from nca_scale.train.checkpoint import commit as checkpoint_commit
+from nca_scale.train.checkpoint import mirror
+from nca_scale.train.checkpoint import verify as checkpoint_verify
 from nca_scale.train.speed import peak_flops_per_rank
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass
 
 from nca_scale import procs
-from nca_scale.train import checkpoint_select, run_folder, transfer
+from nca_scale.train import run_folder, transfer
+from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.config import TrainConfig
 
 # The pid of the `nca-scale train` that started torchrun, in the ranks' environment: a rank whose parent is no

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
-from nca_scale.train import backends, callbacks, checkpoint, checkpoint_select, dist, transfer
+from nca_scale.train import backends, callbacks, checkpoint, dist, transfer
 from nca_scale.train.callbacks import Callback, Checkpointer
+from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
 from nca_scale.train.preemption import EXIT_PREEMPTED, Preemption

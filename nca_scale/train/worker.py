@@ -12,7 +12,8 @@ import sys
 
 from nca_scale import logs, procs
 from nca_scale.errors import UserError, print_error
-from nca_scale.train import checkpoint_select, dist, run_folder
+from nca_scale.train import dist, run_folder
+from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.config import from_args
 
 

@@ -18,7 +18,10 @@ from nca_scale.data import urls
 from nca_scale.data.urls import Location
 from nca_scale.data.writer import GenerateJob, write_shards
 from nca_scale.errors import UserError
-from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror
+from nca_scale.train import checkpoint
+from nca_scale.train.checkpoint import commit as checkpoint_commit
+from nca_scale.train.checkpoint import mirror
+from nca_scale.train.checkpoint import verify as checkpoint_verify
 from nca_scale.train.config import TrainConfig
 
 

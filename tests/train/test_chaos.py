@@ -37,7 +37,9 @@ import pytest
 from test_checkpoint_safety import SITECUSTOMIZE
 from train_helpers import CLI, FAST, ROOT, metrics, train
 
-from nca_scale.train import checkpoint, checkpoint_select, checkpoint_verify
+from nca_scale.train import checkpoint
+from nca_scale.train.checkpoint import select as checkpoint_select
+from nca_scale.train.checkpoint import verify as checkpoint_verify
 
 FULL = os.environ.get("NCA_SCALE_CHAOS") == "1"
 PAUSE_S = 0.3

@@ -18,7 +18,10 @@ from train_helpers import CLI, FAST, ROOT, state, train
 
 from nca_scale.cli import main
 from nca_scale.errors import UserError
-from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_select, checkpoint_verify
+from nca_scale.train import checkpoint
+from nca_scale.train.checkpoint import commit as checkpoint_commit
+from nca_scale.train.checkpoint import select as checkpoint_select
+from nca_scale.train.checkpoint import verify as checkpoint_verify
 from nca_scale.train.config import from_args
 
 CONFIG = str(ROOT / "configs/train/cpu-tiny.yaml")
@@ -205,7 +208,7 @@ def test_bad_reliability_settings_are_one_line_errors(overrides, message, tmp_pa
 # Imported by every Python process of a run (PYTHONPATH): logs each file checksummed, with the process id.
 SITECUSTOMIZE = """
 import os
-from nca_scale.train import checkpoint_verify
+from nca_scale.train.checkpoint import verify as checkpoint_verify
 _inner = checkpoint_verify.sha256
 def _logged(path):
     with open(os.environ["SHA_LOG"], "a") as f:

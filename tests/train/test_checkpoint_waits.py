@@ -14,13 +14,14 @@ import pytest
 from train_helpers import FAST, ROOT
 
 from nca_scale.cli import main
-from nca_scale.train import checkpoint, checkpoint_select
+from nca_scale.train import checkpoint
+from nca_scale.train.checkpoint import select as checkpoint_select
 
 # Imported by every Python process of the job (PYTHONPATH): rank 0 takes DELAY_S longer to choose a checkpoint.
 SITECUSTOMIZE = """
 import os, time
 if os.environ.get("RANK") == "0":
-    from nca_scale.train import checkpoint_select
+    from nca_scale.train.checkpoint import select as checkpoint_select
     _inner = checkpoint_select.latest_verified
     def _slow(*args, **kwargs):
         time.sleep(float(os.environ["RANK0_DELAY_S"]))

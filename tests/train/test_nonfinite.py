@@ -13,7 +13,8 @@ import sys
 import torch
 from train_helpers import FAST, ROOT, losses, metrics, state, train
 
-from nca_scale.train import checkpoint, checkpoint_verify
+from nca_scale.train import checkpoint
+from nca_scale.train.checkpoint import verify as checkpoint_verify
 
 RUN = [*FAST, "model.n_layers=2", "checkpoint.every=1", "schedule.warmup=0"]
 EXPLODE = ["optim.lr=1e30", "steps=4"]

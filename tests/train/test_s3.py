@@ -17,7 +17,10 @@ from test_shards import generate
 from train_helpers import ROOT, losses, train
 
 from nca_scale.data.urls import parse_location
-from nca_scale.train import checkpoint, checkpoint_commit, checkpoint_verify, mirror
+from nca_scale.train import checkpoint
+from nca_scale.train.checkpoint import commit as checkpoint_commit
+from nca_scale.train.checkpoint import mirror
+from nca_scale.train.checkpoint import verify as checkpoint_verify
 from nca_scale.train.config import from_args
 
 STEP2, STEP4 = checkpoint.step_dir("", 2).name, checkpoint.step_dir("", 4).name

@@ -11,7 +11,8 @@ import torch
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.model.llama import Llama
-from nca_scale.train import checkpoint, checkpoint_select, transfer
+from nca_scale.train import checkpoint, transfer
+from nca_scale.train.checkpoint import select as checkpoint_select
 
 
 def resolve(path: str | Path) -> Path:

@@ -20,9 +20,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
-from nca_scale.train import checkpoint, checkpoint_commit, cpu_compat
+from nca_scale.train import checkpoint, cpu_compat
 from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import Writing
+from nca_scale.train.checkpoint import commit as checkpoint_commit
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases

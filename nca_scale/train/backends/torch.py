@@ -28,9 +28,10 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nca_scale.model.llama import Llama, masked_loss
-from nca_scale.train import checkpoint, checkpoint_commit
+from nca_scale.train import checkpoint
 from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import Writing, freeze, torch_optimizer
+from nca_scale.train.checkpoint import commit as checkpoint_commit
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases

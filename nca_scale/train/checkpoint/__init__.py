@@ -6,10 +6,10 @@
     OUT/checkpoints/latest              "step_00000010": the newest committed checkpoint
 
 A directory is committed once it has its meta.json (step, tokens, data position, layout, config, version, and
-every file's size and sha256). The modules around this one each do one job with these names:
-checkpoint_commit.py writes (stage, manifest, rename, `latest`, prune), checkpoint_verify.py checks files
-against a manifest, checkpoint_select.py chooses the checkpoint a run resumes from, and
-mirror.py publishes committed checkpoints to a URL and fetches them back.
+every file's size and sha256). This package holds everything about checkpoints, one job per module:
+commit.py writes one (stage, manifest, rename, `latest`, prune), verify.py checks files against a manifest,
+select.py chooses the checkpoint a run resumes from (and whether it may), mirror.py publishes committed
+checkpoints to a URL and fetches them back.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nca_scale.data.urls import Location, parse_location
 from nca_scale.train.checkpoint import LATEST, META, STAGING, STEP_NAME, complete_checkpoints, read_meta, root
-from nca_scale.train.checkpoint_verify import verify
+from nca_scale.train.checkpoint.verify import verify
 
 log = logging.getLogger(__name__)
 

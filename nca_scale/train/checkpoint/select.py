@@ -15,8 +15,9 @@ from pathlib import Path
 
 from nca_scale.config import to_dict
 from nca_scale.errors import UserError
-from nca_scale.train import checkpoint, mirror
-from nca_scale.train.checkpoint_verify import verify
+from nca_scale.train import checkpoint
+from nca_scale.train.checkpoint import mirror
+from nca_scale.train.checkpoint.verify import verify
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.config_sections import sectioned
 

@@ -23,7 +23,7 @@ import nca_scale
 from nca_scale.config import to_dict
 from nca_scale.files import fsync, write_atomic
 from nca_scale.train import checkpoint
-from nca_scale.train.checkpoint_verify import file_table
+from nca_scale.train.checkpoint.verify import file_table
 from nca_scale.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
