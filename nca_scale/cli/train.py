@@ -12,12 +12,31 @@ run is refused unless resume=auto (continue it) or overwrite=true (move it aside
 
 from __future__ import annotations
 
-from nca_scale.train import dist
-from nca_scale.train.config import from_args
-from nca_scale.train.entry import train
+from nca_scale import config
+from nca_scale.errors import UserError
+from nca_scale.train import lease
 
 
 def main(args: list[str]) -> int:
+    _live_run_first(args)
+    from nca_scale.train import dist
+    from nca_scale.train.config import from_args
+    from nca_scale.train.entry import train
+
     # every config and layout error is raised here, before any process starts; under torchrun/srun for its world
     cfg = from_args(args, world=dist.launched_world())
     return train(cfg, args).exit_code
+
+
+def _live_run_first(args: list[str]) -> None:
+    """A run folder another training holds is refused before torch is imported (in well under 2 s): the out=
+    of the command line, else the config file's top-level `out:`. run_folder.check repeats it for every out."""
+    positional, overrides = config.split_overrides(args)
+    outs = [v for k, v in overrides if k == "out"]
+    if not outs and len(positional) == 1:
+        try:
+            outs = [str(config.read_yaml(positional[0]).get("out", ""))]
+        except UserError:
+            return  # from_args says what is wrong with the file
+    if outs and outs[-1].strip():
+        lease.check(outs[-1])

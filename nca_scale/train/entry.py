@@ -36,22 +36,24 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     from nca_scale.train.trainer import run
 
     if "RANK" in os.environ:  # one rank of a job torchrun/srun started: the ranks agree on the checkpoint in `run`
-        run_folder.start(cfg, writer=os.environ["RANK"] == "0")  # before the rendezvous, so every rank has checked
-        return _in_process(run, cfg, None)
+        # before the rendezvous, so every rank has checked; rank 0 holds the lease for the job
+        with run_folder.start(cfg, writer=os.environ["RANK"] == "0"):
+            return _in_process(run, cfg, None)
     resume = checkpoint_select.resolve(cfg, cfg.resume)  # verified here, once; the ranks take it as is
     if resume:
         checkpoint_select.check_resumable(cfg, resume)
     if cfg.init_from:
         # an absolute path: a folder named `never` or `auto` is a checkpoint here, not resume's keyword (fuzz)
         transfer.check(cfg, checkpoint_select.resolve(cfg, os.path.abspath(cfg.init_from)))
-    run_folder.start(cfg, write=cfg.parallel.nproc == 1)  # with nproc > 1 rank 0 writes config.yaml (worker.py)
-    if cfg.parallel.nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.parallel.nproc}",
-               "-m", "nca_scale.train.worker", *args]
-        env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
-        # torchrun never outlives this command
-        return Outcome(subprocess.call(cmd, env=env, preexec_fn=procs.die_with_parent))
-    return _in_process(run, cfg, (resume,))
+    # this command holds the run folder's lease while it trains; with nproc > 1 rank 0 writes config.yaml (worker.py)
+    with run_folder.start(cfg, write=cfg.parallel.nproc == 1):
+        if cfg.parallel.nproc > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={cfg.parallel.nproc}", "-m", "nca_scale.train.worker", *args]
+            env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
+            # torchrun never outlives this command
+            return Outcome(subprocess.call(cmd, env=env, preexec_fn=procs.die_with_parent))
+        return _in_process(run, cfg, (resume,))
 
 
 def _in_process(run, cfg: TrainConfig, chosen) -> Outcome:

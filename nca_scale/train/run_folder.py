@@ -4,11 +4,16 @@ A folder that already holds a run (OUT/metrics.jsonl or anything under OUT/check
 resume=never: training into it would cut the old metrics, leave its newer checkpoints beside the new ones and
 make a later resume=auto mix the two runs. resume=auto (or resume=CKPT) continues it; overwrite=true moves the
 old run aside to OUT.old-<time> first. Every start writes the fully resolved config to OUT/config.yaml.
+
+A folder whose run is still training (its lease, train/lease.py) is refused whatever the keys say, resume=auto and
+overwrite=true included, naming the holder; the run holds the lease from `start` until it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import yaml
 from nca_scale.config import to_dict
 from nca_scale.errors import UserError
 from nca_scale.files import check_creatable, write_atomic
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, lease
 from nca_scale.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,7 @@ def check(cfg: TrainConfig) -> None:
     if not cfg.out.strip():
         raise UserError("out= is empty; give the run folder, e.g. out=runs/r1")
     check_creatable(cfg.out)
+    lease.check(cfg.out)  # a live run there: refused before any message that would suggest resume=auto
     if cfg.resume == "never" and not cfg.overwrite and holds_run(cfg.out):
         raise UserError(f"out={cfg.out} already holds a run; continue it with resume=auto, start afresh with "
                         "overwrite=true (moves it aside), or choose another out=")
@@ -46,22 +52,45 @@ def check(cfg: TrainConfig) -> None:
         parse_location(cfg.checkpoint.url, what="checkpoint.url").check_writable("checkpoint.url")
 
 
-def start(cfg: TrainConfig, writer: bool = True, *, move: bool = True, write: bool = True) -> None:
-    """After every check passed: move an old run aside (overwrite=true; `move`) and write OUT/config.yaml
-    (`write`: in a process that trains, since resolving precision=auto touches the GPU). Only the `writer`
-    (rank 0, or the launching command) touches the folder."""
+def start(cfg: TrainConfig, writer: bool = True, *, move: bool = True, write: bool = True,
+          hold: bool = True) -> contextlib.AbstractContextManager:
+    """After every check passed: take OUT's lease (`hold`: the process that runs the training, or rank 0 of a job
+    started by srun/torchrun), move an old run aside (overwrite=true; `move`) and write OUT/config.yaml (`write`: in
+    a process that trains, since resolving precision=auto touches the GPU). Only the `writer` (rank 0, or the
+    launching command) touches the folder. Returns the lease, released when the `with` around the run ends."""
     if not writer:
-        return
+        return contextlib.nullcontext()
     out = Path(cfg.out)
-    if move and cfg.overwrite and holds_run(out):
-        aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        n = 1
-        while aside.exists():  # two overwrites within one second
-            aside, n = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
-        out.rename(aside)
-        log.info("overwrite=true: moved the old run in %s to %s", out, aside)
-    if not write:
-        return
+    try:
+        held = lease.Lease(out).acquire() if hold else contextlib.nullcontext()
+    except OSError as e:
+        raise UserError(f"out={cfg.out} is not writable ({e.strerror or e}); choose another out=") from None
+    try:
+        if move and cfg.overwrite and holds_run(out):
+            _move_aside(out, keep=lease.NAME if hold else None)
+        if write:
+            _write_config(cfg)
+    except BaseException:
+        held.__exit__(None, None, None)
+        raise
+    return held
+
+
+def _move_aside(out: Path, keep: str | None) -> None:
+    """OUT -> OUT.old-<time>, all but `keep` (this run's lease), which stays in OUT."""
+    aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():  # two overwrites within one second
+        aside, n = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    out.rename(aside)
+    if keep:
+        out.mkdir()
+        os.rename(aside / keep, out / keep)
+    log.info("overwrite=true: moved the old run in %s to %s", out, aside)
+
+
+def _write_config(cfg: TrainConfig) -> None:
+    out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(to_dict(cfg.resolved()), sort_keys=False)

@@ -30,8 +30,9 @@ def main(args: list[str]) -> int:
         by_hand = checkpoint_select.RESUME_ENV not in os.environ  # torchrun/srun, not `nca-scale train` (which checked)
         if by_hand:
             run_folder.check(cfg)
-        run_folder.start(cfg, writer=os.environ.get("RANK", "0") == "0", move=by_hand)
-        return run(cfg).exit_code  # preemption.EXIT_PREEMPTED after a stop for a signal
+        # the `nca-scale train` that started this rank holds the run folder's lease; by hand rank 0 takes it
+        with run_folder.start(cfg, writer=os.environ.get("RANK", "0") == "0", move=by_hand, hold=by_hand):
+            return run(cfg).exit_code  # preemption.EXIT_PREEMPTED after a stop for a signal
     except UserError as e:  # a bad config, or a run stopped on a non-finite loss
         print_error(e)
         return 2
