@@ -4,27 +4,35 @@ On one GPU, through the project's own CLI (`nca-scale train` / `nca-scale genera
 and prints ONE JSON object on stdout (the children's output goes to log files under --out):
 
 - versions: Python, torch, CUDA, cuDNN, the GPU, megatron-core, DeepSpeed, TransformerEngine (if any);
-- for each backend (torch, megatron TP=1, DeepSpeed ZeRO-1): a bf16 run of the 1B preset (configs/model/1b.yaml)
-  on the paper's NCA data (configs/nca/paper.yaml, 50 %+ band) at seq 2048, 30 steps: tokens/s, TFLOP/s per GPU
+- the NCA generator's tokens/s (`nca-scale generate configs/nca/paper.yaml`) on CUDA and on all CPU cores, first:
+  the training runs below generate the same data on the fly;
+- for each backend (torch, megatron TP=1, DeepSpeed ZeRO-1): a bf16 run of the 400M preset (configs/model/400m.yaml,
+  419M parameters: its three saves per backend write <= 18 GB, deleted once measured) on the paper's NCA data (configs/nca/paper.yaml, 50 %+ band) at seq 2048, 30 steps: tokens/s, TFLOP/s per GPU
   and MFU (medians of steps 6-30), the phase timers (data wait, forward/backward, optimizer) and the data-wait
   share, peak device memory (NVML) and torch's peak allocated memory, the loss at steps 1 and 30 (finite,
   falling); then a resume from its step-25 checkpoint whose losses at steps 26-30 must equal the uninterrupted
-  run's;
-- the NCA generator's tokens/s (`nca-scale generate configs/nca/paper.yaml`) on CUDA and on all CPU cores.
+  run's.
+
+Before anything else, in well under a second, `--preflight` names every module the check imports that neither the
+interpreter nor the wheels directory provides (tools/gpu_check.sh runs it before installing the wheels), so a
+machine without the wheels fails at once instead of minutes later inside a run.
 
 `--dry-run` (any machine, no GPU needed) checks the plan instead: every command resolves to a CLI command, every
-training config validates and is the 1B preset at seq 2048 in bf16 for 30 steps, every generate job parses, and
-the wheels directory (if present) holds one installable cp312 x86-64 wheel per package the check needs. Exit
-status 0 when everything passed, 1 otherwise.
+training config validates and is the 400M preset at seq 2048 in bf16 for 30 steps whose checkpoints fit the
+disk budget, every generate job parses, every module the check imports is importable here, and the wheels
+directory (if present) holds one installable cp312 x86-64 wheel per package the check needs. Exit status 0 when
+everything passed, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -41,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "import sys; from nca_scale.cli import main; sys.exit(main())"]
 STEPS, RESUME_FROM, WARMUP = 30, 25, 5
 TRAIN = [
-    "configs/train/paper-stage1.yaml", "model=configs/model/1b.yaml", "data.nca.seq_len=2048", "precision=bf16",
+    "configs/train/paper-stage1.yaml", "model=configs/model/400m.yaml", "data.nca.seq_len=2048", "precision=bf16",
     f"steps={STEPS}", "tokens=null", "batch_size=8", "micro_batch=8", "auto_micro_batch=false",
     # a short run must show the loss falling: a higher LR than the paper's 1e-4 with its 5,000-step warmup
     "optim.lr=3e-4", "schedule.warmup=5", f"schedule.total={STEPS}",
@@ -54,9 +62,29 @@ BACKENDS = {"torch": ["backend=torch"], "megatron": ["backend=megatron", "parall
             "deepspeed": ["backend=deepspeed", "deepspeed.zero=1"]}
 GENERATE = {"cuda": ["device=cuda", "batch_size=4096"], "cpu": ["device=cpu", "workers=0"]}
 NCA_TOKENS = 8_000_000
-# what a GPU machine with PyTorch lacks (docs/gpu.md): the wheels tools/gpu_check.sh installs
-WHEELS = {"megatron-core", "deepspeed", "webdataset", "braceexpand", "submitit", "hjson", "pydantic", "pydantic-core",
-          "annotated-types", "typing-inspection", "typing-extensions"}
+# what a PyTorch GPU image (CUDA torch, numpy, PyYAML, nvcc) lacks, distribution -> (version, module it provides):
+# the wheels tools/gpu_wheels.sh downloads into .whl/ and tools/gpu_check.sh installs. The versions are CI's
+# (requirements/cpu.txt and what it resolves to). Every module is imported on the check's path except those of
+# submitit/cloudpickle and sentencepiece (the launcher and the tokenizer: small, so a copied checkout has them)
+# and DeepSpeed's op-building helpers (py-cpuinfo, ninja: a JIT-built op needs them). Not carried: wandb,
+# s3fs and matplotlib (imported only for wandb=online, s3:// URLs and figures; with their dependencies > 40 MB).
+WHEELS = {
+    "megatron-core": ("0.16.1", "megatron.core"), "deepspeed": ("0.19.8", "deepspeed"),
+    "webdataset": ("1.0.2", "webdataset"), "braceexpand": ("0.1.7", "braceexpand"),
+    "hjson": ("3.1.0", "hjson"), "pydantic": ("2.14.4", "pydantic"), "pydantic-core": ("2.50.5", "pydantic_core"),
+    "annotated-types": ("0.8.0", "annotated_types"), "typing-inspection": ("0.4.5", "typing_inspection"),
+    "typing-extensions": ("4.16.0", "typing_extensions"), "einops": ("0.8.2", "einops"),
+    "msgpack": ("1.2.4", "msgpack"), "psutil": ("7.2.2", "psutil"), "tqdm": ("4.70.1", "tqdm"),
+    "packaging": ("26.4", "packaging"), "fsspec": ("2026.9.0", "fsspec"), "py-cpuinfo": ("9.0.0", "cpuinfo"),
+    "ninja": ("1.13.2", "ninja"), "nvidia-ml-py": ("13.615.71", "pynvml"), "submitit": ("1.5.4", "submitit"),
+    "cloudpickle": ("3.1.3", "cloudpickle"), "sentencepiece": ("0.2.3", "sentencepiece"),
+}
+OPTIONAL = {"nvidia-ml-py"}  # NVML's memory figure: null without it, the check goes on
+SOURCE_ONLY = {"deepspeed"}  # a source release: tools/gpu_wheels.sh builds its pure-Python wheel
+IMAGE = {"torch": "torch", "numpy": "numpy", "PyYAML": "yaml"}  # what the GPU image itself must provide
+BYTES_PER_PARAM_SAVED = 14  # bf16 weights + fp32 main weights + two fp32 Adam moments (megatron, DeepSpeed; torch 12)
+SAVES_PER_BACKEND = 3  # steps 25 and 30 of the full run, step 30 of the resumed one
+DISK_BUDGET = 20e9  # checkpoint bytes one backend may write (a 64 GB disk, with room)
 RESUME_TOLERANCE = 1e-3  # relative, bf16: GPU kernels need not be bitwise deterministic (reported separately)
 GPU_DEFAULTS = "megatron overlap: grad reduce on, param gather on; fusions: "  # docs/training.md, "Overlap and fusion"
 
@@ -185,7 +213,7 @@ def check_backend(backend: str, work: Path, deadline: float) -> dict:
                       ok=diff <= RESUME_TOLERANCE)
     result["resume"] = resume
     result["ok"] = falling and resume["ok"] and result.get("gpu_defaults_on", True)
-    shutil.rmtree(work / backend, ignore_errors=True)  # ~40 GB of checkpoints per backend
+    shutil.rmtree(work / backend, ignore_errors=True)  # 17.6 GB of checkpoints per backend
     return result
 
 
@@ -227,26 +255,73 @@ def measure(work: Path, budget_s: float) -> dict:
     import torch
 
     deadline = time.time() + budget_s
-    report: dict = {"check": "nca_scale GPU check", "versions": versions(), "train": {}, "nca": {}}
+    report: dict = {"check": "nca_scale GPU check", "versions": versions(), "nca": {}, "train": {}}
     if not torch.cuda.is_available():
         report.update(ok=False, problems=["no CUDA device visible to torch; use --dry-run on a machine without a GPU"])
         return report
     t0 = time.perf_counter()
-    for backend in BACKENDS:
-        try:
-            report["train"][backend] = check_backend(backend, work, deadline)
-        except subprocess.TimeoutExpired:
-            report["train"][backend] = {"ok": False, "error": f"over the {budget_s:.0f} s budget"}
-    for device in GENERATE:
-        try:
-            report["nca"][device] = check_generate(device, work, deadline)
-        except subprocess.TimeoutExpired:
-            report["nca"][device] = {"ok": False, "error": f"over the {budget_s:.0f} s budget"}
+    try:
+        for device in GENERATE:  # first: the training runs generate the same data on the fly
+            try:
+                report["nca"][device] = check_generate(device, work, deadline)
+            except subprocess.TimeoutExpired:
+                report["nca"][device] = {"ok": False, "error": f"over the {budget_s:.0f} s budget"}
+        for backend in BACKENDS:
+            try:
+                report["train"][backend] = check_backend(backend, work, deadline)
+            except subprocess.TimeoutExpired:
+                report["train"][backend] = {"ok": False, "error": f"over the {budget_s:.0f} s budget"}
+    finally:
+        clean(work)
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     report["problems"] = [f"{kind} {name}: {r.get('error') or 'check failed'}"
-                          for kind in ("train", "nca") for name, r in report[kind].items() if not r["ok"]]
+                          for kind in ("nca", "train") for name, r in report[kind].items() if not r["ok"]]
     report["ok"] = not report["problems"]
     return report
+
+
+def run_dirs(work: Path) -> list[Path]:
+    """The directories the runs write under `work` (run folders, checkpoints, generated shards); the logs stay."""
+    return [work / name for name in (*BACKENDS, *(f"nca-{device}" for device in GENERATE))]
+
+
+def clean(work: Path) -> None:
+    """Delete what the runs wrote but the logs (tools/gpu_check.sh's trap does the same if this process dies)."""
+    for d in run_dirs(work):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- before anything: every module the check imports, in well under a second ---------------------------
+def _wheel_names(directory: Path) -> set[str]:
+    """Canonical distribution names of the wheels in `directory`, from the file names alone (standard library
+    only: the interpreter may have nothing else yet)."""
+    if not directory.is_dir():
+        return set()
+    return {re.sub(r"[-_.]+", "-", f.name.split("-")[0]).lower() for f in directory.glob("*.whl")}
+
+
+def missing_modules(directory: Path) -> list[str]:
+    """Each module the check imports that neither this interpreter nor a wheel in `directory` provides, with the
+    distribution that provides it. find_spec of the top-level name only: nothing is imported."""
+    wheels = _wheel_names(directory)
+    missing = []
+    for dist, module in IMAGE.items():
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{module} ({dist}: the GPU image's own)")
+    for dist, (version, module) in WHEELS.items():
+        if dist not in wheels and dist not in OPTIONAL and importlib.util.find_spec(module.split(".")[0]) is None:
+            missing.append(f"{module} ({dist}=={version})")
+    return missing
+
+
+def preflight(directory: Path) -> int:
+    missing = missing_modules(directory)
+    if missing:
+        print(f"gpu_check: {len(missing)} modules missing, found neither in {sys.executable} nor as wheels in "
+              f"{directory}: {', '.join(missing)}; fill it with tools/gpu_wheels.sh on a machine with internet "
+              "access (docs/gpu.md)", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---- the plan, checked without a GPU --------------------------------------------------------------------
@@ -273,6 +348,8 @@ def check_wheels(directory: Path) -> tuple[dict, list[str]]:
         if not any(_installable(tag) for tag in tags):
             problems.append(f"wheels: {path.name} does not install on CPython 3.12 x86-64 Linux")
     missing = {canonicalize_name(n) for n in WHEELS} - found.keys()
+    wrong = {n: v for n, (v, _) in WHEELS.items() if found.get(canonicalize_name(n), v) != v}
+    problems += [f"wheels: {n} {found[canonicalize_name(n)]}, the check pins {v}" for n, v in sorted(wrong.items())]
     problems += [f"wheels: {name} is missing (docs/gpu.md lists the download)" for name in sorted(missing)]
     return {"dir": str(directory), "present": True, "wheels": found}, problems
 
@@ -294,6 +371,17 @@ def dry_run(work: Path, wheels: Path) -> dict:
 
     problems: list[str] = []
     plan = []
+    for device in GENERATE:
+        args = generate_args(device, work / f"nca-{device}")
+        step = {"command": shown(args)}
+        plan.append(step)
+        try:
+            fn, rest = resolve(args)
+            job, cfg, _ = parse_job(GenerateJob, NCAConfig, rest, config_required=True)
+            job.validate()
+            step.update(cli=f"{fn.__module__}.{fn.__name__}", device=job.device, band=[cfg.complexity.lo, cfg.complexity.hi])
+        except UserError as e:
+            problems.append(f"{shown(args)}: {e}")
     for backend in BACKENDS:
         ckpt = work / backend / "full" / "checkpoints" / f"step_{RESUME_FROM:08d}"
         for args in (train_args(backend, work / backend / "full"), train_args(backend, work / backend / "resumed", ckpt)):
@@ -306,24 +394,25 @@ def dry_run(work: Path, wheels: Path) -> dict:
             except UserError as e:
                 problems.append(f"{shown(args)}: {e}")
                 continue
+            import torch
+
+            from nca_scale.model.llama import Llama
+
+            with torch.device("meta"):  # the model's shapes, nothing allocated
+                params = sum(p.numel() for p in Llama(cfg.model, cfg.seq_len).parameters())
+            written = params * BYTES_PER_PARAM_SAVED * SAVES_PER_BACKEND
+            if written > DISK_BUDGET:
+                problems.append(f"{shown(args)}: its checkpoints would write {written / 1e9:.1f} GB, over "
+                                f"{DISK_BUDGET / 1e9:.0f} GB")
             step.update(cli=f"{fn.__module__}.{fn.__name__}", backend=cfg.backend, precision=cfg.precision,
                         seq_len=cfg.seq_len, steps=cfg.total_steps, layers=cfg.model.n_layers, d_model=cfg.model.d_model,
-                        micro_batch=cfg.micro_batch, accumulation=cfg.grad_accum,
+                        micro_batch=cfg.micro_batch, accumulation=cfg.grad_accum, parameters=params,
+                        checkpoint_gb_written=round(written / 1e9, 1),
                         train_flops_per_token=flops_per_token(cfg.model, cfg.seq_len)["train"])
-            want = {"backend": backend, "precision": "bf16", "seq_len": 2048, "steps": STEPS, "layers": 15, "d_model": 2048}
+            want = {"backend": backend, "precision": "bf16", "seq_len": 2048, "steps": STEPS, "layers": 15, "d_model": 1280}
             problems += [f"{shown(args)}: {k}={step[k]}, the check needs {v}" for k, v in want.items() if step[k] != v]
-    for device in GENERATE:
-        args = generate_args(device, work / f"nca-{device}")
-        step = {"command": shown(args)}
-        plan.append(step)
-        try:
-            fn, rest = resolve(args)
-            job, cfg, _ = parse_job(GenerateJob, NCAConfig, rest, config_required=True)
-            job.validate()
-            step.update(cli=f"{fn.__module__}.{fn.__name__}", device=job.device, band=[cfg.complexity.lo, cfg.complexity.hi])
-        except UserError as e:
-            problems.append(f"{shown(args)}: {e}")
     wheel_report, wheel_problems = check_wheels(wheels)
+    wheel_problems += [f"module missing: {m}" for m in missing_modules(wheels)]
     return {"check": "nca_scale GPU check", "dry_run": True, "versions": versions(), "plan": plan,
             "wheels": wheel_report, "problems": problems + wheel_problems, "ok": not problems + wheel_problems}
 
@@ -333,9 +422,19 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="check the plan without a GPU and exit")
     parser.add_argument("--out", type=Path, default=Path("/tmp/nca_scale_gpu_check"), help="run directories and logs")
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="the wheels tools/gpu_check.sh installs")
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all runs together")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for all runs together")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--preflight", action="store_true",
+                        help="only name the modules neither this interpreter nor the wheels provide; exit 1 if any")
+    parser.add_argument("--print-wheels", choices=("binary", "source"),
+                        help="print the pinned requirements tools/gpu_wheels.sh downloads (binary) or builds (source)")
     args = parser.parse_args()
+    if args.print_wheels:
+        source = args.print_wheels == "source"
+        print(" ".join(f"{n}=={v}" for n, (v, _) in WHEELS.items() if (n in SOURCE_ONLY) == source))
+        return 0
+    if args.preflight:
+        return preflight(args.wheels)
     report = dry_run(args.out, args.wheels) if args.dry_run else measure(args.out, args.budget)
     text = json.dumps(report, indent=1)
     if args.json:
