@@ -49,6 +49,65 @@ def test_start_up_line_names_kernel_norm_and_optimizer(compared):
         assert line.endswith("optimizer torch.optim.adamw.AdamW")  # megatron-core's pick without TE or Apex
 
 
+def _gpu(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.mark.parametrize("error", ["OSError('libcudnn.so.9: cannot open shared object file')",
+                                   "RuntimeError('TransformerEngine was built for CUDA 12.8')"])
+def test_a_transformer_engine_that_fails_to_import_falls_back_to_the_local_spec(error, monkeypatch, tmp_path, caplog):
+    """A TE built for another CUDA/cuDNN raises OSError or RuntimeError on import, not ImportError."""
+    from nca_scale.train.backends import megatron_spec
+
+    package = tmp_path / "transformer_engine" / "pytorch"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text(f"raise {error}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("transformer_engine", "transformer_engine.pytorch"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    _gpu(monkeypatch)
+    with caplog.at_level("WARNING", logger="nca_scale.train.backends.megatron_spec"):
+        assert megatron_spec.use_te() is False
+    kind = error.split("(")[0]
+    assert caplog.messages == [f"TransformerEngine is installed but does not import ({kind}: "
+                               f"{error.split(chr(39))[1]}); using megatron-core's local spec with torch attention "
+                               "(docs/gpu.md, \"Install on a cluster\")"]
+
+
+@pytest.mark.parametrize("gpu, cc, triton, ok", [(True, "gcc", True, True), (True, "gcc", False, False),
+                                                 (True, None, True, False), (False, "gcc", False, True),
+                                                 (False, None, False, False)])
+def test_torch_compile_fusions_need_a_c_compiler_and_triton_on_a_gpu(gpu, cc, triton, ok, monkeypatch):
+    """megatron-core's fused SwiGLU and cross-entropy are torch.compile'd: without a C compiler (or Triton on a
+    GPU) they are off when unset and refused when set."""
+    import importlib.util
+    import shutil
+
+    from nca_scale.errors import UserError
+    from nca_scale.train.backends import megatron_spec
+    from nca_scale.train.config import from_args
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if cc and name == cc else None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (real("os") if triton else None)
+                        if name == "triton" else real(name, *a))
+    assert megatron_spec.compiles(gpu) is ok
+    if gpu:
+        _gpu(monkeypatch)
+    args = ["configs/train/cpu-tiny.yaml", "backend=megatron", "precision=bf16"]
+    got = megatron_spec.kernel_settings(from_args(args).resolved())
+    assert got["bias_activation_fusion"] is (ok and gpu) and got["cross_entropy_loss_fusion"] is (ok and gpu)
+    if not ok:
+        with pytest.raises(UserError, match=r"^megatron.bias_swiglu_fusion=true needs torch.compile \(a C compiler, "
+                                            r"and Triton on a GPU\), which this machine lacks"):
+            megatron_spec.kernel_settings(from_args([*args, "megatron.bias_swiglu_fusion=true"]).resolved())
+
+
 def _compare() -> dict:
     """Build each variant's GPTModel twice (local spec, our spec), copy the weights, run one forward/backward
     on the same tokens, return losses and the largest relative gradient difference."""

@@ -41,6 +41,7 @@ def test_gpu_fusions_on_where_the_kernel_exists_off_with_a_line_where_not(monkey
     from nca_scale.train.backends import megatron_spec
 
     _gpu(monkeypatch, True)  # no Apex, no TransformerEngine on this machine
+    monkeypatch.setattr(megatron_spec, "compiles", lambda gpu: True)  # a GPU machine's C compiler and Triton
     with caplog.at_level(logging.INFO, logger="nca_scale.train.backends.megatron_spec"):
         got = megatron_spec.kernel_settings(from_args([*MEGATRON, "precision=bf16"]).resolved())
         fp32 = megatron_spec.kernel_settings(from_args([*MEGATRON, "precision=fp32"]).resolved())
@@ -53,7 +54,8 @@ def test_gpu_fusions_on_where_the_kernel_exists_off_with_a_line_where_not(monkey
         f"megatron overlap: grad reduce on, param gather on; fusions: bias_swiglu_fusion, cross_entropy_fusion; {off}; "
         "recompute off",
         f"megatron overlap: grad reduce on, param gather on; fusions: bias_swiglu_fusion; {off}; cross_entropy_fusion "
-        "off (needs precision=bf16 (its backward returns bf16 gradients)); recompute off"]
+        "off (needs precision=bf16 (its backward returns bf16 gradients) and torch.compile (a C compiler, and Triton on "
+        "a GPU)); recompute off"]
 
 
 def test_cpu_fusions_are_off_unless_asked_and_recompute_is_passed_on(monkeypatch):
@@ -70,7 +72,8 @@ def test_cpu_fusions_are_off_unless_asked_and_recompute_is_passed_on(monkeypatch
 @pytest.mark.parametrize("key, needs", [("grad_accum_fusion", "Apex's fused_weight_gradient_mlp_cuda and a GPU"),
                                         ("rope_fusion", "TransformerEngine's fused RoPE and a GPU"),
                                         ("cross_entropy_fusion", r"precision=bf16 \(its backward returns bf16 "
-                                                                 r"gradients\)")])
+                                                                 r"gradients\) and torch.compile \(a C compiler, and "
+                                                                 r"Triton on a GPU\)")])
 def test_a_fusion_set_true_without_its_kernel_is_refused_before_the_model_is_built(monkeypatch, key, needs):
     from megatron.core.models.common.embeddings import rope_utils  # noqa: F401  (imported before the mock)
 

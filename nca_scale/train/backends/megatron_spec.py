@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import logging
 import os
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -42,16 +43,31 @@ def _te_rope() -> bool:
     return rope_utils.fused_apply_rotary_pos_emb is not None  # TransformerEngine's, imported by megatron-core
 
 
+def compiles(gpu: bool) -> bool:
+    """Whether torch.compile can build kernels here, which megatron-core's fused SwiGLU and cross-entropy are
+    (megatron.core.jit.jit_fuser): a C compiler, found as Inductor and Triton look for one ($CC, else gcc, clang,
+    cc; Inductor's host code on a CPU, Triton's launcher stubs on a GPU) and, on a GPU, Triton. Without them the
+    first step would fail inside the compiler."""
+    cc = os.environ.get("CC") or next((c for c in ("gcc", "clang", "cc") if shutil.which(c)), None)
+    if cc is None or shutil.which(cc) is None:
+        return False
+    return not gpu or importlib.util.find_spec("triton") is not None
+
+
+_COMPILE = "torch.compile (a C compiler, and Triton on a GPU)"
 # TrainConfig megatron.KEY -> (megatron TransformerConfig field, what the fused kernel needs, whether this run has it)
 _FUSIONS = {
+    # Apex's kernel only: TransformerEngine fuses the accumulation in its own linears, but megatron-core 0.16's
+    # GPTModel output layer is its local ColumnParallelLinear, which refuses the flag without Apex (a RuntimeError
+    # at construction, tensor_parallel/layers.py), as Megatron-LM turns the flag off without Apex
     "grad_accum_fusion": ("gradient_accumulation_fusion", "Apex's fused_weight_gradient_mlp_cuda and a GPU",
                           lambda gpu, cfg: gpu and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None),
-    "bias_swiglu_fusion": ("bias_activation_fusion", "torch.compile", lambda gpu, cfg: True),
+    "bias_swiglu_fusion": ("bias_activation_fusion", _COMPILE, lambda gpu, cfg: compiles(gpu)),
     "rope_fusion": ("apply_rope_fusion", "TransformerEngine's fused RoPE and a GPU", lambda gpu, cfg: gpu and _te_rope()),
     # megatron-core 0.16's fused backward casts the logits' gradient to bf16 whatever the precision (measured:
     # the step-1 grad norm of an fp32 run moved 1.4e-4 relative with it, 8e-8 with the SwiGLU fusion)
-    "cross_entropy_fusion": ("cross_entropy_loss_fusion", "precision=bf16 (its backward returns bf16 gradients)",
-                             lambda gpu, cfg: cfg.precision == "bf16"),
+    "cross_entropy_fusion": ("cross_entropy_loss_fusion", f"precision=bf16 (its backward returns bf16 gradients) and "
+                             f"{_COMPILE}", lambda gpu, cfg: cfg.precision == "bf16" and compiles(gpu)),
 }
 
 
@@ -87,11 +103,19 @@ def _onoff(flag: bool) -> str:
 
 
 def use_te() -> bool:
+    """Whether the TransformerEngine spec is used: a GPU and a TE that imports. A TE built for another CUDA,
+    cuDNN or torch fails its import with OSError (a missing .so) or RuntimeError, not ImportError; then the run
+    goes on with the local spec, and a warning says why."""
     if not torch.cuda.is_available():
         return False  # TE has no CPU build; an import that happens to succeed must not pick a CUDA-only spec
     try:
         import transformer_engine.pytorch  # noqa: F401
     except ImportError:
+        return False
+    except Exception as e:  # OSError, RuntimeError, ...: installed but unusable here
+        first = (str(e).strip().splitlines() or [""])[0]
+        log.warning(f"TransformerEngine is installed but does not import ({type(e).__name__}: {first}); using "
+                    "megatron-core's local spec with torch attention (docs/gpu.md, \"Install on a cluster\")")
         return False
     return True
 
