@@ -19,13 +19,19 @@ def prepare_data(spec: sweep_spec.SweepSpec, planner: Planner) -> None:
     from nca_scale.data.text.corpus import Corpus
     from nca_scale.data.text.tokenizer import TokenizerConfig, train_tokenizer
 
-    corpora = [d.corpus_source for d in spec.domains] + [a.corpus for a in spec.arms if a.arm == "text"]
-    for corpus in dict.fromkeys(corpora):
-        name, paths = sweep_spec.corpus_name(corpus), planner.text_paths(corpus)
+    # (corpus, the corpus whose tokenizer tokenizes it); tokenizers first, so a text arm can share a domain's
+    corpora = [(d.corpus_source, None) for d in spec.domains] + [
+        (a.corpus, a.tokenizer) for a in spec.arms if a.arm == "text"]
+    corpora = sorted(dict.fromkeys(corpora), key=lambda c: c[1] is not None)
+    for corpus, tokenizer in corpora:
+        name, paths = sweep_spec.corpus_name(corpus), planner.text_paths(corpus, tokenizer)
         log.info(prepare.build(corpus, prepare.BuildJob()))
         if not (Path(paths["tokenizer"]) / "tokenizer.json").is_file():
+            source = sweep_spec.corpus_name(tokenizer) if tokenizer else name
+            if tokenizer:
+                log.info(prepare.build(tokenizer, prepare.BuildJob()))
             cfg = config.load(TokenizerConfig, spec.data.tokenizer, [])
-            train_tokenizer([Corpus.open(name)], cfg, paths["tokenizer"])
+            train_tokenizer([Corpus.open(source)], cfg, paths["tokenizer"])
         for split in ("train", "val"):
             limit = spec.data.val_tokens if split == "val" else spec.data.train_tokens
             job = config.load(prepare.TokenizeJob, None, [

@@ -95,16 +95,19 @@ class Planner:
         self._data_sections: dict[tuple, tuple] = {}
 
     # ---- data sections --------------------------------------------------------------------------------
-    def text_paths(self, corpus: str) -> dict[str, str]:
+    def text_paths(self, corpus: str, tokenizer: str | None = None) -> dict[str, str]:
+        """The tokenizer (trained on `tokenizer`'s corpus, default `corpus`) and the token shards of `corpus`."""
         name, stem = corpus_name(corpus), Path(self.spec.data.tokenizer).stem
+        tok = corpus_name(tokenizer) if tokenizer else name
+        shards = name if tok == name else f"{name}-by-{tok}"
         base = Path(self.spec.data.dir)
-        return {"tokenizer": str(base / f"tok-{name}-{stem}"),
-                "train": str(base / f"{name}-{stem}-L{self.spec.seq_len}-train"),
-                "val": str(base / f"{name}-{stem}-L{self.spec.seq_len}-val")}
+        return {"tokenizer": str(base / f"tok-{tok}-{stem}"),
+                "train": str(base / f"{shards}-{stem}-L{self.spec.seq_len}-train"),
+                "val": str(base / f"{shards}-{stem}-L{self.spec.seq_len}-val")}
 
     def _data(self, arm: ArmSpec | None, domain: DomainSpec | None) -> tuple[list[tuple[str, str]], int]:
         """(train overrides selecting the data, its vocabulary size)."""
-        key = (arm.label if arm else None, domain.domain if domain else None)
+        key = (arm.stage1_label if arm else None, domain.domain if domain else None)
         if key not in self._data_sections:
             self._data_sections[key] = self._data_section(arm, domain)
         return self._data_sections[key]
@@ -112,7 +115,7 @@ class Planner:
     def _data_section(self, arm: ArmSpec | None, domain: DomainSpec | None) -> tuple[list[tuple[str, str]], int]:
         s = self.spec.seq_len
         if domain is not None or arm.arm == "text":
-            p = self.text_paths(domain.corpus_source if domain else arm.corpus)
+            p = self.text_paths(domain.corpus_source) if domain else self.text_paths(arm.corpus, arm.tokenizer)
             return [("data.source", "text_shards"), ("data.shards", p["train"]), ("data.val_shards", p["val"])], \
                 self.text_vocab
         if arm.arm == "nca":
@@ -169,7 +172,7 @@ class Planner:
         return run
 
     def _stage1(self, size: str, arm: ArmSpec, seed: int, extra: dict, tag: str) -> Run:
-        name = f"s1-{size_name(size)}-{arm.label}-s{seed}{tag}"
+        name = f"s1-{size_name(size)}-{arm.stage1_label}-s{seed}{tag}"
         if name in self.runs:
             return self.runs[name]
         coords = {"size": size_name(size), "arm": arm.arm, "band": arm.band, "stage1_tokens": arm.tokens,
@@ -192,10 +195,18 @@ class Planner:
         ex = self._extra(arm, extra)
         if matched is not None:
             ex["matched_to"] = matched[0]
+        transfer = []  # the arm's transfer variant (the stage-1 run is the full-transfer arm's)
+        if arm.reinit:
+            ex["reinit"] = list(arm.reinit)
+            transfer.append(("transfer.reinit", _value(list(arm.reinit))))
+        if not arm.reinit_embeddings:
+            ex["reinit_embeddings"] = False
+            transfer.append(("transfer.reinit_embeddings", "false"))
         coords = {"size": size_name(size), "arm": arm.arm, "band": arm.band if arm.arm == "nca" else None,
                   "stage1_tokens": arm.tokens if parent else None, "domain": domain.domain, "stage2_tokens": t2,
                   "seed": seed, "extra": ex}
-        user = _pairs(self.spec.overrides) + _pairs(self.spec.stage2) + _pairs(domain.overrides) + list(extra.items())
+        user = (_pairs(self.spec.overrides) + _pairs(self.spec.stage2) + _pairs(domain.overrides) + transfer
+                + list(extra.items()))
         data = self._data(None, domain)
         tokens = t2
         if matched is not None:  # the stage-1 FLOPs as extra stage-2 tokens, at this model's FLOPs per token
@@ -207,7 +218,10 @@ class Planner:
 
     def plan(self) -> list[Run]:
         spec = self.spec
-        staged = [a for a in spec.arms if a.arm in ("nca", "text", "dyck")]
+        staged: dict[str, ArmSpec] = {}  # one stage-1 run per stage-1 label: transfer variants share it
+        for a in spec.arms:
+            if a.arm in ("nca", "text", "dyck"):
+                staged.setdefault(a.stage1_label, a)
         keys = list(spec.axes)
         for size in spec.sizes:
             n_params = param_counts(_partial_config(spec.train, [("model", str(model_path(size)))]).model.with_vocab(2))[
@@ -216,17 +230,20 @@ class Planner:
                 for values in itertools.product(*(spec.axes[k] for k in keys)):
                     extra = {k: _value(v) for k, v in zip(keys, values)}
                     tag = "".join(_tag(k, v) for k, v in zip(keys, values))
-                    s1 = {a.label: self._stage1(size, a, seed, extra, tag) for a in staged}
+                    s1 = {label: self._stage1(size, a, seed, extra, tag) for label, a in staged.items()}
                     for domain in spec.domains:
                         for b in domain.budgets(n_params):
                             for arm in spec.arms:
+                                if not arm.reinit_embeddings and domain not in spec.keeps_embeddings_into(arm):
+                                    continue  # kept embeddings mean something only with the same tokenizer
                                 if arm.arm == "scratch":
                                     self._stage2(size, arm, domain, b, seed, extra, tag)
                                 elif arm.arm == "scratch_matched":
                                     for label in [arm.matched_to] if arm.matched_to else list(s1):
                                         self._stage2(size, arm, domain, b, seed, extra, tag, matched=(label, s1[label]))
                                 else:
-                                    self._stage2(size, arm, domain, b, seed, extra, tag, parent=s1[arm.label])
+                                    self._stage2(size, arm, domain, b, seed, extra, tag,
+                                                 parent=s1[arm.stage1_label])
         return sorted(self.runs.values(), key=lambda r: r.stage)
 
 

@@ -18,6 +18,7 @@ from nca_scale.train.recipe import RecipeConfig
 
 ARMS = ("scratch", "nca", "text", "dyck", "scratch_matched")
 DOMAINS = ("web", "math", "code")
+TRANSFER_MODULES = ("attn", "mlp", "norm")  # as transfer.reinit names them (nca_scale/train/transfer.py)
 _BAND = re.compile(r"(\d+)(?:\+|-(\d+))")
 
 
@@ -41,10 +42,22 @@ class ArmSpec:
     data: str | None = None  # nca: NCA config (default: the spec's `nca`); dyck: a Dyck config (default: `dyck`)
     matched_to: str | None = None  # scratch_matched: the label of the arm it is compute-matched to; None = each
     overrides: dict[str, Any] = field(default_factory=dict)  # stage-1 train keys for this arm
+    # the transfer (nca, text, dyck): modules re-initialised before stage 2 on top of the embeddings (the release's
+    # attn|mlp|ln ablation: attn, mlp, norm), and whether the embeddings and head start new (the default) or are kept
+    reinit: list[str] = field(default_factory=list)
+    reinit_embeddings: bool = True  # false: only into domains that share the stage-1 tokenizer (see `tokenizer`)
+    tokenizer: str | None = None  # text: the corpus whose tokenizer tokenizes this arm's corpus (default: its own)
 
     @property
     def label(self) -> str:
-        """The arm's part of a run name: scratch, nca-b50-t1M, text-web-t1M, dyck-t1M, matched-nca-b50-t1M."""
+        """The arm's part of a run name: scratch, nca-b50-t1M, text-web-t1M, dyck-t1M, matched-nca-b50-t1M; a
+        transfer variant appends -reinit-attn[-mlp...] and/or -keepemb to its stage-1 label."""
+        variant = "".join(f"-reinit-{m}" for m in self.reinit) + ("" if self.reinit_embeddings else "-keepemb")
+        return self.stage1_label + variant
+
+    @property
+    def stage1_label(self) -> str:
+        """The label of the stage-1 run: arms that differ only in their transfer share it."""
         if self.arm == "scratch":
             return "scratch"
         if self.arm == "scratch_matched":
@@ -53,7 +66,8 @@ class ArmSpec:
         if self.arm == "nca":
             return f"nca-b{self.band.replace('+', '')}-{t}"
         if self.arm == "text":
-            return f"text-{corpus_name(self.corpus)}-{t}"
+            tok = f"-tok{corpus_name(self.tokenizer)}" if self.tokenizer else ""
+            return f"text-{corpus_name(self.corpus)}-{t}{tok}"
         return f"dyck-{t}"
 
     def validate(self) -> None:
@@ -74,6 +88,17 @@ class ArmSpec:
             raise UserError(f"corpus: applies to the text arm only (arm {self.arm}); stage-2 corpora are in domains:")
         if self.arm != "scratch_matched" and self.matched_to is not None:
             raise UserError(f"matched_to: applies to arm scratch_matched only (arm {self.arm})")
+        if self.arm != "text" and self.tokenizer is not None:
+            raise UserError(f"tokenizer: applies to the text arm only (arm {self.arm})")
+        if not self.reinit_embeddings and self.arm != "text":
+            raise UserError(f"reinit_embeddings: false keeps the stage-1 embeddings, so it needs a text arm with "
+                            f"the stage-2 domain's tokenizer (tokenizer: DOMAIN); arm {self.arm} has its own vocabulary")
+        if not staged and (self.reinit or not self.reinit_embeddings):
+            raise UserError(f"reinit:/reinit_embeddings: describe a transfer; arm {self.arm} has no stage 1")
+        bad = [m for m in self.reinit if m not in TRANSFER_MODULES]
+        if bad or len(set(self.reinit)) != len(self.reinit):
+            raise UserError(f"arm {self.arm}: reinit: {self.reinit}: list each of {', '.join(TRANSFER_MODULES)} at "
+                            "most once (the release's ln is norm)")
 
 
 @dataclass(frozen=True)
@@ -153,6 +178,10 @@ class SweepSpec:
     def sweep_dir(self) -> Path:
         return Path(self.out or f"runs/sweeps/{self.name}")
 
+    def keeps_embeddings_into(self, arm: ArmSpec) -> list[DomainSpec]:
+        """The domains an arm with reinit_embeddings: false transfers to: those whose corpus is its tokenizer's."""
+        return [d for d in self.domains if arm.tokenizer and corpus_name(d.corpus_source) == corpus_name(arm.tokenizer)]
+
     def validate(self) -> None:
         if not self.sizes:
             raise UserError("sizes: list at least one model preset (configs/model/NAME.yaml) or path")
@@ -167,13 +196,21 @@ class SweepSpec:
         labels = [a.label for a in self.arms if a.arm != "scratch_matched"]
         if len(set(labels)) != len(labels):
             raise UserError(f"arms: two arms have the same label ({', '.join(labels)})")
-        staged = [a.label for a in self.arms if a.arm in ("nca", "text", "dyck")]
+        staged = [a.stage1_label for a in self.arms if a.arm in ("nca", "text", "dyck")]
         for a in self.arms:
+            same = [b for b in self.arms if b.arm == a.arm and b.stage1_label == a.stage1_label]
+            if any((b.data, b.overrides, b.corpus) != (a.data, a.overrides, a.corpus) for b in same):
+                raise UserError(f"arms {a.stage1_label}: transfer variants share one stage-1 run; give them the "
+                                "same data:, corpus: and overrides:")
             if a.arm == "scratch_matched" and a.matched_to is not None and a.matched_to not in staged:
                 raise UserError(f"scratch_matched: matched_to {a.matched_to!r} is not an arm with a stage 1 "
                                 f"(labels: {', '.join(staged) or 'none'})")
         if any(a.arm == "scratch_matched" for a in self.arms) and not staged:
             raise UserError("arm scratch_matched needs an arm with a stage 1 (nca, text or dyck) to match")
+        for a in self.arms:
+            if not a.reinit_embeddings and not self.keeps_embeddings_into(a):
+                raise UserError(f"arm {a.label}: reinit_embeddings: false needs tokenizer: set to the corpus of a "
+                                f"stage-2 domain ({', '.join(d.corpus_source for d in self.domains)})")
         if len({d.domain for d in self.domains}) != len(self.domains):
             raise UserError("domains: each domain may appear once (list several token budgets in its tokens:)")
         if len(set(self.seeds)) != len(self.seeds):

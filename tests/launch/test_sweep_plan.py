@@ -62,6 +62,16 @@ def plan_runs(path: str) -> dict[str, sweep_plan.Run]:
     ({"axes": {"seed": [1, 2]}}, "axes: seed is set by the sweep"),
     ({"colour": "red"}, "unknown key 'colour'"),
     ({"recipe": {"rule": "chinchilla"}}, "key 'recipe.rule' must be one of"),
+    ({"arms": [{"arm": "nca", "band": "50+", "tokens": 9, "reinit": ["ln"]}]}, "list each of attn, mlp, norm"),
+    ({"arms": [{"arm": "nca", "band": "50+", "tokens": 9, "reinit": ["attn", "attn"]}]}, "at most once"),
+    ({"arms": [{"arm": "scratch", "reinit": ["attn"]}]}, "arm scratch has no stage 1"),
+    ({"arms": [{"arm": "nca", "band": "50+", "tokens": 9, "reinit_embeddings": False}]}, "needs a text arm"),
+    ({"arms": [{"arm": "text", "corpus": "math", "tokens": 9, "reinit_embeddings": False}]},
+     "needs tokenizer: set to the corpus of a stage-2 domain"),
+    ({"arms": [{"arm": "dyck", "tokens": 9, "tokenizer": "web"}]}, "tokenizer: applies to the text arm only"),
+    ({"arms": [{"arm": "nca", "band": "50+", "tokens": 9},
+               {"arm": "nca", "band": "50+", "tokens": 9, "reinit": ["mlp"], "overrides": {"optim.lr": 0.1}}]},
+     "share one stage-1 run"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, capsys, changes, message):
     rc = cli.main(["sweep", "plan", write(tmp_path, **changes)])
@@ -173,6 +183,47 @@ def test_plan_command_writes_plan_json(tmp_path, capsys):
     for r in doc["runs"]:
         assert r["name"] in out
     assert (tmp_path / "sweep" / "spec.yaml").is_file()
+
+
+def test_transfer_variants_share_the_stage1_run_and_set_the_transfer(tmp_path):
+    """The release's re-initialisation ablation (paper.md §3.3: `--reinit_modules embed attn|mlp|ln`) and the
+    kept-embeddings variant of a text arm are arms: one stage-1 checkpoint, stage-2 runs that differ only in
+    `transfer.*`; kept embeddings go only into the domain whose tokenizer the text arm was tokenized with."""
+    arms = [{"arm": "scratch"}, {"arm": "nca", "band": "50+", "tokens": 40000},
+            {"arm": "nca", "band": "50+", "tokens": 40000, "reinit": ["attn"]},
+            {"arm": "nca", "band": "50+", "tokens": 40000, "reinit": ["mlp", "norm"]},
+            {"arm": "text", "corpus": "math", "tokens": 40000, "tokenizer": "web"},
+            {"arm": "text", "corpus": "math", "tokens": 40000, "tokenizer": "web", "reinit_embeddings": False},
+            {"arm": "scratch_matched", "matched_to": "nca-b50-t40k"}]
+    runs = plan_runs(write(tmp_path, arms=arms, sizes=["cpu-tiny"], seeds=[0],
+                           domains=[{"domain": "web", "tokens": [80000]}, {"domain": "code", "tokens": [80000]}]))
+    assert sorted(n for n, r in runs.items() if r.stage == 1) == ["s1-cpu-tiny-nca-b50-t40k-s0",
+                                                                  "s1-cpu-tiny-text-math-t40k-tokweb-s0"]
+    s2 = {n: r for n, r in runs.items() if r.stage == 2}
+    variants = ("scratch", "nca-b50-t40k", "nca-b50-t40k-reinit-attn", "nca-b50-t40k-reinit-mlp-reinit-norm",
+                "text-math-t40k-tokweb", "matched-nca-b50-t40k")
+    assert sorted(s2) == sorted([f"s2-{d}-cpu-tiny-{a}-d80k-s0" for a in variants for d in ("web", "code")]
+                                + ["s2-web-cpu-tiny-text-math-t40k-tokweb-keepemb-d80k-s0"])
+    full, attn = s2["s2-web-cpu-tiny-nca-b50-t40k-d80k-s0"], s2["s2-web-cpu-tiny-nca-b50-t40k-reinit-attn-d80k-s0"]
+    both = s2["s2-web-cpu-tiny-nca-b50-t40k-reinit-mlp-reinit-norm-d80k-s0"]
+    text, keep = s2["s2-web-cpu-tiny-text-math-t40k-tokweb-d80k-s0"], s2[
+        "s2-web-cpu-tiny-text-math-t40k-tokweb-keepemb-d80k-s0"]
+    assert full.parent == attn.parent == both.parent == "s1-cpu-tiny-nca-b50-t40k-s0"
+    assert text.parent == keep.parent == "s1-cpu-tiny-text-math-t40k-tokweb-s0"
+    assert full.cfg.transfer.reinit == [] and full.cfg.transfer.reinit_embeddings
+    assert attn.cfg.transfer.reinit == ["attn"] and both.cfg.transfer.reinit == ["mlp", "norm"]
+    assert keep.cfg.transfer.reinit == [] and keep.cfg.transfer.reinit_embeddings is False
+    assert "reinit" not in full.coords["extra"] and attn.coords["extra"]["reinit"] == ["attn"]
+    assert keep.coords["extra"] == {"stage1_corpus": "math", "reinit_embeddings": False}
+    # the text arm's corpus is tokenized with the web domain's tokenizer (so kept embeddings mean the same ids)
+    s1 = runs["s1-cpu-tiny-text-math-t40k-tokweb-s0"]
+    assert "data.shards=runs/data/math-by-web-tokenizer-cpu-L128-train" in s1.train_args
+    assert sweep_plan.Planner(sweep_spec.load(str(tmp_path / "spec.yaml"))).text_paths("math", "web")[
+        "tokenizer"] == "runs/data/tok-web-tokenizer-cpu"
+    # apart from the transfer keys the variants run exactly what the full transfer runs
+    strip = [a for a in attn.train_args if not a.startswith("transfer.") and not a.startswith("out=")]
+    assert strip == [a for a in full.train_args if not a.startswith("out=")]
+    assert (attn.tokens, attn.steps, attn.hyper) == (full.tokens, full.steps, full.hyper)
 
 
 @pytest.mark.parametrize("spec", sorted(p.name for p in (ROOT / "configs/sweeps").glob("*.yaml")))
