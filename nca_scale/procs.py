@@ -66,6 +66,15 @@ def _parent_of(pid: int) -> int | None:
         return None
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc; empty where there is none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _parent_of(int(entry.name)) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def _ask_for_death_signal() -> None:
     import ctypes
 

@@ -7,7 +7,11 @@ resume=never|auto|DIR overwrite=true init_from=CKPT; any nested key as model.d_m
 parallel.nproc=N the command starts N local processes
 itself; under torchrun/srun (RANK set) it runs as one rank of that job. Writes OUT/metrics.jsonl,
 OUT/checkpoints/ and OUT/config.yaml (the resolved config of the latest start). An OUT that already holds a
-run is refused unless resume=auto (continue it) or overwrite=true (move it aside to OUT.old-<time> first).
+run is refused unless resume=auto (continue it) or overwrite=true (move it aside to OUT.old-<time> first), and
+a folder whose run is still training is refused whatever the keys say (OUT/lease.json names it).
+Ctrl-C finishes the step, saves it and exits 130 ("saved step N; `resume=auto` continues"); a second Ctrl-C
+aborts at once. Checkpoints are saved every checkpoint.every steps and at least every checkpoint.every_minutes
+(default 30) minutes of training, so a crash loses at most that much work.
 """
 
 from __future__ import annotations

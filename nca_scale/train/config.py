@@ -320,6 +320,8 @@ class TrainConfig:
         for name in ("batch_size", "micro_batch", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.checkpoint.every_minutes < 0:
+            raise UserError(f"checkpoint.every_minutes={self.checkpoint.every_minutes} must be >= 0 (0: off)")
         for name in ("dist_timeout_s", "rank0_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")

@@ -38,7 +38,10 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 0  # steps between checkpoints; 0 = only at the end of the run
+    every: int = 0  # steps between checkpoints; 0 = only at the end of the run (and every_minutes)
+    # also save once this many minutes of training passed since the last save, so that a crash loses at most that
+    # much work (0 = off); all ranks save at one step, when any rank's clock says so
+    every_minutes: float = 30.0
     keep_last: int = 3  # committed checkpoints kept (the one `latest` names is never removed)
     url: str | None = None  # also publish checkpoints here (file://, s3://, memory://); resume fetches
     # megatron, torch: write a checkpoint's files in the background while the steps go on, commit them once written;

@@ -9,12 +9,14 @@ torchrun and waits for them. The result is an `Outcome`: what a launcher needs t
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 from nca_scale import procs
-from nca_scale.train import run_folder, transfer
+from nca_scale.train import preemption, run_folder, transfer
 from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.config import TrainConfig
 
@@ -25,7 +27,7 @@ LAUNCHER_ENV = "NCA_SCALE_LAUNCHER_PID"
 
 @dataclass(frozen=True)
 class Outcome:
-    exit_code: int  # 0 done, preemption.EXIT_PREEMPTED stopped for a signal after saving, else failed
+    exit_code: int  # 0 done, preemption.exit_status(signal) stopped for a signal after saving, else failed
     signal: int | None = None  # the signal that stopped the run (SIGUSR2, SIGTERM), when this process saw it
 
 
@@ -51,11 +53,37 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={cfg.parallel.nproc}", "-m", "nca_scale.train.worker", *args]
             env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
-            # torchrun never outlives this command
-            return Outcome(subprocess.call(cmd, env=env, preexec_fn=procs.die_with_parent))
+            return _launch(cmd, env)
         return _in_process(run, cfg, (resume,))
 
 
+def _launch(cmd: list[str], env: dict) -> Outcome:
+    """Run torchrun and its ranks until they end. They run in a session of their own, so a Ctrl-C reaches this
+    command only, which passes it on once to each rank (torchrun would pass on a second one, the ranks' "abort
+    now"): the ranks save, stop at one step and exit 0 (worker.py), and this command exits with 130. A second
+    Ctrl-C kills them at once. torchrun never outlives this command (procs.die_with_parent)."""
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=procs.die_with_parent, start_new_session=True)
+    interrupted = []
+
+    def on_sigint(signum, frame) -> None:
+        if interrupted:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        for rank in procs.children_of(proc.pid):
+            os.kill(rank, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    try:
+        rc = proc.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted and rc == 0:
+        return Outcome(preemption.EXIT_INTERRUPTED, signal.SIGINT)
+    return Outcome(rc)
+
+
 def _in_process(run, cfg: TrainConfig, chosen) -> Outcome:
-    fitted = run(cfg, chosen=chosen)  # a FitOutcome: a stop for a signal is exit status EXIT_PREEMPTED
+    fitted = run(cfg, chosen=chosen)  # a FitOutcome: a stop for a signal is exit status 75 or 130 (Ctrl-C)
     return Outcome(fitted.exit_code, fitted.stop_signal)

@@ -1,19 +1,28 @@
-"""Preemption and time limits: stop every rank at the same step boundary, after a save, with EXIT_PREEMPTED.
+"""Stops and timed saves agreed by every rank at the same step: preemption, time limits, Ctrl-C, and the
+wall-clock checkpoint cadence.
 
-A handler for SIGUSR2 (submitit's preemption / time-limit warning, `--signal=USR2@lead`) and SIGTERM (what
-Slurm sends on `scontrol requeue`, on preemption with PreemptMode=REQUEUE and at the time limit) only records
-the signal. After every step the ranks all-reduce (MAX) that flag, so a signal that reached a single rank
-stops them all, at the same step: each asks its trainer to stop (Trainer.request_stop). The trainer then saves
-the step (unless its checkpoint is already complete) and fit() returns a FitOutcome with the signal; the
-worker and train/entry.py turn that into exit status EXIT_PREEMPTED. Whether the job is then requeued is the
-launcher's decision (nca_scale.launch.task), made from the signal in entry.Outcome.
+A handler for SIGUSR2 (submitit's preemption / time-limit warning, `--signal=USR2@lead`), SIGTERM (what Slurm
+sends on `scontrol requeue`, on preemption with PreemptMode=REQUEUE and at the time limit) and SIGINT (Ctrl-C)
+only records the signal; a second Ctrl-C aborts at once (KeyboardInterrupt, nothing more saved). At a check the
+ranks all-reduce (MAX) the flag, so a signal that reached a single rank stops them all, at the same step: each
+asks its trainer to stop (Trainer.request_stop). The trainer then saves the step (unless its checkpoint is already
+complete) and fit() returns a FitOutcome with the signal; the worker and train/entry.py turn that into exit status
+`exit_status(signal)`: EXIT_PREEMPTED (75) after SIGUSR2/SIGTERM, 130 after Ctrl-C. Whether the job is then
+requeued is the launcher's decision (nca_scale.launch.task), made from the signal in entry.Outcome.
+
+The same all-reduce carries whether any rank's clock says a save is due (checkpoint.every_minutes since the last
+save, so no run loses more than that much work) and the interval to the next check. A check reads the result
+on the host, a device sync on a GPU, so it is made about once per CHECK_S seconds of training, not every step:
+each rank proposes the steps that take, the MAX is agreed, and every rank checks again at the same step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -24,40 +33,77 @@ from nca_scale.train.callbacks import STOPS, Callback
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; a launcher that sees it may requeue the job
-SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+CHECK_S = 1.0  # seconds of training between two checks of the flags (one host-device sync each)
+MAX_INTERVAL = 1000  # steps
+
+
+def exit_status(signum: int | None) -> int:
+    """The exit status of a run that ended (None) or stopped after saving for `signum`."""
+    if not signum:
+        return 0
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
 
 
 class Preemption(Callback):
-    """Catches SIGNALS and, once the ranks agree after a step, asks the trainer to stop. Lowest priority: the
-    step is logged and any periodic save of it made before the trainer stops on it."""
+    """Catches SIGNALS and, once the ranks agree at a check, asks the trainer to stop; saves when the wall-clock
+    cadence is due. Lowest priority: the step is logged and any periodic save of it made before."""
 
     priority = STOPS
 
     def __init__(self) -> None:
         self.flag = 0
         self.previous: dict[int, object] = {}
+        self.next_check = 1
+        self.saved_at = time.monotonic()
 
     def _handler(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.flag == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: abort now
         self.flag = signum
+        again = "; press Ctrl-C again to abort without saving" if signum == signal.SIGINT else ""
         # every rank (a warning): which ranks were signalled is worth seeing in each rank's log
-        log.warning("caught %s on rank %d: saving at the end of this step", signal.Signals(signum).name,
-                    dist.get_rank())
+        log.warning("caught %s on rank %d: saving at the end of this step%s", signal.Signals(signum).name,
+                    dist.get_rank(), again)
 
     def pre_train(self, trainer) -> None:
+        self.next_check, self.saved_at = trainer.step + 1, time.monotonic()
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handler)
 
+    def rewound(self, trainer) -> None:
+        self.next_check = trainer.step + 1  # every rank rolls back at the same step
+
     def post_step(self, trainer, metrics: dict) -> None:
-        flag = torch.tensor([self.flag], dtype=torch.int64, device=tdist.device())
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if signum := int(flag.item()):  # one .item(): on a GPU each is a device sync on the step loop
+        every = trainer.cfg.checkpoint.every
+        if every and trainer.step % every == 0:  # the Checkpointer (higher priority) has just saved it
+            self.saved_at = time.monotonic()
+        if trainer.step < self.next_check and trainer.step < trainer.cfg.total_steps:
+            return
+        minutes = trainer.cfg.checkpoint.every_minutes
+        due = int(bool(minutes) and time.monotonic() - self.saved_at >= minutes * 60)
+        interval = min(MAX_INTERVAL, max(1, math.floor(CHECK_S / max(metrics["step_time"], 1e-6))))
+        flags = torch.tensor([self.flag, due, interval], dtype=torch.int64, device=tdist.device())
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signum, due, interval = flags.tolist()  # the one host read (device sync) of this check
+        self.next_check = trainer.step + interval
+        if signum:
             trainer.request_stop(signum)
+        elif due and trainer.step < trainer.cfg.total_steps:  # the last step is saved by the trainer anyway
+            log.info(f"step {trainer.step}: {minutes:g} min since the last save (checkpoint.every_minutes)")
+            trainer.save_checkpoint()
+            self.saved_at = time.monotonic()
 
     def post_train(self, trainer) -> None:
-        if trainer.stop_signal:
-            log.info(f"stopping at step {trainer.step} after {signal.Signals(trainer.stop_signal).name}; "
-                     f"exit status {EXIT_PREEMPTED}")
+        if signum := trainer.stop_signal:
+            if signum == signal.SIGINT:
+                log.info(f"interrupted: saved step {trainer.step}; `resume=auto` continues "
+                         f"(exit status {EXIT_INTERRUPTED})")
+            else:
+                log.info(f"stopping at step {trainer.step} after {signal.Signals(signum).name}; "
+                         f"exit status {EXIT_PREEMPTED}")
         self._restore()
 
     def on_error(self, trainer) -> None:

@@ -5,7 +5,7 @@ interface.
 The Trainer owns saving and stopping, as OLMo-core's does: `save_checkpoint()` commits the current step (its
 Checkpointer also saves every checkpoint.every steps), `request_stop(signal)` ends the loop after the current
 step. Either way fit() saves the last step and returns a FitOutcome; the callers turn a stop into exit status
-EXIT_PREEMPTED (worker.py, entry.py).
+preemption.exit_status (worker.py, entry.py).
 
 A step whose loss or gradient norm is NaN or infinite (identical on every rank) never reaches the callbacks,
 so it is neither logged as a normal step nor checkpointed. By default the run stops with the step named;
@@ -29,7 +29,7 @@ from nca_scale.train.callbacks import Callback, Checkpointer
 from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
-from nca_scale.train.preemption import EXIT_PREEMPTED, Preemption
+from nca_scale.train.preemption import Preemption, exit_status
 from nca_scale.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class FitOutcome:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PREEMPTED if self.stop_signal else 0
+        return exit_status(self.stop_signal)
 
 
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:

@@ -8,6 +8,7 @@ as `__mp_main__`; that process only asks to die with its rank.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from nca_scale import logs, procs
@@ -32,7 +33,10 @@ def main(args: list[str]) -> int:
             run_folder.check(cfg)
         # the `nca-scale train` that started this rank holds the run folder's lease; by hand rank 0 takes it
         with run_folder.start(cfg, writer=os.environ.get("RANK", "0") == "0", move=by_hand, hold=by_hand):
-            return run(cfg).exit_code  # preemption.EXIT_PREEMPTED after a stop for a signal
+            fitted = run(cfg)
+        if launcher and fitted.stop_signal == signal.SIGINT:
+            return 0  # the Ctrl-C `nca-scale train` passed on: it exits 130 (a rank's 130 would be a torchrun failure)
+        return fitted.exit_code  # preemption.exit_status: 75 after a stop for SIGUSR2/SIGTERM
     except UserError as e:  # a bad config, or a run stopped on a non-finite loss
         print_error(e)
         return 2
