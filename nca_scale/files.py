@@ -82,7 +82,8 @@ def node_share(kind: str) -> tuple[Path, bool] | None:
         return None
     directory = Path(tempfile.gettempdir()) / f"nca_scale_{kind}_{os.getuid()}"  # per user: /tmp is shared
     directory.mkdir(parents=True, exist_ok=True)
-    return directory, os.environ.get("LOCAL_RANK", "0") == "0"
+    # NCA_SCALE_LOCAL_RANK: the launcher's LOCAL_RANK where the DeepSpeed backend made LOCAL_RANK its device index
+    return directory, os.environ.get("NCA_SCALE_LOCAL_RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def wait_for(ready: Callable[[], bool], what: str, wait_s: float = 3600.0, poll_s: float = 0.02) -> None:

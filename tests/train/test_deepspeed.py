@@ -3,6 +3,9 @@ losses, grad norms, gathered weights and Adam moments, with plain SGD too; bf16 
 process; resume is bit-exact in fp32 and bf16. (Nothing is JIT-compiled but DeepSpeedCPUAdam for offload, ~90 s
 on a fresh machine: cpu_compat keeps DeepSpeed from building its inference-only shm_comm op.)"""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from train_helpers import (
@@ -108,3 +111,63 @@ def test_zero3_partitioned_build_says_so(tmp_path):
     """The start-up line of a ZeRO-3 run names the partitioned build (one step, one rank)."""
     proc = train(tmp_path / "run", "steps=1", "backend=deepspeed", "deepspeed.zero=3")
     assert "ZeRO-3: the model is built partitioned over dp=1 (deepspeed.zero.Init)" in proc.stdout, proc.stdout
+
+
+# ---- the GPU path, where a CPU can check it ---------------------------------------------------------------
+def test_local_rank_becomes_the_device_index_with_one_gpu_per_task(monkeypatch, tmp_path):
+    """srun --gpus-per-task=1: rank 3 of a node sees one GPU, cuda:0 (dist.visible_device). DeepSpeed reads
+    LOCAL_RANK as the device index (set_device, zero.Init), which would be "invalid device ordinal"; the
+    launcher's value stays the node-local rank for the node's shared files."""
+    from nca_scale import files
+    from nca_scale.train.backends.deepspeed import local_rank_is_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.delenv("NCA_SCALE_LOCAL_RANK", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    local_rank_is_device(torch.device("cuda", 0))
+    assert os.environ["LOCAL_RANK"] == "0" and os.environ["NCA_SCALE_LOCAL_RANK"] == "3"
+    assert files.node_share("test")[1] is False  # not the node's first rank
+    local_rank_is_device(torch.device("cuda", 0))  # idempotent: the launcher's value is kept
+    assert os.environ["NCA_SCALE_LOCAL_RANK"] == "3"
+    monkeypatch.setenv("LOCAL_RANK", "5")  # all GPUs visible: LOCAL_RANK already is the device
+    monkeypatch.delenv("NCA_SCALE_LOCAL_RANK")
+    local_rank_is_device(torch.device("cuda", 5))
+    local_rank_is_device(torch.device("cpu"))
+    assert os.environ["LOCAL_RANK"] == "5" and "NCA_SCALE_LOCAL_RANK" not in os.environ
+
+
+def _bf16_rope() -> None:
+    """Child process: a bf16 DeepSpeed engine of one rank; prints its RoPE tables' dtypes and their largest
+    difference from the fp32 ones."""
+    import json
+
+    from nca_scale.model.layout import init_tensor
+    from nca_scale.model.llama import rope_tables
+    from nca_scale.train.backends.deepspeed import DeepSpeedEngine
+    from nca_scale.train.config import from_args
+
+    cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=deepspeed", "precision=bf16", "deepspeed.zero=1"]).resolved()
+    engine = DeepSpeedEngine(cfg, lambda name: init_tensor(cfg.model, name, 0), set())
+    module = engine.engine.module
+    cos, sin = rope_tables(cfg.model.head_dim, cfg.seq_len, cfg.model.rope_theta)
+    print(json.dumps({"dtypes": [str(module.rope_cos.dtype), str(module.rope_sin.dtype)],
+                      "weight": str(module.head.weight.dtype),
+                      "diff": max((module.rope_cos - cos).abs().max().item(), (module.rope_sin - sin).abs().max().item())}))
+
+
+def test_bf16_engine_keeps_the_rope_tables_in_fp32():
+    """DeepSpeed's bf16 casts the module's parameters, and before 0.19.2 its buffers too (module.bfloat16(): RoPE's
+    cos/sin in bf16, 8 significant bits); since 0.19.2 (deepspeedai/DeepSpeed#8066, pyproject's floor) floating
+    buffers keep their dtype, as the torch backend (autocast) and megatron keep them fp32."""
+    import json
+    import subprocess
+    import sys
+
+    code = "import sys; sys.path.insert(0, 'tests/train'); import test_deepspeed as t; t._bf16_rope()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["weight"] == "torch.bfloat16"  # the module was cast
+    assert got["dtypes"] == ["torch.float32", "torch.float32"] and got["diff"] == 0.0, got

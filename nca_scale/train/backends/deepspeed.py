@@ -7,6 +7,7 @@ DeepSpeed needs its own DeepSpeedCPUAdam, built from the same settings (so offlo
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ class DeepSpeedEngine:
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the process group above
         self.cfg, self.device = cfg, tdist.device()
+        local_rank_is_device(self.device)
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
         o = cfg.optim
         config = {
@@ -105,6 +107,22 @@ class DeepSpeedEngine:
         )
         if optimizer and self.cfg.deepspeed.offload:
             _replay_cpu_adam_powers(self.engine.optimizer.optimizer)
+
+
+NODE_LOCAL_RANK = "NCA_SCALE_LOCAL_RANK"  # the launcher's LOCAL_RANK where local_rank_is_device changed it
+
+
+def local_rank_is_device(device: torch.device) -> None:
+    """DeepSpeed takes LOCAL_RANK for this rank's CUDA device index wherever it places a tensor (the engine's
+    set_device, zero.Init, ZeRO-3's rank checks), reading the variable each time. With one GPU visible per task
+    (srun --gpus-per-task=1, --gpu-bind=single:1) the device is cuda:0 on every rank (dist.visible_device) and
+    LOCAL_RANK 1-7 would be "invalid device ordinal". So LOCAL_RANK becomes the device index dist.device() chose,
+    for the rest of the process; the launcher's value moves to NCA_SCALE_LOCAL_RANK, which files.node_share
+    reads first (the node's first rank still makes the node's shared files)."""
+    if device.type != "cuda" or os.environ.get("LOCAL_RANK") == str(device.index):
+        return
+    os.environ.setdefault(NODE_LOCAL_RANK, os.environ.get("LOCAL_RANK", "0"))
+    os.environ["LOCAL_RANK"] = str(device.index)
 
 
 def zero_buckets(cfg: TrainConfig) -> dict:
