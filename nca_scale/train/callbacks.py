@@ -2,7 +2,7 @@
 
 Hooks: pre_train (after the model is built), post_step (with the step's metrics dict, which callbacks of
 higher priority may extend), post_eval, post_train (after the trainer's last save, also after a stop),
-rewound, flush, on_error. Each hook runs over the callbacks in descending `priority` (as OLMo-core orders
+rewound, on_error. Each hook runs over the callbacks in descending `priority` (as OLMo-core orders
 them; equal priorities are independent of each other): the speed monitor extends the metrics before the
 loggers read them, and the loggers write a step before the checkpointer saves it (a kill right after the commit
 must not lose its line). No callback looks for another: what they share is the trainer (save_checkpoint,
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,11 +23,7 @@ import torch.distributed as dist
 
 from nca_scale.config import to_dict
 from nca_scale.model.config import flops_per_token
-from nca_scale.train import checkpoint, run_files
-from nca_scale.train import dist as tdist
-from nca_scale.train.checkpoint import commit as checkpoint_commit
-from nca_scale.train.checkpoint import mirror
-from nca_scale.train.checkpoint import verify as checkpoint_verify
+from nca_scale.train import run_files
 from nca_scale.train.speed import peak_flops_per_rank
 
 log = logging.getLogger(__name__)
@@ -46,8 +41,7 @@ class Callback:
     def post_eval(self, trainer, metrics: dict) -> None: ...
     def post_train(self, trainer) -> None: ...
     def rewound(self, trainer) -> None: ...  # after a rollback set trainer.step back
-    def flush(self, trainer) -> None: ...  # finish background work before a stop or a rollback (every rank)
-    def on_error(self, trainer) -> None: ...  # an error ends this rank: wait for its own background work only
+    def on_error(self, trainer) -> None: ...  # an error ends this rank
 
 
 def _rank0() -> bool:
@@ -55,115 +49,21 @@ def _rank0() -> bool:
 
 
 class Checkpointer(Callback):
-    """Saves every `checkpoint.every` steps, and when the trainer asks (Trainer.save_checkpoint: at the end of a
-    run and at a stop), staged, then committed by rank 0 (checkpoint_commit.py); keeps the last k; with
-    checkpoint.url= also publishes each one there, in a thread on rank 0 (the upload never blocks a step). Its
-    priority is below the loggers', so a step is logged before it is checkpointed; resuming is the Trainer's
-    (Trainer.resume).
-
-    A backend that writes in the background (megatron with checkpoint.asynchronous) returns a Writing from
-    engine.save: the steps go on, every rank asks after each step whether all ranks' files are written (one
-    all-reduce), and then rank 0 commits the checkpoint in the thread too (checksums, manifest, rename,
-    `latest`), so a kill before the commit ends leaves the previous checkpoint as `latest`. Background work is
-    finished before the next save, at the end of the run, before a preemption stop and before a non-finite stop
-    or rollback (flush); on an error this rank's writer is waited for but nothing more is committed (on_error).
-    The other ranks wait for rank 0 on the gloo side group (dist.wait_for_rank0), never on the training group."""
+    """Decides when to save: every `checkpoint.every` steps; after each step it also lets a save written in the
+    background make progress. The saving itself (staging, background writes, the commit protocol, the mirror,
+    bounded waits, failures shared by every rank) is the Trainer's Saver (train/checkpoint/saver.py), which
+    also saves at the end of a run and at a stop (Trainer.save_checkpoint). Its priority is below the loggers',
+    so a step is logged before it is checkpointed; resuming is the Trainer's (Trainer.resume)."""
 
     priority = SAVES
 
-    def __init__(self) -> None:
-        self.writing: tuple | None = None  # (Writing, step, tokens, skipped steps, start time) of a save in flight
-        self.background: threading.Thread | None = None  # rank 0: a commit and/or an upload
-        self.background_error: BaseException | None = None
-
     def post_step(self, trainer, metrics: dict) -> None:
         t0 = time.perf_counter()
-        if self.writing is not None and self.writing[0].poll():
-            self._written(trainer)
+        trainer.saver.poll(trainer.step)
         every = trainer.cfg.checkpoint.every
         if every and trainer.step % every == 0:
-            self.save(trainer)
+            trainer.saver.save(trainer.step, trainer.tokens, sorted(trainer.skipped))
         trainer.checkpoint_time += time.perf_counter() - t0  # the loop is blocked while a save (or its wait) runs
-
-    def flush(self, trainer) -> None:
-        """Finish the save in flight: every rank's files written, then rank 0's commit and upload (all ranks
-        call it)."""
-        if self.writing is not None:
-            self.writing[0].wait()
-            self._written(trainer)
-        if self.background is not None:
-            self.background.join()
-            self.background = None
-            if self.background_error is not None:
-                raise self.background_error
-        tdist.wait_for_rank0()
-
-    def on_error(self, trainer) -> None:
-        """An error stops this rank: its writer and rank 0's thread end before it does, so no process writes into
-        the checkpoint directory after the run is gone; a save still being written stays uncommitted."""
-        if self.writing is not None:
-            self.writing[0].abandon()
-            self.writing = None
-        if self.background is not None:
-            self.background.join()
-
-    def save_now(self, trainer) -> None:
-        """The current step committed before this returns (Trainer.save_checkpoint: the end of a run, a stop)."""
-        self.flush(trainer)
-        if not checkpoint.is_complete(checkpoint.step_dir(trainer.cfg.out, trainer.step)):
-            self.save(trainer)
-            self.flush(trainer)
-
-    def save(self, trainer) -> None:
-        cfg, t0 = trainer.cfg, time.perf_counter()
-        self.flush(trainer)  # one save at a time: the previous one is committed before this one begins
-        if _rank0():
-            checkpoint_commit.begin(cfg.out, trainer.step)
-        tdist.wait_for_rank0()
-        writing = trainer.engine.save(checkpoint.staging_dir(cfg.out, trainer.step))
-        state = (trainer.step, trainer.tokens, sorted(trainer.skipped))
-        if writing is not None:
-            self.writing = (writing, *state, t0)
-            log.info(f"saving step {trainer.step} in the background (the steps were blocked "
-                     f"{time.perf_counter() - t0:.2f}s)")
-            return
-        tdist.wait_for_rank0()  # every rank's files are written
-        files = checkpoint_verify.file_table_in_parallel(checkpoint.staging_dir(cfg.out, trainer.step))
-        if _rank0():
-            path = checkpoint_commit.commit(cfg, *state[:2], files, skipped_steps=state[2])
-            log.info(f"saved {path} ({time.perf_counter() - t0:.1f}s)")
-            if cfg.checkpoint.url:
-                self._in_background(self._publish, cfg, path)
-        tdist.wait_for_rank0()
-
-    def _written(self, trainer) -> None:
-        """Every rank's files of the save in flight are written: rank 0 commits them in the background."""
-        _, step, tokens, skipped, t0 = self.writing
-        self.writing = None
-        if _rank0():
-            self._in_background(self._commit, trainer, step, tokens, skipped, t0)
-
-    def _commit(self, trainer, step: int, tokens: int, skipped: list[int], t0: float) -> None:
-        path = checkpoint_commit.commit(trainer.cfg, step, tokens, skipped_steps=skipped)
-        log.info(f"saved {path} at step {trainer.step} ({time.perf_counter() - t0:.1f}s after the save began)")
-        self._publish(trainer.cfg, path)
-
-    @staticmethod
-    def _publish(cfg, path: Path) -> None:
-        if cfg.checkpoint.url:
-            mirror.publish(path, cfg.checkpoint.url, cfg.checkpoint.keep_last)
-
-    def _in_background(self, work, *args) -> None:
-        """Run work(*args) in a thread of rank 0; flush() joins it and raises its error on the main thread."""
-        def run() -> None:
-            try:
-                work(*args)
-            except BaseException as e:
-                self.background_error = e
-
-        self.background_error = None
-        self.background = threading.Thread(target=run, name="nca-scale-checkpoint")
-        self.background.start()
 
 
 class SpeedMonitor(Callback):

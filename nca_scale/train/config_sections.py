@@ -47,12 +47,17 @@ class CheckpointConfig:
     # megatron, torch: write a checkpoint's files in the background while the steps go on, commit them once written;
     # None = on with a GPU, off on a CPU (docs/training.md, "Asynchronous saves")
     asynchronous: bool | None = None
+    # seconds a background write may take before its save is abandoned (the previous checkpoint stays `latest`,
+    # the next save retries; the last save of a run fails it); None = from the checkpoint's size at 50 MB/s, >= 600
+    write_timeout_s: float | None = None
 
     def validate(self, backend: str) -> None:
         if self.every < 0:
             raise UserError(f"checkpoint.every={self.every} must be >= 0")
         if self.keep_last < 1:
             raise UserError(f"checkpoint.keep_last={self.keep_last} must be >= 1")
+        if self.write_timeout_s is not None and self.write_timeout_s <= 0:
+            raise UserError(f"checkpoint.write_timeout_s={self.write_timeout_s} must be > 0 (seconds)")
         if self.asynchronous and backend == "deepspeed":
             raise UserError("checkpoint.asynchronous=true needs backend=megatron or torch (backend=deepspeed saves "
                             "synchronously)")

@@ -7,11 +7,12 @@ NCCL-only group, such as the ones megatron-core creates)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TypeVar
 
@@ -124,22 +125,79 @@ def wait_for_rank0() -> None:
         dist.barrier(group=side_group())
 
 
+class RankFailure(UserError):
+    """Checkpoint, verification or commit work that failed on one rank, raised on every rank with that rank and its
+    error named (shared_failure): the job ends within seconds on all of them, not when a collective times out."""
+
+
+def _described(error: BaseException) -> str:
+    """One line: the error's first line, and its last where it carries a traceback (DCP's CheckpointException)."""
+    lines = str(error).strip().splitlines() or [""]
+    text = lines[0] if len(lines) == 1 else f"{lines[0].strip()} ... {lines[-1].strip()}"
+    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
+
+
+def shared_failure(error: BaseException | None, what: str) -> None:
+    """Every rank calls this after work that may fail on one rank alone (`error`: this rank's, or None): if any
+    rank failed, every rank raises RankFailure naming the first failing rank. A gather on the side group, so it
+    waits for the slowest rank under rank0_timeout_s."""
+    rank, world = rank_and_world()
+    mine = None if error is None else _described(error)
+    if world == 1:
+        found = [mine]
+    else:
+        found = [None] * world
+        dist.all_gather_object(found, mine, group=side_group())
+    failed = next(((r, m) for r, m in enumerate(found) if m is not None), None)
+    if failed is not None:
+        raise RankFailure(f"{what} failed on rank {failed[0]}: {failed[1]}") from error
+
+
+@contextlib.contextmanager
+def failures_shared(what: str) -> Iterator[None]:
+    """Run the block on every rank; an exception in it on any rank ends the block on every rank with a
+    RankFailure naming that rank (shared_failure). The block must not wait for other ranks (its own
+    collectives would leave a failed rank's peers waiting inside them)."""
+    error = None
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+        error = e
+    shared_failure(error, what)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank (a one-integer all-reduce on the side group): a decision every rank
+    takes alike, such as a deadline one rank's clock has passed."""
+    if rank_and_world()[1] == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=side_group())
+    return bool(t.item())
+
+
 def decided_by_rank0(decide: Callable[[], T]) -> T:
-    """decide() on global rank 0 only, and its result (or its UserError) on every rank: for choices that all
-    ranks must make alike and that read a lot, like picking a checkpoint by checksumming its files, which
-    every rank doing would multiply by the world size."""
+    """decide() on global rank 0 only, and its result (or its error) on every rank: for choices that all ranks
+    must make alike and that read a lot, like picking a checkpoint by checksumming its files, which every rank
+    doing would multiply by the world size. A UserError stays one; any other error (an OSError while
+    checksumming) reaches the other ranks as a RankFailure naming rank 0."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return decide()
     box: list = [None]
+    error = None
     if dist.get_rank() == 0:
         try:
             box = [("ok", decide())]
-        except UserError as e:
-            box = [("error", str(e))]
+        except Exception as e:
+            error, box = e, [("user" if isinstance(e, UserError) else "error", _described(e))]
     dist.broadcast_object_list(box, src=0, group=side_group())  # the others wait for rank 0's reading here
     kind, value = box[0]
+    if kind == "user":
+        raise UserError(value) from error
     if kind == "error":
-        raise UserError(value)
+        raise RankFailure(f"rank 0 failed: {value}") from error
     return value
 
 

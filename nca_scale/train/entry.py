@@ -42,8 +42,8 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
         with run_folder.start(cfg, writer=os.environ["RANK"] == "0"):
             return _in_process(run, cfg, None)
     resume = checkpoint_select.resolve(cfg, cfg.resume)  # verified here, once; the ranks take it as is
-    if resume:
-        checkpoint_select.check_resumable(cfg, resume)
+    if resume and checkpoint_select.finished(cfg, resume, checkpoint_select.check_resumable(cfg, resume)):
+        return Outcome(0)  # said so; nothing started, nothing written
     if cfg.init_from:
         # an absolute path: a folder named `never` or `auto` is a checkpoint here, not resume's keyword (fuzz)
         transfer.check(cfg, checkpoint_select.resolve(cfg, os.path.abspath(cfg.init_from)))

@@ -27,6 +27,7 @@ from nca_scale.model.config import describe
 from nca_scale.train import backends, callbacks, checkpoint, dist, transfer
 from nca_scale.train.callbacks import Callback, Checkpointer
 from nca_scale.train.checkpoint import select as checkpoint_select
+from nca_scale.train.checkpoint.saver import Saver
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
 from nca_scale.train.preemption import Preemption, exit_status
@@ -57,8 +58,8 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
 class Trainer:
     def __init__(self, cfg: TrainConfig, engine, callbacks: list[Callback]):
         self.cfg, self.engine = cfg, engine
-        self.checkpointer = Checkpointer()
-        self.callbacks = sorted([*callbacks, self.checkpointer], key=lambda cb: -cb.priority)
+        self.saver = Saver(cfg, engine)  # writes, commits and mirrors checkpoints; the Checkpointer says when
+        self.callbacks = sorted([*callbacks, Checkpointer()], key=lambda cb: -cb.priority)
         self.stop_signal: int | None = None  # set by request_stop
         self.step, self.tokens = 0, 0
         self.skipped: set[int] = set()  # steps whose batch is not trained on (on_nonfinite=rollback)
@@ -88,7 +89,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """The current step committed before this returns (every rank calls it; nothing to do if it is)."""
-        self.checkpointer.save_now(self)
+        self.saver.save_now(self.step, self.tokens, sorted(self.skipped))
 
     def request_stop(self, signum: int) -> None:
         """End fit() after the current step: it saves that step and returns FitOutcome(step, signum). Every rank
@@ -99,7 +100,8 @@ class Trainer:
         try:
             return self._fit()
         except BaseException:
-            for cb in self.callbacks:  # e.g. a checkpoint writer of this rank still running
+            self.saver.abandon()  # this rank's checkpoint writer stops; nothing more is committed
+            for cb in self.callbacks:
                 cb.on_error(self)
             raise
         finally:
@@ -137,6 +139,7 @@ class Trainer:
         if cfg.eval_every and self.evaluated_at != self.step and self.stop_signal is None:
             self.evaluate()  # the final weights are always evaluated; a stopped run's are not final
         self.save_checkpoint()
+        self.saver.close()
         for cb in self.callbacks:
             cb.post_train(self)
         return FitOutcome(self.step, self.stop_signal)
@@ -147,14 +150,14 @@ class Trainer:
         self.engine.load(path)
         self.step, self.tokens = meta["step"], meta["tokens"]
         self.skipped = set(meta.get("skipped_steps", []))
+        self.saver.resumed(meta)
         return meta
 
     def non_finite(self, loss: float, grad_norm: float) -> None:
         """Stop, or roll back to the newest verified checkpoint and skip this step from now on."""
         cfg, bad = self.cfg, self.step + 1
         what = f"step {bad}: loss {loss}, grad norm {grad_norm}"
-        for cb in self.callbacks:  # a save in flight is committed first: it is a checkpoint to return to
-            cb.flush(self)
+        self.saver.flush()  # a save in flight is committed first: it is a checkpoint to return to
         if cfg.on_nonfinite == "stop":
             raise UserError(f"{what} (non-finite); stopped without saving. Lower optim.lr, check the data, or set "
                             f"on_nonfinite=rollback to skip such batches")
@@ -210,6 +213,8 @@ def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | 
 
 def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) -> FitOutcome:
     resume_from = _resume_from(cfg, chosen)
+    if resume_from and chosen is None and checkpoint_select.finished(cfg, resume_from, checkpoint.read_meta(resume_from)):
+        return FitOutcome(cfg.total_steps)  # a rank started by hand (srun, torchrun): `nca-scale train` checked before
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))
@@ -221,6 +226,8 @@ def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) ->
     log.info(describe(cfg.model, cfg.seq_len))
     if resume_from:
         saved = trainer.resume(resume_from)["config"]
+        if record := dist.decided_by_rank0(lambda: checkpoint_select.rewind(cfg, resume_from)):
+            trainer.saver.rewound(record)
         log.info(f"resumed from {resume_from} at step {trainer.step}")
         before, now = saved["schedule"]["total"] or saved["steps"], cfg.schedule.total or cfg.total_steps
         if before != now:  # schedule.total defaults to the run length: extending a run stretches the schedule

@@ -8,28 +8,37 @@ from typing import Protocol
 
 import torch
 
+from nca_scale.train import dist as tdist
 from nca_scale.train.config import OptimConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
 
 
 class Writing:
-    """A save whose files are still being written (checkpoint.asynchronous: megatron, torch); callbacks.Checkpointer
-    commits it once poll() or wait() says every rank's files are complete. A backend implements poll and
-    abandon; wait is the same for all."""
+    """A save whose files are still being written (checkpoint.asynchronous: megatron, torch); the Saver
+    (train/checkpoint/saver.py) commits it once poll() or wait() says every rank's files are complete, and
+    abandons it past its deadline. A backend implements poll and abandon; wait is the same for all."""
 
     def poll(self) -> bool:
-        """Whether every rank has written its files; a collective (every rank calls it at the same step)."""
+        """Whether every rank has written its files; a collective (every rank calls it at the same step). A
+        writer's failure is raised here."""
         raise NotImplementedError
 
-    def wait(self) -> None:
-        """Block until every rank has written its files: polls in a loop, so that no single collective waits for
-        a slow writer on another rank (it would run into dist_timeout_s)."""
+    def wait(self, deadline: float) -> bool:
+        """Block until every rank has written its files (True), or until any rank's clock passes `deadline`
+        (time.monotonic(); False, on every rank alike). Polls in a loop, so that no single collective waits for
+        a slow writer on another rank (it would run into dist_timeout_s), and a writer that died or stalls
+        cannot hold the ranks past the deadline."""
         while not self.poll():
+            if tdist.any_rank(time.monotonic() > deadline):
+                return False
             time.sleep(0.05)
+        return True
 
-    def abandon(self) -> None:
-        """Wait for this rank's writer only, without collectives (an error ends the run)."""
+    def abandon(self, everywhere: bool) -> None:
+        """Stop this rank's writer without waiting for the other ranks; its files stay uncommitted. `everywhere`:
+        every rank abandons this save at this point (a deadline or a writer error they agreed on), so the
+        backend may make collectives to prepare the next save; otherwise (an error ends this rank) it must not."""
         raise NotImplementedError
 
 

@@ -20,10 +20,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
-from nca_scale.train import checkpoint, cpu_compat
+from nca_scale.train import checkpoint, cpu_compat, faults
 from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import Writing
-from nca_scale.train.checkpoint import commit as checkpoint_commit
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
@@ -352,7 +351,8 @@ def _write_in_background(write, name: str, *args, **kwargs) -> None:
     from nca_scale import procs
 
     procs.die_with_parent()
-    checkpoint_commit.pause_for_tests(name, "writing in the background")
+    faults.pause_for_tests(name, "writing in the background")
+    faults.hit("writer", name)
     write(*args, **kwargs)
 
 
@@ -368,8 +368,8 @@ class BackgroundWrite(Writing):
         self.queue.maybe_finalize_async_calls(blocking=False)
         return self.queue.get_num_unfinalized_calls() == 0
 
-    def abandon(self) -> None:
-        """Wait for this rank's writer without any collective (the other ranks may be gone)."""
+    def abandon(self, everywhere: bool) -> None:
+        """Kill this rank's writer process (and with it the writers it forked), without any collective."""
         for active in self.queue.async_calls:
-            active.async_caller.close()
+            active.async_caller.close(abort=True)
         self.queue.async_calls.clear()

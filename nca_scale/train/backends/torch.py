@@ -28,10 +28,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nca_scale.model.llama import Llama, masked_loss
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, faults
 from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import Writing, freeze, torch_optimizer
-from nca_scale.train.checkpoint import commit as checkpoint_commit
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
@@ -56,8 +55,9 @@ class TorchEngine:
         if self.asynchronous is None:
             self.asynchronous = self.device.type == "cuda"
         # the background save's collectives (plan, metadata) run in its thread, next to the training group's
-        self.save_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.rank0_timeout_s)) \
-            if self.asynchronous else None
+        self.save_group = None
+        if self.asynchronous:
+            self._new_save_group()
         log.info(f"checkpoints: torch.distributed.checkpoint over dp={self.dp_size}, "
                  + ("written in the background (checkpoint.asynchronous)" if self.asynchronous else "written synchronously"))
 
@@ -96,6 +96,10 @@ class TorchEngine:
         losses = [self._loss(*mb).item() for mb in zip(batch.inputs, batch.targets, batch.masks)]
         return tdist.mean_over(sum(losses) / len(losses))
 
+    def _new_save_group(self) -> None:
+        """A gloo group for background saves (a collective: every rank makes it at the same point)."""
+        self.save_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=self.cfg.rank0_timeout_s))
+
     def save(self, path: Path) -> BackgroundSave | None:
         if self.optimizer.state:
             model, optimizer = get_state_dict(self.model, self.optimizer)
@@ -107,7 +111,8 @@ class TorchEngine:
             return None
         # async_save copies the state to new host memory before it returns; a thread writes the copy
         writer = _BackgroundWriter(path / DCP, path.name.removesuffix(checkpoint.STAGING))
-        return BackgroundSave(dcp.async_save(state, storage_writer=writer, process_group=self.save_group), self.device)
+        return BackgroundSave(dcp.async_save(state, storage_writer=writer, process_group=self.save_group), self.device,
+                              self._new_save_group)
 
     def load(self, path: Path, optimizer: bool = True) -> None:
         if (path / LEGACY).is_file():
@@ -140,15 +145,16 @@ class _BackgroundWriter(dcp.FileSystemWriter):
         self.name = name
 
     def write_data(self, plan, planner):
-        checkpoint_commit.pause_for_tests(self.name, "writing in the background")
+        faults.pause_for_tests(self.name, "writing in the background")
+        faults.hit("writer", self.name)
         return super().write_data(plan, planner)
 
 
 class BackgroundSave(Writing):
     """A DCP save whose copy of the state is being written by a thread on each rank (callbacks.Checkpointer)."""
 
-    def __init__(self, future: Future, device: torch.device):
-        self.future, self.device = future, device
+    def __init__(self, future: Future, device: torch.device, renew_group):
+        self.future, self.device, self.renew_group = future, device, renew_group
 
     def poll(self) -> bool:
         """Whether every rank's save is done (then rank 0 has written .metadata); a collective on the training
@@ -159,8 +165,10 @@ class BackgroundSave(Writing):
             self.future.result()
         return finished
 
-    def abandon(self) -> None:
-        """Wait for this rank's thread without a collective of our own; its save collectives end when the other
-        ranks' threads finish or their processes exit (gloo then fails them at once)."""
-        with contextlib.suppress(Exception):
-            self.future.result()
+    def abandon(self, everywhere: bool) -> None:
+        """Stop waiting for this rank's thread (a thread cannot be killed). Its save collectives still run on
+        the save group: when every rank abandons the save, the engine makes the next save a new group, so that
+        they never meet the next save's; on an error of this rank, they end when the other ranks' threads
+        finish or their processes exit (gloo then fails them at once)."""
+        if everywhere:
+            self.renew_group()

@@ -4,6 +4,7 @@
     OUT/checkpoints/step_00000010/      a committed checkpoint: the backend's files + meta.json (the manifest)
     OUT/checkpoints/step_00000012.tmp/  a save in progress, or one a kill interrupted: never read
     OUT/checkpoints/latest              "step_00000010": the newest committed checkpoint
+    OUT/checkpoints/abandoned-<time>/   step folders of a trajectory a resume rewound past: never read again
 
 A directory is committed once it has its meta.json (step, tokens, data position, layout, config, version, and
 every file's size and sha256). This package holds everything about checkpoints, one job per module:
@@ -27,6 +28,7 @@ META = "meta.json"
 LATEST = "latest"
 STAGING = ".tmp"
 STEP_NAME = re.compile(r"step_(\d{8})")  # a committed or published step directory (a staging one never matches)
+ABANDONED = "abandoned-"  # abandoned-<time>/: the later steps of a trajectory a resume rewound past (select.rewind)
 
 
 def root(out: str | Path) -> Path:

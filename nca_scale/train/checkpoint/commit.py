@@ -16,13 +16,12 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 import nca_scale
 from nca_scale.config import to_dict
 from nca_scale.files import fsync, write_atomic
-from nca_scale.train import checkpoint
+from nca_scale.train import checkpoint, faults
 from nca_scale.train.checkpoint.verify import file_table
 from nca_scale.train.config import TrainConfig
 
@@ -48,17 +47,6 @@ def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, files: dict
     return meta
 
 
-def pause_for_tests(name: str, where: str) -> None:
-    """The chaos test (tests/train/test_chaos.py) widens the windows between commit steps so its kills land
-    inside them, and reads this line to know which window of which checkpoint's commit it is in;
-    NCA_SCALE_TEST_SAVE_PAUSE is seconds per window, unset in real runs. A warning, so that every rank's
-    background writer shows it, as the test expects."""
-    seconds = float(os.environ.get("NCA_SCALE_TEST_SAVE_PAUSE", 0) or 0)
-    if seconds:
-        log.warning("test pause: %s: %s", name, where)
-        time.sleep(seconds)
-
-
 def begin(out: str | Path, step: int) -> Path:
     """A fresh, empty staging directory for `step` (rank 0; one writer per OUT), stale ones removed."""
     base = checkpoint.root(out)
@@ -75,15 +63,16 @@ def commit(cfg: TrainConfig, step: int, tokens: int, files: dict[str, dict] | No
     """Publish the staging directory of `step` whose backend files every rank has finished (rank 0); `files`:
     their manifest entries if the ranks made them already (file_table_in_parallel), else they are made here."""
     staging, final = checkpoint.staging_dir(cfg.out, step), checkpoint.step_dir(cfg.out, step)
+    faults.hit("commit", final.name)
     files = file_table(staging) if files is None else files  # fsynced and checksummed
-    pause_for_tests(final.name, "files written")
+    faults.pause_for_tests(final.name, "files written")
     write_meta(staging, cfg, step, tokens, files, **extra)
-    pause_for_tests(final.name, "manifest written")
+    faults.pause_for_tests(final.name, "manifest written")
     if final.exists():  # the same step saved again (after a rollback): the older copy goes first
         shutil.rmtree(final)
     os.rename(staging, final)
     fsync(final.parent)
-    pause_for_tests(final.name, "renamed")
+    faults.pause_for_tests(final.name, "renamed")
     write_atomic(checkpoint.root(cfg.out) / checkpoint.LATEST, final.name + "\n")
     prune(cfg.out, cfg.checkpoint.keep_last)
     return final

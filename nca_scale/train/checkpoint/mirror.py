@@ -48,7 +48,10 @@ def publish(path: Path, url: str, keep: int) -> None:
     target.put_atomic(META, (path / META).read_bytes())
     loc.put_atomic(LATEST, (path.name + "\n").encode())
     committed, _ = _remote_steps(loc)
-    for name in committed[:-keep]:
+    for name in committed:  # later steps there are of a trajectory this run rewound past (select.rewind)
+        if name > path.name:
+            loc.fs.rm(loc.path(name), recursive=True)
+    for name in [n for n in committed if n <= path.name][:-keep]:
         if name != path.name:
             loc.fs.rm(loc.path(name), recursive=True)
 

@@ -10,11 +10,14 @@ continue the same run exactly.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from nca_scale.config import to_dict
 from nca_scale.errors import UserError
+from nca_scale.files import fsync, write_atomic
 from nca_scale.train import checkpoint
 from nca_scale.train.checkpoint import mirror
 from nca_scale.train.checkpoint.verify import verify
@@ -74,15 +77,83 @@ def resolve(cfg: TrainConfig, which: str | None, report: Callable[[str], None] =
     return path
 
 
+def rewind(cfg: TrainConfig, path: Path) -> dict | None:
+    """Resuming `path` (step S) while OUT/checkpoints holds later steps (`resume=DIR` to an older checkpoint, the
+    usual answer to a loss spike) starts a new lineage: the later step folders (committed or staging) move to
+    OUT/checkpoints/abandoned-<time>/, where nothing selects, prunes or overwrites them, and `latest` names `path`
+    if it is one of OUT's. Returns the record each later manifest keeps (its "lineage"), None when nothing was
+    later. Called once per job, by rank 0, before any save (trainer._run)."""
+    step = checkpoint.read_meta(path)["step"]
+    base = checkpoint.root(cfg.out)
+    later = sorted(p for p in base.iterdir() if (m := checkpoint.STEP_NAME.fullmatch(
+        p.name.removesuffix(checkpoint.STAGING))) and int(m[1]) > step) if base.is_dir() else []
+    if not later:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = base / f"{checkpoint.ABANDONED}{stamp}"
+    aside.mkdir()
+    for p in later:
+        os.rename(p, aside / p.name)
+    if path.resolve().parent == base.resolve():
+        write_atomic(base / checkpoint.LATEST, path.name + "\n")
+    fsync(base)
+    names = [p.name for p in later]
+    log.info(f"resuming {path} (step {step}) starts a new lineage: {', '.join(names)} of the previous trajectory "
+             f"moved to {aside}")
+    return {"resumed_from": str(path), "step": step, "abandoned": aside.name, "steps": names}
+
+
+# What a resume must keep to continue the same run: every setting that changes the numbers, and per backend the
+# settings that shape the saved optimizer state (which its loader cannot convert).
+SAME_NUMBERS = ("model", "data", "batch_size", "seed", "precision")
+BACKEND_STATE = {"deepspeed": ("deepspeed.zero",), "megatron": ("megatron.distributed_optimizer",)}
+_ABSENT = object()
+
+
+def _at(config: dict, key: str):
+    for part in key.split("."):
+        config = config.get(part, _ABSENT) if isinstance(config, dict) else _ABSENT
+    return config
+
+
+def _differences(saved, current, key: str) -> list[tuple[str, object, object]]:
+    """(key, saved value, current value) of each field that differs; a field the checkpoint's older config does not
+    hold is not compared."""
+    if saved is _ABSENT:
+        return []
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [d for k in saved for d in _differences(saved[k], current.get(k, _ABSENT), f"{key}.{k}")]
+    return [] if saved == current else [(key, saved, current)]
+
+
+def _value(v) -> str:
+    """As it is written on the command line."""
+    return "null" if v is None or v is _ABSENT else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def finished(cfg: TrainConfig, path: Path, meta: dict) -> bool:
+    """Whether `path` already holds this run's last step; if so, says so: resuming a finished run trains nothing
+    and writes nothing (no second evaluation row, no new files in the run folder)."""
+    if meta["step"] < cfg.total_steps:
+        return False
+    log.info(f"{path} is at step {meta['step']} and this run ends at step {cfg.total_steps}: nothing to train, "
+             f"nothing written; to train further pass steps= above {meta['step']}")
+    return True
+
+
 def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     """Refuse a resume that could not continue the same run exactly."""
     meta = checkpoint.read_meta(path)
     saved, current = sectioned(meta["config"]), to_dict(cfg.resolved())  # older checkpoints hold flat keys
     if meta["backend"] != cfg.backend:
         raise UserError(f"{path} was written by backend={meta['backend']}; resume it with that backend, or use init_from=")
-    for key in ("model", "data", "batch_size", "seed"):
-        if saved[key] != current[key]:
-            raise UserError(f"{path}: '{key}' differs from the checkpoint's; resuming would not continue the same run")
+    keys = [*SAME_NUMBERS, *BACKEND_STATE.get(cfg.backend, ())]
+    found = [d for key in keys for d in _differences(_at(saved, key), _at(current, key), key)]
+    if found:
+        shown = "; ".join(f"{k} is {_value(was)} in the checkpoint but {_value(now)} here" for k, was, now in found)
+        fix = " ".join(f"{k}={_value(was)}" for k, was, _ in found)
+        raise UserError(f"{path} cannot continue this run exactly: {shown}; resume with {fix} (or start from its "
+                        "weights with init_from=)")
     layout = meta["layout"]
     moved = [k for k in ("tp", "pp", "vpp") if layout[k] != getattr(cfg.parallel, k)]
     if cfg.backend == "megatron" and moved and saved["megatron"]["distributed_optimizer"]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from nca_scale.files import file_sha256 as sha256  # module-level: tests count the calls
 from nca_scale.files import fsync
-from nca_scale.train.checkpoint import META, read_meta
+from nca_scale.train import faults
+from nca_scale.train.checkpoint import META, STAGING, read_meta
 
 
 def _files(path: Path) -> list[Path]:
@@ -25,6 +26,7 @@ def _entry(path: Path) -> dict:
 
 
 def file_table(path: Path) -> dict[str, dict]:
+    faults.hit("verify", path.name.removesuffix(STAGING))
     return {p.relative_to(path).as_posix(): _entry(p) for p in _files(path)}
 
 
@@ -32,18 +34,23 @@ def file_table_in_parallel(path: Path) -> dict[str, dict] | None:
     """file_table(path), with every rank fsyncing and checksumming a share of the files (the largest first, each
     to the rank with the fewest bytes so far) at the same time: a save's checksums take 1/world of the time they
     take on rank 0 alone. The whole table on global rank 0, None elsewhere; a collective on the side group, so
-    the ranks wait for the slowest share under rank0_timeout_s."""
+    the ranks wait for the slowest share under rank0_timeout_s; an error on any rank is raised on all (RankFailure)."""
     from nca_scale.train import dist
 
     listing = dist.decided_by_rank0(lambda: sorted(((p.stat().st_size, p.relative_to(path).as_posix())
                                                      for p in _files(path)), reverse=True))
     rank, world = dist.rank_and_world()
-    load, mine = [0] * world, {}
-    for size, name in listing:
-        owner = load.index(min(load))
-        load[owner] += size
-        if owner == rank:
-            mine[name] = _entry(path / name)
+    load, mine, error = [0] * world, {}, None
+    try:
+        faults.hit("verify", path.name.removesuffix(STAGING))
+        for size, name in listing:
+            owner = load.index(min(load))
+            load[owner] += size
+            if owner == rank:
+                mine[name] = _entry(path / name)
+    except Exception as e:  # one rank's failure ends every rank, naming it (not a gather that never completes)
+        error = e
+    dist.shared_failure(error, f"checksumming {path.name}")
     return dist.merged_on_rank0(mine)
 
 
