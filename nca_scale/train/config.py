@@ -56,6 +56,9 @@ class DataConfig:
     shards: str | None = None  # nca_shards/text_shards: the training shards' URL
     val_shards: str | None = None  # nca_shards/text_shards: the evaluation shards' URL
     skip_corrupt: bool = False  # text_shards: drop (and report) corrupt shards instead of stopping
+    # nca_shards/text_shards: passes over the training shards a run may make (sequence i reads row i mod their
+    # length); a run that needs more is refused before it starts, with the numbers (train/data_check.py)
+    epochs: int = 1
 
     @property
     def seq_len(self) -> int:
@@ -79,6 +82,11 @@ class DataConfig:
                 needs = "text_shards" if name == "skip_corrupt" else "nca_shards or text_shards"
                 raise UserError(f"data.{name} is set but data.source={self.source} does not read it; "
                                 f"set data.source={needs}, or drop data.{name}")
+        if self.epochs < 1:
+            raise UserError(f"data.epochs={self.epochs} must be >= 1")
+        if self.epochs > 1 and self.source not in ("nca_shards", "text_shards"):
+            raise UserError(f"data.epochs={self.epochs}: data.source={self.source} is generated on the fly and never "
+                            "runs out; drop data.epochs")
         if self.source == "dyck":
             self.dyck.validate()
             return

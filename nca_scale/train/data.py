@@ -53,6 +53,7 @@ class ShardSource:
         from nca_scale.data import ShardReader
 
         self.reader = ShardReader(url)
+        self.epochs = cfg.epochs if split == "train" else 1  # data.epochs: index i reads row i mod the length
         if self.reader.config != cfg.nca or self.reader.split != split:
             raise UserError(
                 f"shards at {url} hold the {self.reader.split} split of another NCA config than data.nca; pass the "
@@ -61,6 +62,8 @@ class ShardSource:
 
     def sequences(self, indices) -> torch.Tensor:
         idx = np.asarray(indices)
+        if self.epochs > 1:
+            idx = self.reader.start + (idx - self.reader.start) % len(self.reader)
         if idx.min() < self.reader.start or idx.max() >= self.reader.stop:
             raise UserError(
                 f"the run needs sequences {idx.min()}..{idx.max()}, the shards hold {self.reader.start}.."
@@ -78,6 +81,7 @@ class TextShardSource:
         # a node's ranks read and check each shard once between them, then map only their rows
         self.reader = TextShardReader(url, skip_corrupt=cfg.skip_corrupt, node_copies=True)
         self.url = url
+        self.epochs = cfg.epochs if split == "train" else 1  # data.epochs: index i reads row i mod the length
         if split == "train" and self.reader.eval_only:
             raise UserError(f"{url} holds evaluation-only text, which is never trained on")
         if self.reader.skipped:
@@ -86,10 +90,13 @@ class TextShardSource:
                         f"sequences): {'; '.join(e for _, e in self.reader.skipped)}")
 
     def prepare(self, indices) -> None:
-        self.reader.prepare(indices)  # see TextShardReader.prepare
+        idx = np.asarray(indices)
+        self.reader.prepare(idx % len(self.reader) if self.epochs > 1 else idx)  # see TextShardReader.prepare
 
     def sequences(self, indices) -> torch.Tensor:
         idx = np.asarray(indices)
+        if self.epochs > 1:
+            idx = idx % len(self.reader)
         if idx.min() < 0 or idx.max() >= len(self.reader):
             raise UserError(
                 f"the run needs sequences {idx.min()}..{idx.max()}, {self.url} holds {len(self.reader)}; tokenize "

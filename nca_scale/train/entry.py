@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from nca_scale import procs
-from nca_scale.train import preemption, run_folder, transfer
+from nca_scale.train import data_check, preemption, run_folder, transfer
 from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.config import TrainConfig
 
@@ -35,6 +35,7 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     """Train `cfg`; `args` are the command-line words it came from (`CONFIG key=value ...`), handed to the ranks
     when nproc > 1 starts them under torchrun."""
     run_folder.check(cfg)  # every run-folder error (a run already there, not writable), before any process
+    data_check.check(cfg)  # shards too short for the run's steps or evaluations
     from nca_scale.train.trainer import run
 
     if "RANK" in os.environ:  # one rank of a job torchrun/srun started: the ranks agree on the checkpoint in `run`

@@ -158,3 +158,39 @@ def test_batches_are_a_function_of_step(text_data, tmp_path, caplog):
     assert any("skipped 1 corrupt shards (512 sequences)" in m for m in caplog.messages), caplog.messages
     assert torch.equal(src.sequences([0]), torch.from_numpy(
         TextShardReader(str(text_data / "train")).sequences([512]).astype(np.int64)))
+
+
+def test_too_little_data_is_refused_before_any_process_starts_and_epochs_allow_passes(text_data, capsys, caplog):
+    """Issue 25: a run that needs more training or validation sequences than its shards hold is one line with the
+    numbers and the fix before anything starts (it failed at step 22); data.epochs=N allows N passes, logged, and
+    sequence i then reads row i mod the shards' length."""
+    from nca_scale.train import data_check
+
+    shards = ["configs/train/cpu-tiny.yaml", "data.source=text_shards", f"data.shards={text_data / 'train'}",
+              f"data.val_shards={text_data / 'val'}", "wandb=disabled", "progress=false"]
+    have, have_val = data_check.held("text_shards", str(text_data / "train")), \
+        data_check.held("text_shards", str(text_data / "val"))
+    steps = have // 8 + 3  # batch_size 8: 3 steps past the end
+    capsys.readouterr()
+    assert cli.main(["train", *shards, f"out={text_data / 'refused'}", f"steps={steps}"]) == 2
+    err = capsys.readouterr().err
+    assert (f"the run reads {steps * 8:,} training sequences ({steps:,} steps x batch_size 8: 8 per step on each of "
+            f"the dp=1 data-parallel ranks) but data.shards={text_data / 'train'} holds {have:,}") in err, err
+    assert f"train at most steps={have // 8}" in err and "data.epochs=2" in err, err
+    assert not (text_data / "refused").exists()
+    assert cli.main(["train", *shards, f"out={text_data / 'refused'}", "steps=1", "eval_every=1",
+                     f"eval_batches={have_val // 8 + 1}"]) == 2
+    err = capsys.readouterr().err
+    assert (f"each evaluation reads {(have_val // 8 + 1) * 8:,} validation sequences (eval_batches={have_val // 8 + 1} "
+            f"x batch_size 8) but data.val_shards={text_data / 'val'} holds {have_val:,}; set "
+            f"eval_batches={have_val // 8} or fewer") in err, err
+
+    cfg = from_args([*shards, f"steps={steps}", "data.epochs=2"])
+    with caplog.at_level(logging.INFO, logger="nca_scale.train.data_check"):
+        data_check.check(cfg)
+    assert f"data: the run reads {have:,} training sequences {steps * 8 / have:.2f} times" in caplog.text
+    loader = BatchLoader(build_source(cfg.data, "train"), target_mask(cfg.data), 8, 8, 0, 1)
+    last = loader.source.sequences(np.arange(steps * 8 - 8, steps * 8))
+    assert torch.equal(last, loader.source.sequences(np.arange(steps * 8 - 8, steps * 8) - have))
+    with pytest.raises(UserError, match="data.source=nca_stream is generated on the fly and never runs out"):
+        from_args(["configs/train/cpu-tiny.yaml", "data.epochs=2"])
