@@ -3,7 +3,8 @@
 Every component has a small dataclass config. `load(cls, path, overrides)` builds one from a YAML file plus
 dotted `key=value` overrides; an unknown key, a wrong type or an unreadable file raises `UserError` naming the
 key and where it came from. A dataclass-typed field may also be given as a path to its own YAML file, found
-relative to the YAML file that names it, then in the project's configs/ (`find_nested`). A class's `KEY_ALIASES`
+relative to the YAML file that names it or a folder above it (nearest first), then in the project's configs/
+(`find_nested`). A class's `KEY_ALIASES`
 (old top-level key -> `section.key`) keeps renamed keys loading, with one deprecation warning per key.
 """
 
@@ -45,19 +46,29 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+# the nested config files the latest top-level `load` chose: "key in SOURCE" -> the file (run_folder records
+# them in OUT/config.yaml)
+NESTED_FILES: dict[str, str] = {}
+
+
 def find_nested(value: str, key: str, source: str) -> Path:
     """The YAML file a key names (`model: configs/model/cpu-tiny.yaml`): relative to the folder of the YAML that
-    names it (the current directory for the command line), then to the project's configs/ folder (or its
-    parent, for paths written configs/...), then to the current directory."""
+    names it (the current directory for the command line) and then to each folder above it, nearest first, so a
+    copy of configs/ beside an experiment wins over the shipped one; then the project's configs/ folder (or its
+    parent, for paths written configs/...), then the current directory. The choice is logged and recorded
+    (NESTED_FILES)."""
     path = Path(value).expanduser()
-    naming = Path(source).parent if Path(source).is_file() else Path.cwd()
-    bases = [] if path.is_absolute() else [naming, PROJECT_CONFIGS, PROJECT_CONFIGS.parent, Path.cwd()]
+    naming = (Path(source).parent if Path(source).is_file() else Path.cwd()).absolute()
+    bases = [] if path.is_absolute() else [naming, *naming.parents, PROJECT_CONFIGS, PROJECT_CONFIGS.parent, Path.cwd()]
     tried = [base / path for base in bases] or [path]
     for candidate in tried:
         if candidate.is_file():
+            shipped = candidate.resolve().is_relative_to(PROJECT_CONFIGS.resolve())
+            log.info(f"{source}: {key}: {value} -> {candidate}{' (shipped)' if shipped else ''}")
+            NESTED_FILES[f"{key} in {source}"] = str(candidate)
             return candidate
-    raise UserError(f"{source}: key '{key}' names the config file {value}, which is not in "
-                    f"{', '.join(dict.fromkeys(str(c.parent) for c in tried))}; give a path to a YAML file (see configs/)")
+    raise UserError(f"{source}: key '{key}' names the config file {value}, which is not in {naming} or a folder "
+                    f"above it, nor in {PROJECT_CONFIGS}; give a path to a YAML file (see configs/)")
 
 
 def _type_name(tp: Any) -> str:
@@ -331,6 +342,7 @@ def load(cls, path: str | Path | None, overrides: list[tuple[str, str]] = (), va
     """A `cls` from YAML file `path` (or defaults when None) with dotted overrides applied, then validated (unless
     `validate=False`: the caller validates, e.g. with the world size)."""
     check_both_given(cls, list(overrides))
+    NESTED_FILES.clear()
     obj = from_dict(cls, read_yaml(path), source=str(path)) if path else cls()
     for key, value in overrides:
         obj = set_key(obj, key, value)

@@ -214,3 +214,29 @@ def test_a_missing_nested_file_names_the_key_and_where_it_looked(tmp_path):
         load(NCAConfig, p)
     text = str(e.value)
     assert text.startswith(f"{p}: key 'complexity' names the config file band.yaml") and str(tmp_path) in text
+
+
+def test_an_edited_copy_of_configs_beside_the_naming_yaml_wins_and_is_recorded(tmp_path, monkeypatch, caplog):
+    """Issue 25: configs/ copied into an experiment folder and its model edited: the copy nearest the naming
+    YAML's tree is read (not the shipped one), the choice is logged and OUT/config.yaml names the file."""
+    import logging
+    import shutil
+
+    from nca_scale import config
+    from nca_scale.train import run_folder
+    from nca_scale.train.config import TrainConfig
+
+    exp = tmp_path / "exp"
+    shutil.copytree(REPO / "configs", exp / "configs")
+    model = exp / "configs/model/cpu-tiny.yaml"
+    model.write_text(model.read_text().replace("n_layers: 2", "n_layers: 3"))
+    monkeypatch.chdir(tmp_path)  # neither the project nor the experiment
+    with caplog.at_level(logging.INFO, logger="nca_scale.config"):
+        cfg = load(TrainConfig, exp / "configs/train/cpu-tiny.yaml", [("out", str(tmp_path / "run"))])
+    assert cfg.model.n_layers == 3
+    assert f"model: configs/model/cpu-tiny.yaml -> {model}" in caplog.text
+    assert "data.nca: configs/nca/tiny.yaml -> " + str(exp / "configs/nca/tiny.yaml") in caplog.text
+    with run_folder.start(cfg, hold=False):
+        pass
+    assert f"#   model in {exp / 'configs/train/cpu-tiny.yaml'}: {model}\n" in (tmp_path / "run/config.yaml").read_text()
+    assert config.NESTED_FILES  # the latest load's

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from nca_scale.config import to_dict
+from nca_scale.config import NESTED_FILES, to_dict
 from nca_scale.errors import UserError
 from nca_scale.files import check_creatable, write_atomic
 from nca_scale.train import checkpoint, lease
@@ -94,6 +94,8 @@ def _write_config(cfg: TrainConfig) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(to_dict(cfg.resolved()), sort_keys=False)
-        write_atomic(out / CONFIG, f"# nca-scale train: the resolved config of the latest start\n{text}")
+        files = "".join(f"#   {where}: {path}\n" for where, path in NESTED_FILES.items())
+        files = f"# nested config files read:\n{files}" if files else ""
+        write_atomic(out / CONFIG, f"# nca-scale train: the resolved config of the latest start\n{files}{text}")
     except OSError as e:
         raise UserError(f"out={cfg.out} is not writable ({e.strerror or e}); choose another out=") from None
