@@ -69,10 +69,11 @@ def freeze(model: torch.nn.Module, frozen: set[str]) -> list[torch.nn.Parameter]
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def torch_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
-    """torch Adam/AdamW (weight decay applies to every tensor, as in the paper's recipes) or plain SGD."""
+def torch_optimizer(cfg: OptimConfig, params, fused: bool = False) -> torch.optim.Optimizer:
+    """torch Adam/AdamW (weight decay applies to every tensor, as in the paper's recipes) or plain SGD. `fused`:
+    Adam's single-kernel update for parameters on a GPU (torch's default there is the multi-tensor foreach one)."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     decay = cfg.weight_decay if cfg.name == "adamw" else 0.0
-    return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=decay)
+    return cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=decay, fused=fused or None)

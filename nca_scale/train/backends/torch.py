@@ -47,8 +47,10 @@ class TorchEngine:
         self.model = Llama(cfg.model, cfg.seq_len, weights=weights).to(self.device)
         self.model.recompute = cfg.recompute
         trainable = freeze(self.model, frozen)
-        self.ddp = DDP(self.model) if self.dp_size > 1 else None
-        self.optimizer = torch_optimizer(cfg.optim, trainable)
+        # broadcast_buffers=False: the only buffers are RoPE's tables, computed alike on every rank; DDP would
+        # broadcast them from rank 0 before every forward
+        self.ddp = DDP(self.model, broadcast_buffers=False) if self.dp_size > 1 else None
+        self.optimizer = torch_optimizer(cfg.optim, trainable, fused=self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
         self.phases = StepPhases()
         self.asynchronous = cfg.checkpoint.asynchronous
