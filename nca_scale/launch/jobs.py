@@ -91,6 +91,11 @@ def _append(path: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def has_records(target: str) -> bool:
+    """Whether run or sweep directory `target` holds jobs recorded by `nca-scale submit`."""
+    return (Path(target) / "launch" / "jobs.jsonl").is_file()
+
+
 def records(targets: list[str]) -> list[dict]:
     """The latest record of every job in RUN/SWEEP directories (or in the index when none is given)."""
     files = []

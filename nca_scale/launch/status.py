@@ -1,6 +1,7 @@
-"""`nca-scale status [RUN|SWEEP ...]`: the recorded jobs with state, step, last loss, restarts and log paths.
+"""`nca-scale status [RUN|SWEEP ...]`: the recorded jobs with state, step, last loss, restarts and log paths, and
+for every run folder among the targets (however it was started) its own state (train/run_state.py).
 
-State comes from Slurm (squeue for live jobs, sacct for finished ones) or, for the local executor, from the
+Job state comes from Slurm (squeue for live jobs, sacct for finished ones) or, for the local executor, from the
 job's submitit result file; step, last loss, restarts and lost steps from the run's own metrics.jsonl.
 """
 
@@ -10,8 +11,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nca_scale.launch.jobs import records
-from nca_scale.train import run_files
+from nca_scale.errors import UserError
+from nca_scale.launch.jobs import has_records, records
+from nca_scale.train import run_files, run_state
 
 
 def slurm_states(ids: list[str]) -> dict[str, str]:
@@ -48,8 +50,22 @@ def progress(out: str) -> dict:
     return {"step": s.step, "loss": s.loss, "restarts": s.restarts, "lost_steps": s.lost_steps}
 
 
+def runs(targets: list[str]) -> list[run_state.RunState]:
+    """The state of every run folder among `targets`; a target that is neither a run folder nor holds submitted
+    jobs is an error."""
+    for t in targets:
+        if not run_state.is_run_folder(t) and not has_records(t):
+            raise UserError(f"{t} is neither a run folder (no config.yaml, metrics.jsonl, progress.json or lease.json) "
+                            "nor a directory of jobs written by nca-scale submit")
+    return [run_state.read(t) for t in targets if run_state.is_run_folder(t)]
+
+
 def status(targets: list[str]) -> list[dict]:
-    recs = records(targets)
+    """The recorded jobs of `targets` (every job in the index when none is given; none for plain run folders)."""
+    with_jobs = [t for t in targets if has_records(t)]
+    if targets and not with_jobs:
+        return []
+    recs = records(with_jobs)
     slurm = slurm_states([r["job_id"] for r in recs if r["executor"] == "slurm"])
     rows = []
     for r in recs:

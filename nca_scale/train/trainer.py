@@ -31,6 +31,7 @@ from nca_scale.train.checkpoint.saver import Saver
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
 from nca_scale.train.preemption import Preemption, exit_status
+from nca_scale.train.run_state import RunSummary
 from nca_scale.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
     """Every callback but the checkpointer (the Trainer makes its own); they run by priority, not list order."""
     mode = cfg.wandb or os.environ.get("WANDB_MODE", "offline")
     return [callbacks.SpeedMonitor(), callbacks.MetricsLog(), callbacks.RunProgress(), callbacks.Wandb(mode),
-            callbacks.ProgressBar(), Preemption()]
+            callbacks.ProgressBar(), Preemption(), RunSummary()]
 
 
 class Trainer:

@@ -119,6 +119,13 @@ def test_resume_auto_without_a_checkpoint_says_so(first):
     assert f"resume=auto: no checkpoint in {out / 'checkpoints'}; starting from step 0" in stdout
 
 
+def test_a_run_ends_with_a_summary_line_also_without_the_progress_bar(first):
+    """progress=false (FAST): the last line says how the run ended, its step of total, loss and checkpoint."""
+    out, stdout = first
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith(f"[nca-scale] {out}: finished, step 2/2, loss ") and "checkpoint step_00000002" in last
+
+
 def test_every_run_folder_holds_its_resolved_config(finished):
     written = load(TrainConfig, finished / "config.yaml")
     expected = from_args([CONFIG, f"out={finished}", *FAST, *FIRST]).resolved()
