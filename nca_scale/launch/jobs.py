@@ -43,10 +43,12 @@ def make_executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: 
     # comes before the step has started)
     setup = ["trap 'echo \"batch script: SIGUSR2 (the tasks handle it)\"' USR2"]
     setup += [f"export {k}={shlex.quote(str(v))}" for k, v in prof.env.items()] + list(prof.setup)
+    # a task that fails ends the step: the others would otherwise wait for it until a collective times out
+    srun_args = ["--kill-on-bad-exit=1", *prof.container, *prof.srun_args]
     params = dict(
         job_name=name, partition=prof.partition, account=prof.account, qos=prof.qos, nodes=prof.nodes,
         ntasks_per_node=prof.tasks, cpus_per_task=prof.cpus_per_task, time=prof.minutes,
-        constraint=prof.constraint, setup=setup, srun_args=[*prof.container, *prof.srun_args],
+        constraint=prof.constraint, setup=setup, srun_args=srun_args,
         signal_delay_s=prof.signal_lead_s, additional_parameters=extra, stderr_to_stdout=True,
     )
     if prof.gpus_per_node:

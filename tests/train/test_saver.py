@@ -157,3 +157,13 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, capsys):
     assert f"{path} is at step 30 and this run ends at step 20: nothing to train, nothing written" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert len(metrics(out)) == 1
+
+
+def test_a_slurm_step_ends_when_one_task_fails(tmp_path, capsys, monkeypatch):
+    """srun --kill-on-bad-exit=1: a rank that exits non-zero ends its job step, so no rank waits for a dead one
+    until a collective times out (the dry run prints the batch script; no Slurm client needed)."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))
+    assert main(["submit", CONFIG, "cluster=launchers/gpu-example.yaml", "cluster.nodes=1", "batch_size=64",
+                 "dry_run=true", f"out={tmp_path / 'run'}"]) == 0
+    srun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1 and "--kill-on-bad-exit=1" in srun[0].split(), srun
