@@ -12,6 +12,12 @@ a folder whose run is still training is refused whatever the keys say (OUT/lease
 Ctrl-C finishes the step, saves it and exits 130 ("saved step N; `resume=auto` continues"); a second Ctrl-C
 aborts at once. Checkpoints are saved every checkpoint.every steps and at least every checkpoint.every_minutes
 (default 30) minutes of training, so a crash loses at most that much work.
+
+simulate=NODESxGPUS trains nothing: it builds ranks of that layout in this process against a fake process group, at
+the model's real shapes on the meta device, and prints each one's parameters and bytes of weights, gradients and
+optimizer state next to the planner's memory estimate (docs/gpu.md, "Memory and layout planner");
+simulate.ranks=0,8 picks the global ranks (default: the first and the last pipeline stage), simulate.real=true
+builds them on the CPU with real weights and runs one step.
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ from nca_scale import config
 from nca_scale.errors import UserError
 from nca_scale.train import lease
 
+SIMULATE = ("simulate", "simulate.ranks", "simulate.real")
+
 
 def main(args: list[str]) -> int:
+    if any(a.split("=", 1)[0] in SIMULATE for a in args):
+        return _simulate(args)
     _live_run_first(args)
     from nca_scale.train import dist
     from nca_scale.train.config import from_args
@@ -30,6 +40,29 @@ def main(args: list[str]) -> int:
     # every config and layout error is raised here, before any process starts; under torchrun/srun for its world
     cfg = from_args(args, world=dist.launched_world())
     return train(cfg, args).exit_code
+
+
+def _simulate(args: list[str]) -> int:
+    from nca_scale.train import simulate
+    from nca_scale.train.config import from_args
+
+    keys = dict(config.split_overrides(args)[1])
+    if "simulate" not in keys:
+        raise UserError("simulate.ranks= and simulate.real= go with simulate=NODESxGPUS")
+    nodes, gpus = simulate.parse_shape(keys["simulate"])
+    try:
+        ranks = [int(r) for r in keys["simulate.ranks"].split(",")] if "simulate.ranks" in keys else None
+    except ValueError:
+        raise UserError(f"simulate.ranks={keys['simulate.ranks']!r}: give global ranks, e.g. 0,8") from None
+    real = config.yaml.safe_load(keys.get("simulate.real", "false"))
+    if not isinstance(real, bool):
+        raise UserError(f"simulate.real={keys['simulate.real']!r}: true or false")
+    rest = [a for a in args if a.split("=", 1)[0] not in (*SIMULATE, "parallel.nproc", "nproc")]
+    cfg = from_args([*rest, f"parallel.nproc={nodes * gpus}"])
+    print(f"simulate: {nodes} node(s) x {gpus} GPU(s); {simulate.layout_of(simulate.gpu_config(cfg)).describe()}")
+    for report in simulate.simulate(cfg, ranks, real):
+        print(report.describe())
+    return 0
 
 
 def _live_run_first(args: list[str]) -> None:

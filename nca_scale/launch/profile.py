@@ -17,6 +17,7 @@ from typing import Literal
 
 from nca_scale import config
 from nca_scale.errors import UserError
+from nca_scale.launch.planner import Hardware
 
 SEARCH = (Path("configs/cluster"), Path("launchers"))
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,7 @@ class ClusterProfile:
     signal_lead_s: int = 120  # USR2 this long before the time limit: must cover one step plus a save
     max_restarts: int = 3  # requeues the job asks for itself (after USR2: preemption warning or time limit)
     logs: str | None = None  # where submitit's folders go; None = RUN/launch
+    hardware: Hardware = field(default_factory=Hardware)  # the GPUs, for the memory and layout planner
 
     @property
     def tasks(self) -> int:
@@ -73,6 +75,7 @@ class ClusterProfile:
             raise UserError("cluster.max_restarts must be >= 0")
         if self.executor == "local" and self.nodes > 1:
             raise UserError("the local executor runs on this machine only: nodes must be 1 (use a Slurm profile)")
+        self.hardware.validate()
 
 
 def parse_time(text: str) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from nca_scale import config
 from nca_scale.errors import UserError
-from nca_scale.launch import jobs, safety
+from nca_scale.launch import jobs, planner, safety
 from nca_scale.launch import profile as profiles
 from nca_scale.launch.task import CommandWork, Task, TrainWork
 
@@ -85,6 +85,7 @@ class Planned:
     out: Path  # the run directory (records, metrics)
     cell: dict  # sweep values of this cell ({} outside sweeps)
     cfg: object = None  # its TrainConfig, validated for the profile's world size (training only)
+    assessment: object = None  # the planner's verdict on a GPU profile (planner.Assessment)
 
 
 def _out_of(words: list[str], path: str, overrides: list[tuple[str, str]]) -> str | None:
@@ -135,7 +136,16 @@ def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: pr
             over = [(k, v) for k, v in over if k != "out"] + [("out", str(cell_out))]
         argv = [*words, path, *(f"{k}={v}" for k, v in over)]
         cfg = validate_train(argv[1:], after) if train else None
-        planned.append(Planned(argv, cell_out, dict(cell), cfg))
+        verdict = None
+        if cfg is not None and prof.executor == "slurm" and prof.gpus_per_node:
+            # memory per GPU and step time (launch/planner.py): refused when it cannot fit, the micro-batch lowered
+            # (auto_micro_batch) when that makes it fit
+            verdict = planner.assess(cfg, prof.hardware, prof.nodes, prof.gpus_per_node)
+            if verdict.overrides:
+                argv += [f"{k}={v}" for k, v in verdict.overrides]
+                cfg = validate_train(argv[1:], after)
+                log.info("%s", next(line for line in verdict.lines() if line.startswith("re-planned")))
+        planned.append(Planned(argv, cell_out, dict(cell), cfg, verdict))
     return planned, Path(out)
 
 
@@ -164,6 +174,8 @@ def _dry_run(prof, prof_name: str, planned: list[Planned], logs: Path, ex, offli
         lines.append("#  nca-scale " + " ".join(shlex.quote(a) for a in p.argv))
         if p.cfg is not None:
             lines.append("#  " + layout(prof, p.cfg))
+        if p.assessment is not None:
+            lines += ["#  " + line for line in p.assessment.lines()]
     if prof.executor == "slurm":
         lines.append(ex._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "UID"))
     return "\n".join(lines)

@@ -1,0 +1,301 @@
+"""A full-scale dry run without the cluster: one rank of a NODES x GPUS layout built in this process, at the
+model's real shapes, against PyTorch's fake process group (`fake` backend with FakeStore, as torchtitan's dry
+runs), by the same backend code a real rank runs (megatron-core's parallel state, GPTModel, DDP buffers and
+distributed optimizer; DeepSpeed's engine and ZeRO partitions).
+
+By default the model is built on the meta device (no memory, no values), so a 7B layout builds on a laptop in
+seconds; every divisibility, shape, stage-split or refusal error of the layout shows here. With real=True the rank
+is built on the CPU with its real initial weights and runs one training step on random tokens (collectives of the
+fake group return without communicating, so the loss is this rank's own, not the job's).
+
+Each simulated rank reports its parameter count and the bytes of its weights, gradients and optimizer state,
+counted from the real objects, next to the planner's arithmetic for the same rank (model/memory.py), which must
+agree exactly, and the planner's activation estimate.
+
+`nca-scale train CONFIG simulate=NODESxGPUS` runs this instead of training (cli/train.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+
+import torch
+import torch.distributed as dist
+from torch.overrides import TorchFunctionMode
+
+from nca_scale.errors import UserError
+from nca_scale.model.layout import init_tensor, logical_shapes
+from nca_scale.model.memory import GB, Layout, RankMemory, rank_memory
+from nca_scale.train import dist as tdist
+from nca_scale.train.config import TrainConfig
+from nca_scale.train.data import Batch
+
+tdist.quiet_upstream_warnings()
+log = logging.getLogger(__name__)
+_META = torch.device("meta")
+
+
+@dataclass(frozen=True)
+class RankReport:
+    rank: int
+    role: str  # "tp 0 pp 1 dp 0"
+    params: int  # parameters this rank holds (its shard; all of them under ZeRO-3)
+    weights: int  # bytes, counted on the built objects
+    grads: int
+    optimizer: int
+    planned: RankMemory  # the planner's arithmetic for this rank
+    seconds: float  # build (and step) time
+    loss: float | None = None  # real=True: the loss of one step on random tokens
+
+    def describe(self) -> str:
+        p = self.planned
+        step = "" if self.loss is None else f", one step: loss {self.loss:.4f}"
+        return (f"rank {self.rank} ({self.role}): {self.params:,} parameters; weights {self.weights / GB:.3f} GB, "
+                f"gradients {self.grads / GB:.3f} GB, optimizer {self.optimizer / GB:.3f} GB (built); planner: "
+                f"activations {p.activations / GB:.2f} GB + logits {p.logits / GB:.2f} GB"
+                + (f" + transient {p.transient / GB:.2f} GB" if p.transient else "")
+                + f" -> {p.total / GB:.1f} GB per GPU; {self.seconds:.1f} s{step}")
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """'2x8' -> (nodes, GPUs per node)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise UserError(f"simulate={text!r}: give NODESxGPUS, e.g. simulate=2x8")
+    return int(m.group(1)), int(m.group(2))
+
+
+def gpu_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with what a GPU rank would choose (precision=auto -> bf16, megatron's overlaps on), resolved for its
+    world size; checkpoint writes synchronous (nothing is written here)."""
+    precision = "bf16" if cfg.precision == "auto" else cfg.precision
+    m = cfg.megatron
+    grad = True if m.overlap_grad_reduce is None else m.overlap_grad_reduce
+    param = (grad and m.distributed_optimizer) if m.overlap_param_gather is None else m.overlap_param_gather
+    megatron = replace(m, overlap_grad_reduce=grad, overlap_param_gather=param) if cfg.backend == "megatron" else m
+    cfg = replace(cfg, precision=precision, megatron=megatron, checkpoint=replace(cfg.checkpoint, asynchronous=False))
+    return cfg.resolved()
+
+
+def layout_of(cfg: TrainConfig) -> Layout:
+    """The planner's Layout of a resolved TrainConfig."""
+    return Layout(backend=cfg.backend, tp=cfg.parallel.tp, pp=cfg.parallel.pp, dp=cfg.data_parallel,
+                  vpp=cfg.parallel.vpp, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum,
+                  precision=cfg.precision, distributed_optimizer=cfg.megatron.distributed_optimizer,
+                  zero=cfg.deepspeed.zero, recompute=cfg.recompute, sequence_parallel=cfg.parallel.sequence_parallel,
+                  overlap_grad_reduce=bool(cfg.megatron.overlap_grad_reduce) if cfg.backend == "megatron" else True,
+                  bucket_size=cfg.parallel.bucket_size, optimizer=cfg.optim.name)
+
+
+def roles(cfg: TrainConfig) -> list[int]:
+    """The global ranks whose memory differs in kind: TP rank 0, DP rank 0 of the first and of the last pipeline
+    stage (megatron's rank order: tp fastest, then dp, then pp)."""
+    if cfg.backend != "megatron" or cfg.parallel.pp == 1:
+        return [0]
+    return [0, cfg.parallel.tp * cfg.data_parallel * (cfg.parallel.pp - 1)]
+
+
+def simulate(cfg: TrainConfig, ranks: list[int] | None = None, real: bool = False) -> list[RankReport]:
+    """Build `ranks` (default: `roles`) of `cfg`'s layout (cfg validated for its world size, parallel.nproc) one
+    after another in this process; real=True builds on the CPU and runs one step."""
+    if cfg.backend == "torch":
+        raise UserError("simulate= builds megatron or DeepSpeed ranks; backend=torch replicates the whole model on "
+                        "every rank (its memory is the planner's: nca-scale submit ... dry_run=true)")
+    if cfg.backend == "deepspeed" and cfg.deepspeed.zero != 3:
+        raise UserError(f"simulate= models DeepSpeed ZeRO-3 (deepspeed.zero={cfg.deepspeed.zero})")
+    if dist.is_initialized():
+        raise UserError("simulate= runs in a process without a process group (not under torchrun/srun)")
+    cfg = gpu_config(cfg)
+    world = cfg.world
+    for r in ranks if ranks is not None else roles(cfg):
+        if not 0 <= r < world:
+            raise UserError(f"rank {r} is outside the layout's {world} ranks")
+    return [_one(cfg, r, real) for r in (ranks if ranks is not None else roles(cfg))]
+
+
+@contextlib.contextmanager
+def _fake_group(rank: int, world: int):
+    """The fake process group as rank `rank` of `world`; megatron's gloo side groups become fake groups too."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    env = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    new_group = dist.new_group
+
+    def fake_new_group(*args, **kwargs):
+        if kwargs.get("backend") == "gloo":
+            kwargs["backend"] = None  # the default backend: fake
+        return new_group(*args, **kwargs)
+
+    os.environ.update(env)
+    dist.new_group = fake_new_group
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        dist.new_group = new_group
+        with contextlib.suppress(Exception):
+            from megatron.core import parallel_state
+
+            parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()
+        with contextlib.suppress(Exception):
+            import deepspeed.comm.comm as ds_comm
+
+            ds_comm.cdb = None  # DeepSpeed's handle on the group just destroyed
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class _OnMeta(TorchFunctionMode):
+    """Allocations the backends place on the GPU (device='cuda', torch.cuda.current_device()) go to the meta
+    device; moving a meta tensor anywhere keeps it there; copying a meta tensor into a real one (DeepSpeed's
+    gathered parameters) copies nothing; type strings read as the CUDA types megatron-core asserts."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if (isinstance(device, str) and device.startswith("cuda")) or getattr(device, "type", None) == "cuda":
+            kwargs["device"] = _META
+        name = getattr(func, "__name__", "")
+        if name == "to" and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            args = tuple(_META if isinstance(a, (str, torch.device)) else a for a in args)
+        if name == "copy_" and len(args) > 1 and getattr(args[1], "is_meta", False) and not args[0].is_meta:
+            return args[0]
+        out = func(*args, **kwargs)
+        if name == "type" and isinstance(out, str):
+            out = out.replace("meta.", "")
+        return out
+
+
+@contextlib.contextmanager
+def _on_meta():
+    current = torch.cuda.current_device
+    torch.cuda.current_device = lambda: _META  # megatron's buffers (torch.cuda.current_device())
+    try:
+        with _OnMeta(), torch.device("meta"):
+            yield
+    finally:
+        torch.cuda.current_device = current
+
+
+@contextlib.contextmanager
+def built(cfg: TrainConfig, rank: int, real: bool = False):
+    """The engine of global rank `rank` of `cfg` (resolved, validated for its world size) on the fake process
+    group, on the meta device unless `real`; the group is torn down on exit."""
+    from nca_scale.train import backends, cpu_compat
+
+    if cfg.backend == "megatron":
+        cpu_compat.activate()
+    else:
+        cpu_compat.activate_deepspeed()
+    shapes = logical_shapes(cfg.model)
+    if real:
+        weights = lambda name: init_tensor(cfg.model, name, cfg.seed)  # noqa: E731
+    else:
+        weights = lambda name: torch.empty(shapes[name], device=_META)  # noqa: E731
+    with _fake_group(rank, cfg.world):
+        with contextlib.nullcontext() if real else _on_meta():
+            engine = backends.build(cfg, weights, set())
+        yield engine
+
+
+def _one(cfg: TrainConfig, rank: int, real: bool) -> RankReport:
+    t0 = time.perf_counter()
+    with built(cfg, rank, real) as engine:
+        if cfg.backend == "megatron":
+            role, stage, dp_rank = _megatron_role()
+            params, w, g, o = megatron_bytes(engine)
+        else:
+            role, stage, dp_rank = f"dp {dist.get_rank()}", 0, dist.get_rank()
+            params, w, g, o = deepspeed_bytes(engine)
+        loss = step(cfg, engine) if real else None
+    planned = rank_memory(cfg.model, cfg.seq_len, layout_of(cfg), stage, dp_rank)
+    report = RankReport(rank, role, params, w, g, o, planned, time.perf_counter() - t0, loss)
+    log.info(report.describe())
+    return report
+
+
+def _megatron_role() -> tuple[str, int, int]:
+    from megatron.core import parallel_state as ps
+
+    tp, pp, dp = (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+                  ps.get_data_parallel_rank())
+    return f"tp {tp} pp {pp} dp {dp}", pp, dp
+
+
+def megatron_bytes(engine) -> tuple[int, int, int, int]:
+    """(parameters, weight, gradient, optimizer bytes) of a built MegatronEngine: the DDP buffers' parameter
+    (distributed optimizer) and gradient storage, the optimizer's fp32 main parameters that are not views of the
+    model's, and its state tensors (Adam moments; the per-parameter step scalars are not counted). A step that has
+    not run yet gets its zero state first, as a save would (megatron.ensure_optimizer_state)."""
+    from nca_scale.train.backends.megatron import ensure_optimizer_state
+
+    params = weights = grads = 0
+    model = set()
+    for chunk in engine.chunks:
+        for p in chunk.parameters():
+            params += p.numel()
+            model.add(id(p))
+            if not any(b.param_data is not None for b in chunk.buffers):
+                weights += p.numel() * p.element_size()
+        for b in chunk.buffers:
+            grads += b.grad_data.numel() * b.grad_data.element_size()
+            if b.param_data is not None:
+                weights += b.param_data.numel() * b.param_data.element_size()
+    optimizer = 0
+    for opt in engine._optimizers():
+        if engine.cfg.megatron.distributed_optimizer:
+            ensure_optimizer_state(opt)
+        inner = opt.optimizer
+        for group in inner.param_groups:
+            for p in group["params"]:
+                if id(p) not in model and p._base is None:
+                    optimizer += p.numel() * p.element_size()
+        for state in inner.state.values():
+            optimizer += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t) and t.dim())
+    if not engine.cfg.megatron.distributed_optimizer and engine.cfg.optim.name != "sgd":
+        # torch Adam creates its moments at the first step: two fp32 tensors like each main parameter
+        if not any(opt.optimizer.state for opt in engine._optimizers()):
+            optimizer += sum(2 * p.numel() * 4 for opt in engine._optimizers()
+                             for g in opt.optimizer.param_groups for p in g["params"])
+    return params, weights, grads, optimizer
+
+
+def deepspeed_bytes(engine) -> tuple[int, int, int, int]:
+    """(parameters, weight, gradient, optimizer bytes) of a ZeRO-3 DeepSpeedEngine: the bf16 partitions of every
+    parameter, the fp32 gradient partition buffer and the reduce bucket, the fp32 flat partitions and Adam's moments
+    (made at the first step as zeros like the fp32 partitions: counted as such before it)."""
+    ds = engine.engine
+    params = weights = 0
+    for p in ds.module.parameters():
+        params += p.ds_numel
+        weights += p.ds_tensor.numel() * p.ds_tensor.element_size()
+    opt = ds.optimizer
+    grads = opt.grad_partitions_flat_buffer.numel() * opt.grad_partitions_flat_buffer.element_size()
+    grads += sum(b.buffer.numel() * b.buffer.element_size() for b in opt.ipg_buckets.values()
+                 if getattr(b, "buffer", None) is not None)
+    flat = sum(t.numel() * t.element_size() for t in opt.fp32_partitioned_groups_flat)
+    state = sum(t.numel() * t.element_size() for s in opt.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim())
+    if not state and engine.cfg.optim.name != "sgd":
+        state = 2 * flat
+    return params, weights, grads, flat + state
+
+
+def step(cfg: TrainConfig, engine) -> float:
+    """One training step on random tokens for this rank's micro-batches."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shape = (cfg.micro_batch, cfg.seq_len)
+    vocab = cfg.model.vocab_size
+    inputs = [torch.randint(0, vocab, shape, generator=gen) for _ in range(cfg.grad_accum)]
+    batch = Batch(inputs, [torch.roll(x, -1, 1) for x in inputs], [torch.ones(shape, dtype=torch.bool)] * cfg.grad_accum)
+    loss, _ = engine.train_step(batch, step=0, lr=cfg.optim.lr)
+    return loss
