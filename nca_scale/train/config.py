@@ -336,8 +336,9 @@ class TrainConfig:
         if self.recompute == "selective" and self.backend != "megatron":
             raise UserError(f"recompute=selective is megatron's (it recomputes the core attention); backend="
                             f"{self.backend} recomputes whole layers: set recompute=full")
-        if self.init_from is not None and not os.path.isdir(self.init_from):
-            raise UserError(f"init_from={self.init_from} is not a checkpoint directory")
+        if self.init_from is not None and not os.path.exists(self.init_from):
+            raise UserError(f"init_from={self.init_from} does not exist; give a checkpoint, a run folder or "
+                            "RUN/checkpoints/latest")
         if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):
             raise UserError(f"resume={self.resume}: use never, auto or an existing checkpoint directory")
 

@@ -8,12 +8,14 @@ torchrun and waits for them. The result is an `Outcome`: what a launcher needs t
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from nca_scale import procs
 from nca_scale.train import data_check, preemption, run_folder, transfer
@@ -23,6 +25,8 @@ from nca_scale.train.config import TrainConfig
 # The pid of the `nca-scale train` that started torchrun, in the ranks' environment: a rank whose parent is no
 # longer that command's child dies (worker.py, procs.die_with_parent).
 LAUNCHER_ENV = "NCA_SCALE_LAUNCHER_PID"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,12 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     if resume and checkpoint_select.finished(cfg, resume, checkpoint_select.check_resumable(cfg, resume)):
         return Outcome(0)  # said so; nothing started, nothing written
     if cfg.init_from:
-        # an absolute path: a folder named `never` or `auto` is a checkpoint here, not resume's keyword (fuzz)
-        transfer.check(cfg, checkpoint_select.resolve(cfg, os.path.abspath(cfg.init_from)))
+        # a run folder or RUN/checkpoints/latest names its latest checkpoint (transfer.source); an absolute path: a
+        # folder named `never` or `auto` is a checkpoint here, not resume's keyword (fuzz)
+        named = transfer.source(cfg)
+        if named != Path(cfg.init_from):
+            log.info(f"init_from={cfg.init_from}: the run's latest checkpoint, {named}")
+        transfer.check(cfg, checkpoint_select.resolve(cfg, os.path.abspath(named)))
     # this command holds the run folder's lease while it trains; with nproc > 1 rank 0 writes config.yaml (worker.py)
     with run_folder.start(cfg, write=cfg.parallel.nproc == 1):
         if cfg.parallel.nproc > 1:

@@ -43,6 +43,37 @@ def _selected(cfg: TrainConfig, name: str, modules: list[str]) -> bool:
     return module in modules and lo <= layer < hi
 
 
+def checkpoint_named(path: str | Path) -> Path | None:
+    """The checkpoint `path` names, as init_from=, export and eval read it: a checkpoint directory as given; for
+    a run folder, its checkpoints/ folder or its checkpoints/latest pointer, the run's latest complete checkpoint
+    (the one resume=auto follows). None for anything else (e.g. a Hugging Face directory); UserError for a run
+    folder without a complete checkpoint."""
+    from nca_scale.train.checkpoint.select import following_latest
+
+    p = Path(path)
+    if p.name == checkpoint.LATEST and p.is_file():
+        p = p.parent
+    if p.name == checkpoint.root(p.parent).name and checkpoint.root(p.parent) == p and not checkpoint.is_complete(p):
+        p = p.parent  # RUN/checkpoints
+    if checkpoint.is_complete(p):
+        return p
+    found = following_latest(p) if p.is_dir() else []
+    if found:
+        return found[-1]
+    if checkpoint.root(p).is_dir() or p.name.startswith("step_"):
+        raise UserError(f"{path} has no complete checkpoint (meta.json missing: interrupted while saving?)")
+    return None
+
+
+def source(cfg: TrainConfig) -> Path:
+    """The checkpoint init_from= names (a checkpoint, a run folder, RUN/checkpoints/latest)."""
+    found = checkpoint_named(cfg.init_from)
+    if found is None:
+        raise UserError(f"init_from={cfg.init_from} is neither a checkpoint (meta.json) nor a run folder with one; "
+                        "give a checkpoint, a run folder or RUN/checkpoints/latest")
+    return found
+
+
 def check(cfg: TrainConfig, source: Path) -> ModelConfig:
     """Refuse a transfer that cannot work, before any process starts; returns the source model config."""
     meta = checkpoint.read_meta(source)
@@ -70,8 +101,8 @@ def initial_weights(cfg: TrainConfig) -> Weights:
     fresh = fresh_weights(cfg)
     if cfg.init_from is None:
         return fresh
-    source = Path(cfg.init_from)
-    source_weights = logical_reader(source, check(cfg, source))
+    path = source(cfg)
+    source_weights = logical_reader(path, check(cfg, path))
     t = cfg.transfer
 
     def weights(name: str) -> torch.Tensor:

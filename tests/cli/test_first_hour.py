@@ -126,6 +126,21 @@ def test_a_run_ends_with_a_summary_line_also_without_the_progress_bar(first):
     assert last.startswith(f"[nca-scale] {out}: finished, step 2/2, loss ") and "checkpoint step_00000002" in last
 
 
+def test_init_from_takes_a_run_folder_and_its_latest_like_export_and_eval(finished, tmp_path):
+    """Issue 25: init_from=RUN was refused ("incomplete (no meta.json)") and RUN/checkpoints/latest was "not a
+    checkpoint directory", while export and eval took run folders. One resolver (transfer.checkpoint_named) now
+    serves all three."""
+    from nca_scale.analysis.eval.model_io import resolve
+    from nca_scale.train import transfer
+
+    step2 = checkpoint.step_dir(finished, 2)
+    for named in (finished, finished / "checkpoints", finished / "checkpoints/latest", step2):
+        assert transfer.source(from_args([CONFIG, f"init_from={named}"])) == step2
+        assert resolve(named) == step2
+    stdout = train(tmp_path / "next", "steps=1", f"init_from={finished / 'checkpoints/latest'}")
+    assert f"init_from={finished / 'checkpoints/latest'}: the run's latest checkpoint, {step2}" in stdout
+
+
 def test_every_run_folder_holds_its_resolved_config(finished):
     written = load(TrainConfig, finished / "config.yaml")
     expected = from_args([CONFIG, f"out={finished}", *FAST, *FIRST]).resolved()

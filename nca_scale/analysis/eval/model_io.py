@@ -12,22 +12,19 @@ from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.model.llama import Llama
 from nca_scale.train import checkpoint, transfer
-from nca_scale.train.checkpoint import select as checkpoint_select
 
 
 def resolve(path: str | Path) -> Path:
     """A checkpoint directory (meta.json), a Hugging Face directory (config.json) or a run directory (its latest
     complete checkpoint)."""
     p = Path(path)
-    if not p.is_dir():
+    if not p.exists():
         raise UserError(f"{p} does not exist; pass a checkpoint, a run directory or a Hugging Face model directory")
-    if checkpoint.is_complete(p) or (p / "config.json").is_file():
+    if (p / "config.json").is_file():
         return p
-    found = checkpoint_select.following_latest(p)  # as resume=auto: the run `latest` points into
+    found = transfer.checkpoint_named(p)  # as init_from=: the run's latest complete checkpoint
     if found:
-        return found[-1]
-    if (p / "checkpoints").is_dir() or p.name.startswith("step_"):
-        raise UserError(f"{p} has no complete checkpoint (meta.json missing: interrupted while saving?)")
+        return found
     raise UserError(f"{p} is neither a checkpoint (meta.json), a run directory nor a Hugging Face model (config.json)")
 
 
