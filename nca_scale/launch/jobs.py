@@ -42,6 +42,10 @@ def make_executor(prof: profiles.ClusterProfile, folder: Path, name: str, deps: 
     # the batch shell must survive a USR2 meant for the tasks (Slurm 22.05 signals it too when the warning
     # comes before the step has started)
     setup = ["trap 'echo \"batch script: SIGUSR2 (the tasks handle it)\"' USR2"]
+    if prof.cpus_per_task:
+        # since Slurm 22.05 srun does not inherit the job's --cpus-per-task: without this each task gets one core
+        # (the NCA data each rank generates on the fly, OMP threads); a profile's env may still override it
+        setup.append(f"export SRUN_CPUS_PER_TASK={int(prof.cpus_per_task)}")
     setup += [f"export {k}={shlex.quote(str(v))}" for k, v in prof.env.items()] + list(prof.setup)
     # a task that fails ends the step: the others would otherwise wait for it until a collective times out
     srun_args = ["--kill-on-bad-exit=1", *prof.container, *prof.srun_args]
