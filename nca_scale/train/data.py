@@ -10,7 +10,7 @@ in the data config (data.nca.seed), so (seed, step) fixes every token.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -171,8 +171,8 @@ class Prefetcher:
 
     Which tokens a step gets does not change: a batch is still `loader.batch(step)`, a pure function of the
     step, and nothing is carried between steps except the one batch made ahead. When the trainer asks for
-    another step than the one made ahead (a skipped step, a rollback) that batch is dropped and the asked one
-    is made in the foreground. A thread is enough: the NCA step (C, via ctypes), torch ops and zlib release
+    another step than the one made ahead (a skipped step, a rollback) that batch is dropped (cancelled, or waited
+    for if it is being made: the source is not thread-safe) and the asked one is made in the foreground. A thread is enough: the NCA step (C, via ctypes), torch ops and zlib release
     the GIL, and the shard readers wait on I/O (docs/performance.md, "Data wait"). An error making a batch is
     raised when that step asks for it, as without prefetching. With `pin`, batches are made in page-locked
     memory, so copies to the GPU can be non-blocking."""
@@ -193,11 +193,18 @@ class Prefetcher:
         if self._ahead is not None and self._ahead[0] == step:
             batch = self._ahead[1].result()
         else:
-            if self._ahead is not None:
-                self._ahead[1].cancel()  # a running one finishes in the background and is dropped
+            self.drop()
             batch = self._make(step)
         self._ahead = None if next_step is None else (next_step, self._pool.submit(self._make, next_step))
         return batch
+
+    def drop(self) -> None:
+        """Forget the batch made ahead (a skipped step, a rollback): cancelled if not started, else waited for and
+        discarded, so that the data source, which is not thread-safe, is never used by two threads at once."""
+        if self._ahead is not None:
+            future, self._ahead = self._ahead[1], None
+            if not future.cancel():
+                wait([future])
 
     def close(self) -> None:
         self._ahead = None

@@ -167,3 +167,36 @@ def test_a_slurm_step_ends_when_one_task_fails(tmp_path, capsys, monkeypatch):
                  "dry_run=true", f"out={tmp_path / 'run'}"]) == 0
     srun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("srun ")]
     assert len(srun) == 1 and "--kill-on-bad-exit=1" in srun[0].split(), srun
+
+
+# ---- data side -------------------------------------------------------------------------------------------
+def test_a_dropped_prefetch_is_waited_for_before_the_source_is_used_again():
+    """After a rollback (or a skipped step) the trainer asks for another step than the one made ahead: the batch
+    being made in the background is waited for, not left running beside the foreground's (the data sources are
+    not thread-safe). Before, both used the source at once."""
+    import threading
+
+    from nca_scale.train.data import BatchLoader, Prefetcher
+
+    class Source:
+        inside, most = 0, 0
+        lock = threading.Lock()
+
+        def sequences(self, indices):
+            with self.lock:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+            time.sleep(0.2)
+            with self.lock:
+                self.inside -= 1
+            return torch.zeros(len(indices), 9, dtype=torch.int32)
+
+    source = Source()
+    prefetch = Prefetcher(BatchLoader(source, torch.ones(8), 2, 1, 0, 1))
+    try:
+        prefetch.batch(0, 1)  # step 1 is being made in the background
+        time.sleep(0.05)
+        prefetch.batch(5, None)  # a rollback: step 5 asked instead
+    finally:
+        prefetch.close()
+    assert source.most == 1
