@@ -19,6 +19,7 @@ same fingerprint is reused ("cached").
 from __future__ import annotations
 
 import dataclasses
+import glob as globlib
 import gzip
 import hashlib
 import json
@@ -51,6 +52,9 @@ class SourceConfig:
     files: list[str] = field(default_factory=list)  # fsspec URLs or globs: text, JSONL or parquet
     format: Literal["auto", "text", "jsonl", "parquet"] = "auto"  # auto: from the file extension
     text_fields: list[str] = field(default_factory=lambda: ["text"])  # JSONL/parquet fields, joined by newlines
+    # plain-text files: documents are runs of blank-line-separated paragraphs of at least this many characters (so
+    # a folder of books yields many documents and a validation split); 0 = one document per file
+    doc_chars: int = 8000
     storage_options: dict = field(default_factory=dict)  # passed to fsspec (e.g. endpoint_url, anon)
     hf: str | None = None  # a Hugging Face dataset path (needs `datasets` and the hub)
     hf_name: str | None = None
@@ -74,6 +78,8 @@ class SourceConfig:
             raise UserError(f"max_docs={self.max_docs} must be >= 1 (or null for all)")
         if not self.text_fields:
             raise UserError("text_fields must name at least one field")
+        if self.doc_chars < 0:
+            raise UserError(f"doc_chars={self.doc_chars} must be >= 0 (0: one document per file)")
 
     def identity(self) -> dict:
         ident = dataclasses.asdict(self)
@@ -123,9 +129,27 @@ def resolve(name_or_path: str) -> CorpusConfig:
         return DEFAULTS[name_or_path]
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.is_file():
-        return config_io.load(CorpusConfig, p)
+        cfg = config_io.load(CorpusConfig, p)
+        return dataclasses.replace(cfg, sources=[_beside(s, p.parent) for s in cfg.sources])
     raise UserError(f"unknown corpus {name_or_path!r}: use one of {', '.join(DEFAULTS)} or a corpus YAML file "
                     "(see configs/corpus/)")
+
+
+def _beside(s: SourceConfig, folder: Path) -> SourceConfig:
+    """A corpus YAML's relative file paths and globs are relative to the YAML's folder (as nested config paths
+    are); one that matches nothing there but does from the current directory keeps working, with a warning."""
+    files = []
+    for url in s.files:
+        if "://" in url or Path(url).expanduser().is_absolute():
+            files.append(url)
+            continue
+        beside = str(folder.absolute() / url)
+        if not globlib.glob(beside) and globlib.glob(url):
+            log.warning(f"files: {url} matches nothing beside the corpus YAML ({folder}) but does in the current "
+                        "directory; that is read. Write it relative to the YAML")
+            beside = url
+        files.append(beside)
+    return dataclasses.replace(s, files=files)
 
 
 def fingerprint(cfg: CorpusConfig) -> str:
@@ -223,6 +247,7 @@ def build_corpus(cfg: CorpusConfig, out: str | None = None, *, downloads: Path |
         w.flush()
     if not writers["train"].documents and not writers["eval"].documents:
         raise UserError(f"corpus {cfg.name}: no documents passed the filters (min_chars?)")
+    _check_val(cfg, writers["train"].documents, writers["val"].documents, writers["val"].bytes)
     m = {
         "format": FORMAT, "package_version": nca_scale.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -243,6 +268,21 @@ def build_corpus(cfg: CorpusConfig, out: str | None = None, *, downloads: Path |
     return m, False
 
 
+MIN_VAL_DOCUMENTS = 20  # fewer held-out documents make a noisy validation loss
+
+
+def _check_val(cfg: CorpusConfig, train: int, val: int, val_bytes: int) -> None:
+    """A warning with the numbers and the fix when the validation split is empty or tiny (held-out loss and
+    perplexity read it; training with eval_every needs it)."""
+    if not cfg.val_fraction or not train or val >= MIN_VAL_DOCUMENTS:
+        return
+    expected = (train + val) * cfg.val_fraction
+    what = "empty" if not val else f"tiny ({val} documents, {val_bytes / 1e3:.1f} kB)"
+    log.warning(f"corpus {cfg.name}: the validation split is {what}: val_fraction={cfg.val_fraction} of {train + val} "
+                f"documents expects ~{expected:.1f}. Split files into more documents (a smaller doc_chars for "
+                f"plain text), add text, or raise val_fraction; without it, train with eval_every=0")
+
+
 def _licence(s: SourceConfig) -> str:
     return src.BUILTINS[s.builtin][2] if s.builtin else ""
 
@@ -251,7 +291,7 @@ def _documents(s: SourceConfig, downloads: Path) -> Iterator[src.Doc]:
     if s.builtin:
         return src.BUILTINS[s.builtin][0](downloads, s.min_chars)
     if s.files:
-        return src.read_files(s.files, s.format, s.text_fields, s.min_chars, s.storage_options)
+        return src.read_files(s.files, s.format, s.text_fields, s.min_chars, s.storage_options, s.doc_chars)
     return src.read_hf(s.hf, s.hf_name, s.hf_split, s.text_fields, s.min_chars, s.max_docs)
 
 

@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -259,16 +260,52 @@ def expand(urls: list[str], storage_options: dict) -> list:
     return files
 
 
+def split_text(text: str, doc_chars: int) -> list[str]:
+    """A plain-text file as documents: its blank-line-separated paragraphs, consecutive ones joined until a
+    document holds at least `doc_chars` characters; a paragraph longer than 2 x doc_chars is cut at line ends
+    (a longer line at doc_chars). doc_chars=0: the whole file is one document."""
+    if not doc_chars:
+        return [text]
+    pieces = []
+    for para in re.split(r"\n[ \t\r\f\v]*\n", text):
+        if len(para) <= 2 * doc_chars:
+            pieces.append(para)
+            continue
+        line_run = ""
+        for line in para.splitlines(keepends=True):
+            while len(line) > doc_chars:
+                pieces.append(line[:doc_chars])
+                line = line[doc_chars:]
+            if len(line_run) + len(line) > doc_chars and line_run:
+                pieces.append(line_run)
+                line_run = ""
+            line_run += line
+        pieces.append(line_run)
+    docs, current = [], ""
+    for piece in pieces:
+        if not piece.strip():
+            continue
+        current = f"{current}\n\n{piece}" if current else piece
+        if len(current) >= doc_chars:
+            docs.append(current)
+            current = ""
+    if current:
+        docs.append(current)
+    return docs
+
+
 def read_files(urls: list[str], fmt: str, text_fields: list[str], min_chars: int,
-               storage_options: dict | None = None) -> Iterator[Doc]:
-    """Documents from text files (one per file), JSONL (one per line) or parquet (one per row)."""
+               storage_options: dict | None = None, doc_chars: int = 0) -> Iterator[Doc]:
+    """Documents from text files (split_text: blank-line paragraphs up to doc_chars; 0 = one per file), JSONL
+    (one per line) or parquet (one per row)."""
     for of in expand(urls, storage_options or {}):
         kind = file_format(of.path, fmt)
         name = of.path
         try:
             with of as f:
                 if kind == "text":
-                    docs = [(name, f.read().decode("utf-8", "replace"))]
+                    parts = split_text(f.read().decode("utf-8", "replace"), doc_chars)
+                    docs = [(name if len(parts) == 1 else f"{name}#{k}", part) for k, part in enumerate(parts)]
                 elif kind == "jsonl":
                     docs = ((f"{name}:{k}", _join_fields(json.loads(line), text_fields, f"{name} line {k + 1}"))
                             for k, line in enumerate(io.TextIOWrapper(f, encoding="utf-8")) if line.strip())

@@ -205,3 +205,39 @@ def test_open_by_cache_name(tmp_path, monkeypatch):
     assert Corpus.open("mine").count("eval") == 1
     with pytest.raises(UserError, match="not built yet; run `nca-scale corpus build web`"):
         Corpus.open("web")
+
+
+def _books(folder, n: int = 8) -> None:
+    """n plain-text "books" of 40 paragraphs of ~1000 characters each."""
+    folder.mkdir(parents=True)
+    for b in range(n):
+        paragraphs = [f"Book {b}, chapter {p}. " + " ".join(f"word{b}x{p}x{w}" for w in range(90)) for p in range(40)]
+        (folder / f"book{b}.txt").write_text("\n\n".join(paragraphs))
+
+
+def test_a_folder_of_books_is_split_into_documents_and_gets_a_validation_split(tmp_path, caplog):
+    """Issue 25: each file was one document, so 8 books gave an empty validation split with no word. Plain text is
+    now cut into documents of blank-line paragraphs (doc_chars, default 8000); a build whose validation split is
+    empty or tiny says so with the numbers."""
+    _books(tmp_path / "books")
+    m, _ = build_corpus(CorpusConfig("books", "web", [SourceConfig(files=[str(tmp_path / "books/*.txt")])],
+                                     val_fraction=0.2), str(tmp_path / "split"))
+    splits = m["splits"]
+    assert splits["train"]["documents"] + splits["val"]["documents"] == 8 * 5  # 40 paragraphs -> 5 documents each
+    assert splits["val"]["documents"] > 0
+    text = docs(Corpus(str(tmp_path / "split")), "train")[0]["text"]
+    assert 8000 <= len(text) < 10000 and "\n\n" in text
+    with caplog.at_level("WARNING", logger="nca_scale.data.text.corpus"):
+        m, _ = build_corpus(CorpusConfig("whole", "web", [SourceConfig(files=[str(tmp_path / "books/*.txt")],
+                                                                       doc_chars=0)]), str(tmp_path / "whole"))
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 8
+    assert "corpus whole: the validation split is empty: val_fraction=0.02 of 8 documents expects ~0.2" in caplog.text
+
+
+def test_a_corpus_yaml_reads_its_globs_relative_to_itself(tmp_path, monkeypatch):
+    _books(tmp_path / "exp/books", n=2)
+    y = tmp_path / "exp/mine.yaml"
+    y.write_text("name: mine\ndomain: web\nsources:\n  - files: ['books/*.txt']\n")
+    monkeypatch.chdir(tmp_path)  # not the YAML's folder
+    m, _ = build_corpus(cm.resolve(str(y)), str(tmp_path / "out"))
+    assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 10
