@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -75,6 +76,47 @@ def visible_device(local_rank: int) -> int:
     return local_rank
 
 
+def _interface_of(ip: str) -> str | None:
+    """The network interface holding IPv4 address `ip` (Linux), None if none does."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))  # SIOCGIFADDR
+            except OSError:  # no IPv4 address
+                continue
+            if socket.inet_ntoa(packed[20:24]) == ip:
+                return name
+    return None
+
+
+def gloo_interface() -> tuple[str, str] | None:
+    """(interface, why) for GLOO_SOCKET_IFNAME when it is unset: gloo otherwise binds to the address this host's
+    name resolves to, which on many clusters is a management network that cannot reach the other nodes (the job
+    then hangs until a timeout). NCCL_SOCKET_IFNAME's first existing interface when it names some (NCCL reads
+    names as prefixes; an exclusion list `^...` names none), else the interface whose route reaches MASTER_ADDR.
+    None where GLOO_SOCKET_IFNAME is set or nothing can be found (gloo's own choice stands)."""
+    if os.environ.get("GLOO_SOCKET_IFNAME") or not sys.platform.startswith("linux"):
+        return None
+    names = [name for _, name in socket.if_nameindex()]
+    nccl = os.environ.get("NCCL_SOCKET_IFNAME", "")
+    if nccl and nccl[0] not in "^=":
+        for prefix in nccl.split(","):
+            if match := next((n for n in names if n.startswith(prefix.strip())), None):
+                return match, f"NCCL_SOCKET_IFNAME={nccl}"
+    master = os.environ.get("MASTER_ADDR")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((socket.gethostbyname(master), int(os.environ.get("MASTER_PORT", 29500))))  # no packet sent
+            local = s.getsockname()[0]
+        found = _interface_of(local)
+    except (OSError, TypeError, ValueError):
+        return None
+    return (found, f"the route to MASTER_ADDR={master} ({local})") if found else None
+
+
 # TrainConfig's defaults of dist_timeout_s and rank0_timeout_s
 TIMEOUT_S = 600.0
 RANK0_TIMEOUT_S = 7200.0
@@ -91,6 +133,9 @@ def init(timeout_s: float = TIMEOUT_S, rank0_timeout_s: float = RANK0_TIMEOUT_S)
         os.environ.update(env)  # as torchrun would set them (DeepSpeed reads LOCAL_RANK)
     logs.setup()
     timeout = timedelta(seconds=timeout_s)
+    if int(os.environ["WORLD_SIZE"]) > 1 and (chosen := gloo_interface()):
+        os.environ["GLOO_SOCKET_IFNAME"] = chosen[0]
+        logger.info(f"gloo: GLOO_SOCKET_IFNAME={chosen[0]} (from {chosen[1]}; set it to choose another)")
     if not torch.cuda.is_available():
         if reason := gpu_job_reason():
             # a GPU job on a node whose driver or torch build sees no GPU would otherwise train on its CPU
@@ -105,8 +150,12 @@ def init(timeout_s: float = TIMEOUT_S, rank0_timeout_s: float = RANK0_TIMEOUT_S)
         torch.cuda.set_device(cuda)
         # device_id binds the group to this GPU (eager NCCL init: a bad node fails here, not in step 1)
         dist.init_process_group(GPU_BACKEND, device_id=cuda, timeout=timeout)
-    # created by every rank right after the main group, so the ranks create their groups in the same order
-    _side[:] = [dist.new_group(backend="gloo", timeout=timedelta(seconds=rank0_timeout_s))]
+    # created by every rank right after the main group, so the ranks create their groups in the same order; its
+    # connections are bounded like the main group's (a peer that cannot be reached fails in dist_timeout_s, not in
+    # rank0_timeout_s), then its waits get rank0_timeout_s
+    side = dist.new_group(backend="gloo", timeout=timedelta(seconds=min(timeout_s, rank0_timeout_s)))
+    side.set_timeout(timedelta(seconds=rank0_timeout_s))
+    _side[:] = [side]
     logger.info(f"process group: timeout {timeout_s:g} s (dist_timeout_s); waits for rank 0's checkpoint work on a "
                 f"gloo side group, timeout {rank0_timeout_s:g} s (rank0_timeout_s)")
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -200,3 +201,37 @@ def test_a_dropped_prefetch_is_waited_for_before_the_source_is_used_again():
     finally:
         prefetch.close()
     assert source.most == 1
+
+
+# ---- start-up ----------------------------------------------------------------------------------------------
+def test_gloo_gets_the_interface_that_reaches_the_master(monkeypatch):
+    """GLOO_SOCKET_IFNAME unset: gloo would bind to whatever this host's name resolves to (often a network the
+    other nodes cannot reach: a hang until a timeout). The side group's interface is NCCL's when
+    NCCL_SOCKET_IFNAME names one (as a prefix), else the one whose route reaches MASTER_ADDR; a set value wins."""
+    from nca_scale.train import dist
+
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.delenv("NCCL_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    assert dist.gloo_interface() == ("lo", "the route to MASTER_ADDR=localhost (127.0.0.1)")
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "l")
+    assert dist.gloo_interface() == ("lo", "NCCL_SOCKET_IFNAME=l")
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "^docker,lo")  # an exclusion names no interface: the route decides
+    assert dist.gloo_interface()[0] == "lo"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    assert dist.gloo_interface() is None
+
+
+def test_the_side_group_connects_within_the_start_up_bound_and_waits_rank0_timeout_s():
+    """The side group is created (its connections made) under dist_timeout_s, like the main group, and only then
+    given rank0_timeout_s for its waits: a peer that cannot be reached fails start-up in minutes, not in hours."""
+    code = ("import torch; from nca_scale.train import dist; from unittest import mock\n"
+            "made = []\n"
+            "inner = torch.distributed.new_group\n"
+            "def new_group(*a, **k): made.append(k['timeout'].total_seconds()); return inner(*a, **k)\n"
+            "with mock.patch.object(torch.distributed, 'new_group', new_group): dist.init(5.0, 100.0)\n"
+            "print(made, dist.side_group()._get_backend(torch.device('cpu')).options._timeout.total_seconds())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "[5.0] 100.0", proc.stdout
