@@ -37,6 +37,7 @@ class ExportJob:
     tokenizer: str | None = None  # sentencepiece .model to ship; default: the checkpoint's own
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # dtype of the saved weights
     max_positions: int | None = None  # default: the training sequence length (else 2048)
+    allow_vocab_mismatch: bool = False  # ship a tokenizer whose size is not the model's vocabulary
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ def export_main(args: list[str]) -> int:
     hf.check_out(job.out)  # before reading any weights
     cfg, tensors, info = model_io.read_weights(src)
     tokenizer = job.tokenizer or info.get("tokenizer")
+    if tokenizer and not job.allow_vocab_mismatch:
+        from nca_scale.train.transfer import check_vocabulary
+
+        check_vocabulary(cfg.vocab_size, model_io.Tokenizer(tokenizer).vocab_size, model=f"the model in {info['path']}",
+                         text=f"tokenizer {tokenizer}", allow="allow_vocab_mismatch")
     out = hf.export(tensors, cfg, job.out, max_positions=job.max_positions or info.get("seq_len") or 2048,
                     tokenizer=tokenizer, dtype=DTYPES[job.dtype],
                     extra={"source": {k: v for k, v in info.items() if k != "tokenizer"}, "tokenizer": tokenizer})

@@ -74,6 +74,16 @@ def source(cfg: TrainConfig) -> Path:
     return found
 
 
+def check_vocabulary(model_vocab: int, text_vocab: int, *, model: str, text: str, allow: str) -> None:
+    """Where a model meets text (export, eval, transfer): UserError naming both sizes unless the model's embedding
+    rows are this vocabulary's, exactly or padded up to the next multiple of 128 (a TP-divisible vocabulary)."""
+    if text_vocab <= model_vocab <= max(-(-text_vocab // 128) * 128, text_vocab):
+        return
+    raise UserError(f"{model} has a vocabulary of {model_vocab:,} but {text} has {text_vocab:,} pieces: not this "
+                    f"model's tokenizer (a model of the NCA stage reads text only after training on it: init_from=); "
+                    f"set {allow}=true to go on anyway")
+
+
 def check(cfg: TrainConfig, source: Path) -> ModelConfig:
     """Refuse a transfer that cannot work, before any process starts; returns the source model config."""
     meta = checkpoint.read_meta(source)

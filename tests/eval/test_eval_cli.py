@@ -55,6 +55,7 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
         "task=ppl",
         f"data={corpus}",
         f"tokenizer={sp_model}",
+        "allow_vocab_mismatch=true",  # an NCA model (vocabulary 10,002) with a 500-piece tokenizer: a pipeline test
         "seq_len=64",
         "max_sequences=12",
         f"out={tmp_path / 'text.json'}",
@@ -62,7 +63,7 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
     text = json.loads((tmp_path / "text.json").read_text())
     assert text["metrics"]["tokens"] == 12 * 64 and text["data"]["kind"] == "text"
     subprocess.run(
-        [CLI, "export", ckpt, f"out={tmp_path / 'hf'}", f"tokenizer={sp_model}"],
+        [CLI, "export", ckpt, f"out={tmp_path / 'hf'}", f"tokenizer={sp_model}", "allow_vocab_mismatch=true"],
         env=ENV,
         check=True,
         capture_output=True,
@@ -71,6 +72,7 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
         tmp_path / "hf",
         "task=ppl",
         f"data={corpus}",
+        "allow_vocab_mismatch=true",
         "seq_len=64",
         "max_sequences=12",
         f"out={tmp_path / 'hf.json'}",
@@ -84,6 +86,7 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
         ckpt,
         "task=humaneval",
         f"tokenizer={sp_model}",
+        "allow_vocab_mismatch=true",  # an NCA model (vocabulary 10,002) with a 500-piece tokenizer: a pipeline test
         "limit=2",
         "n=3",
         "max_new_tokens=12",
@@ -110,6 +113,7 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
         "limit=3",
         "n=2",
         f"tokenizer={sp_model}",
+        "allow_vocab_mismatch=true",  # an NCA model (vocabulary 10,002) with a 500-piece tokenizer: a pipeline test
         f"out={tmp_path / 'bbl.json'}",
         "ks=[1,2]",
     )
@@ -127,7 +131,7 @@ def test_eval_every_task_end_to_end(tiny_run, sp_model, tiny_bigbench, tmp_path)
         gsm8k.default_dir()
     except UserError as e:
         pytest.skip(f"GSM8K part: {e}")
-    assert 0 == eval_in_process(ckpt, "task=gsm8k", f"tokenizer={sp_model}", "limit=2", "n=2", "max_new_tokens=8",
+    assert 0 == eval_in_process(ckpt, "task=gsm8k", f"tokenizer={sp_model}", "allow_vocab_mismatch=true", "limit=2", "n=2", "max_new_tokens=8",
                                 f"out={tmp_path / 'gsm.json'}")
     g = json.loads((tmp_path / "gsm.json").read_text())
     assert g["metrics"]["problems"] == 2 and g["sampling"]["temperature"] == 0.6 and "pass@2" in g["metrics"]

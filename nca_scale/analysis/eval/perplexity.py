@@ -96,14 +96,16 @@ def _shards(url: str, max_rows: int | None):
         reader = TextShardReader(url)
         n = min(len(reader), max_rows) if max_rows else len(reader)
         rows = np.asarray(reader.sequences(np.arange(n)), dtype=np.int64)
-        return rows, None, {"source": url, "kind": "text shards", "split": reader.split}
+        return rows, None, {"source": url, "kind": "text shards", "split": reader.split,
+                            "vocab_size": manifest.get("vocab_size")}
     from nca_scale.data import ShardReader
     from nca_scale.nca.tokenizer import loss_mask
 
     reader = ShardReader(url)
     n = min(len(reader), max_rows) if max_rows else len(reader)
     rows = np.asarray(reader.sequences(np.arange(reader.start, reader.start + n)), dtype=np.int64)
-    return rows, loss_mask(reader.config), {"source": url, "kind": "nca shards", "split": reader.split}
+    return rows, loss_mask(reader.config), {"source": url, "kind": "nca shards", "split": reader.split,
+                                            "vocab_size": reader.config.vocab_size}
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from nca_scale.errors import UserError
+from nca_scale.train.transfer import check_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class EvalConfig:
     min_train_examples: int = 100  # bbl: tasks with fewer training examples are skipped
     val_fraction: float = 0.2  # bbl: share of each task held out as the evaluation split
     save_samples: bool = True  # per-sample records in the result JSON
+    allow_vocab_mismatch: bool = False  # evaluate with a tokenizer or shards whose vocabulary is not the model's
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -99,9 +101,9 @@ def run(ckpt: str, cfg: EvalConfig) -> dict:
     del tensors
     tok_path = cfg.tokenizer or info.get("tokenizer")
     tok = model_io.Tokenizer(tok_path) if tok_path else None
-    if tok is not None and tok.vocab_size > mcfg.vocab_size:
-        raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} pieces, the model's vocabulary only "
-                        f"{mcfg.vocab_size}: not this model's tokenizer")
+    if tok is not None and not cfg.allow_vocab_mismatch:
+        check_vocabulary(mcfg.vocab_size, tok.vocab_size, model=f"the model in {info['path']}",
+                         text=f"tokenizer {tok.path}", allow="allow_vocab_mismatch")
     if cfg.task != "ppl" and tok is None:
         raise UserError(f"task={cfg.task} needs the model's tokenizer: pass tokenizer=PATH/tokenizer.model")
     log.info(f"eval {cfg.task}: {info['path']} ({mcfg.n_layers} layers, d {mcfg.d_model}, vocab {mcfg.vocab_size}) "
@@ -152,6 +154,9 @@ def _ppl(model, tok, cfg, info, seq_len, device) -> dict:
         nca_config = cfgmod.from_dict(NCAConfig, meta["config"]["data"]["nca"], source="meta.json")
     rows, mask, source = perplexity.load_rows(cfg.data, tok=tok, seq_len=seq_len, max_rows=cfg.max_sequences or cfg.limit,
                                               nca_config=nca_config)
+    if source.get("vocab_size") and not cfg.allow_vocab_mismatch:  # shards record their vocabulary
+        check_vocabulary(model.cfg.vocab_size, source["vocab_size"], model=f"the model in {info['path']}",
+                         text=f"data={cfg.data} ({source['kind']})", allow="allow_vocab_mismatch")
     log.info(f"perplexity on {len(rows)} sequences of {rows.shape[1] - 1} tokens from {source['source']}")
     metrics = perplexity.perplexity(model, rows, mask, cfg.batch_size, device)
     return {"data": source, "metrics": metrics}
