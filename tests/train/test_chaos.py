@@ -13,11 +13,11 @@ previous one used; a restart past a corrupted newest checkpoint ends with the un
 
 `make test` runs a short version (3 kills of one torch process; 2 kills of a 2-process DDP run, one as soon as
 torchrun has started the ranks and one inside a save; 1 kill inside the commit of the last checkpoint of
-one-process megatron and DeepSpeed runs; 1 kill inside the background write of a 2-process asynchronous megatron
-save); `make chaos` (NCA_SCALE_CHAOS=1) kills one torch process 20 times, a 2-process DDP run 6 times,
+2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs; 1 kill inside the background write of 2-process
+asynchronous megatron and torch saves, once the writers have written their data files); `make chaos` (NCA_SCALE_CHAOS=1) kills one torch process 20 times, a 2-process DDP run 6 times,
 2-process megatron (TP=2) and DeepSpeed (ZeRO-2) runs 5 times each, and 2-process asynchronous megatron and
 torch runs in each of their 3 background writes.
-NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (checkpoint_commit.pause_for_tests) so
+NCA_SCALE_TEST_SAVE_PAUSE widens the windows between the commit's steps (faults.pause_for_tests) so
 kills land inside them; the test reads the pause lines from the run's output to know which window it is in.
 """
 
@@ -303,9 +303,9 @@ def test_kill_nine_of_a_two_process_run_loses_nothing(tmp_path):
 
 
 # ---- megatron's dist/ and DeepSpeed's ds/ checkpoints ------------------------------------------------
-BACKENDS = {  # make test: one process, 6 steps (checkpoints at 2, 4, 6); make chaos: two processes, 12 steps
-    "megatron": ["backend=megatron", *(["parallel.nproc=2", "parallel.tp=2"] if FULL else [])],
-    "deepspeed": ["backend=deepspeed", "deepspeed.zero=2", *(["parallel.nproc=2"] if FULL else [])],
+BACKENDS = {  # two processes; make test: 6 steps (checkpoints at 2, 4, 6); make chaos: 12 steps
+    "megatron": ["backend=megatron", "parallel.nproc=2", "parallel.tp=2"],
+    "deepspeed": ["backend=deepspeed", "deepspeed.zero=2", "parallel.nproc=2"],
 }
 
 
@@ -378,11 +378,14 @@ def test_megatron_and_deepspeed_checkpoints_survive_kills_and_corruption(backend
 # ---- megatron's asynchronous saves (checkpoint.asynchronous) ------------------------------------------------
 # two ranks at dp=2, so the fully parallel save splits the DP-replicated tensors between them
 ASYNC = {"megatron": Chaos(12 if FULL else 6, ["backend=megatron", "parallel.nproc=2"]),
-         "torch": Chaos(12 if FULL else 6, ["parallel.nproc=2"])}  # make chaos only: make test keeps its time
-BACKGROUND = "writing in the background"  # the window of megatron's _write_in_background, torch's _BackgroundWriter
+         "torch": Chaos(12 if FULL else 6, ["parallel.nproc=2"])}
+# the window of megatron's _write_in_background and torch's _BackgroundWriter: each rank's data files written,
+# the save's .metadata not yet (megatron's finalization, DCP's rank 0 after the gather)
+BACKGROUND = "writing in the background"
+DATA_FILES = {"megatron": "dist/*.distcp", "torch": "dcp/*.distcp"}
 
 
-@pytest.mark.parametrize("backend", ["megatron", "torch"] if FULL else ["megatron"])
+@pytest.mark.parametrize("backend", ["megatron", "torch"])
 def test_kill_nine_inside_an_asynchronous_save_loses_nothing(backend, tmp_path, monkeypatch):
     """checkpoint.asynchronous=true: each rank writes the save's files in the background while the steps go on
     (megatron: a forked process; torch: DCP's async_save thread), and rank 0 commits them once every rank's are
@@ -411,10 +414,12 @@ def test_kill_nine_inside_an_asynchronous_save_loses_nothing(backend, tmp_path, 
             plan = Plan("save", target, BACKGROUND, 0.0, PAUSE_S / 4)
             moment = _kill_once(_start(out, sink, chaos), plan, out, log)
             assert moment == f"save of step {target} ({BACKGROUND})", moment
+            staging = checkpoint.staging_dir(out, target)
+            written = sorted(p.name for p in staging.glob(DATA_FILES[backend]))  # killed mid-save, not before it
+            assert written and not list(staging.rglob(".metadata")), sorted(staging.rglob("*"))
             _audit(out, reference, moment)
             assert checkpoint.latest_name(out) == checkpoint.step_dir(out, target - EVERY).name
             time.sleep(2 * PAUSE_S)  # a writer that outlived its rank would have woken from its pause and written
-            staging = checkpoint.staging_dir(out, target)
             late = [p.name for p in staging.rglob("*") if p.stat().st_mtime > plan.killed_at]
             assert not late, f"written into {staging} after the kill: {late}"
     assert f"saving step {EVERY} in the background" in log.read_text()  # the asynchronous path ran

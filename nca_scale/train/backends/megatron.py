@@ -351,9 +351,9 @@ def _write_in_background(write, name: str, *args, **kwargs) -> None:
     from nca_scale import procs
 
     procs.die_with_parent()
-    faults.pause_for_tests(name, "writing in the background")
     faults.hit("writer", name)
     write(*args, **kwargs)
+    faults.pause_for_tests(name, "writing in the background")  # files written, .metadata not yet (the test's window)
 
 
 class BackgroundWrite(Writing):

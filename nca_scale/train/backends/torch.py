@@ -140,16 +140,18 @@ class TorchEngine:
 
 
 class _BackgroundWriter(dcp.FileSystemWriter):
-    """DCP's file writer, in the background save's thread: the chaos test's window opens before the files."""
+    """DCP's file writer, in the background save's thread: the chaos test's window opens once this rank's data
+    files are written, before the save's .metadata (a kill there lands mid-save)."""
 
     def __init__(self, path: Path, name: str):
         super().__init__(path)
         self.name = name
 
     def write_data(self, plan, planner):
-        faults.pause_for_tests(self.name, "writing in the background")
         faults.hit("writer", self.name)
-        return super().write_data(plan, planner)
+        written = super().write_data(plan, planner)  # this rank's data files; rank 0's .metadata comes after
+        faults.pause_for_tests(self.name, "writing in the background")
+        return written
 
 
 class BackgroundSave(Writing):
