@@ -1,10 +1,11 @@
 """nca-scale submit [COMMAND] CONFIG.yaml [cluster=PROFILE] [cluster.KEY=V] [sweep.KEY=A,B] [after=ID|RUN]
-[name=NAME] [wait=true|false] [dry_run=true] [key=value ...]
+[name=NAME] [wait=true|false] [dry_run=true [check_cluster=true]] [key=value ...]
 
 Run any nca-scale job through submitit: on Slurm with cluster=PROFILE (configs/cluster/, launchers/), on this
 machine without. COMMAND defaults to `train` for a training config and `generate` for an NCA config.
 sweep.KEY=A,B,... submits a job array (one cell per combination, OUT/cell_<i>); after= makes the job wait for
-others to succeed. Profiles are checked against the live cluster before anything is queued. See docs/cluster.md.
+others to succeed. Profiles are checked against the live cluster before anything is queued; dry_run=true checks
+everything offline (no Slurm needed), check_cluster=true adds the live checks. See docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import replace
 from nca_scale import config
 from nca_scale.errors import UserError
 
-OWN = {"cluster", "name", "after", "wait", "dry_run"}  # submit's keys; cluster.KEY= go to the profile
+OWN = {"cluster", "name", "after", "wait", "dry_run", "check_cluster"}  # submit's keys; cluster.KEY= go to the profile
 
 
 def command_of(positional: list[str]) -> tuple[list[str], str]:

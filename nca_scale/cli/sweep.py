@@ -3,7 +3,7 @@
   plan SPEC [format=table|json]      the runs (stage-1 runs shared by the cells that need them, stage-2 runs),
                                      parameters, tokens, FLOPs (6ND and exact), recipe values, GPU-hours at the
                                      spec's estimate.mfu; writes SWEEP_DIR/plan.json
-  launch SPEC [wait=true] [dry_run=true]
+  launch SPEC [wait=true] [dry_run=true [check_cluster=true]]
                                      prepare the text data, then submit every run that has no record in
                                      SWEEP_DIR/results.jsonl and is not queued or running (locally it waits;
                                      on Slurm stage-2 arrays depend on their stage-1 job)
@@ -60,8 +60,9 @@ def launch(args: list[str]) -> int:
     from nca_scale.launch.sweep import LaunchOptions
     from nca_scale.launch.sweep import launch as launch_sweep
 
-    spec, path, opts = _spec(args, {"wait", "dry_run"})
-    return launch_sweep(spec, path, LaunchOptions(wait=_flag(opts, "wait"), dry_run=_flag(opts, "dry_run")))
+    spec, path, opts = _spec(args, {"wait", "dry_run", "check_cluster"})
+    return launch_sweep(spec, path, LaunchOptions(wait=_flag(opts, "wait"), dry_run=_flag(opts, "dry_run"),
+                                                  check_cluster=_flag(opts, "check_cluster")))
 
 
 def status(args: list[str]) -> int:

@@ -11,11 +11,13 @@ and `SubmitOptions`, and prints what this returns. Submit's own keys:
                       fails, this job is cancelled and never runs
   name=NAME           the Slurm job name (default: the out directory's name)
   wait=true|false     wait for the result (default: true for the local executor, false on Slurm)
-  dry_run=true        check everything and print the batch script; queue nothing
+  dry_run=true        check everything offline and print the batch script; queue nothing
+  check_cluster=true  with dry_run: also check the profile against the live cluster (sinfo, sbatch --test-only)
 
 Everything is checked before anything is queued: the command's config, the profile against the live cluster
-(sinfo and `sbatch --test-only`). Each submission is recorded in RUN/launch/jobs.jsonl (what `nca-scale
-status` reads) and in the index $NCA_SCALE_HOME/jobs.jsonl (default ~/.nca_scale): nca_scale.launch.jobs.
+(sinfo and `sbatch --test-only`). A dry run needs no Slurm at all: it checks the config, profile and layout
+offline and says which live checks it skipped (check_cluster=true runs them). Each submission is recorded in
+RUN/launch/jobs.jsonl (what `nca-scale status` reads) and in the index $NCA_SCALE_HOME/jobs.jsonl (default ~/.nca_scale): nca_scale.launch.jobs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import itertools
 import json
 import logging
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ class SubmitOptions:
     after: list[str] = field(default_factory=list)
     wait: bool | None = None
     dry_run: bool = False
+    check_cluster: bool = False  # a dry run also checks the profile against the live cluster (sinfo, sbatch --test-only)
     cluster_keys: list[tuple[str, str]] = field(default_factory=list)  # cluster.KEY=VALUE, as (KEY, VALUE)
 
 
@@ -169,7 +171,8 @@ def layout(prof: profiles.ClusterProfile, cfg) -> str:
 def _dry_run(prof, prof_name: str, planned: list[Planned], logs: Path, ex, offline: bool) -> str:
     lines = [f"# {len(planned)} job(s) on {prof_name} ({prof.executor}); logs in {logs}; nothing queued"]
     if offline:
-        lines.append("# no Slurm client here (sinfo): the profile was not checked against a live cluster")
+        lines.append("# offline dry run: config, profile and layout checked here; skipped the live checks (sinfo: "
+                     "partition, nodes, GPUs, CPUs, memory; sbatch --test-only); check_cluster=true runs them")
     for p in planned:
         lines.append("#  nca-scale " + " ".join(shlex.quote(a) for a in p.argv))
         if p.cfg is not None:
@@ -192,8 +195,9 @@ def submit(command: Command, opt: SubmitOptions) -> Submission:
         prof = replace(prof, nodes=1, tasks_per_node=1, gpus_per_node=min(prof.gpus_per_node, 1))
     if opt.after and prof.executor == "local":
         raise UserError("after= needs a Slurm profile (the local executor has no dependencies); run the stages in order")
-    # a dry run on a machine without the Slurm client (a laptop) checks everything but the live cluster
-    offline = opt.dry_run and prof.executor == "slurm" and shutil.which("sinfo") is None
+    # a dry run checks everything but the live cluster, whose Slurm client may be missing, down or another
+    # cluster's; check_cluster=true asks for the live checks too
+    offline = opt.dry_run and prof.executor == "slurm" and not opt.check_cluster
     if prof.executor == "slurm" and not offline:  # the profile against the live cluster, then the config
         partition = profiles.check(prof)
         profiles.test_only(prof, partition)

@@ -39,7 +39,8 @@ RUN_FILE = "sweep_run.json"  # in each run's directory: the plan entry its job r
 @dataclass(frozen=True)
 class LaunchOptions:
     wait: bool = False  # on Slurm, wait for the stage-2 jobs to end (on this machine a launch always waits)
-    dry_run: bool = False  # list the runs it would submit; prepare and queue nothing
+    dry_run: bool = False  # list the runs it would submit; prepare and queue nothing; no Slurm needed
+    check_cluster: bool = False  # with dry_run: also check the profile and the recorded jobs on the live cluster
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,13 @@ def launch(spec: sweep_spec.SweepSpec, spec_path: str, opts: LaunchOptions) -> i
     runs = planner.plan()
     sweep_plan.write(spec, spec_path, runs)
     prof, prof_name = spec.profile()
-    if prof.executor == "slurm":
+    live = prof.executor == "slurm" and (not opts.dry_run or opts.check_cluster)
+    if live:
         profiles.test_only(prof, profiles.check(prof))
-    pending, flying, done = todo(runs, spec.sweep_dir)
+    elif prof.executor == "slurm":
+        log.info("# offline dry run: skipped the live checks (sinfo, sbatch --test-only, the states of jobs already "
+                 "submitted: runs recorded as submitted are listed as to submit); check_cluster=true runs them")
+    pending, flying, done = todo(runs, spec.sweep_dir, live=live or prof.executor != "slurm")
     log.info("# sweep %s: %d runs: %d finished, %d queued or running, %d to submit (%s, %s)", spec.name, len(runs),
              len(done), len(flying), len(pending), prof_name, prof.executor)
     if not pending:

@@ -28,11 +28,13 @@ def _states(recorded: dict[str, dict]) -> dict[str, str]:
             for run, r in recorded.items()}
 
 
-def todo(runs: list[sweep_plan.Run], sweep_dir: Path) -> tuple[list[sweep_plan.Run], dict[str, str], dict]:
-    """(runs to submit, {run: Slurm job it is queued/running as}, finished records)."""
+def todo(runs: list[sweep_plan.Run], sweep_dir: Path, live: bool = True
+         ) -> tuple[list[sweep_plan.Run], dict[str, str], dict]:
+    """(runs to submit, {run: Slurm job it is queued/running as}, finished records); without `live` (an offline dry
+    run) no Slurm job state is asked for."""
     done = sweep_results.read(sweep_dir)
     recorded = recorded_jobs(sweep_dir)
-    states = _states({n: r for n, r in recorded.items() if r["executor"] == "slurm"})
+    states = _states({n: r for n, r in recorded.items() if r["executor"] == "slurm"}) if live else {}
     flying = {n: recorded[n]["job_id"] for n, s in states.items() if s.split()[0] in IN_FLIGHT and n not in done}
     return [r for r in runs if r.name not in done and r.name not in flying], flying, done
 
