@@ -31,7 +31,8 @@ def megatron_tp2(tmp_path_factory) -> Path:
 def deepspeed_zero3(tmp_path_factory) -> Path:
     """DeepSpeed ZeRO-3 over 2 ranks, 10 steps, evaluated at the end: a ZeRO check and a transfer source."""
     out = tmp_path_factory.mktemp("deepspeed_zero3") / "run"
-    train(out, "steps=10", "backend=deepspeed", "parallel.nproc=2", "deepspeed.zero=3", "eval_every=10", "eval_batches=1")
+    proc = train(out, "steps=10", "backend=deepspeed", "parallel.nproc=2", "deepspeed.zero=3", "eval_every=10", "eval_batches=1")
+    (out.parent / "train.log").write_text(proc.stdout)  # what the run says it did (test_deepspeed.py reads it)
     return out
 
 

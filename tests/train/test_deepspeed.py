@@ -95,7 +95,10 @@ def test_cpu_offload_matches_and_resumes_exactly(reference, tmp_path):
 # model built whole on every rank first (zero_init=false).
 def test_zero3_built_partitioned_trains_like_the_model_built_whole(deepspeed_zero3, tmp_path):
     """deepspeed_zero3 (2 ranks, ZeRO-3, 10 steps; zero_init by default) against the same run with zero_init=false:
-    losses, gradient norms, final fp32 weights and Adam moments bit for bit."""
+    losses, gradient norms, final fp32 weights and Adam moments bit for bit. The fixture's own log shows that it was
+    built partitioned (else this would compare a run with itself)."""
+    built = (deepspeed_zero3.parent / "train.log").read_text()
+    assert "ZeRO-3: the model is built partitioned over dp=2 (deepspeed.zero.Init)" in built, built[-3000:]
     out = tmp_path / "whole"
     proc = train(out, "steps=10", "backend=deepspeed", "parallel.nproc=2", "deepspeed.zero=3", "eval_every=10", "eval_batches=1",
                  "deepspeed.zero_init=false")
