@@ -13,6 +13,7 @@ scipy.optimize.least_squares(loss="huber", f_scale=delta) finds on the same data
 from __future__ import annotations
 
 import itertools
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,7 @@ class Fit:
         return {"form": self.form, "params": self.params, "huber_objective": self.objective, "points": self.points}
 
 
-def _params(form: str, t: np.ndarray) -> dict[str, float]:
+def params_of(form: str, t: np.ndarray) -> dict[str, float]:
     params = {"A": float(np.exp(t[0])), "alpha": float(t[1])}
     if form == ND:
         params |= {"B": float(np.exp(t[2])), "beta": float(t[3])}
@@ -122,12 +123,13 @@ def _best_starts(form, x, y, target, delta, keep) -> np.ndarray:
 
 
 def fit_rows(form: str, n, losses, d=None, *, starts: np.ndarray, delta: float = DELTA):
-    """Fit every row of `losses` (R, points) from the same `starts` (K, P) in one batched optimisation;
-    returns the best parameters (R, P) and Huber objective (R,) per row."""
+    """Fit every row of `losses` (R, points) from the same `starts` (K, P), or row r from its own starts[r]
+    (R, K, P), in one batched optimisation; returns the best parameters (R, P) and Huber objective (R,) per row."""
     x, y, target = _logs(n, d, losses)
-    rows, k = target.shape[0], len(starts)
+    rows, k = target.shape[0], starts.shape[-2]
+    theta0 = starts.reshape(rows * k, -1) if starts.ndim == 3 else np.tile(starts, (rows, 1))
     with np.errstate(over="ignore", invalid="ignore"):
-        theta, obj = _minimize(form, np.tile(starts, (rows, 1)), x, y, np.repeat(target, k, axis=0), delta)
+        theta, obj = _minimize(form, theta0, x, y, np.repeat(target, k, axis=0), delta)
     obj = np.where(np.isfinite(obj), obj, np.inf).reshape(rows, k)
     best = obj.argmin(axis=1)
     return theta.reshape(rows, k, -1)[np.arange(rows), best], obj[np.arange(rows), best]
@@ -140,7 +142,7 @@ def fit(form: str, n, loss, d=None, *, delta: float = DELTA) -> Fit:
     with np.errstate(over="ignore", invalid="ignore"):
         starts = _best_starts(form, x, y, target, delta, STARTS)
     theta, obj = fit_rows(form, n, loss, d, starts=starts, delta=delta)
-    return Fit(form, _params(form, theta[0]), float(obj[0]), x.shape[1])
+    return Fit(form, params_of(form, theta[0]), float(obj[0]), x.shape[1])
 
 
 def raw_params(f: Fit) -> np.ndarray:
@@ -202,7 +204,7 @@ def loss_vs_n(points: list[tuple[float, list[float]]], *, level: float, resample
         x, y, target = _logs(n, None, loss)
         starts = np.vstack([raw_params(best), _best_starts(form, x, y, target, DELTA, BOOT_STARTS)])
         theta, _ = fit_rows(form, n, draws, starts=starts)
-        refits = [Fit(form, _params(form, t), 0.0, len(n)) for t in theta]
+        refits = [Fit(form, params_of(form, t), 0.0, len(n)) for t in theta]
         lo, hi = percentile(np.array([[f.params[k] for k in best.params] for f in refits]), level)
         out["ci"] = {k: [float(a), float(b)] for k, a, b in zip(best.params, lo, hi)}
         clo, chi = percentile(np.array([f.predict(grid_n) for f in refits]), level)
@@ -264,4 +266,93 @@ def trend(points: list[tuple[float, list[float]]], *, level: float, resamples: i
     draws = cluster_resamples([vs for _, vs in points], resamples, seed)
     lo, hi = percentile(np.polyfit(x, draws.T, 1)[0], level)
     out["ci"] = [float(lo), float(hi)]
+    return out
+
+
+# ---- L(N, D) with intervals, and the compute-optimal allocation it implies ------------------------------------
+def seed_draws(seeds_by_group: dict, resamples: int, seed: int) -> dict:
+    """Cluster bootstrap draws: group (model size) -> (resamples, k) seeds drawn with replacement from its k seeds.
+    A drawn seed brings every run of that size and seed (all stage-2 budgets, every arm): seeds are the unit."""
+    rng = np.random.default_rng(seed)
+    return {g: np.asarray(s)[rng.integers(0, len(s), (resamples, len(s)))] for g, s in sorted(seeds_by_group.items())}
+
+
+def resampled(values: dict[tuple, float], keys: list[tuple], seeds_by_group: dict, draws: dict) -> np.ndarray:
+    """(resamples, len(keys)): for key (group, seed, *rest) at seed position j of its group, the value of
+    (group, drawn seed j, *rest), or the key's own value where the drawn seed lacks that run."""
+    cols = []
+    for key in keys:
+        g, s, *rest = key
+        drawn = draws[g][:, list(seeds_by_group[g]).index(s)]
+        cols.append([values.get((g, int(d), *rest), values[key]) for d in drawn])
+    return np.asarray(cols, dtype=np.float64).T
+
+
+def se_interval(estimate: np.ndarray, draws: np.ndarray, level: float, seeds_by_group: dict) -> np.ndarray:
+    """(2, P) intervals estimate -/+ t_{G-H} sqrt(k/(k-1)) SE: SE = the sd of the (resamples, P) cluster-bootstrap
+    `draws`, G = seeds over all groups (the clusters), H = groups (the strata), k = mean seeds per group.
+    With 3 seeds per size a percentile interval covers ~83 % at 95 % (the bootstrap's variance is low by
+    (k-1)/k within each stratum, and its tails are normal-thin); this small-sample form covers 90-98 %
+    (tests/analysis/test_calibration.py)."""
+    from nca_scale.analysis.inference import t_ppf
+
+    g = sum(len(v) for v in seeds_by_group.values())
+    h = len(seeds_by_group)
+    k = g / h
+    se = np.nanstd(draws, axis=0, ddof=1) * np.sqrt(k / (k - 1))
+    half = t_ppf(0.5 + level / 2.0, max(g - h, 1)) * se
+    return np.stack([estimate - half, estimate + half])
+
+
+def allocation(p: dict[str, float], compute: float) -> dict[str, float]:
+    """Chinchilla's compute-optimal split of C = 6 N D under L = E + A/N^alpha + B/D^beta:
+    N_opt = G (C/6)^a, D_opt = (C/6)^b / G, a = beta/(alpha+beta), b = alpha/(alpha+beta),
+    G = (alpha A / (beta B))^(1/(alpha+beta)) (Hoffmann et al. 2022, eq. 4)."""
+    al, be = p["alpha"], p["beta"]
+    g = (al * p["A"] / (be * p["B"])) ** (1.0 / (al + be))
+    n_opt = g * (compute / 6.0) ** (be / (al + be))
+    d_opt = (compute / 6.0) ** (al / (al + be)) / g
+    return {"a": be / (al + be), "b": al / (al + be), "N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": d_opt / n_opt}
+
+
+def loss_nd_ci(points: list[tuple], *, level: float, resamples: int, seed: int) -> dict:
+    """points = [(size, seed, N, D, loss)]: L(N, D) fitted to every point, cluster-bootstrap intervals (seeds
+    redrawn within each size) of every parameter and of the allocation at the largest C = 6 N D measured."""
+    out = loss_nd([(p[2], p[3], p[4]) for p in points])
+    if out["fit"] is None:
+        return out
+    best = Fit(ND, out["fit"]["params"], out["fit"]["huber_objective"], out["fit"]["points"])
+    compute = max(6.0 * p[2] * p[3] for p in points)
+    out["compute"] = compute
+    out["allocation"] = allocation(best.params, compute)
+    seeds_by_size: dict = defaultdict(set)
+    for p in points:
+        seeds_by_size[p[0]].add(p[1])
+    seeds_by_size = {k: sorted(v) for k, v in seeds_by_size.items()}
+    if all(len(v) < 2 for v in seeds_by_size.values()):
+        out["notes"].append("one seed per size: no bootstrap interval")
+        return out
+    keys = [(p[0], p[1], p[3]) for p in points]
+    draws = seed_draws(seeds_by_size, resamples, seed)
+    losses = resampled({k: p[4] for k, p in zip(keys, points)}, keys, seeds_by_size, draws)
+    n, d = [p[2] for p in points], [p[3] for p in points]
+    x, y, target = _logs(n, d, [p[4] for p in points])
+    starts = np.vstack([raw_params(best), _best_starts(ND, x, y, target, DELTA, BOOT_STARTS)])
+    theta, _ = fit_rows(ND, n, losses, d, starts=starts)
+    params = [params_of(ND, t) for t in theta]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        alloc = [allocation(q, compute) for q in params]
+    # intervals on the scale the estimate is ~normal on: log for the positive scale factors, linear for exponents
+    logs = ("E", "A", "B", "allocation.N_opt", "allocation.D_opt", "allocation.tokens_per_param")
+    estimate = {**best.params, **{f"allocation.{k}": v for k, v in out["allocation"].items()}}
+    table = {k: np.array([q[k] for q in params]) for k in best.params}
+    table |= {f"allocation.{k}": np.array([a[k] for a in alloc]) for k in out["allocation"]}
+    names = list(estimate)
+    est = np.array([np.log(estimate[k]) if k in logs else estimate[k] for k in names])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = np.column_stack([np.log(table[k]) if k in logs else table[k] for k in names])
+    ci = se_interval(est, np.where(np.isfinite(draws), draws, np.nan), level, seeds_by_size)
+    out["ci"] = {k: [float(np.exp(a)), float(np.exp(b))] if k in logs else [float(a), float(b)]
+                 for k, a, b in zip(names, ci[0], ci[1])}
+    out["resamples"] = resamples
     return out

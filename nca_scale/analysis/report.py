@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nca_scale
 from nca_scale.analysis import sweep_plots as plots
+from nca_scale.analysis.claims import claims
 from nca_scale.analysis.report_doc import html_page, markdown
 from nca_scale.analysis.report_text import Report, Scaling, document
 from nca_scale.analysis.sweep_metrics import (
@@ -23,6 +24,7 @@ from nca_scale.analysis.sweep_metrics import (
 )
 from nca_scale.analysis.sweep_results import Sweep, load_sweep
 from nca_scale.analysis.sweep_scaling import FitSettings, loss_fits, metric_trends, nd_fits
+from nca_scale.analysis.transfer import transfer
 from nca_scale.errors import UserError
 from nca_scale.files import replacing
 
@@ -36,12 +38,15 @@ class ReportConfig:
     resamples: int = 10_000  # bootstrap resamples of means over seeds
     fit_resamples: int = 200  # bootstrap refits per scaling fit
     seed: int = 0  # numpy seed of every bootstrap
+    power: float = 0.8  # the power at which the claims table states the smallest detectable effect
 
     def validate(self) -> None:
         if not 0.5 <= self.level < 1.0:
             raise UserError(f"level={self.level} must be in [0.5, 1), e.g. level=0.95")
         if self.resamples < 100 or self.fit_resamples < 10:
             raise UserError("resamples must be >= 100 and fit_resamples >= 10")
+        if not 0.5 <= self.power < 1.0:
+            raise UserError(f"power={self.power} must be in [0.5, 1), e.g. power=0.8")
 
 
 def check_out(out: Path) -> None:
@@ -87,12 +92,14 @@ def compute(sweep: Sweep, cfg: ReportConfig) -> Report:
         settings={**asdict(cfg), "bootstrap": boot.describe()},
         scale=scale_summary(sweep),
         final_ppl=final_ppl_table(sweep, boot),
+        claims=claims(sweep, cfg.level, cfg.power),
+        transfer=transfer(sweep, level=cfg.level, resamples=cfg.fit_resamples, seed=cfg.seed),
         vs_scratch=rows,
         compute_matched=matched,
         bands=bands,
         scaling=Scaling(
             loss_vs_n=loss_fits(sweep, boot, fset),
-            loss_nd=nd_fits(sweep),
+            loss_nd=nd_fits(sweep, boot, fset),
             improvement_vs_n=metric_trends(rows, "improvement_pct", boot, fset),
             speedup_vs_n=metric_trends(rows, "speedup", boot, fset),
         ),
@@ -114,6 +121,7 @@ def _plots(sweep: Sweep, rep: Report, tmp: Path) -> dict[str, str]:
                                                     f"Convergence speedup vs scratch ({scale})", "speedup (x)", 1.0),
         "loss_fits": lambda p: plots.loss_fits(rep.scaling.loss_vs_n, colors, p, f"Loss vs N ({scale})"),
         "bands": lambda p: plots.band_effect(rep.bands, p, f"Complexity band effect ({scale})"),
+        "transfer": lambda p: plots.transfer(rep.transfer, p, f"Effective data transferred ({scale})"),
     }
     for name, draw in jobs.items():
         if draw(tmp / f"{name}.png"):

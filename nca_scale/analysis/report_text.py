@@ -35,6 +35,8 @@ class Report:
     settings: dict
     scale: dict
     final_ppl: list[dict]
+    claims: list[dict]  # claims.claims: the paper's claims as paired comparisons, per size and over all sizes
+    transfer: list[dict]  # transfer.transfer: effective data transferred and the fitted transfer law, per arm
     vs_scratch: list[dict]
     compute_matched: list[dict]
     bands: list[dict]
@@ -121,11 +123,46 @@ def _caveats(rep: Report) -> list[str]:
 
 def document(rep: Report, images: dict[str, str]) -> Doc:
     doc = Doc(f"Sweep report: {rep.sweep}")
-    for section in (_overview, _final_ppl, _vs_scratch, _compute_matched, _bands, _scaling):
+    for section in (_claims, _overview, _final_ppl, _vs_scratch, _compute_matched, _bands, _transfer, _scaling):
         section(doc, rep, images)
     doc.h("Notes")
     doc.ul(rep.notes or ["none"])
     return doc
+
+
+def _pct(v: float | None, ci: list | None = None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:+.2f}%" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+
+
+def claim_row(r: dict) -> list[str]:
+    if r.get("comparison") is None:
+        return [r["claim"], r["statement"], "-", "-", "-", "-", "-", r["verdict"]]
+    det = f"±{abs(r['detectable_pct']):.2f}%" if r["detectable_pct"] is not None else "-"
+    return [r["claim"], r["statement"], f"{r['comparison']} · {domain_text(r)}", r["size"], str(r["n_seeds"]),
+            _pct(r["effect_pct"], r["ci_pct"]), det, r["verdict"]]
+
+
+def _claims(doc: Doc, rep: Report, images: dict[str, str]) -> None:
+    """The paper's headline claims, at the top: pooled over sizes, then per size (claims.py)."""
+    from nca_scale.analysis.claims import summary
+
+    level = rep.settings["level"]
+    doc.h("The paper's claims, as measured here")
+    doc.p(f"Effect = % lower final perplexity of the first arm named than the second (positive = the paper's "
+          f"direction), mean over seeds of each seed's mean over the row's cells (stage-2 budgets, and sizes for "
+          f"'all sizes'); [{level:.0%} Student-t interval over seeds]. Verdict: 'supported' when the interval is "
+          f"above 0, 'contradicted' when below, otherwise 'undecided at this power'; 'detectable' is the effect a "
+          f"paired t-test at this level finds with {rep.settings['power']:.0%} power given the measured seed sd. "
+          "Claim m is this project's compute-matched question, not the paper's.")
+    headers = ["claim", "statement", "comparison · domain", "sizes", "seeds", "effect [interval]", "detectable",
+               "verdict"]
+    doc.table(headers, [claim_row(r) for r in summary(rep.claims)])
+    per_size = [r for r in rep.claims if r["size"] != "all sizes"]
+    if per_size:
+        doc.p("Per size (over that size's stage-2 budgets):")
+        doc.table(headers, [claim_row(r) for r in per_size])
 
 
 def _overview(doc: Doc, rep: Report, images: dict[str, str]) -> None:
@@ -209,16 +246,86 @@ def _scaling(doc: Doc, rep: Report, images: dict[str, str]) -> None:
     if "loss_fits" in images:
         doc.img(images["loss_fits"], "Final loss vs N per arm: dots = seeds, line = fit, band = interval, "
                 "x = holdout prediction of the largest size")
-    nd_rows = [[domain_text(f), f["arm"], str(f["cells"]),
-                "; ".join(f"{k} {v:.4g}" for k, v in f["fit"]["params"].items()) if f["fit"] else "not fitted",
+    nd_rows = [[domain_text(f), f["arm"], str(f["cells"]), _nd_params(f), _allocation(f),
                 f"{f['holdout']['mean_abs_error_pct']:.2f}%" if f.get("holdout") else "-",
                 "; ".join(f["notes"]) or "-"] for f in sl.loss_nd]
-    doc.p("L(N, D) = E + A/N^alpha + B/D^beta with D = stage-2 tokens, over the sweep's final points:")
-    doc.table(["domain", "arm", "(N, D) cells", "parameters", "holdout mean |error|", "notes"], nd_rows)
+    doc.p("L(N, D) = E + A/N^alpha + B/D^beta with D = the stage-2 tokens each run trained, over the sweep's final "
+          "points; [intervals]: seeds redrawn within each size, estimate -/+ t sqrt(k/(k-1)) bootstrap sd "
+          "(calibrated: tests/analysis/test_calibration.py). Allocation: Chinchilla's compute-optimal split of "
+          "C = 6ND at the largest C of the fitted runs (a = beta/(alpha+beta): N_opt ~ C^a, D_opt ~ C^b).")
+    doc.table(["domain", "arm", "(N, D) cells", "parameters [interval]", "compute-optimal at C [interval]",
+               "holdout mean |error|", "notes"], nd_rows)
     trend_rows = [_trend_row(key, unit, t) for key, unit in (("improvement_vs_n", "pp"), ("speedup_vs_n", "x"))
                   for t in getattr(sl, key)]
     doc.p("Does the gain hold as models grow? Least-squares slope of the per-seed metric against log10 N:")
     doc.table(["metric", "domain", "stage-2 tokens", "arm", "sizes", "slope [interval]", "notes"], trend_rows)
+
+
+def _ci(f: dict, key: str) -> str:
+    ci = (f.get("ci") or {}).get(key)
+    return f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+
+
+def _nd_params(f: dict) -> str:
+    if not f["fit"]:
+        return "not fitted"
+    return "; ".join(f"{k} {v:.4g}{_ci(f, k)}" for k, v in f["fit"]["params"].items())
+
+
+def _allocation(f: dict) -> str:
+    a = f.get("allocation")
+    if not a:
+        return "-"
+    return (f"C={f['compute']:.3g}: a {a['a']:.3g}{_ci(f, 'allocation.a')}; N_opt {fmt_count(a['N_opt'])}"
+            f"{_ci(f, 'allocation.N_opt')}; D_opt {fmt_count(a['D_opt'])}{_ci(f, 'allocation.D_opt')}; "
+            f"tokens/param {a['tokens_per_param']:.3g}{_ci(f, 'allocation.tokens_per_param')}")
+
+
+def _transfer(doc: Doc, rep: Report, images: dict[str, str]) -> None:
+    """Effective data transferred (Hernandez et al. 2021), per pre-pre-trained arm (transfer.py)."""
+    doc.h("Transfer scaling: effective data transferred")
+    if not rep.transfer:
+        doc.p("Not measured: no pre-pre-trained arm has a scratch arm in its domain.")
+        return
+    doc.p("D_E = the stage-2 tokens scratch of the same size needs to reach the arm's final loss; D_T = D_E - D_F "
+          "(D_F = the arm's stage-2 tokens); multiplier = D_E / D_F. Fit: log D_T = log k + alpha log D_F + "
+          "beta log N over the runs with 0 < D_T < inf; beta > 0 with its interval above 0 = 'pays off more as "
+          "models grow', below 0 = less. Intervals: seeds redrawn within each size for scratch and arm alike, "
+          "scratch law and D_E recomputed, estimate -/+ t sqrt(k/(k-1)) bootstrap sd.")
+    rows = []
+    for t in rep.transfer:
+        f, ci = t["fit"], t["ci"] or {}
+        law = "; ".join(f"{k} {v:.3g}" + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if k in ci else "")
+                        for k, v in f.items()) if f else "not fitted"
+        grows = "-"
+        if "beta" in ci:
+            grows = ("grows with N" if ci["beta"][0] > 0 else "shrinks with N" if ci["beta"][1] < 0
+                     else "undecided at this power")
+        mult = [p["multiplier"] for p in t["points"] if p["multiplier"] is not None]
+        pos = t["positive"]
+        rows.append([domain_text(t), t["arm"], t["method"],
+                     f"{pos['finite_positive']} of {pos['runs']} ({pos['non_positive']} <= 0, {pos['infinite']} "
+                     "beyond scratch's reach)",
+                     f"{min(mult):.3g}-{max(mult):.3g}" if mult else "-", law, grows, "; ".join(t["notes"]) or "-"])
+    doc.table(["domain", "arm", "D_E from", "runs with 0 < D_T < inf", "multiplier D_E/D_F (range)",
+               "D_T = k D_F^alpha N^beta [interval]", "transfer vs N", "notes"], rows)
+    per = []
+    for t in rep.transfer:
+        cells: dict = {}
+        for p in t["points"]:
+            cells.setdefault((p["n"], p["size"], p["d_f"]), []).append(p)
+        for (_, size, d_f), ps in sorted(cells.items()):
+            dts = [p["d_t"] for p in ps if p["d_t"] is not None]
+            mult = [p["multiplier"] for p in ps if p["multiplier"] is not None]
+            cens = sorted({p.get("censored") or p["interpolation_note"] for p in ps
+                           if p["d_t"] is None and (p.get("censored") or p["interpolation_note"])})
+            per.append([t["arm"], size, fmt_tokens(int(d_f)), ", ".join(f"{v:.3g}" for v in dts) or "-",
+                        ", ".join(f"{v:.3g}" for v in mult) or "-", "; ".join(cens) or "-"])
+    doc.p("Per run (seeds in order):")
+    doc.table(["arm", "size", "D_F", "D_T per seed", "D_E/D_F per seed", "censored"], per)
+    if "transfer" in images:
+        doc.img(images["transfer"], "Effective data transferred D_T vs fine-tuning tokens D_F per size (dots = "
+                "seeds with 0 < D_T < inf, lines = the fitted law)")
 
 
 def _loss_fit_row(f: dict) -> list[str]:

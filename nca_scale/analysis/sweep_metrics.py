@@ -141,7 +141,8 @@ def vs_scratch(sweep: Sweep, boot: Bootstrap, notes: list[str]) -> list[dict]:
 def _matched_partner(run: Run, arms: dict[str, dict[int, Run]]) -> Run | None:
     """The pre-pre-trained run a scratch_matched run was given the FLOPs of: same cell and seed, named by coords.extra.matched_to (the arm label inside the partner's run name
     s2-<domain>-<size>-<label>-..., or the whole run name); else the only such pre-pre-trained run."""
-    pre = [r for seeds in arms.values() for s, r in seeds.items() if r.arm in PRE_ARMS and s == run.seed]
+    pre = [r for seeds in arms.values() for s, r in seeds.items()
+           if r.arm in PRE_ARMS and s == run.seed and r.full_transfer]  # transfer variants share the run's name
     named = [r for r in pre if run.matched_to and (r.name == run.matched_to or f"-{run.matched_to}-" in r.name)]
     if len(named) == 1:
         return named[0]

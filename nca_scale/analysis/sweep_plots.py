@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from nca_scale.analysis.nca_figures import band_label, new_figure
 from nca_scale.analysis.sweep_metrics import fmt_tokens
 from nca_scale.analysis.sweep_results import Sweep, fmt_count
@@ -205,3 +207,29 @@ def band_effect(rows: list[dict], path: Path, title: str) -> bool:
         ax.grid(alpha=0.3)
     return _save(fig, path, title, _legend(fig, axes))
 
+
+
+def transfer(rows: list[dict], path: Path, title: str) -> bool:
+    """Effective data transferred D_T against fine-tuning tokens D_F, log-log, one panel per (domain, arm), one
+    colour per size: dots = seeds with 0 < D_T < inf, lines = the fitted D_T = k D_F^alpha N^beta."""
+    rows = [r for r in rows if any(p["d_t"] and p["d_t"] > 0 for p in r["points"])]
+    if not rows:
+        return False
+    fig, axes = _panels(len(rows))
+    for ax, row in zip(axes, rows):
+        sizes = sorted({(p["n"], p["size"]) for p in row["points"]})
+        for k, (n, size) in enumerate(sizes):
+            pts = [p for p in row["points"] if p["size"] == size and p["d_t"] and p["d_t"] > 0]
+            ax.plot([p["d_f"] for p in pts], [p["d_t"] for p in pts], "o", color=f"C{k}", markersize=4,
+                    label=f"{size} (N={fmt_count(n)})")
+            f = row["fit"]
+            if f and pts:
+                d = np.geomspace(min(p["d_f"] for p in row["points"]), max(p["d_f"] for p in row["points"]), 20)
+                ax.plot(d, 10 ** f["log10_k"] * d ** f.get("alpha", 0.0) * n ** f.get("beta", 0.0), color=f"C{k}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("fine-tuning tokens D_F")
+        ax.set_ylabel("effective data transferred D_T")
+        ax.set_title(title_of(row["domain"], row["axes"], row["arm"]), fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    return _save(fig, path, title, _legend(fig, axes))

@@ -17,7 +17,8 @@ from nca_scale.train import run_files
 
 REQUIRED = ("run", "stage", "coords", "params", "non_embedding_params", "tokens", "flops", "eval_curve", "final")
 PRE_ARMS = ("nca", "text", "dyck")  # arms with a stage-1 run before language training
-ARM_KEYS = ("matched_to", "stage1_corpus")  # coords.extra keys that describe the arm; every other key is an axis
+# coords.extra keys that describe the arm (docs/sweeps.md); every other key is an axis
+ARM_KEYS = ("matched_to", "stage1_corpus", "reinit", "reinit_embeddings")
 MATCHED = "scratch_matched"
 
 
@@ -73,9 +74,28 @@ class Run:
             parts.append(fmt_count(self.stage1_tokens))
         if "stage1_corpus" in self.extra:
             parts.append(f"corpus={self.extra['stage1_corpus']}")
+        if self.reinit:
+            parts.append("reinit=" + "+".join(self.reinit))
+        if self.extra.get("reinit_embeddings") is False:
+            parts.append("keep-embeddings")
         if self.arm == MATCHED:
             parts.append(f"(to {self.matched_to})")
         return " ".join(parts)
+
+    @property
+    def reinit(self) -> list[str]:
+        """Modules re-initialised before stage 2 on top of the embeddings (a transfer ablation), or []."""
+        return list(self.extra.get("reinit") or [])
+
+    @property
+    def full_transfer(self) -> bool:
+        """A pre-pre-trained run transferred as the paper's main arms are: new embeddings, nothing else reset."""
+        return not self.reinit and self.extra.get("reinit_embeddings", True) is not False
+
+    @property
+    def base_label(self) -> str:
+        """The arm label of the full transfer of the same stage-1 run (the label itself for other arms)."""
+        return self.arm_label.split(" reinit=")[0].replace(" keep-embeddings", "")
 
     @property
     def axes(self) -> str:

@@ -29,30 +29,35 @@ def _n_grid(ns: list[float]) -> np.ndarray:
 
 def loss_fits(sweep: Sweep, boot: Bootstrap, settings: FitSettings) -> list[dict]:
     """One loss-vs-N fit per (domain, stage-2 tokens, arm)."""
-    groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    sizes: dict[tuple, dict[float, str]] = defaultdict(dict)
-    for r in sweep.runs:
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    n_of: dict[str, float] = {}
+    for r in sweep.runs:  # grouped by model (size name), not by float equality of N
         key = (r.domain or "-", r.stage2_tokens or 0, r.axes, r.arm_label)
-        groups[key][float(r.non_embedding_params)].append(r.final_loss)
-        sizes[key][float(r.non_embedding_params)] = r.size
+        groups[key][r.size].append(r.final_loss)
+        n_of[r.size] = float(r.non_embedding_params)
     rows = []
-    for key, by_n in sorted(groups.items()):
-        points = sorted((n, ls) for n, ls in by_n.items())
+    for key, by_size in sorted(groups.items()):
+        named = sorted(((n_of[z], z, ls) for z, ls in by_size.items()))
+        points = [(n, ls) for n, _, ls in named]
         res = fits.loss_vs_n(points, level=boot.level, resamples=settings.resamples, seed=settings.seed,
                              grid_n=_n_grid([p[0] for p in points]))
         rows.append({"domain": key[0], "stage2_tokens": key[1], "axes": key[2], "arm": key[3],
-                     "points": [{"n": n, "size": sizes[key][n], "losses": ls} for n, ls in points], **res})
+                     "points": [{"n": n, "size": z, "losses": ls} for n, z, ls in named], **res})
     return rows
 
 
-def nd_fits(sweep: Sweep) -> list[dict]:
-    """One L(N, D) fit per (domain, arm) over every (size, stage-2 tokens) cell with a finished run."""
+def nd_fits(sweep: Sweep, boot: Bootstrap, settings: FitSettings) -> list[dict]:
+    """One L(N, D) fit per (domain, arm) over every (size, stage-2 budget) cell with a finished run, D = the tokens
+    each run trained, with intervals of every parameter and of the compute-optimal allocation
+    (fits.loss_nd_ci; seeds redrawn within each size)."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in sweep.runs:
         if r.stage2_tokens:
-            groups[(r.domain or "-", r.axes, r.arm_label)].append((float(r.non_embedding_params), float(r.stage2_tokens),
-                                                          r.final_loss))
-    return [{"domain": d, "axes": x, "arm": a, **fits.loss_nd(points)} for (d, x, a), points in sorted(groups.items())]
+            groups[(r.domain or "-", r.axes, r.arm_label)].append(
+                (r.size, r.seed, float(r.non_embedding_params), float(r.tokens), r.final_loss))
+    return [{"domain": d, "axes": x, "arm": a,
+             **fits.loss_nd_ci(points, level=boot.level, resamples=settings.resamples, seed=settings.seed)}
+            for (d, x, a), points in sorted(groups.items())]
 
 
 def metric_trends(rows: list[dict], metric: str, boot: Bootstrap, settings: FitSettings) -> list[dict]:
