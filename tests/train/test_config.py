@@ -60,7 +60,8 @@ def test_distributed_optimizer_checkpoint_refuses_a_tp_change(tmp_path, capsys):
 
     ckpt = tmp_path / "checkpoints" / "step_00000003"
     ckpt.mkdir(parents=True)
-    saved = from_args([str(ROOT / "configs/train/cpu-tiny.yaml"), "backend=megatron", "parallel.nproc=2", "parallel.tp=2"])
+    saved = from_args([str(ROOT / "configs/train/cpu-tiny.yaml"), "backend=megatron", "parallel.nproc=2", "parallel.tp=2",
+                       "megatron.optimizer_layout=dp_reshardable"])  # fully_reshardable, the default at tp=2, reshards
     saved = to_dict(saved.resolved())
     meta = {"step": 3, "tokens": 0, "backend": "megatron", "config": saved, "layout": {"tp": 2, "pp": 1, "vpp": 1}}
     (ckpt / "meta.json").write_text(json.dumps(meta))

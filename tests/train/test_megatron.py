@@ -133,6 +133,50 @@ def test_dp2_distributed_optimizer_checkpoint_continues_on_one_rank(dp2, tmp_pat
     assert_continues(out, dp2, start=7)
 
 
+# ---- the distributed optimizer's fully reshardable checkpoints (megatron.optimizer_layout) ----------------
+@pytest.fixture(scope="module")
+def tp2_pp2_dp2(tmp_path_factory):
+    """8 ranks, TP=2 x PP=2 x DP=2 with the distributed optimizer, whose layout defaults to fully_reshardable
+    there: the session reference's first 3 steps (its LR schedule over 10), saved at step 3."""
+    out = tmp_path_factory.mktemp("tp2-pp2-dp2") / "run"
+    train(out, "steps=3", "schedule.total=10", "backend=megatron", "parallel.nproc=8", "parallel.tp=2", "parallel.pp=2",
+          timeout=600)
+    return out
+
+
+@pytest.mark.parametrize("target", [("parallel.nproc=1",), ("parallel.nproc=8", "parallel.tp=2")], ids=["tp1", "tp2-dp4"])
+def test_fully_reshardable_checkpoint_continues_under_another_tp_pp_dp(target, tp2_pp2_dp2, reference, tmp_path):
+    """The TP=2 x PP=2 x DP=2 step-3 checkpoint continued to step 10 on one rank and on TP=2 x DP=4: steps 4-10
+    and the final weights and Adam moments are the single process's within the fp32 layout tolerances (a wrong
+    or missing moment after the reshard moves step 4 by far more; a TP/PP change of dp_reshardable state is
+    refused before launch)."""
+    out = tmp_path / "resharded"
+    train(out, "steps=10", "schedule.total=10", "backend=megatron", f"resume={tp2_pp2_dp2}/checkpoints/step_00000003",
+          *target, timeout=600)
+    assert_continues(out, reference, start=3)
+
+
+def test_optimizer_layout_default_and_refusals():
+    """fully_reshardable where the layout has TP or PP; checkpoints of earlier releases are dp_reshardable; the
+    deprecated fully_sharded_model_space and keys without effect are refused."""
+    from nca_scale.errors import UserError
+    from nca_scale.train.checkpoint.select import _optimizer_layout
+    from nca_scale.train.config_sections import MegatronConfig
+
+    m = MegatronConfig()
+    assert [m.optimizer_sharding(tp, pp) for tp, pp in ((1, 1), (2, 1), (1, 2), (2, 2))] == [
+        "dp_reshardable", "fully_reshardable", "fully_reshardable", "fully_reshardable"]
+    assert MegatronConfig(optimizer_layout="dp_reshardable").optimizer_sharding(2, 2) == "dp_reshardable"
+    assert _optimizer_layout({"distributed_optimizer": True}, {"tp": 2, "pp": 2}) == "dp_reshardable"  # older runs
+    assert _optimizer_layout({"optimizer_layout": None}, {"tp": 2, "pp": 1}) == "fully_reshardable"
+    with pytest.raises(UserError, match="megatron-core 0.16 deprecates fully_sharded_model_space"):
+        MegatronConfig(optimizer_layout="fully_sharded_model_space").validate("megatron", "adamw")
+    with pytest.raises(UserError, match="with megatron.distributed_optimizer=false the optimizer reshards"):
+        MegatronConfig(optimizer_layout="fully_reshardable", distributed_optimizer=False).validate("megatron", "sgd")
+    with pytest.raises(UserError, match="megatron.grad_reduce_in_fp32 is a megatron setting and backend=torch"):
+        MegatronConfig(grad_reduce_in_fp32=False).validate("torch", "adamw")
+
+
 def test_plain_sgd_data_parallel_matches_single_process(reference_sgd, tmp_path):
     """SGD's update is the gradient itself: a gradient scaled by a constant (DP ranks summed instead of
     averaged, a replicated gradient counted twice) moves the weights by that factor, where Adam hides it."""

@@ -28,10 +28,6 @@ from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
 from nca_scale.train.transfer import Weights
 
-# dp_reshardable: the sharding megatron-core 0.16's torch-Adam DistributedOptimizer can save without
-# flattened ranges (the default fully_sharded_model_space raises "flattened_range is not supported")
-_OPTIM_META = {"distrib_optim_sharding_type": "dp_reshardable"}
-
 tdist.quiet_upstream_warnings()
 log = logging.getLogger(__name__)
 
@@ -138,7 +134,7 @@ class MegatronEngine:
             model = Float16Module(self.config, model)
         cfg = self.cfg
         ddp = DistributedDataParallelConfig(
-            use_distributed_optimizer=cfg.megatron.distributed_optimizer, grad_reduce_in_fp32=True,
+            use_distributed_optimizer=cfg.megatron.distributed_optimizer, grad_reduce_in_fp32=cfg.megatron.grad_reduce_in_fp32,
             overlap_grad_reduce=cfg.megatron.overlap_grad_reduce, overlap_param_gather=cfg.megatron.overlap_param_gather,
             # the interleaved schedule starts each chunk's parameter gather itself (_schedule_hooks); otherwise
             # each bucket's forward pre-hook starts the next bucket's
@@ -235,9 +231,22 @@ class MegatronEngine:
         return self._run(batch, forward_only=True)
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def _sharded_state_dict(self, loading: bool) -> dict:
+    def _sharded_state_dict(self, sharding: str, loading: bool) -> dict:
+        """Model and optimizer state; the distributed optimizer's in the layout `sharding` (megatron-core's
+        distrib_optim_sharding_type: dp_reshardable or fully_reshardable, megatron.optimizer_layout)."""
         model = {f"model{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(self.chunks)}
-        return {**model, "optimizer": self.optimizer.sharded_state_dict(model, is_loading=loading, metadata=_OPTIM_META)}
+        metadata = {"distrib_optim_sharding_type": sharding}
+        return {**model, "optimizer": self.optimizer.sharded_state_dict(model, is_loading=loading, metadata=metadata)}
+
+    def _saved_sharding(self, target: str) -> str:
+        """The optimizer layout a checkpoint was written in, from its own common state (checkpoints of earlier
+        releases: dp_reshardable, the only one they wrote)."""
+        from megatron.core import dist_checkpointing
+
+        if not self.cfg.megatron.distributed_optimizer:
+            return "dp_reshardable"  # unused: the plain optimizer's state is sharded like the model
+        common = dist_checkpointing.load_common_state_dict(target)
+        return common.get("optimizer", {}).get("param_state_sharding_type", "dp_reshardable")
 
     def _checkpoint_strategies(self) -> None:
         """Fully parallel saves and loads, as Megatron-LM's --ckpt-fully-parallel-save/-load: a tensor that DP
@@ -258,6 +267,7 @@ class MegatronEngine:
         if self.asynchronous is None:
             self.asynchronous = tdist.device().type == "cuda"
         self.async_queue = AsyncCallsQueue() if self.asynchronous else None
+        _results_queue_dying_with_this_rank()
         log.info(f"checkpoints: fully parallel over dp={self.dp_size}, "
                  + ("written in the background (checkpoint.asynchronous)" if self.asynchronous else "written synchronously"))
 
@@ -281,7 +291,8 @@ class MegatronEngine:
         if dist.get_rank() == 0:
             target.mkdir()  # dist_checkpointing.save wants an existing, empty directory
         dist.barrier()
-        request = dist_checkpointing.save(self._sharded_state_dict(loading=False), str(target),
+        sharding = self.cfg.megatron.optimizer_sharding(self.cfg.parallel.tp, self.cfg.parallel.pp)
+        request = dist_checkpointing.save(self._sharded_state_dict(sharding, loading=False), str(target),
                                           sharded_strategy=self.save_strategy, async_sharded_save=self.asynchronous)
         if request is None:
             return None
@@ -302,11 +313,13 @@ class MegatronEngine:
                 chunk.module.load_state_dict(loaded[f"model{i}"])
             return
         self._ensure_optimizer_state()
-        loaded = dist_checkpointing.load(self._sharded_state_dict(loading=True), target, self._load_strategy(path / "dist"))
+        sharding = self._saved_sharding(target)
+        loaded = dist_checkpointing.load(self._sharded_state_dict(sharding, loading=True), target,
+                                         self._load_strategy(path / "dist"))
         for i, chunk in enumerate(self.chunks):
             chunk.module.load_state_dict(loaded[f"model{i}"])
         with torch.no_grad():  # DistributedOptimizer copies into views of leaf tensors
-            self.optimizer.load_state_dict(loaded["optimizer"])
+            self._load_optimizer(loaded["optimizer"], sharding)
         if self.cfg.megatron.distributed_optimizer:
             # torch Adam: the per-parameter 'step' comes back from the template (0) and shared between
             # parameters; restore the saved step count, one tensor per parameter
@@ -315,6 +328,22 @@ class MegatronEngine:
                     step = float(loaded["optimizer"]["optimizer"]["param_groups"][0]["step"])
                     for st in opt.optimizer.state.values():
                         st["step"] = torch.tensor(step)
+
+    def _load_optimizer(self, state: dict, sharding: str) -> None:
+        """optimizer.load_state_dict, except for torch Adam's fully_reshardable state: megatron-core 0.16 gives
+        each parameter's state a 'step' (per parameter, as torch Adam keeps it) and then copies every key of that
+        state from the loaded per-parameter tensors, which have no 'step' (KeyError). So the parameter state is
+        loaded here after the rest, without the steps (load() restores them)."""
+        opts = self._optimizers()
+        if sharding != "fully_reshardable" or not keeps_step_per_parameter(opts[0].optimizer):
+            self.optimizer.load_state_dict(state)
+            return
+        states = [state] if len(opts) == 1 else [v for _, v in sorted(state.items())]
+        for opt, st in zip(opts, states):
+            opt.load_state_dict({k: v for k, v in st.items() if k != "param_state"})  # no param_state: skipped
+            for per_param in opt.optimizer.state.values():
+                per_param.pop("step", None)
+            opt.load_parameter_state_from_fully_reshardable(st["param_state"])
 
     def _ensure_optimizer_state(self) -> None:
         if self.cfg.megatron.distributed_optimizer:
@@ -342,6 +371,28 @@ def ensure_optimizer_state(opt) -> None:
     if keeps_step_per_parameter(opt.optimizer):
         for st in opt.optimizer.state.values():
             st.setdefault("step", torch.tensor(0.0))
+
+
+_manager: list = []  # the results queue's manager process of this rank (_results_queue_dying_with_this_rank)
+
+
+def _results_queue_dying_with_this_rank() -> None:
+    """megatron-core's file writers report to a queue served by a multiprocessing Manager process it spawns at the
+    first save. A spawned process asks to die with its parent only where it re-imports worker.py (torchrun); under
+    srun or nproc=1 it outlived a rank killed with kill -9. The rank starts that Manager itself, asking it to die
+    with the rank, and hands megatron-core its queue."""
+    import multiprocessing as mp
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from nca_scale import procs
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=mp.get_context("spawn"))  # as megatron-core's ctx.Manager(), but asked to die
+        manager.start(initializer=procs.die_with_parent)
+        _manager.append(manager)
+        filesystem_async._results_queue = manager.Queue()
 
 
 def _write_in_background(write, name: str, *args, **kwargs) -> None:

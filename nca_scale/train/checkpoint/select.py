@@ -22,7 +22,7 @@ from nca_scale.train import checkpoint
 from nca_scale.train.checkpoint import mirror
 from nca_scale.train.checkpoint.verify import verify
 from nca_scale.train.config import TrainConfig
-from nca_scale.train.config_sections import sectioned
+from nca_scale.train.config_sections import MegatronConfig, sectioned
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,14 @@ def finished(cfg: TrainConfig, path: Path, meta: dict) -> bool:
     return True
 
 
+def _optimizer_layout(megatron: dict, layout: dict) -> str:
+    """The distributed optimizer's checkpoint layout a megatron run wrote; runs from before
+    megatron.optimizer_layout existed wrote dp_reshardable."""
+    if "optimizer_layout" not in megatron:
+        return "dp_reshardable"
+    return MegatronConfig(optimizer_layout=megatron["optimizer_layout"]).optimizer_sharding(layout["tp"], layout["pp"])
+
+
 def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     """Refuse a resume that could not continue the same run exactly."""
     meta = checkpoint.read_meta(path)
@@ -156,10 +164,13 @@ def check_resumable(cfg: TrainConfig, path: Path) -> dict:
                         "weights with init_from=)")
     layout = meta["layout"]
     moved = [k for k in ("tp", "pp", "vpp") if layout[k] != getattr(cfg.parallel, k)]
-    if cfg.backend == "megatron" and moved and saved["megatron"]["distributed_optimizer"]:
+    if cfg.backend == "megatron" and moved and saved["megatron"]["distributed_optimizer"] and \
+            _optimizer_layout(saved["megatron"], layout) != "fully_reshardable":
         raise UserError(
-            f"{path} holds distributed-optimizer state, which reshards over DP only, but {', '.join(moved)} changed; "
-            "resume under its parallel.tp/pp/vpp (or train with megatron.distributed_optimizer=false to reshard freely)"
+            f"{path} holds dp_reshardable distributed-optimizer state, which reshards over DP only, but "
+            f"{', '.join(moved)} changed; resume under its parallel.tp/pp/vpp (runs with "
+            "megatron.optimizer_layout=fully_reshardable, the default with tp or pp > 1, or "
+            "megatron.distributed_optimizer=false reshard freely)"
         )
     if cfg.backend == "deepspeed" and layout.get("zero") and layout["dp"] != cfg.data_parallel:
         # DeepSpeed partitions ZeRO optimizer state per DP rank and cannot load it into another partitioning
