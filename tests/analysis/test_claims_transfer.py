@@ -103,3 +103,20 @@ def test_interpolation_censors_outside_the_scratch_budgets():
     assert transfer.d_effective_interp(curve, 5.5) == (None, "better than scratch's largest budget")
     assert transfer.d_effective_interp(curve, 6.1) == (None, "worse than scratch's smallest budget")
     assert np.isinf(transfer.d_effective_fit(SCRATCH, 1e6, 3.0))  # below E + A/N^alpha: beyond scratch's reach
+
+
+def test_compute_matched_pairs_with_the_full_transfer_not_its_variants():
+    """The re-initialised arm's run name also contains `-nca-b50-t300k-`: only the full transfer is the partner
+    of the compute-matched run (before, two candidates made the match fail and the comparison vanish)."""
+    from nca_scale.analysis.sweep_metrics import Bootstrap, compute_matched
+
+    runs = []
+    for seed in (0, 1):
+        runs += [run("s-a", "scratch", seed, 50_000, 6.0),
+                 run("s-a", "nca", seed, 50_000, 5.9, band="50+", s1=300_000),
+                 run("s-a", "nca", seed, 50_000, 5.95, band="50+", s1=300_000, extra={"reinit": ["attn"]}),
+                 run("s-a", "scratch_matched", seed, 50_000, 5.8, extra={"matched_to": "nca-b50-t300k"})]
+    notes: list[str] = []
+    rows = compute_matched(Sweep(None, "t", runs, []), Bootstrap(resamples=200), notes)
+    assert not notes and [r["arm"] for r in rows] == ["nca 50+ 300k"]
+    assert rows[0]["improvement_pct"]["mean"] == pytest.approx(100 * (math.exp(5.8) - math.exp(5.9)) / math.exp(5.8))
