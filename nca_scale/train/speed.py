@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 GPU_PEAK_BF16 = {
     "GB200": 2500e12,      # GB200 NVL72 data sheet: 5 PFLOPS sparse per GPU
     "B200": 2250e12,       # HGX B200 data sheet: 4.5 PFLOPS sparse
+    "GH200": 989e12,       # GH200 Grace Hopper Superchip data sheet: 1,979 TFLOPS sparse (an H100-class GPU)
     "H200 NVL": 835e12,    # H200 data sheet, NVL column: 1,671 TFLOPS sparse
     "H200": 989e12,        # H200 data sheet, SXM: 1,979 TFLOPS sparse
     "H100 NVL": 835e12,    # H100 data sheet, NVL: 1,671 TFLOPS sparse

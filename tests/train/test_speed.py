@@ -31,6 +31,8 @@ DATA_SHEETS = [
     ("NVIDIA L4", 242e12 / 2),  # not the L40S
     ("NVIDIA B200", 4.5e15 / 2),
     ("NVIDIA GB200", 5e15 / 2),  # not the B200
+    ("NVIDIA GH200 480GB", 1979e12 / 2),  # not the H200
+    ("NVIDIA GH200 144G HBM3e", 1979e12 / 2),
     ("AMD Instinct MI300X", 1307.4e12),
     ("AMD Instinct MI300X VF", 1307.4e12),
 ]
