@@ -74,16 +74,70 @@ def replacing(path: str | Path) -> Iterator[Path]:
     fsync(path.parent)
 
 
-def node_share(kind: str) -> tuple[Path, bool] | None:
+def job_key() -> str:
+    """A name the ranks of one job share and other jobs do not: the Slurm job and step, torchrun's run id, or the
+    rendezvous address."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}-{env.get('SLURM_STEP_ID', '0')}"
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return f"job-{env.get('MASTER_ADDR', 'local')}-{env.get('MASTER_PORT', '0')}"
+
+
+def node_share(kind: str, per_job: bool = False) -> tuple[Path, bool] | None:
     """For a rank that shares its node with others (torchrun and srun set LOCAL_WORLD_SIZE): a node-local
     directory for files of `kind` that the node's ranks make once between them, and whether this rank makes
-    them (the node's first, LOCAL_RANK 0; the others `wait_for` them). None for a rank alone on its node."""
+    them (the node's first, LOCAL_RANK 0; the others `wait_for` them). With `per_job` the directory is this job's
+    alone (job_key), for copies its first rank removes at the end (NodeCache). None for a rank alone on its node."""
     if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) < 2:
         return None
     directory = Path(tempfile.gettempdir()) / f"nca_scale_{kind}_{os.getuid()}"  # per user: /tmp is shared
+    if per_job:
+        directory /= job_key()
     directory.mkdir(parents=True, exist_ok=True)
     # NCA_SCALE_LOCAL_RANK: the launcher's LOCAL_RANK where the DeepSpeed backend made LOCAL_RANK its device index
     return directory, os.environ.get("NCA_SCALE_LOCAL_RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
+# NCA_SCALE_NODE_CACHE_GB: the size cap of a job's node-local copies (NodeCache); default half the free space of
+# the temporary directory's filesystem at start, at most 50 GB
+CACHE_ENV, CACHE_MAX_BYTES = "NCA_SCALE_NODE_CACHE_GB", 50e9
+
+
+class NodeCache:
+    """A job's node-local copies of `kind` (node_share per_job): the node's first rank makes them, keeps their total
+    under a cap by removing the oldest first (never those of the two latest `keep` sets: what the ranks may
+    still be waiting for), and removes the whole directory at the end (close). After a kill -9 the directory is
+    left; `rm -r $TMPDIR/nca_scale_<kind>_<uid>/` frees it."""
+
+    def __init__(self, kind: str):
+        share = node_share(kind, per_job=True)
+        self.directory, self.leader = share if share else (None, False)
+        self.recent: list[set[Path]] = [set(), set()]
+        if self.directory is not None:
+            cap = os.environ.get(CACHE_ENV)
+            self.cap = float(cap) * 1e9 if cap else min(CACHE_MAX_BYTES, shutil.disk_usage(self.directory).free / 2)
+
+    def keep(self, paths: set[Path]) -> list[Path]:
+        """The leader: `paths` are in use now; removes the oldest others while the total is over the cap and
+        returns what it removed."""
+        self.recent = [self.recent[1], set(paths)]
+        held = sorted(self.directory.glob("*.npy"), key=lambda p: p.stat().st_mtime)
+        total, removed = sum(p.stat().st_size for p in held), []
+        for old in held:
+            if total <= self.cap:
+                break
+            if old not in self.recent[0] | self.recent[1]:
+                total -= old.stat().st_size
+                old.unlink(missing_ok=True)
+                removed.append(old)
+        return removed
+
+    def close(self) -> None:
+        """The leader removes the job's copies (the others may still map theirs: unlinked files stay readable)."""
+        if self.leader and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def wait_for(ready: Callable[[], bool], what: str, wait_s: float = 3600.0, poll_s: float = 0.02) -> None:

@@ -89,6 +89,9 @@ class TextShardSource:
             log.warning(f"{url}: skipped {len(self.reader.skipped)} corrupt shards ({self.reader.skipped_sequences} "
                         f"sequences): {'; '.join(e for _, e in self.reader.skipped)}")
 
+    def close(self) -> None:
+        self.reader.close()  # this job's node-local copies
+
     def prepare(self, indices) -> None:
         idx = np.asarray(indices)
         self.reader.prepare(idx % len(self.reader) if self.epochs > 1 else idx)  # see TextShardReader.prepare

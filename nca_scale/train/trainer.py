@@ -108,6 +108,9 @@ class Trainer:
         finally:
             if self.prefetch is not None:
                 self.prefetch.close()
+            for data in (self.train_data, self.val_data):  # e.g. text shards' node-local copies are removed
+                if data is not None and (close := getattr(data.source, "close", None)):
+                    close()
 
     def _fit(self) -> FitOutcome:
         cfg = self.cfg

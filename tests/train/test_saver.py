@@ -235,3 +235,41 @@ def test_the_side_group_connects_within_the_start_up_bound_and_waits_rank0_timeo
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[-2] == "[5.0] 100.0", proc.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_megatrons_results_manager_dies_with_its_rank(tmp_path):
+    """megatron-core's writers report to a queue served by a Manager process the rank spawns at its first save:
+    a one-process run (as a rank started by srun) killed with kill -9 takes it along (before, it stayed)."""
+    from nca_scale import procs
+
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [str(CLI), "train", CONFIG, f"out={out}", *FAST, "model.n_layers=2", "backend=megatron", "steps=500",
+           "checkpoint.every=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while checkpoint.latest_name(out) is None:  # a save made the Manager
+            assert proc.poll() is None and time.monotonic() < deadline, "no save"
+            time.sleep(0.1)
+        managers = [pid for pid in procs.children_of(proc.pid)
+                    if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert managers, procs.children_of(proc.pid)
+        os.kill(proc.pid, 9)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in managers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in managers if _alive(pid)], managers
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)

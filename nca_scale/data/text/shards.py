@@ -34,7 +34,7 @@ from nca_scale.data.manifest import read_json_manifest
 from nca_scale.data.shards import KEY_DIGITS, MTIME, decode_npy, iter_tar_samples, sha256, shard_name
 from nca_scale.data.urls import Location, parse_location
 from nca_scale.errors import UserError
-from nca_scale.files import node_share, replacing, wait_for
+from nca_scale.files import NodeCache, replacing, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +214,15 @@ class TextShardReader:
     use. `skip_corrupt=True` verifies every shard up front, drops the bad ones (`skipped` names them) and
     renumbers the rest contiguously; otherwise a bad shard raises `UserError` naming it.
 
-    With `node_copies` and several ranks on a node (files.node_share), a shard is read and checked once per
-    node: the node's first rank writes its verified rows to a node-local .npy named by the shard's sha256 (so
-    any later run may use it too), and every rank maps that file, reading only the rows it asks for."""
+    With `node_copies` and several ranks on a node (files.NodeCache), a shard is read and checked once per
+    node: the node's first rank writes its verified rows to a node-local .npy named by the shard's sha256, in
+    this job's own directory, kept under a size cap and removed at the end (close), and every rank maps that
+    file, reading only the rows it asks for."""
 
     def __init__(self, url: str, *, endpoint_url: str | None = None, skip_corrupt: bool = False,
                  cache_shards: int = 4, node_copies: bool = False):
-        self.node = node_share("text") if node_copies else None
+        cache = NodeCache("text") if node_copies else None  # this job's node-local copies, capped, removed at the end
+        self.node = cache if cache is not None and cache.directory is not None else None
         self.loc = parse_location(url, endpoint_url, what="shards")
         m = read_manifest(self.loc)
         if m is None:
@@ -293,7 +295,7 @@ class TextShardReader:
     def _node_copy(self, s: dict) -> np.ndarray:
         """The shard's rows from this node's verified copy, memory-mapped: made by the node's first rank (from
         `_load`, which checks the shard), waited for by the others."""
-        directory, leader = self.node
+        directory, leader = self.node.directory, self.node.leader
         path = directory / f"{s['sha256']}.npy"
         if not path.exists():
             if leader:
@@ -322,10 +324,20 @@ class TextShardReader:
         """With node copies: the node's first rank makes the copies of the shards holding `indices` (a whole
         global batch, which every rank asks for alike), so no rank waits for a shard its node's first rank
         would only read at a later step."""
-        if self.node is not None and self.node[1]:
-            for k in sorted({bisect.bisect_right(self._starts, int(i)) - 1 for i in np.asarray(indices).reshape(-1)}):
-                if 0 <= k < len(self.shards):
-                    self.shard_rows(self.shards[k])
+        if self.node is not None and self.node.leader:
+            used = [self.shards[k] for k in sorted({bisect.bisect_right(self._starts, int(i)) - 1
+                                                    for i in np.asarray(indices).reshape(-1)}) if 0 <= k < len(self.shards)]
+            for s in used:
+                self.shard_rows(s)
+            gone = {p.stem for p in self.node.keep({self.node.directory / f"{s['sha256']}.npy" for s in used})}
+            for s in self.shards:  # a removed copy is made again when a batch needs it
+                if s["sha256"] in gone:
+                    self._cache.pop(s["name"], None)
+
+    def close(self) -> None:
+        """The node's first rank removes this job's node-local copies."""
+        if self.node is not None:
+            self.node.close()
 
     def sequences(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

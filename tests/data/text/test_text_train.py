@@ -194,3 +194,40 @@ def test_too_little_data_is_refused_before_any_process_starts_and_epochs_allow_p
     assert torch.equal(last, loader.source.sequences(np.arange(steps * 8 - 8, steps * 8) - have))
     with pytest.raises(UserError, match="data.source=nca_stream is generated on the fly and never runs out"):
         from_args(["configs/train/cpu-tiny.yaml", "data.epochs=2"])
+
+
+@pytest.mark.slow
+def test_node_local_copies_stay_under_their_cap_and_are_gone_after_the_run(text_data, tmp_path):
+    """Two ranks on one node share node-local copies of the text shards (made by the node's first rank): in the
+    job's own directory under TMPDIR, never more than the cap NCA_SCALE_NODE_CACHE_GB (plus the copy just made,
+    before the oldest goes), and removed when the run ends (before, they stayed for ever: ENOSPC on long runs)."""
+    import threading
+    import time
+
+    temp, copy_bytes = tmp_path / "tmp", 512 * 65 * 2  # a shard: 512 rows of 65 uint16 tokens
+    temp.mkdir()
+    cap = 3.5 * copy_bytes
+    seen, most, done = set(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            copies = list(temp.glob("nca_scale_text_*/*/*.npy"))
+            seen.update(p.name for p in copies)
+            most[0] = max(most[0], sum(p.stat().st_size for p in copies if p.exists()))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(temp), NCA_SCALE_NODE_CACHE_GB=str(cap / 1e9))
+    cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={tmp_path / 'run'}", "wandb=disabled",
+           "progress=false", "model.n_layers=2", "data.source=text_shards", f"data.shards={text_data / 'train'}",
+           "parallel.nproc=2", "batch_size=64", "steps=36", "eval_every=0"]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        done.set()
+        watcher.join()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(seen) >= 4, seen  # the run went through more shards than the cap holds
+    assert 0 < most[0] <= cap + copy_bytes, (most[0], cap)
+    assert not list(temp.glob("nca_scale_text_*/*")), list(temp.rglob("*"))  # the job's directory is gone
