@@ -226,6 +226,25 @@ def test_transfer_variants_share_the_stage1_run_and_set_the_transfer(tmp_path):
     assert (attn.tokens, attn.steps, attn.hyper) == (full.tokens, full.steps, full.hyper)
 
 
+def test_text_arm_with_a_domains_tokenizer_is_prepared_with_it(tmp_path):
+    """`tokenizer: web` on a math text arm: one tokenizer (web's), and the math corpus packed with it."""
+    from nca_scale.launch import sweep_data
+
+    data = tmp_path / "data"
+    path = write(tmp_path, sizes=["cpu-tiny"], seeds=[0], domains=[{"domain": "web", "tokens": [4000]}],
+                 arms=[{"arm": "scratch"}, {"arm": "text", "corpus": "math", "tokens": 4000, "tokenizer": "web",
+                                            "reinit_embeddings": False}],
+                 data={"dir": str(data), "tokenizer": "configs/data/tokenizer-cpu.yaml", "train_tokens": 4000,
+                       "val_tokens": 2000})
+    spec = sweep_spec.load(path)
+    planner = sweep_plan.Planner(spec)
+    planner.plan()
+    sweep_data.prepare_data(spec, planner)
+    assert sorted(p.name for p in data.iterdir()) == [
+        "math-by-web-tokenizer-cpu-L128-train", "math-by-web-tokenizer-cpu-L128-val", "tok-web-tokenizer-cpu",
+        "web-tokenizer-cpu-L128-train", "web-tokenizer-cpu-L128-val"]
+
+
 @pytest.mark.parametrize("spec", sorted(p.name for p in (ROOT / "configs/sweeps").glob("*.yaml")))
 def test_every_shipped_study_plans(spec, capsys):
     s = sweep_spec.load(f"configs/sweeps/{spec}")
