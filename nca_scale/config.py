@@ -64,7 +64,9 @@ def find_nested(value: str, key: str, source: str) -> Path:
     for candidate in tried:
         if candidate.is_file():
             shipped = candidate.resolve().is_relative_to(PROJECT_CONFIGS.resolve())
-            log.info(f"{source}: {key}: {value} -> {candidate}{' (shipped)' if shipped else ''}")
+            if not (shipped and Path(source).resolve().is_relative_to(PROJECT_CONFIGS.resolve())):
+                # a shipped config naming a shipped file is the expected case: said only otherwise
+                log.info(f"{source}: {key}: {value} -> {candidate}{' (shipped)' if shipped else ''}")
             NESTED_FILES[f"{key} in {source}"] = str(candidate)
             return candidate
     raise UserError(f"{source}: key '{key}' names the config file {value}, which is not in {naming} or a folder "

@@ -98,6 +98,28 @@ def _load(target: str):
     return getattr(importlib.import_module(module), name)
 
 
+def group_help(word: str) -> str | None:
+    """The subcommands of a command group (`nca-scale sweep --help`), None if `word` is not a group."""
+    rows = [(" ".join(w), cmd.summary) for w, cmd in COMMANDS.items() if w[0] == word and len(w) > 1]
+    if not rows:
+        return None
+    return "\n".join([f"usage: nca-scale {word} SUBCOMMAND [CONFIG.yaml] [key=value ...]", "", "subcommands:",
+                      *(f"  {name:<16} {summary}" for name, summary in rows), "",
+                      f"`nca-scale {rows[0][0]} --help` (or any subcommand's) lists its keys"])
+
+
+def _spaced_keys(args: list[str]) -> UserError | None:
+    """`steps = 20` or `steps= 20` (a shell splits them into words): the key=value it meant."""
+    for i, a in enumerate(args):
+        if a == "=" or (a.endswith("=") and "=" not in a[:-1]) or (a.startswith("=") and len(a) > 1):
+            key = a[:-1] if a.endswith("=") and a != "=" else (args[i - 1] if i else "key")
+            value = a[1:] if a.startswith("=") and a != "=" else (args[i + 1] if i + 1 < len(args) else "VALUE")
+            start = i if a.endswith("=") and a != "=" else max(0, i - 1)
+            return UserError(f"{' '.join(args[start:i + 2])!r}: write key=value as one word, without spaces: "
+                             f"{key}={value}")
+    return None
+
+
 def _find(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
     for n in (2, 1):
         if tuple(argv[:n]) in COMMANDS:
@@ -177,11 +199,19 @@ def _main(argv: list[str]) -> int:
         _write(usage())
         return 0
     try:
-        if argv[0] in (*HELP, "help"):  # nca-scale help train, nca-scale --help train
+        if argv[0] in (*HELP, "help"):  # nca-scale help train, nca-scale --help train, nca-scale help sweep
+            if len(argv) == 2 and (group := group_help(argv[1])):
+                _write(group)
+                return 0
             words, _ = _find(argv[1:])
             _write(command_help(words))
             return 0
+        if len(argv) == 2 and argv[1] in HELP and (group := group_help(argv[0])):  # nca-scale sweep --help
+            _write(group)
+            return 0
         words, rest = _find(argv)
+        if spaced := _spaced_keys(rest):
+            raise spaced
         if any(a in HELP for a in rest):
             _write(command_help(words))
             return 0

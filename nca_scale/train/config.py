@@ -312,9 +312,24 @@ class TrainConfig:
             # ZeRO-0 bf16 runs DeepSpeed's fp16 loss-scaling wrapper: 2e-3 off the bf16 loss in 10 steps, ZeRO-1..3 5e-5
             raise UserError("DeepSpeed bf16 needs ZeRO (its ZeRO-0 bf16 path drifts from the bf16 reference); set "
                             "deepspeed.zero=1, or precision=fp32")
+        self._validate_backend_keys()
         self._validate_loop()
         self._validate_layout()
         self._validate_transfer()
+
+    def _validate_backend_keys(self) -> None:
+        """A key of another backend's section set to anything but its default would be silently ignored (e.g.
+        megatron.distributed_optimizer=false with backend=torch): refused, as the sections' own checks do for
+        theirs."""
+        for section, owner in (("megatron", "megatron"), ("deepspeed", "deepspeed")):
+            if self.backend == owner:
+                continue
+            ours, default = getattr(self, section), type(getattr(self, section))()
+            for name in ours.__dataclass_fields__:
+                if (value := getattr(ours, name)) != getattr(default, name):
+                    value = str(value).lower() if isinstance(value, bool) else value
+                    raise UserError(f"{section}.{name}={value} is a {owner} setting and backend="
+                                    f"{self.backend} does not read it; drop it, or set backend={owner}")
 
     def _validate_loop(self) -> None:
         if self.overwrite and self.resume != "never":

@@ -40,6 +40,8 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
     when nproc > 1 starts them under torchrun."""
     run_folder.check(cfg)  # every run-folder error (a run already there, not writable), before any process
     data_check.check(cfg)  # shards too short for the run's steps or evaluations
+    if "RANK" not in os.environ:
+        _warn_oversubscribed(cfg.parallel.nproc)
     from nca_scale.train.trainer import run
 
     if "RANK" in os.environ:  # one rank of a job torchrun/srun started: the ranks agree on the checkpoint in `run`
@@ -64,6 +66,16 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
             env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
             return _launch(cmd, env)
         return _in_process(run, cfg, (resume,))
+
+
+def _warn_oversubscribed(nproc: int) -> None:
+    """parallel.nproc CPU ranks on fewer cores than ranks share them: each step is slower than with fewer ranks."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if nproc > cores and not torch.cuda.is_available():
+        log.warning(f"parallel.nproc={nproc} CPU ranks on {cores} CPU cores: the ranks share the cores "
+                    f"(oversubscribed), so each step is slower than with parallel.nproc={cores}")
 
 
 def _launch(cmd: list[str], env: dict) -> Outcome:

@@ -93,7 +93,7 @@ def read(out: str | Path) -> Holder | None:
     path = Path(out) / NAME
     try:
         mtime = path.stat().st_mtime
-    except FileNotFoundError:
+    except OSError:  # none there (or OUT is a file: run_folder.check says so)
         return None
     holder = read_file(path)
     if holder is None and not path.exists():

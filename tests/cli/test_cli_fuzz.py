@@ -70,7 +70,7 @@ def test_cli_fuzz(tmp_path, monkeypatch, capsys):
 
     started = []
     monkeypatch.setattr(trainer, "run", lambda cfg, chosen=None: started.append(cfg.out) or trainer.FitOutcome(0))
-    monkeypatch.setattr(entry.subprocess, "call", lambda cmd, **kw: started.append(cmd) or 0)  # nproc > 1
+    monkeypatch.setattr(entry, "_launch", lambda cmd, env: started.append(cmd) or entry.Outcome(0))  # nproc > 1
     monkeypatch.chdir(tmp_path)
     work = tmp_path
     (work / "a_dir").mkdir()

@@ -271,3 +271,35 @@ def test_help_into_a_closed_pipe_is_quiet():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and err == "", err
+
+
+# ---- the small ones of issue 25 ----------------------------------------------------------------------------
+@pytest.mark.parametrize("args, fix", [(["steps", "=", "20"], "'steps = 20': write key=value as one word"),
+                                       (["steps=", "20"], "'steps= 20': write key=value as one word"),
+                                       (["steps", "=20"], "'steps =20': write key=value as one word")])
+def test_a_key_written_with_spaces_gets_its_own_message(args, fix, capsys):
+    err = refused(capsys, "train", CONFIG, *args)
+    assert fix in err and err.rstrip().endswith("steps=20"), err
+
+
+@pytest.mark.parametrize("argv", [["sweep", "--help"], ["corpus", "--help"], ["nca", "-h"], ["help", "tokenizer"]])
+def test_a_command_group_has_help(argv, capsys):
+    rc, out, _ = run(capsys, *argv)
+    group = argv[0] if argv[0] != "help" else argv[1]
+    assert rc == 0 and out.startswith(f"usage: nca-scale {group} SUBCOMMAND") and f"  {group} " in out, out
+
+
+def test_another_backends_key_is_refused_not_ignored(capsys):
+    err = refused(capsys, "train", CONFIG, "megatron.distributed_optimizer=false")
+    assert "megatron.distributed_optimizer=false is a megatron setting and backend=torch does not read it" in err
+
+
+def test_more_cpu_ranks_than_cores_is_said(caplog):
+    from nca_scale.train import entry
+
+    cores = len(os.sched_getaffinity(0))
+    with caplog.at_level("WARNING", logger="nca_scale.train.entry"):
+        entry._warn_oversubscribed(cores)
+        assert caplog.text == ""
+        entry._warn_oversubscribed(cores + 2)
+    assert f"parallel.nproc={cores + 2} CPU ranks on {cores} CPU cores: the ranks share the cores" in caplog.text
