@@ -122,6 +122,8 @@ def _plots(sweep: Sweep, rep: Report, tmp: Path) -> dict[str, str]:
         "loss_fits": lambda p: plots.loss_fits(rep.scaling.loss_vs_n, colors, p, f"Loss vs N ({scale})"),
         "bands": lambda p: plots.band_effect(rep.bands, p, f"Complexity band effect ({scale})"),
         "transfer": lambda p: plots.transfer(rep.transfer, p, f"Effective data transferred ({scale})"),
+        "claims": lambda p: plots.claims(rep.claims, rep.scale["sizes"], p,
+                                         f"The paper's claims per size, mean and interval over seeds ({scale})"),
     }
     for name, draw in jobs.items():
         if draw(tmp / f"{name}.png"):

@@ -159,6 +159,9 @@ def _claims(doc: Doc, rep: Report, images: dict[str, str]) -> None:
     headers = ["claim", "statement", "comparison · domain", "sizes", "seeds", "effect [interval]", "detectable",
                "verdict"]
     doc.table(headers, [claim_row(r) for r in summary(rep.claims)])
+    if "claims" in images:
+        doc.img(images["claims"], "Each claim's effect per size: mean over seeds, whiskers = interval "
+                "(positive = the paper's direction)")
     per_size = [r for r in rep.claims if r["size"] != "all sizes"]
     if per_size:
         doc.p("Per size (over that size's stage-2 budgets):")

@@ -230,6 +230,33 @@ def transfer(rows: list[dict], path: Path, title: str) -> bool:
         ax.set_yscale("log")
         ax.set_xlabel("fine-tuning tokens D_F")
         ax.set_ylabel("effective data transferred D_T")
-        ax.set_title(title_of(row["domain"], row["axes"], row["arm"]), fontsize=9)
+        ax.set_title(" · ".join(x for x in (row["domain"], row["axes"], row["arm"]) if x), fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    return _save(fig, path, title, _legend(fig, axes))
+
+
+def claims(rows: list[dict], sizes: dict[str, dict], path: Path, title: str) -> bool:
+    """The claims table per size: effect (% ppl, positive = the paper's direction) against N with its interval,
+    one series per claim comparison, one panel per domain."""
+    rows = [r for r in rows if r["size"] != "all sizes" and r["effect_pct"] is not None]
+    if not rows:
+        return False
+    panels = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        panels[(r["domain"], r["axes"])][f"({r['claim']}) {r['comparison']}"].append(r)
+    fig, axes = _panels(len(panels), width=6.0, height=4.0)
+    for ax, (panel, series) in zip(axes, sorted(panels.items())):
+        for k, (label, rs) in enumerate(sorted(series.items())):
+            rs = sorted(rs, key=lambda r: sizes[r["size"]]["non_embedding_params"])
+            n = [sizes[r["size"]]["non_embedding_params"] * (1 + 0.04 * (k - len(series) / 2)) for r in rs]
+            y = [r["effect_pct"] for r in rs]
+            err = [[max(0.0, v - r["ci_pct"][0]) if r["ci_pct"] else 0.0 for v, r in zip(y, rs)],
+                   [max(0.0, r["ci_pct"][1] - v) if r["ci_pct"] else 0.0 for v, r in zip(y, rs)]]
+            ax.errorbar(n, y, yerr=err, capsize=3, marker="o", markersize=4, color=f"C{k}", label=label)
+        ax.axhline(0.0, color="0.3", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("effect: % lower perplexity (paper's direction > 0)")
+        ax.set_title(" ".join(panel).strip(), fontsize=9)
         ax.grid(alpha=0.3, which="both")
     return _save(fig, path, title, _legend(fig, axes))

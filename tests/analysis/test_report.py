@@ -47,7 +47,7 @@ def test_files_written(full):
     assert sorted(p.name for p in out.iterdir()) == sorted(rep["files"])
     pngs = [f for f in rep["files"] if f.endswith(".png")]
     assert set(pngs) == {"loss_curves.png", "final_ppl.png", "improvement_vs_n.png", "speedup_vs_n.png",
-                         "loss_fits.png", "bands.png"}
+                         "loss_fits.png", "bands.png", "claims.png"}
     for f in pngs:
         with Image.open(out / f) as im:
             assert im.format == "PNG" and im.size[0] > 300
