@@ -5,7 +5,7 @@ distributed optimizer; DeepSpeed's engine and ZeRO partitions).
 
 By default the model is built on the meta device (no memory, no values), so a 7B layout builds on a laptop in
 seconds; every divisibility, shape, stage-split or refusal error of the layout shows here. With real=True the rank
-is built on the CPU with its real initial weights and runs one training step on random tokens (collectives of the
+is built on the CPU with random weights and runs one training step on random tokens (collectives of the
 fake group return without communicating, so the loss is this rank's own, not the job's).
 
 Each simulated rank reports its parameter count and the bytes of its weights, gradients and optimizer state,
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
+import sys
 import time
+import zlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -28,7 +31,7 @@ import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 from nca_scale.errors import UserError
-from nca_scale.model.layout import init_tensor, logical_shapes
+from nca_scale.model.layout import logical_shapes
 from nca_scale.model.memory import GB, Layout, RankMemory, rank_memory
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import TrainConfig
@@ -49,11 +52,12 @@ class RankReport:
     optimizer: int
     planned: RankMemory  # the planner's arithmetic for this rank
     seconds: float  # build (and step) time
-    loss: float | None = None  # real=True: the loss of one step on random tokens
+    stepped: bool = False  # real=True: one training step ran
+    loss: float | None = None  # its loss (last pipeline stage; random weights and tokens)
 
     def describe(self) -> str:
         p = self.planned
-        step = "" if self.loss is None else f", one step: loss {self.loss:.4f}"
+        step = "" if not self.stepped else ", one step" + ("" if self.loss is None else f": loss {self.loss:.4f}")
         return (f"rank {self.rank} ({self.role}): {self.params:,} parameters; weights {self.weights / GB:.3f} GB, "
                 f"gradients {self.grads / GB:.3f} GB, optimizer {self.optimizer / GB:.3f} GB (built); planner: "
                 f"activations {p.activations / GB:.2f} GB + logits {p.logits / GB:.2f} GB"
@@ -133,20 +137,26 @@ def _fake_group(rank: int, world: int):
 
     os.environ.update(env)
     dist.new_group = fake_new_group
+    hook = sys.excepthook  # init_process_group prefixes tracebacks with this rank: not the next rank's
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
     try:
         yield
     finally:
+        sys.excepthook = hook
         dist.new_group = new_group
         with contextlib.suppress(Exception):
             from megatron.core import parallel_state
 
             parallel_state.destroy_model_parallel()
         dist.destroy_process_group()
-        with contextlib.suppress(Exception):
+        if "deepspeed" in sys.modules:  # DeepSpeed's handles on the groups just destroyed
             import deepspeed.comm.comm as ds_comm
+            from deepspeed.utils import groups
 
-            ds_comm.cdb = None  # DeepSpeed's handle on the group just destroyed
+            ds_comm.cdb = None
+            for name, value in vars(groups).items():
+                if name.startswith("_") and name.isupper() and isinstance(value, (dist.ProcessGroup, dict)):
+                    setattr(groups, name, None if isinstance(value, dist.ProcessGroup) else {})
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -156,13 +166,20 @@ def _fake_group(rank: int, world: int):
 
 class _OnMeta(TorchFunctionMode):
     """Allocations the backends place on the GPU (device='cuda', torch.cuda.current_device()) go to the meta
-    device; moving a meta tensor anywhere keeps it there; copying a meta tensor into a real one (DeepSpeed's
-    gathered parameters) copies nothing; type strings read as the CUDA types megatron-core asserts."""
+    device, and with `cpu` those on the CPU too (DeepSpeed allocates its partitions on its accelerator, the CPU
+    here; megatron's object collectives need real CPU tensors); moving a meta tensor anywhere keeps it there;
+    copying a meta tensor into a real one copies nothing; type strings read as the CUDA types megatron-core
+    asserts."""
+
+    def __init__(self, cpu: bool):
+        super().__init__()
+        self.devices = ("cuda", "cpu") if cpu else ("cuda",)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         device = kwargs.get("device")
-        if (isinstance(device, str) and device.startswith("cuda")) or getattr(device, "type", None) == "cuda":
+        if (isinstance(device, str) and device.split(":")[0] in self.devices) or \
+                getattr(device, "type", None) in self.devices:
             kwargs["device"] = _META
         name = getattr(func, "__name__", "")
         if name == "to" and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
@@ -176,11 +193,11 @@ class _OnMeta(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _on_meta():
+def _on_meta(cpu: bool):
     current = torch.cuda.current_device
     torch.cuda.current_device = lambda: _META  # megatron's buffers (torch.cuda.current_device())
     try:
-        with _OnMeta(), torch.device("meta"):
+        with _OnMeta(cpu), torch.device("meta"):
             yield
     finally:
         torch.cuda.current_device = current
@@ -198,13 +215,29 @@ def built(cfg: TrainConfig, rank: int, real: bool = False):
         cpu_compat.activate_deepspeed()
     shapes = logical_shapes(cfg.model)
     if real:
-        weights = lambda name: init_tensor(cfg.model, name, cfg.seed)  # noqa: E731
+        weights = lambda name: _random(shapes[name], name, cfg)  # noqa: E731
     else:
         weights = lambda name: torch.empty(shapes[name], device=_META)  # noqa: E731
+        if cfg.backend == "deepspeed":
+            # zero.Init's partitioned build broadcasts each initial tensor from rank 0, which meta tensors cannot
+            # be; ZeRO-3 then partitions the whole model at deepspeed.initialize instead, into the same partitions
+            cfg = replace(cfg, deepspeed=replace(cfg.deepspeed, zero_init=False))
     with _fake_group(rank, cfg.world):
-        with contextlib.nullcontext() if real else _on_meta():
+        with contextlib.nullcontext() if real else _on_meta(cpu=cfg.backend == "deepspeed"):
             engine = backends.build(cfg, weights, set())
         yield engine
+
+
+def _random(shape: tuple[int, ...], name: str, cfg: TrainConfig) -> torch.Tensor:
+    """Random weights for a real build, cheap at full scale: a block of up to 2^20 N(0, init_std) values repeated
+    (the run's own initial weights, init_tensor, cost a full logical tensor of random numbers per parameter shard:
+    minutes for one rank of a 1.6B model on a CPU); norms 1."""
+    if name.endswith("norm.weight"):
+        return torch.ones(shape)
+    n = math.prod(shape)
+    gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(name.encode()))
+    block = torch.randn(min(n, 1 << 20), generator=gen) * cfg.model.init_std
+    return block.repeat(-(-n // block.numel()))[:n].view(shape)
 
 
 def _one(cfg: TrainConfig, rank: int, real: bool) -> RankReport:
@@ -217,8 +250,10 @@ def _one(cfg: TrainConfig, rank: int, real: bool) -> RankReport:
             role, stage, dp_rank = f"dp {dist.get_rank()}", 0, dist.get_rank()
             params, w, g, o = deepspeed_bytes(engine)
         loss = step(cfg, engine) if real else None
+    if stage != cfg.parallel.pp - 1:
+        loss = None  # the loss exists on the last pipeline stage only
     planned = rank_memory(cfg.model, cfg.seq_len, layout_of(cfg), stage, dp_rank)
-    report = RankReport(rank, role, params, w, g, o, planned, time.perf_counter() - t0, loss)
+    report = RankReport(rank, role, params, w, g, o, planned, time.perf_counter() - t0, real, loss)
     log.info(report.describe())
     return report
 
