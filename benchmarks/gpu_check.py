@@ -316,12 +316,16 @@ def missing_modules(directory: Path) -> list[str]:
 
 def preflight(directory: Path) -> int:
     missing = missing_modules(directory)
-    if missing:
-        print(f"gpu_check: {len(missing)} modules missing, found neither in {sys.executable} nor as wheels in "
-              f"{directory}: {', '.join(missing)}; fill it with tools/gpu_wheels.sh on a machine with internet "
-              "access (docs/gpu.md)", file=sys.stderr)
-        return 1
-    return 0
+    if not missing:
+        return 0
+    fixes = []
+    if any("the GPU image's own" not in m for m in missing):
+        fixes.append(f"fill {directory} with tools/gpu_wheels.sh on a machine with internet access")
+    if any("the GPU image's own" in m for m in missing):
+        fixes.append("run it with the GPU image's Python, which has a CUDA build of torch, numpy and PyYAML (PYTHON=)")
+    print(f"gpu_check: {len(missing)} modules missing, found neither in {sys.executable} nor as wheels in "
+          f"{directory}: {', '.join(missing)}; {'; '.join(fixes)} (docs/gpu.md)", file=sys.stderr)
+    return 1
 
 
 # ---- the plan, checked without a GPU --------------------------------------------------------------------

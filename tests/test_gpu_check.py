@@ -126,3 +126,43 @@ def test_without_the_wheels_it_stops_at_once_naming_every_missing_module(present
     assert "pynvml" not in named  # optional: the memory figure is null without it
     assert "tools/gpu_wheels.sh" in proc.stderr
     assert not out.exists()  # nothing ran, nothing written
+
+
+
+def _tiny_wheel(directory: Path) -> Path:
+    """A minimal valid pure-Python wheel (one module), for pip to install offline."""
+    import zipfile
+
+    path = directory / "nca_scale_probe-1.0-py3-none-any.whl"
+    files = {"nca_scale_probe.py": "", "nca_scale_probe-1.0.dist-info/METADATA":
+             "Metadata-Version: 2.1\nName: nca_scale_probe\nVersion: 1.0\n",
+             "nca_scale_probe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                   "Tag: py3-none-any\n"}
+    record = "".join(f"{name},,\n" for name in files) + "nca_scale_probe-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in {**files, "nca_scale_probe-1.0.dist-info/RECORD": record}.items():
+            z.writestr(name, text)
+    return path
+
+
+def test_the_trap_removes_the_installed_wheels_and_the_runs_but_keeps_the_logs(tmp_path):
+    """A check that ends (here: no CUDA, exit 1) leaves neither its private site of installed wheels nor a run
+    directory (checkpoints: up to 18 GB per backend); the logs stay."""
+    import glob
+
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    _tiny_wheel(wheels)
+    out = tmp_path / "out"
+    (out / "megatron" / "full" / "checkpoints").mkdir(parents=True)
+    (out / "megatron.log").write_text("kept\n")
+    before = set(glob.glob("/tmp/nca_scale_site.*"))
+    proc = subprocess.run(["tools/gpu_check.sh", "--wheels", str(wheels), "--out", str(out), "--budget", "5"],
+                          cwd=ROOT, env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["problems"][0].startswith("no CUDA device visible to torch")
+    site = proc.stderr.split(" installed into ")[1].split()[0]
+    assert site.startswith("/tmp/nca_scale_site.") and not Path(site).exists()  # the site it installed into is gone
+    assert set(glob.glob("/tmp/nca_scale_site.*")) == before
+    assert not (out / "megatron").exists() and (out / "megatron.log").read_text() == "kept\n"

@@ -44,6 +44,7 @@ if [[ $dry == 0 ]]; then
         "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
             "$wheels"/*.whl >&2
         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+        echo "gpu_check: the wheels of $wheels installed into $site (removed at exit)" >&2
     fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
