@@ -64,8 +64,8 @@ def find_nested(value: str, key: str, source: str) -> Path:
     for candidate in tried:
         if candidate.is_file():
             shipped = candidate.resolve().is_relative_to(PROJECT_CONFIGS.resolve())
-            if not (shipped and Path(source).resolve().is_relative_to(PROJECT_CONFIGS.resolve())):
-                # a shipped config naming a shipped file is the expected case: said only otherwise
+            users = Path(source).is_file() and not Path(source).resolve().is_relative_to(PROJECT_CONFIGS.resolve())
+            if not shipped or users:  # said unless a shipped file is named by a shipped config or a command line
                 log.info(f"{source}: {key}: {value} -> {candidate}{' (shipped)' if shipped else ''}")
             NESTED_FILES[f"{key} in {source}"] = str(candidate)
             return candidate
