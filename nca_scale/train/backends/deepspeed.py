@@ -30,12 +30,12 @@ class DeepSpeedEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
         cpu_compat.activate_deepspeed()
         tdist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
+        self.cfg, self.device = cfg, tdist.device()
+        local_rank_is_device(self.device)  # before DeepSpeed reads LOCAL_RANK
         import deepspeed
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the process group above
-        self.cfg, self.device = cfg, tdist.device()
-        local_rank_is_device(self.device)
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
         o = cfg.optim
         config = {
