@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from train_helpers import CLI, FAST, ROOT, metrics, train
 
 from nca_scale.train import checkpoint
@@ -60,6 +61,7 @@ def _data_files(path) -> dict:
     return {name: f for name, f in files.items() if not name.endswith(".metadata")}
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_a_random_step_saves_exits_130_and_resume_auto_ends_bit_identical(tmp_path):
     """Ctrl-C (SIGINT) stops like SIGTERM: the step is finished and saved, exit status 130 with the step named;
     resume=auto then ends with the uninterrupted run's checkpoint bytes and losses. The interrupted run also saves
@@ -106,6 +108,7 @@ def test_a_second_ctrl_c_aborts_at_once_without_saving(tmp_path):
     assert checkpoint.complete_checkpoints(out) == [] and not (out / "lease.json").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_two_processes_saves_every_rank_and_exits_130(tmp_path):
     """The launcher passes one Ctrl-C to each rank (torchrun, in a session of its own, never sees it)."""
     out = tmp_path / "run"
