@@ -10,7 +10,8 @@ requeued attempt of the same Slurm job. The holder removes it when the run ends,
 leaves it: the next start on that host takes it over at once, on another host after STALE_S).
 
 Several ranks of one job (srun, torchrun by hand) share the lease: rank 0 takes it, and a rank whose job
-(SLURM_JOB_ID + step + restart, or torchrun's TORCHELASTIC_RUN_ID) matches the holder's treats it as its own.
+(SLURM_JOB_ID + step + restart, torchrun's TORCHELASTIC_RUN_ID, else the rendezvous MASTER_ADDR:MASTER_PORT)
+matches the holder's treats it as its own.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def _job() -> str | None:
         return (f"slurm:{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '-')}"
                 f"/{os.environ.get('SLURM_RESTART_COUNT', '0')}")
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    return f"torchrun:{run_id}" if run_id and run_id != "none" else None
+    if run_id and run_id != "none":
+        return f"torchrun:{run_id}"
+    if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):  # no two live jobs share a rendezvous
+        return f"rendezvous:{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    return None
 
 
 @dataclass(frozen=True)

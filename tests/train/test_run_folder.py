@@ -116,3 +116,15 @@ def test_the_ranks_of_one_job_share_its_lease(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
     with pytest.raises(UserError, match="in use by another training"):
         lease.check(tmp_path)
+
+
+def test_ranks_of_a_torchrun_without_a_run_id_share_the_lease_by_their_rendezvous(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun without --standalone or --rdzv-id
+    monkeypatch.setenv("MASTER_ADDR", "node-a")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    _plant(tmp_path, job="rendezvous:node-a:29500")
+    lease.check(tmp_path)
+    monkeypatch.setenv("MASTER_PORT", "29501")
+    with pytest.raises(UserError, match="in use by another training"):
+        lease.check(tmp_path)
