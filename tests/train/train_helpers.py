@@ -131,7 +131,8 @@ def _unflatten_distributed(full: dict, cfg, weights: dict[str, torch.Tensor], tp
 
 def megatron_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """(weights, {moment: tensors}) of a megatron torch_dist checkpoint under logical names, gathered to full
-    size; either optimizer format (distributed: flat dp_reshardable buffers; plain: sharded like the model).
+    size; any optimizer format (distributed: flat dp_reshardable buffers or fully_reshardable per-parameter
+    tensors; plain: sharded like the model).
     The weights are the optimizer's fp32 main params where it keeps them (bf16 runs; the distributed
     optimizer always), else the model's."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -149,11 +150,13 @@ def megatron_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[
         state = _unflatten_distributed(full, cfg, weights, layout["tp"])
         return state["param"], {k: state[k] for k in MOMENTS}
     state = {}
-    for k in ("fp32_param", *MOMENTS):
+    # the plain optimizer's per-parameter state, or the distributed optimizer's fully_reshardable one (whose fp32
+    # main params are `param`)
+    for k in ("fp32_param", "param", *MOMENTS):
         prefix = f"optimizer.state.{k}."
         saved = {n[len(prefix):]: v for n, v in full.items() if n.startswith(prefix)}
         state[k] = _from_megatron(saved, cfg) if saved else {}
-    return state["fp32_param"] or weights, {k: state[k] for k in MOMENTS}
+    return state["fp32_param"] or state["param"] or weights, {k: state[k] for k in MOMENTS}
 
 
 def deepspeed_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
