@@ -9,6 +9,7 @@ error before any process or process group starts.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
@@ -205,7 +206,7 @@ class TrainConfig:
     # NaN/inf loss or grad norm: stop, or reload the last checkpoint and skip the offending step's batch
     on_nonfinite: Literal["stop", "rollback"] = "stop"
     max_rollbacks: int = 3  # on_nonfinite=rollback: at most this many times per run
-    resume: str = "never"  # never | auto (latest complete checkpoint in OUT/checkpoints) | a checkpoint path
+    resume: str = "never"  # never | auto (latest complete checkpoint in OUT/checkpoints) | step_N | a checkpoint path
     # resume=never into an OUT that already holds a run (metrics.jsonl or checkpoints): move the old run aside to
     # OUT.old-<time> and start afresh; without it such an OUT is refused (two runs never mix in one folder)
     overwrite: bool = False
@@ -354,8 +355,10 @@ class TrainConfig:
         if self.init_from is not None and not os.path.exists(self.init_from):
             raise UserError(f"init_from={self.init_from} does not exist; give a checkpoint, a run folder or "
                             "RUN/checkpoints/latest")
-        if self.resume not in ("never", "auto") and not os.path.isdir(self.resume):
-            raise UserError(f"resume={self.resume}: use never, auto or an existing checkpoint directory")
+        if self.resume not in ("never", "auto") and not os.path.isdir(self.resume) and \
+                not re.fullmatch(r"step_\d+", self.resume):
+            raise UserError(f"resume={self.resume}: use never, auto, step_N (OUT/checkpoints/step_N) or an existing "
+                            "checkpoint directory")
 
     def _validate_layout(self) -> None:
         """The parallel layout against the world size, the model's shapes and the batch."""

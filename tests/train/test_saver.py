@@ -91,19 +91,19 @@ def test_an_error_on_rank_0_alone_ends_every_rank_within_seconds(backend, point,
 
 
 # ---- rewind ----------------------------------------------------------------------------------------------
-REWIND = ["checkpoint.every=10", "schedule.total=40"]
+REWIND = ["model.n_layers=2", "checkpoint.every=10", "schedule.total=40"]
 
 
 @pytest.mark.slow
 def test_a_rewind_starts_a_new_lineage_and_sets_the_old_one_aside(tmp_path):
-    """Run to 30 saving every 10; resume from step 10 with another learning rate up to step 25: `latest` is
+    """Run to 30 saving every 10; resume=step_10 with another learning rate up to step 25: `latest` is
     step 25 of the new lineage with the weights of a straight run from step 10 under the new settings, the old
     steps 20 and 30 lie under abandoned-*, and resume=auto continues the new lineage."""
     out, straight = tmp_path / "run", tmp_path / "straight"
     train(out, *REWIND, "steps=30")
     first = checkpoint.step_dir(out, 10)
     shutil.copytree(first, checkpoint.step_dir(straight, 10))
-    proc = train(out, *REWIND, "steps=25", f"resume={first}", "optim.lr=1e-3")
+    proc = train(out, *REWIND, "steps=25", "resume=step_10", "optim.lr=1e-3")  # this run's own step_00000010
     assert "starts a new lineage: step_00000020, step_00000030 of the previous trajectory moved to" in proc.stdout
     assert checkpoint.latest_name(out) == "step_00000025"
     aside = [p for p in checkpoint.root(out).iterdir() if p.name.startswith("abandoned-")]

@@ -176,24 +176,23 @@ class Saver:
 
     def _status(self, block: bool) -> str | None:
         """'written' once every rank's files are; None while they are still being written (block=False); else
-        why the save cannot be committed. Every rank gets the same answer."""
+        why the save cannot be committed. Every rank gets the same answer: a writer's error is raised by poll
+        only once every rank's writer has finished (the poll's own collective agreed on it), so either every rank
+        shares its outcome (a gather, only then) or every rank asks whether any is past the deadline."""
         flight, error = self.in_flight, None
         try:
-            if block:  # True, or None: past the deadline
-                done = flight.writing.wait(flight.deadline) or None
-            else:  # True, False: still writing, or None: past the deadline
-                done = flight.writing.poll() or (None if dist.any_rank(time.monotonic() > flight.deadline) else False)
+            done = flight.writing.wait(flight.deadline) if block else flight.writing.poll()
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # a writer that died or failed, on one rank or all (DCP's error is a BaseException)
-            error, done = e, False
-        try:
-            dist.shared_failure(error, f"writing step {flight.step}")
-        except dist.RankFailure as failure:
-            return str(failure)
+            error, done = e, True
         if done:
+            try:
+                dist.shared_failure(error, f"writing step {flight.step}")
+            except dist.RankFailure as failure:
+                return str(failure)
             return "written"
-        if done is None:
+        if block or dist.any_rank(time.monotonic() > flight.deadline):  # wait() returns False past the deadline
             return f"its files were not written within {self.write_timeout_s:.0f} s (checkpoint.write_timeout_s)"
         return None
 

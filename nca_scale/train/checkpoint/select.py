@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,8 @@ def resolve(cfg: TrainConfig, which: str | None, report: Callable[[str], None] =
             report(f"resume=auto: no checkpoint in {checkpoint.root(cfg.out)}; starting from step 0")
         return found
     path = Path(which)
+    if m := re.fullmatch(r"step_(\d+)", which):  # this run's own, e.g. resume=step_10 to rewind to it
+        path = checkpoint.step_dir(cfg.out, int(m[1]))
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist")
     if not checkpoint.is_complete(path):
