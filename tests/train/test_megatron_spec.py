@@ -70,8 +70,13 @@ def test_a_transformer_engine_that_fails_to_import_falls_back_to_the_local_spec(
     for name in ("transformer_engine", "transformer_engine.pytorch"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     _gpu(monkeypatch)
-    with caplog.at_level("WARNING", logger="nca_scale.train.backends.megatron_spec"):
-        assert megatron_spec.use_te() is False
+    megatron_spec.use_te.cache_clear()  # kept per process: this test's answer must not outlive it either
+    try:
+        with caplog.at_level("WARNING", logger="nca_scale.train.backends.megatron_spec"):
+            assert megatron_spec.use_te() is False
+            assert megatron_spec.use_te() is False  # asked again (each chunk's spec, the start-up line): one warning
+    finally:
+        megatron_spec.use_te.cache_clear()
     kind = error.split("(")[0]
     assert caplog.messages == [f"TransformerEngine is installed but does not import ({kind}: "
                                f"{error.split(chr(39))[1]}); using megatron-core's local spec with torch attention "

@@ -102,10 +102,11 @@ def _onoff(flag: bool) -> str:
     return "on" if flag else "off"
 
 
+@functools.cache
 def use_te() -> bool:
     """Whether the TransformerEngine spec is used: a GPU and a TE that imports. A TE built for another CUDA,
     cuDNN or torch fails its import with OSError (a missing .so) or RuntimeError, not ImportError; then the run
-    goes on with the local spec, and a warning says why."""
+    goes on with the local spec, and a warning says why (once: the answer is kept for the process)."""
     if not torch.cuda.is_available():
         return False  # TE has no CPU build; an import that happens to succeed must not pick a CUDA-only spec
     try:
