@@ -1,13 +1,13 @@
 """Writing a checkpoint: a staging directory, then an atomic commit, then keep-last-k.
 
-A save (callbacks.Checkpointer) has every rank write its backend files into `step_N.tmp/` (`begin` makes it);
+A save (saver.Saver) has every rank write its backend files into `step_N.tmp/` (`begin` makes it);
 after a barrier (or, for a save written in the background, in a thread once every rank's writer is done), rank
 0 `commit`s: fsyncs the files, writes meta.json (step, tokens, data position, layout, config, version, and every
 file's size and sha256) and fsyncs it, renames `step_N.tmp` to `step_N` (atomic on one filesystem), then
 replaces `latest` (the pointer moves last), then prunes. A kill at any moment leaves the previous checkpoints
 untouched plus either nothing new or a complete new one. Optimizer, scheduler and RNG need no more: the
 schedule and the dropout RNG are functions of the step (schedule.py, dist.step_seed). keep-last-k never
-removes the checkpoint `latest` names.
+removes the checkpoint `latest` names; the later steps a rewind set aside (`abandoned-<time>/`) are never seen.
 """
 
 from __future__ import annotations
