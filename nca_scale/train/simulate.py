@@ -325,6 +325,17 @@ def deepspeed_bytes(engine) -> tuple[int, int, int, int]:
     return params, weights, grads, flat + state
 
 
+class _EmptyAsZeros(TorchFunctionMode):
+    """torch.empty as torch.zeros: the fake group's receives (pipeline activations and gradients) leave their
+    buffers as allocated, and uninitialised memory would make the step's numbers garbage."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.empty:
+            return torch.zeros(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
 def step(cfg: TrainConfig, engine) -> float:
     """One training step on random tokens for this rank's micro-batches."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -332,5 +343,6 @@ def step(cfg: TrainConfig, engine) -> float:
     vocab = cfg.model.vocab_size
     inputs = [torch.randint(0, vocab, shape, generator=gen) for _ in range(cfg.grad_accum)]
     batch = Batch(inputs, [torch.roll(x, -1, 1) for x in inputs], [torch.ones(shape, dtype=torch.bool)] * cfg.grad_accum)
-    loss, _ = engine.train_step(batch, step=0, lr=cfg.optim.lr)
+    with _EmptyAsZeros():
+        loss, _ = engine.train_step(batch, step=0, lr=cfg.optim.lr)
     return loss
