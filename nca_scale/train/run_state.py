@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nca_scale.train import checkpoint, dist, lease, run_files
 from nca_scale.train.callbacks import STOPS, Callback
+from nca_scale.train.checkpoint import mirror
 from nca_scale.train.run_folder import CONFIG
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def read(out: str | Path) -> RunState:
         eta = max(0, total - progress.step) * progress.step_time
     return RunState(str(out), state, detail, step, total, loss, eval_row.eval_loss if eval_row else None,
                     eval_row.eval_ppl if eval_row else None, eval_row.step if eval_row else None, tps, eta,
-                    checkpoint.latest_name(out))
+                    "; ".join(filter(None, [checkpoint.latest_name(out), mirror.lag(out)])) or None)
 
 
 class RunSummary(Callback):

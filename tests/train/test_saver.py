@@ -273,3 +273,37 @@ def test_megatrons_results_manager_dies_with_its_rank(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
+
+
+def test_a_mirror_that_keeps_failing_is_skipped_and_status_shows_the_lag(tmp_path, monkeypatch):
+    """4 failed tries of one checkpoint: a warning, no error (the local commit is the truth), and
+    `nca-scale status` shows the mirror lagging; the next successful publish clears it."""
+    from nca_scale.train import run_state
+    from nca_scale.train.checkpoint import mirror, saver
+
+    cfg = from_args([CONFIG, f"out={tmp_path / 'run'}", f"checkpoint.url=file://{tmp_path / 'mirror'}"]).resolved()
+    first, second = _committed(tmp_path, 2), _committed(tmp_path, 4)
+    monkeypatch.setattr(saver, "MIRROR_BACKOFF_S", 0.0)
+    calls, real = [], mirror.publish
+
+    def flaky(path, url, keep):
+        calls.append(path.name)
+        if path == second:
+            raise OSError("the store is down")
+        real(path, url, keep)
+
+    monkeypatch.setattr(mirror, "publish", flaky)
+    uploads = saver._Mirror(cfg)
+    uploads.submit(first)
+    uploads.close(10)
+    uploads.submit(second)
+    uploads.close(10)
+    assert calls == ["step_00000002"] + ["step_00000004"] * saver.MIRROR_ATTEMPTS
+    assert (tmp_path / "mirror" / "latest").read_text().strip() == "step_00000002"
+    line = run_state.read(cfg.out).line()
+    assert (f"checkpoint step_00000004; mirror file://{tmp_path / 'mirror'} lags: it holds step_00000002, "
+            "step_00000004 not published (OSError: the store is down)") in line, line
+    monkeypatch.setattr(mirror, "publish", real)
+    uploads.submit(second)
+    uploads.close(10)
+    assert "lags" not in run_state.read(cfg.out).line()

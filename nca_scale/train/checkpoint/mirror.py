@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nca_scale.data.urls import Location, parse_location
+from nca_scale.files import write_atomic
 from nca_scale.train.checkpoint import LATEST, META, STAGING, STEP_NAME, complete_checkpoints, read_meta, root
 from nca_scale.train.checkpoint.verify import verify
 
@@ -54,6 +55,27 @@ def publish(path: Path, url: str, keep: int) -> None:
     for name in [n for n in committed if n <= path.name][:-keep]:
         if name != path.name:
             loc.fs.rm(loc.path(name), recursive=True)
+
+
+STATE = "mirror.json"  # OUT/checkpoints/mirror.json: what the mirror holds (saver's mirror thread; `status` reads it)
+
+
+def record(out: str | Path, url: str, published: str | None, failed: str | None = None, error: str | None = None) -> None:
+    """Note what URL holds after an upload (rank 0's mirror thread): the newest published checkpoint, and the one
+    that could not be published with its error (None once the mirror caught up)."""
+    write_atomic(root(out) / STATE, json.dumps({"url": url, "published": published, "failed": failed, "error": error}))
+
+
+def lag(out: str | Path) -> str | None:
+    """One line when the mirror lags this run's local checkpoints (None when it does not, or there is none)."""
+    try:
+        state = json.loads((root(out) / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not state.get("failed"):
+        return None
+    return (f"mirror {state['url']} lags: it holds {state['published'] or 'nothing of this run'}, "
+            f"{state['failed']} not published ({state['error']})")
 
 
 def fetch_latest(url: str, out: str | Path, report: Callable[[str], None] = log.info) -> Path | None:

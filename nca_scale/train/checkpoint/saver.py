@@ -284,10 +284,11 @@ class _Mirror:
                 mirror.publish(path, url, self.cfg.checkpoint.keep_last)
             except Exception as e:
                 if attempt == MIRROR_ATTEMPTS:
+                    mirror.record(self.cfg.out, url, self.published, path.name, f"{type(e).__name__}: {e}")
                     log.warning(f"checkpoint.url={url}: {path.name} not published after {attempt} tries "
                                 f"({type(e).__name__}: {e}); "
                                 f"the mirror lags (it holds {self.published or 'nothing of this run'}), training "
-                                "goes on and the next checkpoint is published")
+                                "goes on and the next checkpoint is published (`nca-scale status` shows the lag)")
                     return
                 log.warning(f"checkpoint.url={url}: publishing {path.name} failed ({type(e).__name__}: {e}); "
                             f"retrying in {wait:g} s")
@@ -295,6 +296,7 @@ class _Mirror:
                 wait *= 2
             else:
                 self.published = path.name
+                mirror.record(self.cfg.out, url, path.name)
                 return
 
     def close(self, timeout_s: float) -> None:
