@@ -89,8 +89,11 @@ class Trainer:
         return self.prefetch.batch(self.step, upcoming if upcoming < self.cfg.total_steps else None)
 
     def save_checkpoint(self) -> None:
-        """The current step committed before this returns (every rank calls it; nothing to do if it is)."""
-        self.saver.save_now(self.step, self.tokens, sorted(self.skipped))
+        """The current step committed before this returns (every rank calls it; nothing to do if it is). At the
+        end of the run or at a stop a save that cannot be written fails the run; in the middle of it (a time-based
+        save) it is abandoned with a warning, as a periodic one."""
+        last = self.step >= self.cfg.total_steps or self.stop_signal is not None
+        self.saver.save_now(self.step, self.tokens, sorted(self.skipped), last=last)
 
     def request_stop(self, signum: int) -> None:
         """End fit() after the current step: it saves that step and returns FitOutcome(step, signum). Every rank

@@ -152,12 +152,14 @@ class Saver:
                     raise SaveFailed(f"the checkpoint of step {step} could not be written: {status}")
         self._join_commit()
 
-    def save_now(self, step: int, tokens: int, skipped: list[int]) -> None:
-        """`step` committed before this returns (every rank; nothing to write if this lineage committed it)."""
+    def save_now(self, step: int, tokens: int, skipped: list[int], last: bool = True) -> None:
+        """`step` committed before this returns (every rank; nothing to write if this lineage committed it). A
+        save that cannot be written fails the run when it is the `last` (the end, a stop); a save in the middle
+        of a run (checkpoint.every_minutes) is abandoned like a periodic one."""
         self.flush()
         if self.committed != step:
             self.save(step, tokens, skipped)
-            self.flush(last=True)
+            self.flush(last=last)
 
     def abandon(self) -> None:
         """An error ends this rank: stop its writer without collectives; nothing more is committed."""
