@@ -284,9 +284,22 @@ def _cached(model, seq: int, batch: int, layout: Layout, hw: Hardware, nodes: in
     return estimate(model, seq, batch, layout, hw, nodes, gpus_per_node)
 
 
-def run_estimate(cfg, hw: Hardware, nodes: int, gpus_per_node: int) -> Estimate:
-    """The estimate of TrainConfig `cfg`'s own layout (memoised: a sweep's runs share a few layouts); for tables."""
-    from nca_scale.train.simulate import gpu_config, layout_of
+COLUMNS = f"{'LAYOUT':>17} {'GB/GPU':>7} {'STEP-S':>7} {'MFU':>4}"  # the columns of Estimate.columns
 
-    run = gpu_config(cfg)
-    return _cached(run.model, run.seq_len, run.batch_size, layout_of(run), hw, nodes, gpus_per_node)
+
+def run_estimate(cfg, vocab_size: int, seq_len: int, hw: Hardware, nodes: int, gpus_per_node: int) -> Estimate:
+    """The estimate of TrainConfig `cfg`'s own layout (validated or not: nothing read from its data, so a sweep's
+    text runs are planned before their shards exist), memoised: a sweep's runs share a few layouts."""
+    from nca_scale.train.simulate import gpu_settings, layout_of
+
+    run = gpu_settings(cfg)
+    return _cached(run.model.with_vocab(vocab_size), seq_len, run.batch_size, layout_of(run), hw, nodes,
+                   gpus_per_node)
+
+
+def columns(e: Estimate) -> str:
+    """`tp x pp x dp mMICROxACCUM`, memory per GPU (! when it does not fit), step seconds, MFU: under COLUMNS."""
+    lay = e.layout
+    where = f"{lay.tp}x{lay.pp}x{lay.dp} m{lay.micro_batch}x{lay.grad_accum}"
+    mem = f"{e.memory.total / GB:.1f}" + ("" if e.fits else "!")
+    return f"{where:>17} {mem:>7} {e.step.total:>7.3f} {e.step.mfu:>4.0%}"

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from nca_scale import config
+from nca_scale.launch import planner
 from nca_scale.launch.sweep_spec import (
     ArmSpec,
     DomainSpec,
@@ -273,6 +274,10 @@ def table(spec: SweepSpec, runs: list[Run]) -> str:
     w = max([len(r.name) for r in runs] + [3])
     head = (f"{'RUN':<{w}} {'ST':>2} {'N(non-emb)':>12} {'PARAMS':>12} {'TOKENS':>12} {'STEPS':>7} {'BATCH':>9} "
             f"{'LR':>9} {'B2':>5} {'WARM':>6} {'6ND':>9} {'FLOPS':>9} {'GPU-H':>9}")
+    prof, _ = spec.profile()
+    gpus = prof.executor == "slurm" and prof.gpus_per_node > 0  # the planner's layout, memory and step per run
+    if gpus:
+        head += " " + planner.COLUMNS
     lines = [f"# sweep {spec.name}: {len(runs)} runs ({sum(r.stage == 1 for r in runs)} stage-1, "
              f"{sum(r.stage == 2 for r in runs)} stage-2) in {spec.sweep_dir}; recipe {spec.recipe.rule}"
              + (f" (lr x{spec.recipe.lr_multiplier}, batch x{spec.recipe.batch_multiplier}, warmup <= "
@@ -283,8 +288,14 @@ def table(spec: SweepSpec, runs: list[Run]) -> str:
         h = r.hyper
         lines.append(f"{r.name:<{w}} {r.stage:>2} {r.non_embedding_params:>12,} {r.params:>12,} {r.tokens:>12,} "
                      f"{r.steps:>7} {h['batch_size']:>4}x{r.seq_len:<4} {h['lr']:>9.3g} {h['beta2']:>5} "
-                     f"{h['warmup']:>6} {_g(r.flops_6nd):>9} {_g(r.flops):>9} {r.gpu_hours:>9.3g}")
+                     f"{h['warmup']:>6} {_g(r.flops_6nd):>9} {_g(r.flops):>9} {r.gpu_hours:>9.3g}"
+                     + (" " + planner.columns(planner.run_estimate(r.cfg, r.vocab_size, r.seq_len, prof.hardware,
+                                                                   prof.nodes, prof.gpus_per_node)) if gpus else ""))
     total = sum(r.flops for r in runs)
     lines.append(f"# total: {sum(r.tokens for r in runs):,} tokens, {_g(total)} FLOPs, "
                  f"{sum(r.gpu_hours for r in runs):.3g} GPU-hours")
+    if gpus:
+        lines.append(f"# LAYOUT tp x pp x dp, micro-batch x accumulation on {prof.nodes} x {prof.gpus_per_node} "
+                     f"{prof.hardware.gpu}; GB/GPU and STEP-S (seconds per step), MFU: launch/planner.py (! = does "
+                     "not fit: `nca-scale submit` re-plans or refuses it)")
     return "\n".join(lines)

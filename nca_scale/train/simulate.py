@@ -73,22 +73,26 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def gpu_config(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with what a GPU rank would choose (precision=auto -> bf16, megatron's overlaps on), resolved for its
-    world size; checkpoint writes synchronous (nothing is written here)."""
+def gpu_settings(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with what a GPU rank would choose (precision=auto -> bf16, megatron's overlaps on); checkpoint writes
+    synchronous (nothing is written here). Reads no data."""
     precision = "bf16" if cfg.precision == "auto" else cfg.precision
     m = cfg.megatron
     grad = True if m.overlap_grad_reduce is None else m.overlap_grad_reduce
     param = (grad and m.distributed_optimizer) if m.overlap_param_gather is None else m.overlap_param_gather
     megatron = replace(m, overlap_grad_reduce=grad, overlap_param_gather=param) if cfg.backend == "megatron" else m
-    cfg = replace(cfg, precision=precision, megatron=megatron, checkpoint=replace(cfg.checkpoint, asynchronous=False))
-    return cfg.resolved()
+    return replace(cfg, precision=precision, megatron=megatron, checkpoint=replace(cfg.checkpoint, asynchronous=False))
+
+
+def gpu_config(cfg: TrainConfig) -> TrainConfig:
+    """gpu_settings, resolved for the config's world size (the vocabulary from the data, the micro-batch)."""
+    return gpu_settings(cfg).resolved()
 
 
 def layout_of(cfg: TrainConfig) -> Layout:
-    """The planner's Layout of a resolved TrainConfig."""
+    """The planner's Layout of a TrainConfig (resolved or not: the micro-batch its world size runs)."""
     return Layout(backend=cfg.backend, tp=cfg.parallel.tp, pp=cfg.parallel.pp, dp=cfg.data_parallel,
-                  vpp=cfg.parallel.vpp, micro_batch=cfg.micro_batch, grad_accum=cfg.grad_accum,
+                  vpp=cfg.parallel.vpp, micro_batch=cfg.micro, grad_accum=cfg.grad_accum,
                   precision=cfg.precision, distributed_optimizer=cfg.megatron.distributed_optimizer,
                   zero=cfg.deepspeed.zero, recompute=cfg.recompute, sequence_parallel=cfg.parallel.sequence_parallel,
                   overlap_grad_reduce=bool(cfg.megatron.overlap_grad_reduce) if cfg.backend == "megatron" else True,

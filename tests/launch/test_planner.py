@@ -95,3 +95,17 @@ def test_bad_hardware_is_one_line(no_slurm, tmp_path, capsys):
     rc = cli.main(["submit", RECIPE, "cluster=launchers/gpu-example.yaml", "cluster.hardware.memory_gb=0",
                    "dry_run=true", f"out={tmp_path / 'r'}"])
     assert rc == 2 and "cluster.hardware.memory_gb=0" in capsys.readouterr().err
+
+
+def test_sweep_plan_prints_each_runs_layout_memory_and_step(tmp_path, capsys):
+    rc = cli.main(["sweep", "plan", "configs/sweeps/paper-1.6b.yaml", "cluster=launchers/gpu-example.yaml",
+                   f"out={tmp_path / 'sweep'}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[2].endswith("LAYOUT  GB/GPU  STEP-S  MFU")
+    stage1 = next(line for line in lines if line.startswith("s1-paper-1.6b-nca-b50-t163840k-s0 "))
+    assert stage1.endswith("1x1x16 m2x1    19.9   0.234  10%")  # the 32-sequence recipe on 2 x 8: dp-bound
+    stage2 = next(line for line in lines if line.startswith("s2-web-paper-1.6b-scratch-"))
+    assert stage2.endswith("1x1x16 m16x2    70.7   0.814  45%")  # 512 sequences: compute-bound, and it fits
+    assert "# LAYOUT tp x pp x dp, micro-batch x accumulation on 2 x 8 H100" in out
