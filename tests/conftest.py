@@ -115,7 +115,7 @@ LONGEST_FIRST = ["tests/launch/test_slurm.py", "tests/train/test_deepspeed.py", 
                  "tests/train/test_checkpoint_safety.py", "tests/train/test_transfer.py",
                  "tests/launch/test_sweep_slurm.py", "tests/model/test_hf.py", "tests/eval/test_eval_cli.py",
                  "tests/train/test_nonfinite.py", "tests/cli/test_first_hour.py", "tests/train/test_checkpoint_waits.py",
-                 "tests/analysis/test_calibration.py"]
+                 "tests/analysis/test_calibration.py", "tests/train/test_simulate.py"]
 
 
 def pytest_collection_modifyitems(config, items):
