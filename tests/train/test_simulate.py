@@ -42,9 +42,17 @@ def test_paper_recipe_as_shipped_and_tp8_pp2():
     first, last = dry_run(16, "parallel.tp=8", "parallel.pp=2")
     assert (first.rank, first.params, last.rank, last.role) == (0, 117_096_448, 8, "tp 0 pp 1 dp 0")
     assert first.planned.logits == 0 < last.planned.logits
-    # the last DP rank's share of the padded buckets differs from the first's; so does a vpp=2 layout's
     dry_run(16, "parallel.tp=2", "parallel.pp=2", "parallel.vpp=2", ranks=[3, 15])
     dry_run(16, "megatron.distributed_optimizer=false", "parallel.pp=2")
+
+
+def test_padded_buffers_small_buckets_and_tied_embeddings():
+    # dp 12: buckets end on multiples of lcm(12, 128) = 384, so the DP ranks' shares of real elements differ;
+    # 200k-element buckets split the model; a tied embedding on 2 stages gets a bucket of its own on each
+    small = ["model=configs/model/cpu-5m.yaml", "batch_size=12", "parallel.bucket_size=200000"]
+    first, last = dry_run(12, *small, ranks=[0, 11])
+    assert first.optimizer != last.optimizer and first.weights == last.weights
+    dry_run(24, *small, "model.n_layers=4", "model.tie_embeddings=true", "parallel.pp=2", ranks=[0, 11, 12, 23])
 
 
 # presets: the stage-1 recipe's 64,000-token vocabulary (paper-stage1.yaml) on their own shapes
