@@ -242,16 +242,19 @@ def deepspeed_states(cfg: ModelConfig, layout: Layout) -> tuple[int, int, int, i
 
 
 # ---- activations --------------------------------------------------------------------------------------------
-def layer_activation_elements(cfg: ModelConfig, tp: int, sequence_parallel: bool, recompute) -> tuple[float, float]:
+def layer_activation_elements(cfg: ModelConfig, tp: int, sequence_parallel: bool, recompute,
+                              native: bool = False) -> tuple[float, float]:
     """(elements in the compute dtype, fp32 elements) autograd keeps per token for one decoder layer.
 
     Per token, h = d_model, f = SwiGLU width, q = query width, k = key/value width, all split over t = tp. Counted
-    on megatron-core's local-spec layer (tests/model/test_memory.py measures it): five h-wide tensors for the
+    on megatron-core's local-spec layer (tests/train/test_simulate.py measures it): five h-wide tensors for the
     residual stream and the two RMSNorms (their inputs, normalised values and outputs, shared with the next
     linear), the QKV output (q + 2k)/t (its value slice is the attention's input), the roped q/t and k/t, the
     attention output q/t and the projection's input q/t (a copy: the output is transposed back), five f/t for
     the MLP (fc1's gate and up 2f/t, SiLU's output, the product that is fc2's input, and the SiLU input's own copy)
-    and the attention's log-sum-exp (heads/t, fp32); flash-style attention keeps no s x s scores. Sequence
+    and the attention's log-sum-exp (heads/t, fp32); flash-style attention keeps no s x s scores. `native`: the
+    torch/DeepSpeed Llama (model/llama.py), whose separate q, k, v projections leave no fused QKV output behind
+    (v k/t instead of (q + 2k)/t) and whose SwiGLU keeps four f (gate, up, SiLU output, product). Sequence
     parallelism divides the h terms by t as well. Full recompute keeps only the layer input; selective recompute
     (the core attention) drops the attention's output and log-sum-exp."""
     h, f = cfg.d_model, cfg.ffn
@@ -262,8 +265,9 @@ def layer_activation_elements(cfg: ModelConfig, tp: int, sequence_parallel: bool
     attn_out, lse = q / tp, cfg.n_heads / tp
     if recompute == "selective":
         attn_out, lse = 0.0, 0.0
-    attention = (q + 2 * k) / tp + (q + k) / tp + attn_out + q / tp
-    return 5 * rows + attention + 5 * f / tp, lse
+    qkv = k / tp if native else (q + 2 * k) / tp
+    attention = qkv + (q + k) / tp + attn_out + q / tp
+    return 5 * rows + attention + (4 if native else 5) * f / tp, lse
 
 
 def logits_elements(cfg: ModelConfig, tp: int) -> tuple[float, float]:
@@ -288,11 +292,12 @@ def activation_bytes(cfg: ModelConfig, seq_len: int, layout: Layout, stage: int 
     ab = _bytes(layout.precision)
     tp = layout.tp if layout.backend == "megatron" else 1
     sp = layout.sequence_parallel and tp > 1
-    per_layer, per_layer32 = layer_activation_elements(cfg, tp, sp, layout.recompute)
+    native = layout.backend != "megatron"
+    per_layer, per_layer32 = layer_activation_elements(cfg, tp, sp, layout.recompute, native)
     layers = cfg.n_layers // layout.pp
     acts = tokens * layers * (per_layer * ab + per_layer32 * 4) * in_flight(layout, stage)
     if layout.recompute is True or layout.recompute == "full":
-        full, full32 = layer_activation_elements(cfg, tp, sp, False)
+        full, full32 = layer_activation_elements(cfg, tp, sp, False, native)
         acts += tokens * (full * ab + full32 * 4)  # the one layer recomputed in the backward
     logits = 0.0
     if stage == layout.pp - 1:
