@@ -17,7 +17,7 @@ simulate=NODESxGPUS trains nothing: it builds ranks of that layout in this proce
 the model's real shapes on the meta device, and prints each one's parameters and bytes of weights, gradients and
 optimizer state next to the planner's memory estimate (docs/gpu.md, "Memory and layout planner");
 simulate.ranks=0,8 picks the global ranks (default: the first and the last pipeline stage), simulate.real=true
-builds them on the CPU with real weights and runs one step.
+builds them on the CPU with random weights and runs one step on random tokens.
 """
 
 from __future__ import annotations
