@@ -31,6 +31,7 @@ STATEMENTS = {
     "d": "the best NCA complexity band depends on the domain (50%+ web and math, 30-40% code)",
     "m": "NCA beats spending its stage-1 FLOPs on more language tokens (compute-matched; not a paper claim)",
 }
+NOT_RUN = "not measured: no finished runs of the arms it compares"
 PREFERRED_BAND = {"web": "50+", "math": "50+", "code": "30-40"}  # paper.md §5.5
 
 
@@ -124,6 +125,6 @@ def summary(rows: list[dict]) -> list[dict]:
     for claim, statement in STATEMENTS.items():
         pooled = [r for r in rows if r["claim"] == claim and r["size"] == "all sizes"]
         if not pooled:
-            out.append({"claim": claim, "statement": statement, "comparison": None, "verdict": "not run in this sweep"})
+            out.append({"claim": claim, "statement": statement, "comparison": None, "verdict": NOT_RUN})
         out += pooled
     return out

@@ -71,7 +71,7 @@ def test_claims_orient_each_comparison_and_pool_seeds_per_size():
     assert row["ci_nats"][0] < 0.02 < row["ci_nats"][1]  # t interval over the 3 seed means (+-0.001 apart)
     assert len([r for r in rows if r["claim"] == "0" and r["size"] != "all sizes"]) == 2 * len(SIZES)
     table = claims.summary(rows)
-    assert [r["verdict"] for r in table if r["claim"] in ("a", "b")] == ["not run in this sweep"] * 2
+    assert [r["verdict"] for r in table if r["claim"] in ("a", "b")] == [claims.NOT_RUN] * 2
 
 
 def test_effective_data_from_a_known_scratch_law_and_the_transfer_law():
