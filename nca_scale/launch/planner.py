@@ -228,12 +228,13 @@ def _overrides_for(own: Estimate, other: Estimate) -> str:
         keys += [f"cluster.nodes={other.nodes}"]
         if other.gpus_per_node != own.gpus_per_node:
             keys += [f"cluster.gpus_per_node={other.gpus_per_node}"]
-    for key, a, b in (("parallel.tp", o.tp, n.tp), ("parallel.pp", o.pp, n.pp), ("micro_batch", o.micro_batch, n.micro_batch)):
+    for key, a, b in (("parallel.tp", o.tp, n.tp), ("parallel.pp", o.pp, n.pp)):
         if a != b:
             keys.append(f"{key}={b}")
+    keys.append(f"micro_batch={n.micro_batch}")  # always: auto_micro_batch would pick its own for the new dp
     if o.recompute != n.recompute:
         keys.append(f"recompute={n.recompute if isinstance(n.recompute, str) else str(n.recompute).lower()}")
-    return " ".join(keys) or "same layout"
+    return " ".join(keys)
 
 
 def assess(cfg, hw: Hardware, nodes: int, gpus_per_node: int) -> Assessment:
