@@ -56,6 +56,15 @@ def die_with_parent(launcher: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def serve_with_parent() -> None:
+    """Initializer of a rank's helper server process (megatron-core's results-queue Manager): die with the rank,
+    and leave the job's signals to the rank. `scancel --signal=USR2`, `scontrol requeue` and Ctrl-C reach every
+    process of the job or terminal; the rank answers them by saving, which needs this process alive."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    die_with_parent()
+
+
 _forking: list[int] = []  # [pid of the process about to fork], once die_with_parent registered _forked
 
 

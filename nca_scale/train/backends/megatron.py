@@ -380,7 +380,8 @@ def _results_queue_dying_with_this_rank() -> None:
     """megatron-core's file writers report to a queue served by a multiprocessing Manager process it spawns at the
     first save. A spawned process asks to die with its parent only where it re-imports worker.py (torchrun); under
     srun or nproc=1 it outlived a rank killed with kill -9. The rank starts that Manager itself, asking it to die
-    with the rank, and hands megatron-core its queue."""
+    with the rank and to leave the job's signals (USR2, TERM, INT) to the rank, which saves on them through this
+    queue, and hands megatron-core its queue."""
     import multiprocessing as mp
     from multiprocessing.managers import SyncManager
 
@@ -390,7 +391,7 @@ def _results_queue_dying_with_this_rank() -> None:
 
     if filesystem_async._results_queue is None:
         manager = SyncManager(ctx=mp.get_context("spawn"))  # as megatron-core's ctx.Manager(), but asked to die
-        manager.start(initializer=procs.die_with_parent)
+        manager.start(initializer=procs.serve_with_parent)
         _manager.append(manager)
         filesystem_async._results_queue = manager.Queue()
 
