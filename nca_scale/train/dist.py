@@ -222,7 +222,7 @@ def any_rank(flag: bool) -> bool:
     takes alike, such as a deadline one rank's clock has passed."""
     if rank_and_world()[1] == 1:
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device="cpu")  # the side group is gloo's, on every node
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=side_group())
     return bool(t.item())
 

@@ -24,6 +24,17 @@ from nca_scale.train import dist as tdist
 _GPU_ENV = ("SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES", "SLURMD_NODENAME")
 
 
+class _SideGroup:
+    """The side group dist.new_group would return: records how it was made and the timeout set on it later."""
+
+    def __init__(self, calls: dict, args: tuple, kwargs: dict):
+        calls["side"] = (args, kwargs)
+        self.calls = calls
+
+    def set_timeout(self, timeout: timedelta) -> None:
+        self.calls["side_timeout"] = timeout
+
+
 @pytest.fixture
 def fake_init(monkeypatch):
     """tdist.init() against mocked CUDA: records set_device and init_process_group instead of running them."""
@@ -31,7 +42,7 @@ def fake_init(monkeypatch):
     monkeypatch.setattr(logging.getLogger("nca_scale"), "handlers", [])  # init's stdout handler: this test's only
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.setdefault("init", (a, k)))
-    monkeypatch.setattr(dist, "new_group", lambda *a, **k: calls.setdefault("side", (a, k)))
+    monkeypatch.setattr(dist, "new_group", lambda *a, **k: _SideGroup(calls, a, k))
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
     for var in _GPU_ENV:
         monkeypatch.delenv(var, raising=False)
@@ -55,7 +66,9 @@ def test_gpu_group_is_device_mapped_and_bound_to_the_visible_gpu(fake_init, coun
     args, kwargs = calls["init"]
     assert args == ("cpu:gloo,cuda:nccl",)
     assert kwargs == {"device_id": torch.device("cuda", index), "timeout": timedelta(seconds=600)}  # dist_timeout_s
-    assert calls["side"] == ((), {"backend": "gloo", "timeout": timedelta(seconds=7200)})  # rank0_timeout_s
+    # connecting is bounded by dist_timeout_s, the side group's waits then by rank0_timeout_s
+    assert calls["side"] == ((), {"backend": "gloo", "timeout": timedelta(seconds=600)})
+    assert calls["side_timeout"] == timedelta(seconds=7200)
     assert calls["set_device"] == torch.device("cuda", index)
 
 
