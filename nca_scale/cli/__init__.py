@@ -99,7 +99,10 @@ def _load(target: str):
 
 
 def group_help(word: str) -> str | None:
-    """The subcommands of a command group (`nca-scale sweep --help`), None if `word` is not a group."""
+    """The subcommands of a command group (`nca-scale sweep --help`), None if `word` is not a group or is a
+    command itself (`nca-scale eval --help` is eval's own help; `eval report` has its own)."""
+    if (word,) in COMMANDS:
+        return None
     rows = [(" ".join(w), cmd.summary) for w, cmd in COMMANDS.items() if w[0] == word and len(w) > 1]
     if not rows:
         return None

@@ -36,7 +36,7 @@ class Hardware:
     400 Gb/s NDR InfiniBand port per GPU). Bandwidths are achievable collective bus bandwidths per GPU (what
     nccl-tests reports as busbw), not link rates."""
 
-    gpu: str = "H100"
+    gpu: str = "H100"  # the GPU's name, as the planner's messages give it (the numbers below are what counts)
     memory_gb: float = 80.0  # per GPU
     reserve_gb: float = 4.0  # CUDA context, NCCL buffers, allocator fragmentation: not available to tensors
     peak_flops: float = 989.0e12  # dense bf16
