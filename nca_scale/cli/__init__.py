@@ -112,14 +112,22 @@ def group_help(word: str) -> str | None:
 
 
 def _spaced_keys(args: list[str]) -> UserError | None:
-    """`steps = 20` or `steps= 20` (a shell splits them into words): the key=value it meant."""
+    """`steps = 20`, `steps= 20` or `steps =20` (a shell splits them into words): the key=value it meant. A
+    `key=` followed by another key=value (or by nothing) is an empty value, not a spaced one."""
     for i, a in enumerate(args):
-        if a == "=" or (a.endswith("=") and "=" not in a[:-1]) or (a.startswith("=") and len(a) > 1):
-            key = a[:-1] if a.endswith("=") and a != "=" else (args[i - 1] if i else "key")
-            value = a[1:] if a.startswith("=") and a != "=" else (args[i + 1] if i + 1 < len(args) else "VALUE")
-            start = i if a.endswith("=") and a != "=" else max(0, i - 1)
-            return UserError(f"{' '.join(args[start:i + 2])!r}: write key=value as one word, without spaces: "
-                             f"{key}={value}")
+        before = args[i - 1] if i and "=" not in args[i - 1] else None  # a bare word: the key
+        after = args[i + 1] if i + 1 < len(args) and "=" not in args[i + 1] else None  # a bare word: the value
+        if a == "=":
+            key, value = before or "key", after or "VALUE"
+            words = args[i - (before is not None):i + 1 + (after is not None)]
+        elif a.endswith("=") and "=" not in a[:-1] and after is not None:
+            key, value, words = a[:-1], after, args[i:i + 2]
+        elif a.startswith("=") and len(a) > 1 and before is not None:
+            key, value, words = before, a[1:], args[i - 1:i + 1]
+        else:
+            continue
+        return UserError(f"{' '.join(words)!r}: write key=value as one word, without spaces: "
+                         f"{key}={value}")
     return None
 
 

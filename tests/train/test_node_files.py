@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from nca_scale import config as config_io
 from nca_scale.data.text.shards import PackConfig, TextShardReader, pack
 from nca_scale.errors import UserError
+from nca_scale.files import NodeCache
 from nca_scale.nca import bank as bank_mod
 from nca_scale.nca.bank import NodeBanks
 from nca_scale.nca.config import NCAConfig
@@ -125,6 +127,14 @@ class Tokenizer:
         return {"sha256": self.sha256}
 
 
+def _node_cache(directory: Path, leader: bool) -> NodeCache:
+    """A rank's NodeCache as node_share would make it on a node of RANKS ranks (threads here share one
+    environment, so it is made by hand), uncapped."""
+    cache = NodeCache.__new__(NodeCache)
+    cache.directory, cache.leader, cache.recent, cache.cap = directory, leader, [set(), set()], float("inf")
+    return cache
+
+
 def test_text_shards_are_checked_once_per_node_and_each_rank_maps_its_rows(tmp_path, monkeypatch):
     url = str(tmp_path / "shards")
     pack(Corpus(), "train", Tokenizer(), url, PackConfig(seq_len=15, sequences_per_shard=16))
@@ -149,7 +159,7 @@ def test_text_shards_are_checked_once_per_node_and_each_rank_maps_its_rows(tmp_p
             outs[r].append(reader.sequences(np.arange(step * 12 + r * per, step * 12 + (r + 1) * per)))
 
     for r, reader in enumerate(readers):
-        reader.node = (tmp_path / "node", r == 0)
+        reader.node = _node_cache(tmp_path / "node", leader=r == 0)
     (tmp_path / "node").mkdir()
     threads = [threading.Thread(target=rank, args=(r,), name=f"rank{r}") for r in range(RANKS)]
     threads[1].start()
