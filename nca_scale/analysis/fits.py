@@ -223,10 +223,20 @@ def loss_vs_n(points: list[tuple[float, list[float]]], *, level: float, resample
     return out
 
 
+def levels(values, ratio: float = 1.2) -> int:
+    """Distinct levels among positive values, values within `ratio` of the previous level counted as one: D
+    counts trained tokens (whole steps), so one nominal budget gives slightly different D at each size."""
+    out, last = 0, None
+    for v in sorted(values):
+        if last is None or v > last * ratio:
+            out, last = out + 1, v
+    return out
+
+
 def loss_nd(points: list[tuple[float, float, float]]) -> dict:
     """points = [(N, D, final loss)]: fit L(N, D) when N and D both vary enough, else say why not."""
     ns = {p[0] for p in points}
-    ds = {p[1] for p in points}
+    ds = range(levels({p[1] for p in points}))
     cellset = {(p[0], p[1]) for p in points}
     out: dict = {"form": ND, "fit": None, "cells": len(cellset), "notes": []}
     if len(ds) < 2 or len(ns) < 2 or len(cellset) < 6:

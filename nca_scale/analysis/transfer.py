@@ -61,7 +61,7 @@ def fit_law(n, d_f, d_t, ref: tuple[float, float] | None = None) -> dict | None:
     the well-determined level; log10_k = the same law's log10 D_T at D_F = N = 1 (the formula's k)."""
     n, d_f, d_t = (np.asarray(v, dtype=np.float64) for v in (n, d_f, d_t))
     ok = np.isfinite(d_t) & (d_t > 0)
-    fit_a, fit_b = len(set(d_f[ok])) >= 2, len(set(n[ok])) >= 2
+    fit_a, fit_b = fits.levels(d_f[ok]) >= 2, fits.levels(n[ok]) >= 2  # a few % apart is one budget, not two
     if ok.sum() < 2 + fit_a + fit_b:
         return None
     ld, ln = np.log10(d_f[ok]), np.log10(n[ok])

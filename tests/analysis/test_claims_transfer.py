@@ -120,3 +120,17 @@ def test_compute_matched_pairs_with_the_full_transfer_not_its_variants():
     rows = compute_matched(Sweep(None, "t", runs, []), Bootstrap(resamples=200), notes)
     assert not notes and [r["arm"] for r in rows] == ["nca 50+ 300k"]
     assert rows[0]["improvement_pct"]["mean"] == pytest.approx(100 * (math.exp(5.8) - math.exp(5.9)) / math.exp(5.8))
+
+
+def test_one_budget_trained_to_whole_steps_is_one_budget():
+    """D counts trained tokens: a 50k budget is 50,176 tokens at one size and 51,200 at another. That is one
+    budget: no alpha of the transfer law and no L(N, D) from it (before: both fitted from the 2 % difference)."""
+    from nca_scale.analysis import fits
+
+    assert fits.levels([50_176, 50_688, 51_200, 200_704]) == 2
+    n = [131_392, 131_392, 443_040, 443_040, 1_049_728, 1_049_728]
+    d_f = [50_176, 50_176, 50_688, 50_688, 51_200, 51_200]
+    law = transfer.fit_law(n, d_f, [1e4, 1.1e4, 2e4, 2.1e4, 3e4, 3.2e4])
+    assert "alpha" not in law and "beta" in law
+    nd = fits.loss_nd([(a, b, 6.0 - 0.1 * i) for i, (a, b) in enumerate(zip(n * 2, d_f * 2))])
+    assert nd["fit"] is None and "1 stage-2 token budgets" in nd["notes"][0]
