@@ -79,4 +79,4 @@ def test_submit_errors(env, tmp_path):
     proc = nca(env, "submit", "configs/train/cpu-tiny.yaml", "after=123", f"out={tmp_path}", check=False)
     assert proc.returncode == 2 and "after= needs a Slurm profile" in proc.stderr
     proc = nca(env, "status", str(tmp_path / "nothing"), check=False)
-    assert proc.returncode == 2 and "no recorded jobs" in proc.stderr
+    assert proc.returncode == 2 and "is neither a run folder" in proc.stderr  # nor a directory of submitted jobs

@@ -137,16 +137,16 @@ def _describe(pid: int) -> str:
 def _kill(proc: subprocess.Popen) -> float:
     """SIGKILL the launcher's process group only; the ranks must die with it (procs.die_with_parent; a rank
     killed before it got there dies when it does, after its imports), and so must the processes they fork
-    (megatron's checkpoint writers). Returns the time of the kill."""
+    (megatron's checkpoint writers). Returns the time by which every process of the tree was gone: a writer
+    inside a write() when the kill reached it finishes that call, so a file's mtime may pass the kill itself."""
     tree = _tree(proc.pid)
-    killed = time.time()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 60
     while alive := {pid for pid in tree - {proc.pid} if _running(pid)}:
         assert time.monotonic() < deadline, f"orphan processes outlived the kill: {[_describe(p) for p in alive]}"
         time.sleep(0.05)
-    return killed
+    return time.time()
 
 
 @dataclasses.dataclass
@@ -165,7 +165,7 @@ class Plan:
     window: str
     delay: float
     lag: float
-    killed_at: float = 0.0  # set by wait_and_kill
+    killed_at: float = 0.0  # set by wait_and_kill: when the killed tree was gone
 
     @classmethod
     def draw(cls, rng: random.Random, mode: str, chaos: Chaos, committed: int, last: bool) -> Plan:
