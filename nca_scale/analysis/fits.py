@@ -72,7 +72,10 @@ def _minimize(form, theta, x, y, target, delta, iters=400):
         g = np.einsum("snp,sn->sp", jac, psi)
         h = np.einsum("snp,sn,snq->spq", jac, w, jac)
         damp = lam[:, None, None] * (np.einsum("spp->sp", h)[:, :, None] * eye + 1e-12 * eye)
-        step = np.linalg.solve(h + damp, -g[..., None])[..., 0]
+        try:
+            step = np.linalg.solve(h + damp, -g[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # a start whose Jacobian lost a column (a term underflowed): least squares
+            step = (np.linalg.pinv(h + damp) @ -g[..., None])[..., 0]
         new = theta + step
         new_obj = _huber(_model(form, new, x, y)[0] - target, delta)
         better = np.isfinite(new_obj) & (new_obj < obj)
@@ -319,6 +322,8 @@ def allocation(p: dict[str, float], compute: float) -> dict[str, float]:
     N_opt = G (C/6)^a, D_opt = (C/6)^b / G, a = beta/(alpha+beta), b = alpha/(alpha+beta),
     G = (alpha A / (beta B))^(1/(alpha+beta)) (Hoffmann et al. 2022, eq. 4)."""
     al, be = p["alpha"], p["beta"]
+    if al <= 0 or be <= 0:  # loss not falling in N or in D: no interior optimum
+        return {k: float("nan") for k in ("a", "b", "N_opt", "D_opt", "tokens_per_param")}
     g = (al * p["A"] / (be * p["B"])) ** (1.0 / (al + be))
     n_opt = g * (compute / 6.0) ** (be / (al + be))
     d_opt = (compute / 6.0) ** (al / (al + be)) / g
@@ -335,6 +340,10 @@ def loss_nd_ci(points: list[tuple], *, level: float, resamples: int, seed: int) 
     compute = max(6.0 * p[2] * p[3] for p in points)
     out["compute"] = compute
     out["allocation"] = allocation(best.params, compute)
+    if not np.isfinite(out["allocation"]["a"]):
+        out["notes"].append(f"alpha {best.params['alpha']:.3g}, beta {best.params['beta']:.3g}: an exponent <= 0 "
+                            "(loss not falling with N or D over these runs) leaves no compute-optimal allocation")
+        out["allocation"] = None
     seeds_by_size: dict = defaultdict(set)
     for p in points:
         seeds_by_size[p[0]].add(p[1])
@@ -354,9 +363,9 @@ def loss_nd_ci(points: list[tuple], *, level: float, resamples: int, seed: int) 
         alloc = [allocation(q, compute) for q in params]
     # intervals on the scale the estimate is ~normal on: log for the positive scale factors, linear for exponents
     logs = ("E", "A", "B", "allocation.N_opt", "allocation.D_opt", "allocation.tokens_per_param")
-    estimate = {**best.params, **{f"allocation.{k}": v for k, v in out["allocation"].items()}}
+    estimate = {**best.params, **{f"allocation.{k}": v for k, v in (out["allocation"] or {}).items()}}
     table = {k: np.array([q[k] for q in params]) for k in best.params}
-    table |= {f"allocation.{k}": np.array([a[k] for a in alloc]) for k in out["allocation"]}
+    table |= {f"allocation.{k}": np.array([a[k] for a in alloc]) for k in (out["allocation"] or {})}
     names = list(estimate)
     est = np.array([np.log(estimate[k]) if k in logs else estimate[k] for k in names])
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -134,3 +134,15 @@ def test_one_budget_trained_to_whole_steps_is_one_budget():
     assert "alpha" not in law and "beta" in law
     nd = fits.loss_nd([(a, b, 6.0 - 0.1 * i) for i, (a, b) in enumerate(zip(n * 2, d_f * 2))])
     assert nd["fit"] is None and "1 stage-2 token budgets" in nd["notes"][0]
+
+
+def test_allocation_needs_both_exponents_positive():
+    """Chinchilla's eq. 4 at its own published fit; a negative exponent (loss rising with N over a small
+    sweep, as in the CPU study's scratch arm) has no interior optimum: nan, not a complex number."""
+    from nca_scale.analysis import fits
+
+    a = fits.allocation({"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}, 5.76e23)
+    assert a["a"] == pytest.approx(0.28 / 0.62) and 1e10 < a["N_opt"] < 1e11 and 1e11 < a["D_opt"] < 2e12
+    assert a["N_opt"] * a["D_opt"] * 6 == pytest.approx(5.76e23)
+    bad = fits.allocation({"E": 1.0, "A": 1.0, "alpha": -0.1, "B": 1.0, "beta": 0.3}, 1e15)
+    assert all(math.isnan(v) for v in bad.values())
