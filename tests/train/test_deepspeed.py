@@ -126,7 +126,11 @@ def test_local_rank_becomes_the_device_index_with_one_gpu_per_task(monkeypatch, 
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    monkeypatch.delenv("NCA_SCALE_LOCAL_RANK", raising=False)
+    # set, then deleted: monkeypatch then restores this process's own value at the end (absent), not the "3" the
+    # code under test sets (a leaked NCA_SCALE_LOCAL_RANK made later 2-rank runs of this worker wait for a node
+    # copy that no rank makes)
+    monkeypatch.setenv("NCA_SCALE_LOCAL_RANK", "unset")
+    monkeypatch.delenv("NCA_SCALE_LOCAL_RANK")
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     local_rank_is_device(torch.device("cuda", 0))
     assert os.environ["LOCAL_RANK"] == "0" and os.environ["NCA_SCALE_LOCAL_RANK"] == "3"
