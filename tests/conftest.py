@@ -141,6 +141,20 @@ def _one_thread_per_xdist_worker():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _nca_scale_logger_restored():
+    """Each test gets the "nca_scale" logger as the previous one left it before it ran: `logs.setup()` under a
+    monkeypatched RANK=3 sets the level to WARNING, and a later in-process `main(...)` (whose setup() then finds
+    a handler and leaves the level alone) would log no INFO line at all: an order-dependent capsys failure."""
+    import logging
+
+    logger = logging.getLogger("nca_scale")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def ci_allowed_skips() -> dict[str, str]:
     return CI_ALLOWED_SKIPS
