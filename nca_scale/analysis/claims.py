@@ -21,7 +21,7 @@ from collections import defaultdict
 import numpy as np
 
 from nca_scale.analysis import inference
-from nca_scale.analysis.sweep_results import MATCHED, Run, Sweep
+from nca_scale.analysis.sweep.runs import MATCHED, Run, Sweep
 
 STATEMENTS = {
     "0": "NCA pre-pre-training beats training from scratch",

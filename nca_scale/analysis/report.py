@@ -12,18 +12,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nca_scale
-from nca_scale.analysis import sweep_plots as plots
 from nca_scale.analysis.claims import claims
 from nca_scale.analysis.report_doc import html_page, markdown
 from nca_scale.analysis.report_text import Report, Scaling, document
-from nca_scale.analysis.sweep_metrics import (
+from nca_scale.analysis.sweep import plots
+from nca_scale.analysis.sweep.metrics import (
     Bootstrap,
     compute_matched,
     final_ppl_table,
     vs_scratch,
 )
-from nca_scale.analysis.sweep_results import Sweep, load_sweep
-from nca_scale.analysis.sweep_scaling import FitSettings, loss_fits, metric_trends, nd_fits
+from nca_scale.analysis.sweep.runs import Sweep, load_sweep
+from nca_scale.analysis.sweep.scaling import FitSettings, loss_fits, metric_trends, nd_fits
 from nca_scale.analysis.transfer import transfer
 from nca_scale.errors import UserError
 from nca_scale.files import replacing

@@ -6,15 +6,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from nca_scale.analysis.report_doc import Doc
-from nca_scale.analysis.sweep_metrics import fmt_tokens
-from nca_scale.analysis.sweep_results import fmt_count
+from nca_scale.analysis.sweep.metrics import fmt_tokens
+from nca_scale.analysis.sweep.runs import fmt_count
 
 PAPER_SCALE = "the paper: 1.6B parameters, 164M NCA tokens, 4.2B-12.6B stage-2 tokens"
 
 
 @dataclass(kw_only=True)
 class Scaling:
-    """Scaling fits (sweep_scaling.py); each list holds one JSON-ready dict per fit or trend."""
+    """Scaling fits (sweep/scaling.py); each list holds one JSON-ready dict per fit or trend."""
 
     n_definition: str = "non-embedding parameters"
     loss_vs_n: list[dict]
@@ -26,7 +26,7 @@ class Scaling:
 @dataclass
 class Report:
     """A sweep report's numbers: report.json is `to_json()` of this, report.md and report.html render it.
-    The sections' rows are JSON-ready dicts from sweep_metrics.py (their keys are documented in docs/analysis.md)."""
+    The sections' rows are JSON-ready dicts from sweep/metrics.py (their keys are documented in docs/analysis.md)."""
 
     sweep: str
     directory: str

@@ -25,7 +25,7 @@ from collections import defaultdict
 import numpy as np
 
 from nca_scale.analysis import fits
-from nca_scale.analysis.sweep_results import PRE_ARMS, Run, Sweep
+from nca_scale.analysis.sweep.runs import PRE_ARMS, Run, Sweep
 
 FIT, INTERP = "fit of the scratch arm's L(N, D)", "scratch final losses at the same size, interpolated in log D"
 

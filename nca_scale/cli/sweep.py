@@ -25,7 +25,7 @@ from nca_scale.errors import UserError
 
 def _spec(args: list[str], own: set[str]):
     """(the sweep spec with its overrides applied, its path, the command's own keys)."""
-    from nca_scale.launch import sweep_spec
+    from nca_scale.launch.sweep import spec as sweep_spec
 
     positional, overrides = config.split_overrides(args)
     if len(positional) != 1:
@@ -43,7 +43,7 @@ def _flag(opts: dict, key: str) -> bool:
 
 
 def plan(args: list[str]) -> int:
-    from nca_scale.launch import sweep_plan
+    from nca_scale.launch.sweep import plan as sweep_plan
 
     spec, path, opts = _spec(args, {"format"})
     runs = sweep_plan.plan(spec)
@@ -57,8 +57,8 @@ def plan(args: list[str]) -> int:
 
 
 def launch(args: list[str]) -> int:
-    from nca_scale.launch.sweep import LaunchOptions
-    from nca_scale.launch.sweep import launch as launch_sweep
+    from nca_scale.launch.sweep.launch import LaunchOptions
+    from nca_scale.launch.sweep.launch import launch as launch_sweep
 
     spec, path, opts = _spec(args, {"wait", "dry_run", "check_cluster"})
     return launch_sweep(spec, path, LaunchOptions(wait=_flag(opts, "wait"), dry_run=_flag(opts, "dry_run"),
@@ -66,7 +66,7 @@ def launch(args: list[str]) -> int:
 
 
 def status(args: list[str]) -> int:
-    from nca_scale.launch.sweep_status import status_rows, status_table
+    from nca_scale.launch.sweep.status import status_rows, status_table
 
     spec, _, opts = _spec(args, {"format"})
     rows, notes = status_rows(spec)

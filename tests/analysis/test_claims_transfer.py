@@ -10,7 +10,7 @@ import pytest
 
 from nca_scale.analysis import claims, inference, transfer
 from nca_scale.analysis.fits import ND, Fit
-from nca_scale.analysis.sweep_results import Run, Sweep
+from nca_scale.analysis.sweep.runs import Run, Sweep
 
 SCRATCH = {"E": 3.5, "A": 44.0, "alpha": 0.3, "B": 47.0, "beta": 0.3}
 SIZES = {"s-a": 131_392, "s-b": 443_040, "s-c": 1_049_728}
@@ -108,7 +108,7 @@ def test_interpolation_censors_outside_the_scratch_budgets():
 def test_compute_matched_pairs_with_the_full_transfer_not_its_variants():
     """The re-initialised arm's run name also contains `-nca-b50-t300k-`: only the full transfer is the partner
     of the compute-matched run (before, two candidates made the match fail and the comparison vanish)."""
-    from nca_scale.analysis.sweep_metrics import Bootstrap, compute_matched
+    from nca_scale.analysis.sweep.metrics import Bootstrap, compute_matched
 
     runs = []
     for seed in (0, 1):

@@ -10,8 +10,8 @@ import pytest
 import scipy.stats
 from sweep_synth import write_sweep
 
-from nca_scale.analysis import sweep_metrics as sm
-from nca_scale.analysis.sweep_results import Run, Sweep, load_sweep
+from nca_scale.analysis.sweep import metrics as sm
+from nca_scale.analysis.sweep.runs import Run, Sweep, load_sweep
 from nca_scale.errors import UserError
 
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from nca_scale import cli
-from nca_scale.launch import sweep_plan, sweep_spec
+from nca_scale.launch.sweep import plan as sweep_plan
+from nca_scale.launch.sweep import spec as sweep_spec
 from nca_scale.train.config_sections import FLAT_ALIASES
 
 ROOT = Path(__file__).parents[2]
@@ -228,7 +229,7 @@ def test_transfer_variants_share_the_stage1_run_and_set_the_transfer(tmp_path):
 
 def test_text_arm_with_a_domains_tokenizer_is_prepared_with_it(tmp_path):
     """`tokenizer: web` on a math text arm: one tokenizer (web's), and the math corpus packed with it."""
-    from nca_scale.launch import sweep_data
+    from nca_scale.launch.sweep import data as sweep_data
 
     data = tmp_path / "data"
     path = write(tmp_path, sizes=["cpu-tiny"], seeds=[0], domains=[{"domain": "web", "tokens": [4000]}],

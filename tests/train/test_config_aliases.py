@@ -12,7 +12,8 @@ from train_helpers import ROOT
 
 from nca_scale import config
 from nca_scale.errors import UserError
-from nca_scale.launch import sweep_plan, sweep_spec
+from nca_scale.launch.sweep import plan as sweep_plan
+from nca_scale.launch.sweep import spec as sweep_spec
 from nca_scale.train.config import TrainConfig, from_args
 from nca_scale.train.config_sections import FLAT_ALIASES, sectioned
 

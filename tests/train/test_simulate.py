@@ -15,7 +15,8 @@ import torch
 
 from nca_scale import cli
 from nca_scale.errors import UserError
-from nca_scale.launch import sweep_plan, sweep_spec
+from nca_scale.launch.sweep import plan as sweep_plan
+from nca_scale.launch.sweep import spec as sweep_spec
 from nca_scale.model.memory import activation_bytes
 from nca_scale.train import simulate
 from nca_scale.train.config import from_args

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nca_scale.errors import UserError
-from nca_scale.launch.sweep_results import RESULTS, read_records
+from nca_scale.launch.sweep.results import RESULTS, read_records
 from nca_scale.train import run_files
 
 REQUIRED = ("run", "stage", "coords", "params", "non_embedding_params", "tokens", "flops", "eval_curve", "final")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from nca_scale.analysis import fits
-from nca_scale.analysis.sweep_metrics import Bootstrap
-from nca_scale.analysis.sweep_results import Sweep
+from nca_scale.analysis.sweep.metrics import Bootstrap
+from nca_scale.analysis.sweep.runs import Sweep
 
 
 @dataclass(frozen=True)

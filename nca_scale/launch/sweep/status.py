@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nca_scale.launch import jobs, sweep_plan, sweep_results, sweep_spec
+from nca_scale.launch import jobs
 from nca_scale.launch import status as job_status
+from nca_scale.launch.sweep import plan as sweep_plan
+from nca_scale.launch.sweep import results as sweep_results
+from nca_scale.launch.sweep import spec as sweep_spec
 from nca_scale.train import run_files
 
 IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nca_scale.analysis.sweep_results import MATCHED, PRE_ARMS, Run, Sweep, fmt_count
+from nca_scale.analysis.sweep.runs import MATCHED, PRE_ARMS, Run, Sweep, fmt_count
 
 
 @dataclass(frozen=True)

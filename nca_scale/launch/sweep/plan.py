@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nca_scale import config
 from nca_scale.launch import planner
-from nca_scale.launch.sweep_spec import (
+from nca_scale.launch.sweep.spec import (
     ArmSpec,
     DomainSpec,
     SweepSpec,

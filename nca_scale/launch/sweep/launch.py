@@ -1,12 +1,12 @@
-"""`nca-scale sweep launch` and a sweep's jobs as library calls: run a study (a sweep spec, configs/sweeps/)
-through submitit. The CLI (nca_scale/cli/sweep.py) parses the command line into a SweepSpec and LaunchOptions.
+"""`nca-scale sweep launch` as a library call: run a study (a sweep spec, configs/sweeps/) through submitit. The
+CLI (nca_scale/cli/sweep.py) parses the command line into a SweepSpec and LaunchOptions.
 
-launch = plan (SWEEP_DIR/plan.json) -> text data for the stage-2 domains and text arms (launch/sweep_data.py:
-corpus build, tokenizer, tokenize; each step cached) -> submit what is neither finished (a record in
-SWEEP_DIR/results.jsonl) nor queued or running on Slurm (launch/sweep_status.py). Stage-1 runs go out as one
-job array; on Slurm each stage-1 run's stage-2 runs are an array that depends on it (afterok), on this machine
-they start when stage 1 is done. Every job is a SweepRunWork (`nca-scale sweep run SWEEP_DIR run=NAME`): the
-training, then the run's record appended to results.jsonl. Jobs are recorded like `nca-scale submit`'s
+launch = plan (SWEEP_DIR/plan.json) -> text data for the stage-2 domains and text arms (sweep/data.py: corpus
+build, tokenizer, tokenize; each step cached) -> submit what is neither finished (a record in
+SWEEP_DIR/results.jsonl) nor queued or running on Slurm (sweep/status.py). Stage-1 runs go out as one job array;
+on Slurm each stage-1 run's stage-2 runs are an array that depends on it (afterok), on this machine they start
+when stage 1 is done. Every job is a SweepRunWork (sweep/__init__.py, `nca-scale sweep run SWEEP_DIR run=NAME`):
+the training, then the run's record appended to results.jsonl. Jobs are recorded like `nca-scale submit`'s
 (SWEEP_DIR/launch/jobs.jsonl, launch/jobs.py), so `nca-scale status SWEEP_DIR` works as well. Progress goes to
 the log (nca_scale/logs.py).
 """
@@ -19,21 +19,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nca_scale.errors import UserError
-from nca_scale.launch import jobs, sweep_data, sweep_plan, sweep_results, sweep_spec
+from nca_scale.launch import jobs
 from nca_scale.launch import profile as profiles
 from nca_scale.launch import submit as submitting
-from nca_scale.launch.sweep_status import todo
+from nca_scale.launch.sweep import RUN_FILE, SweepRunWork
+from nca_scale.launch.sweep import data as sweep_data
+from nca_scale.launch.sweep import plan as sweep_plan
+from nca_scale.launch.sweep import results as sweep_results
+from nca_scale.launch.sweep import spec as sweep_spec
+from nca_scale.launch.sweep.status import todo
 from nca_scale.launch.task import Task
 
-if TYPE_CHECKING:
-    from nca_scale.train.entry import Outcome
-
 log = logging.getLogger(__name__)
-
-RUN_FILE = "sweep_run.json"  # in each run's directory: the plan entry its job runs
 
 
 @dataclass(frozen=True)
@@ -176,40 +175,3 @@ def _launch_local(ctx: _Launch, stage1: list[sweep_plan.Run], stage2: list[sweep
         return 1
     log.info("# sweep %s finished: %s", spec.name, spec.sweep_dir / sweep_results.RESULTS)
     return 0
-
-
-# ---- the job --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SweepRunWork:
-    """A launched sweep's job (nca_scale.launch.task): one run, `nca-scale sweep run SWEEP_DIR run=NAME`."""
-
-    sweep_dir: str
-    run: str
-
-    @property
-    def argv(self) -> list[str]:
-        return ["sweep", "run", self.sweep_dir, f"run={self.run}"]
-
-    def __call__(self) -> Outcome:
-        return run_one(Path(self.sweep_dir), self.run)
-
-
-def run_one(sweep_dir: Path, name: str) -> Outcome:
-    """One run of a launched sweep: train (resuming from its latest checkpoint), then append its record."""
-    from nca_scale.train.config import from_args
-    from nca_scale.train.entry import train
-
-    f = sweep_dir / "runs" / name / RUN_FILE
-    if not f.is_file():
-        raise UserError(f"{f} does not exist: {name!r} was not launched from {sweep_dir} (nca-scale sweep launch)")
-    run = json.loads(f.read_text())
-    t0 = time.perf_counter()
-    outcome = train(from_args(run["train_args"]), run["train_args"])
-    if outcome.exit_code or int(os.environ.get("RANK", 0)) != 0:
-        return outcome
-    parent = sweep_results.read(sweep_dir).get(run["parent"]) if run["parent"] else None
-    if parent is not None:  # what the stage-1 run really cost, rather than its plan
-        run = {**run, "stage1_flops": parent["flops"]}
-    sweep_results.append(sweep_dir, sweep_results.record(run["sweep"], run, time.perf_counter() - t0))
-    log.info("%s: record appended to %s", name, sweep_dir / sweep_results.RESULTS)
-    return outcome

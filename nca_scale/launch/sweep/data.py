@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from nca_scale import config
-from nca_scale.launch import sweep_spec
-from nca_scale.launch.sweep_plan import Planner
+from nca_scale.launch.sweep import spec as sweep_spec
+from nca_scale.launch.sweep.plan import Planner
 
 log = logging.getLogger(__name__)
 

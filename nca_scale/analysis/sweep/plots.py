@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from nca_scale.analysis.nca_figures import band_label, new_figure
-from nca_scale.analysis.sweep_metrics import fmt_tokens
-from nca_scale.analysis.sweep_results import Sweep, fmt_count
+from nca_scale.analysis.sweep.metrics import fmt_tokens
+from nca_scale.analysis.sweep.runs import Sweep, fmt_count
 from nca_scale.nca.complexity import BANDS
 
 
