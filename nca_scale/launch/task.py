@@ -14,6 +14,7 @@ Outcome has exit code EXIT_PREEMPTED and the signal (nca_scale.train.preemption)
 * after SIGTERM (`scontrol requeue`, preemption with PreemptMode=REQUEUE, scancel) Slurm decides: it has
   requeued the job already, or it is ending it.
 
+Any other non-zero status fails the job, EXIT_DIVERGED (a non-finite loss) included: it is never requeued.
 Exiting through SystemExit leaves no submitit result file, so the job's waiters keep waiting across the requeue.
 """
 
@@ -71,11 +72,13 @@ class TrainWork:
         from nca_scale.train import dist
         from nca_scale.train.config import from_args
         from nca_scale.train.entry import train
+        from nca_scale.train.launch_record import SLURM, Launch
 
         args = list(self.args)
         if restarted():
             args.append("resume=auto")  # a requeued run continues from its latest complete checkpoint
-        return train(from_args(args, world=dist.launched_world()), args)
+        # every task alike: rank 0 chooses and verifies the checkpoint and holds the run folder for the job
+        return train(from_args(args, world=dist.launched_world()), args, Launch.by_ranks(SLURM))
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class Task(submitit.helpers.Checkpointable):
             log.info(rendezvous.describe(values))
         timer = _time_limit_warning(self.limit_min, self.lead_s)
         from nca_scale.train.entry import Outcome  # torch: only in the job, not in `nca-scale submit`
-        from nca_scale.train.preemption import EXIT_PREEMPTED
+        from nca_scale.train.preemption import EXIT_DIVERGED, EXIT_PREEMPTED
 
         try:
             outcome = self.work()
@@ -123,8 +126,9 @@ class Task(submitit.helpers.Checkpointable):
             self._after_preemption(outcome.signal)
             sys.exit(rc)
         argv = self.work.argv
-        if rc:
-            raise RuntimeError(f"`nca-scale {' '.join(argv)}` exited with status {rc}; see this task's log")
+        if rc:  # EXIT_DIVERGED too: a non-finite loss would come back on a requeue, so the job fails
+            why = " (diverged: a non-finite loss; not requeued)" if rc == EXIT_DIVERGED else ""
+            raise RuntimeError(f"`nca-scale {' '.join(argv)}` exited with status {rc}{why}; see this task's log")
         return {"argv": argv, "rank": int(os.environ.get("RANK", 0)),
                 "restarts": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
 

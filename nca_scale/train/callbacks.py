@@ -1,12 +1,34 @@
 """Trainer callbacks: checkpointing, speed/MFU, JSONL metrics, run progress, wandb, progress bar.
 
 Hooks: pre_train (after the model is built), post_step (with the step's metrics dict, which callbacks of
-higher priority may extend), post_eval, post_train (after the trainer's last save, also after a stop),
-rewound, on_error. Each hook runs over the callbacks in descending `priority` (as OLMo-core orders
-them; equal priorities are independent of each other): the speed monitor extends the metrics before the
-loggers read them, and the loggers write a step before the checkpointer saves it (a kill right after the commit
-must not lose its line). No callback looks for another: what they share is the trainer (save_checkpoint,
-request_stop). The checkpointer and the preemption callback act on every rank; the loggers on global rank 0.
+higher priority may extend), post_eval, post_train (after the trainer's last save, also after a stop or a
+divergence), rewound, on_error. Each hook runs over the callbacks in descending `priority` (as OLMo-core orders
+them; equal priorities are independent of each other). A callback never looks for another, reads another's
+attributes or relies on its place in the list: what they share is the Trainer's fields and methods and the
+step's metrics dict, as listed here, and the documented priorities below.
+
+    shared                                 written by (priority)              read by
+    trainer.cfg, step, tokens, skipped     Trainer                            any callback
+    trainer.stop_signal / request_stop()   Preemption (STOPS) asks            Trainer, RunProgress, Preemption
+    trainer.diverged                       Trainer.non_finite                 RunProgress, RunSummary (post_train)
+    trainer.save_checkpoint(), poll_save() Checkpointer (SAVES), Preemption   Trainer (owns the Saver)
+    trainer.saved_at                       Trainer.save_checkpoint            Preemption (the wall-clock cadence)
+    trainer.should_log()                   Trainer                            SpeedMonitor, MetricsLog, Wandb
+    metrics step, tokens, loss, lr,        Trainer, before post_step          every post_step
+      grad_norm, step_time, data_time,
+      fwd_bwd_time, optimizer_time,
+      checkpoint_time (logged steps)
+    metrics tokens_per_s, mfu,             SpeedMonitor (MEASURES)            MetricsLog, Wandb, ProgressBar (LOGS)
+      peak_memory_gib (logged, GPU)
+    OUT/metrics.jsonl rows past the        MetricsLog.pre_train (LOGS)        RunProgress.pre_train (RECORDS)
+      resumed step dropped                                                    appends the restart row after it
+    OUT/progress.json, metrics.jsonl       RunProgress (RECORDS), MetricsLog  RunSummary (SUMMARY, post_train)
+
+Priorities, the highest first: what extends the metrics (MEASURES), what writes them (LOGS, then RECORDS), what
+saves (SAVES: a step is logged before it is saved, so a kill right after the commit cannot lose its line), what
+stops (STOPS: the step is logged and any periodic save of it made before), the closing line (SUMMARY). A test's
+hooks (faults.py) run above all (TESTS). The checkpointer and the preemption callback act on every rank; the
+loggers on global rank 0.
 """
 
 from __future__ import annotations
@@ -19,18 +41,18 @@ import uuid
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from nca_scale.config import to_dict
 from nca_scale.model.config import flops_per_token
+from nca_scale.train import dist as tdist
 from nca_scale.train import run_files
 from nca_scale.train.speed import peak_flops_per_rank
 
 log = logging.getLogger(__name__)
 
 
-# priorities, the highest first: what extends the metrics, what writes them, what saves, what stops
-MEASURES, LOGS, SAVES, STOPS = 300, 200, 100, 0
+# priorities, the highest first (see the module docstring)
+TESTS, MEASURES, LOGS, RECORDS, SAVES, STOPS, SUMMARY = 400, 300, 200, 199, 100, 0, -1
 
 
 class Callback:
@@ -45,7 +67,7 @@ class Callback:
 
 
 def _rank0() -> bool:
-    return dist.get_rank() == 0
+    return tdist.rank_and_world()[0] == 0
 
 
 class Checkpointer(Callback):
@@ -58,19 +80,16 @@ class Checkpointer(Callback):
     priority = SAVES
 
     def post_step(self, trainer, metrics: dict) -> None:
-        t0 = time.perf_counter()
-        trainer.saver.poll(trainer.step)
+        trainer.poll_save()
         every = trainer.cfg.checkpoint.every
         if every and trainer.step % every == 0:
-            trainer.saver.save(trainer.step, trainer.tokens, sorted(trainer.skipped))
-        trainer.checkpoint_time += time.perf_counter() - t0  # the loop is blocked while a save (or its wait) runs
+            trainer.save_checkpoint(background=True)
 
 
 class SpeedMonitor(Callback):
     """Adds tokens_per_s (global) and mfu to each step's metrics (FLOPs per token include attention), and to
-    each logged step's the seconds the loop spent in the checkpointer since the previous logged step
-    (checkpoint_time: a save follows its own step's line) and, on a GPU, the peak memory allocated in that
-    interval, the first from start-up (peak_memory_gib; the caching allocator's counters, no device sync)."""
+    each logged step's, on a GPU, the peak memory allocated since the previous logged step, the first from
+    start-up (peak_memory_gib; the caching allocator's counters, no device sync)."""
 
     priority = MEASURES
 
@@ -78,17 +97,15 @@ class SpeedMonitor(Callback):
         cfg = trainer.cfg
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)["train"]
         peak = cfg.peak_flops or peak_flops_per_rank()  # None: a GPU the table does not know (MFU null)
-        self.peak = peak * dist.get_world_size() if peak else None
+        self.peak = peak * tdist.rank_and_world()[1] if peak else None
 
     def post_step(self, trainer, metrics: dict) -> None:
         tps = trainer.cfg.tokens_per_step / metrics["step_time"]
         metrics["tokens_per_s"] = tps
         metrics["mfu"] = tps * self.flops_per_token / self.peak if self.peak else None
-        if trainer.should_log():
-            metrics["checkpoint_time"], trainer.checkpoint_time = trainer.checkpoint_time, 0.0
-            if torch.cuda.is_available():
-                metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                torch.cuda.reset_peak_memory_stats()
+        if trainer.should_log() and torch.cuda.is_available():
+            metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
 
 
 class MetricsLog(Callback):
@@ -114,14 +131,15 @@ class MetricsLog(Callback):
 
 class RunProgress(Callback):
     """OUT/progress.json (rank 0, after every step; run_files.Progress): where the run is, what a restart is
-    measured against, and at the end how it ended ("finished", or the name of the signal it stopped for).
+    measured against, and at the end how it ended ("finished", "diverged", or the name of the signal it stopped
+    for).
 
     A resumed run records the restart in OUT/metrics.jsonl: one restart row (step, tokens, restart,
     lost_steps, lost_tokens, lost_seconds, reason), where lost work is what the previous attempt trained past
     its last complete checkpoint (nothing after a stop's save; the steps since the last save after a hard
-    kill). Its priority is below MetricsLog's, which first drops the rows past the resumed step."""
+    kill). Its priority (RECORDS) is below MetricsLog's, which first drops the rows past the resumed step."""
 
-    priority = LOGS - 1
+    priority = RECORDS
 
     def pre_train(self, trainer) -> None:
         self.restart, self.step_time = 0, 0.0
@@ -157,7 +175,8 @@ class RunProgress(Callback):
 
     def post_train(self, trainer) -> None:
         signum = trainer.stop_signal
-        self._write(trainer, signal.Signals(signum).name if signum else "finished")
+        ended = "diverged" if trainer.diverged else signal.Signals(signum).name if signum else "finished"
+        self._write(trainer, ended)
 
 
 class Wandb(Callback):

@@ -11,7 +11,7 @@ complete) and fit() returns a FitOutcome with the signal; the worker and train/e
 requeued is the launcher's decision (nca_scale.launch.task), made from the signal in entry.Outcome.
 
 The same all-reduce carries whether any rank's clock says a save is due (checkpoint.every_minutes since the last
-save, so no run loses more than that much work) and the interval to the next check. A check reads the result
+save, Trainer.saved_at, so no run loses more than that much work) and the interval to the next check. A check reads the result
 on the host, a device sync on a GPU, so it is made about once per CHECK_S seconds of training, not every step:
 each rank proposes the steps that take, the MAX is agreed, and every rank checks again at the same step.
 """
@@ -32,6 +32,9 @@ from nca_scale.train.callbacks import STOPS, Callback
 
 log = logging.getLogger(__name__)
 
+# The exit statuses of a run (docs/training.md, "Exit statuses"): 0 finished; 1 failed (a crash, a rank lost);
+# 2 a bad config or input, before anything trained; and these three, after which the run folder is consistent:
+EXIT_DIVERGED = 3  # stopped on a non-finite loss without saving it (Trainer.non_finite): never requeued
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; a launcher that sees it may requeue the job
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
@@ -39,8 +42,10 @@ CHECK_S = 1.0  # seconds of training between two checks of the flags (one host-d
 MAX_INTERVAL = 1000  # steps
 
 
-def exit_status(signum: int | None) -> int:
-    """The exit status of a run that ended (None) or stopped after saving for `signum`."""
+def exit_status(signum: int | None, diverged: bool = False) -> int:
+    """The exit status of a run that ended (None), stopped after saving for `signum`, or diverged."""
+    if diverged:
+        return EXIT_DIVERGED
     if not signum:
         return 0
     return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
@@ -56,7 +61,6 @@ class Preemption(Callback):
         self.flag = 0
         self.previous: dict[int, object] = {}
         self.next_check = 1
-        self.saved_at = time.monotonic()
 
     def _handler(self, signum, frame) -> None:
         if signum == signal.SIGINT and self.flag == signal.SIGINT:
@@ -68,7 +72,7 @@ class Preemption(Callback):
                     dist.get_rank(), again)
 
     def pre_train(self, trainer) -> None:
-        self.next_check, self.saved_at = trainer.step + 1, time.monotonic()
+        self.next_check = trainer.step + 1
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handler)
@@ -77,13 +81,10 @@ class Preemption(Callback):
         self.next_check = trainer.step + 1  # every rank rolls back at the same step
 
     def post_step(self, trainer, metrics: dict) -> None:
-        every = trainer.cfg.checkpoint.every
-        if every and trainer.step % every == 0:  # the Checkpointer (higher priority) has just saved it
-            self.saved_at = time.monotonic()
         if trainer.step < self.next_check and trainer.step < trainer.cfg.total_steps:
             return
         minutes = trainer.cfg.checkpoint.every_minutes
-        due = int(bool(minutes) and time.monotonic() - self.saved_at >= minutes * 60)
+        due = int(bool(minutes) and time.monotonic() - trainer.saved_at >= minutes * 60)
         interval = min(MAX_INTERVAL, max(1, math.floor(CHECK_S / max(metrics["step_time"], 1e-6))))
         flags = torch.tensor([self.flag, due, interval], dtype=torch.int64, device=tdist.device())
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -94,7 +95,6 @@ class Preemption(Callback):
         elif due and trainer.step < trainer.cfg.total_steps:  # the last step is saved by the trainer anyway
             log.info(f"step {trainer.step}: {minutes:g} min since the last save (checkpoint.every_minutes)")
             trainer.save_checkpoint()
-            self.saved_at = time.monotonic()
 
     def post_train(self, trainer) -> None:
         if signum := trainer.stop_signal:

@@ -149,7 +149,7 @@ class MetricsWriter:
 @dataclass(frozen=True)
 class Progress:
     """OUT/progress.json: where the run is (rank 0 rewrites it after every step), what a restart is measured
-    against. `stopped`: "finished", a signal's name after a preemption stop, None while running."""
+    against. `stopped`: "finished", "diverged", a signal's name after a preemption stop, None while running."""
 
     step: int
     tokens: int

@@ -2,7 +2,8 @@
 `train`, `submit` or a sweep) and the summary line every run ends with.
 
 State: running (its lease is live), stale lease (a lease nobody renews: killed on another host, or hung), finished,
-stopped (after a signal: Ctrl-C, preemption; resume=auto continues), or not running (killed or failed: no
+stopped (after a signal: Ctrl-C, preemption; resume=auto continues), diverged (a non-finite loss it could not roll
+back from; nothing saved after it), or not running (killed or failed: no
 lease, no end recorded). Then step of total, last loss, last evaluation, tokens/s, ETA while running, and the
 latest checkpoint.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nca_scale.train import checkpoint, dist, lease, run_files
-from nca_scale.train.callbacks import STOPS, Callback
+from nca_scale.train.callbacks import SUMMARY, Callback
 from nca_scale.train.checkpoint import mirror
 from nca_scale.train.run_folder import CONFIG
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RunState:
     out: str
-    state: str  # running | stale lease | finished | stopped | not running
+    state: str  # running | stale lease | finished | stopped | diverged | not running
     detail: str  # the holder, the signal, or why it is not running
     step: int | None
     total: int | None
@@ -65,7 +66,7 @@ def _total_steps(out: Path) -> int | None:
     from nca_scale.train.config import TrainConfig
 
     try:
-        return load(TrainConfig, out / CONFIG, validate=False).total_steps
+        return load(TrainConfig, out / CONFIG, validate=False).with_data_shape().total_steps
     except (UserError, OSError, ValueError, KeyError):
         return None  # no config.yaml, or its text shards are gone: the step alone
 
@@ -88,6 +89,8 @@ def read(out: str | Path) -> RunState:
             ("running", f"host {holder.host}, pid {holder.pid}")
     elif progress is not None and progress.stopped == "finished":
         state, detail = "finished", ""
+    elif progress is not None and progress.stopped == "diverged":
+        state, detail = "diverged", "a non-finite loss; the run log names the step"
     elif progress is not None and progress.stopped:
         state, detail = "stopped", f"{progress.stopped}; resume=auto continues"
     else:
@@ -106,7 +109,7 @@ class RunSummary(Callback):
     evaluation, tokens/s and the latest checkpoint, as `nca-scale status RUN` shows it. The last callback: it
     reads what the others wrote."""
 
-    priority = STOPS - 1
+    priority = SUMMARY
 
     def post_train(self, trainer) -> None:
         if dist.rank_and_world()[0] == 0:

@@ -3,15 +3,18 @@ token budget is reached, or a callback asks it to stop (preemption). Backends di
 interface.
 
 The Trainer owns saving and stopping, as OLMo-core's does: `save_checkpoint()` commits the current step (its
-Checkpointer also saves every checkpoint.every steps), `request_stop(signal)` ends the loop after the current
+Checkpointer asks for a save every checkpoint.every steps), `request_stop(signal)` ends the loop after the current
 step. Either way fit() saves the last step and returns a FitOutcome; the callers turn a stop into exit status
-preemption.exit_status (worker.py, entry.py).
+preemption.exit_status (worker.py, entry.py). What the callbacks may read and write of the Trainer is listed in
+the callbacks module's docstring.
 
 A step whose loss or gradient norm is NaN or infinite (identical on every rank) never reaches the callbacks,
-so it is neither logged as a normal step nor checkpointed. By default the run stops with the step named;
-with on_nonfinite=rollback it reloads the newest verified checkpoint and skips that step's batch (the step
-counts, the weights do not change), at most max_rollbacks times. Skipped steps are recorded in every later
-checkpoint, so a resumed run skips them too and stays identical to the uninterrupted one."""
+so it is neither logged as a normal step nor checkpointed. By default the run stops with the step named:
+fit() returns a FitOutcome whose `diverged` says why, nothing is saved after the last good checkpoint, and the
+run exits with EXIT_DIVERGED (its own status: a launcher never requeues it, a sweep records it as diverged).
+With on_nonfinite=rollback it reloads the newest verified checkpoint and skips that step's batch (the step
+counts, the weights do not change), at most max_rollbacks times, then diverges as above. Skipped steps are
+recorded in every later checkpoint, so a resumed run skips them too and stays identical to the uninterrupted one."""
 
 from __future__ import annotations
 
@@ -22,15 +25,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nca_scale import logs
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
-from nca_scale.train import backends, callbacks, checkpoint, dist, transfer
+from nca_scale.train import backends, callbacks, checkpoint, dist, faults, run_folder, transfer
 from nca_scale.train.callbacks import Callback, Checkpointer
 from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.checkpoint.saver import Saver
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
-from nca_scale.train.preemption import Preemption, exit_status
+from nca_scale.train.launch_record import LAUNCHER, Launch
+from nca_scale.train.preemption import EXIT_DIVERGED, Preemption, exit_status
 from nca_scale.train.run_state import RunSummary
 from nca_scale.train.schedule import lr_at
 
@@ -39,21 +44,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FitOutcome:
-    """How fit() ended: at its last step (stop_signal None), or stopped early, after saving, for a signal."""
+    """How fit() ended (`kind`): finished at its last step; stopped early, after saving, for a signal; or
+    diverged (a non-finite loss it could not roll back from; `diverged` says which step, nothing saved after it)."""
 
     step: int
     stop_signal: int | None = None
+    diverged: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "diverged" if self.diverged else "stopped" if self.stop_signal else "finished"
 
     @property
     def exit_code(self) -> int:
-        return exit_status(self.stop_signal)
+        return exit_status(self.stop_signal, diverged=self.diverged is not None)
 
 
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:
     """Every callback but the checkpointer (the Trainer makes its own); they run by priority, not list order."""
     mode = cfg.wandb or os.environ.get("WANDB_MODE", "offline")
     return [callbacks.SpeedMonitor(), callbacks.MetricsLog(), callbacks.RunProgress(), callbacks.Wandb(mode),
-            callbacks.ProgressBar(), Preemption(), RunSummary()]
+            callbacks.ProgressBar(), Preemption(), RunSummary(), *faults.test_callbacks()]
 
 
 class Trainer:
@@ -62,11 +73,13 @@ class Trainer:
         self.saver = Saver(cfg, engine)  # writes, commits and mirrors checkpoints; the Checkpointer says when
         self.callbacks = sorted([*callbacks, Checkpointer()], key=lambda cb: -cb.priority)
         self.stop_signal: int | None = None  # set by request_stop
+        self.diverged: str | None = None  # set by non_finite when the run cannot go on: why
         self.step, self.tokens = 0, 0
         self.skipped: set[int] = set()  # steps whose batch is not trained on (on_nonfinite=rollback)
         self.rollbacks = 0
         self.evaluated_at: int | None = None
-        self.checkpoint_time = 0.0  # seconds the loop spent in the checkpointer since the last logged step
+        self.saved_at = time.monotonic()  # when the last save (or the run) began: the wall-clock cadence's origin
+        self._save_time = 0.0  # seconds the loop spent saving since the last logged step (metrics checkpoint_time)
         self.train_data = self._loader("train")
         self.val_data = self._loader("val") if cfg.eval_every else None  # text_shards may have no val split
         # pinned batches only where a non-blocking host-to-device copy exists
@@ -88,12 +101,27 @@ class Trainer:
             upcoming += 1
         return self.prefetch.batch(self.step, upcoming if upcoming < self.cfg.total_steps else None)
 
-    def save_checkpoint(self) -> None:
-        """The current step committed before this returns (every rank calls it; nothing to do if it is). At the
-        end of the run or at a stop a save that cannot be written fails the run; in the middle of it (a time-based
-        save) it is abandoned with a warning, as a periodic one."""
-        last = self.step >= self.cfg.total_steps or self.stop_signal is not None
-        self.saver.save_now(self.step, self.tokens, sorted(self.skipped), last=last)
+    def save_checkpoint(self, background: bool = False) -> None:
+        """Save the current step (every rank calls it at the same step). By default it is committed before this
+        returns (nothing to do if it is); at the end of the run or at a stop a save that cannot be written fails
+        the run, in the middle of it (a time-based save) it is abandoned with a warning, as a periodic one.
+        `background`: a periodic save, which a backend writing in the background leaves in flight (poll_save).
+        The time the loop is blocked is reported as the next logged step's checkpoint_time."""
+        t0 = time.perf_counter()
+        self.saved_at = time.monotonic()
+        if background:
+            self.saver.save(self.step, self.tokens, sorted(self.skipped))
+        else:
+            last = self.step >= self.cfg.total_steps or self.stop_signal is not None
+            self.saver.save_now(self.step, self.tokens, sorted(self.skipped), last=last)
+        self._save_time += time.perf_counter() - t0
+
+    def poll_save(self) -> None:
+        """Let a save written in the background make progress (every rank, after each step): commit it once every
+        rank's files are written, abandon it past its deadline."""
+        t0 = time.perf_counter()
+        self.saver.poll(self.step)
+        self._save_time += time.perf_counter() - t0
 
     def request_stop(self, signum: int) -> None:
         """End fit() after the current step: it saves that step and returns FitOutcome(step, signum). Every rank
@@ -117,9 +145,10 @@ class Trainer:
 
     def _fit(self) -> FitOutcome:
         cfg = self.cfg
+        self.saved_at = time.monotonic()
         for cb in self.callbacks:
             cb.pre_train(self)
-        while self.step < cfg.total_steps and self.stop_signal is None:
+        while self.step < cfg.total_steps and self.stop_signal is None and self.diverged is None:
             if self.step in self.skipped:
                 log.info(f"step {self.step + 1}: skipped (its batch gave a non-finite loss or gradient)")
                 self.step += 1
@@ -130,8 +159,6 @@ class Trainer:
             batch = self._train_batch()  # NCA data is generated on the fly: here, or ahead in the background
             t1 = time.perf_counter()
             loss, grad_norm = self.engine.train_step(batch, self.step, lr)
-            if cfg.min_step_time:  # tests only: no extra syscall per step otherwise
-                time.sleep(max(0.0, cfg.min_step_time - (time.perf_counter() - t0)))
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 self.non_finite(loss, grad_norm)
                 continue
@@ -139,17 +166,22 @@ class Trainer:
             self.tokens += cfg.tokens_per_step
             metrics = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                        "step_time": time.perf_counter() - t0, "data_time": t1 - t0, **self.engine.phases.times}
+            if self.should_log():  # a save follows its own step's line: its time shows on the next logged one
+                metrics["checkpoint_time"], self._save_time = self._save_time, 0.0
             for cb in self.callbacks:
                 cb.post_step(self, metrics)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.stop_signal is None:
                 self.evaluate()
-        if cfg.eval_every and self.evaluated_at != self.step and self.stop_signal is None:
-            self.evaluate()  # the final weights are always evaluated; a stopped run's are not final
-        self.save_checkpoint()
+        if self.diverged is None:
+            if cfg.eval_every and self.evaluated_at != self.step and self.stop_signal is None:
+                self.evaluate()  # the final weights are always evaluated; a stopped run's are not final
+            self.save_checkpoint()
         self.saver.close()
         for cb in self.callbacks:
             cb.post_train(self)
-        return FitOutcome(self.step, self.stop_signal)
+        if self.diverged is not None:  # every rank: each may be the one whose log is read
+            log.error(f"diverged: {self.diverged} (exit status {EXIT_DIVERGED})")
+        return FitOutcome(self.step, self.stop_signal, self.diverged)
 
     def resume(self, path: Path) -> dict:
         """Continue from a checkpoint: weights, optimizer state, step, tokens, skipped steps."""
@@ -161,18 +193,22 @@ class Trainer:
         return meta
 
     def non_finite(self, loss: float, grad_norm: float) -> None:
-        """Stop, or roll back to the newest verified checkpoint and skip this step from now on."""
+        """Roll back to the newest verified checkpoint and skip this step from now on, or (on_nonfinite=stop,
+        rollbacks exhausted, nothing to roll back to) end the run as diverged: `self.diverged` says why."""
         cfg, bad = self.cfg, self.step + 1
         what = f"step {bad}: loss {loss}, grad norm {grad_norm}"
         self.saver.flush()  # a save in flight is committed first: it is a checkpoint to return to
         if cfg.on_nonfinite == "stop":
-            raise UserError(f"{what} (non-finite); stopped without saving. Lower optim.lr, check the data, or set "
-                            f"on_nonfinite=rollback to skip such batches")
+            self.diverged = (f"{what} (non-finite); stopped without saving. Lower optim.lr, check the data, or set "
+                             f"on_nonfinite=rollback to skip such batches")
+            return
         if self.rollbacks >= cfg.max_rollbacks:
-            raise UserError(f"{what} (non-finite) after {self.rollbacks} rollbacks (max_rollbacks); stopped without saving")
+            self.diverged = f"{what} (non-finite) after {self.rollbacks} rollbacks (max_rollbacks); stopped without saving"
+            return
         target = dist.decided_by_rank0(lambda: checkpoint_select.latest_verified(cfg.out, log.info))
         if target is None:
-            raise UserError(f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint.every=N")
+            self.diverged = f"{what} (non-finite) and no checkpoint to roll back to; set checkpoint.every=N"
+            return
         skipped = self.skipped | {self.step}
         self.resume(target)
         self.skipped |= skipped
@@ -191,26 +227,20 @@ class Trainer:
         return metrics
 
 
-def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> FitOutcome:
-    """Train `cfg` in this process (one rank of the job): how it ended. `chosen`: (checkpoint to resume from, or
-    None), already resolved and verified by the caller."""
-    if cfg.backend == "megatron" and cfg.parallel.tp > 1:
-        # one hardware queue per GPU, so that megatron's TP communication overlaps the compute in issue order;
-        # CUDA reads it when this process creates its context (dist.init), which has not happened yet
-        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+def run(cfg: TrainConfig, launch: Launch) -> FitOutcome:
+    """Train `cfg` in this process, one rank of the training `launch` describes (entry.rank): how it ended."""
+    backends.prepare_process(cfg)  # before this process creates its CUDA context (dist.init)
     precision, why = cfg.chosen_precision()  # before `resolved` makes precision=auto concrete
     cfg = cfg.resolved()
     with checkpoint.weights_only_loads(cfg.backend):  # every checkpoint this run reads, upstream loaders too
-        return _run(cfg, chosen, f"precision {precision} ({why})")
+        return _run(cfg, launch, f"precision {precision} ({why})")
 
 
-def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | None:
-    """The checkpoint to resume from, verified once per job: by the caller (`chosen`), by the `nca-scale train`
-    that started this rank (RESUME_ENV), or else by rank 0 for all ranks (a job started by srun/torchrun)."""
-    if chosen is not None:  # the caller checked it against cfg too (train/entry.py)
-        return chosen[0]
-    if checkpoint_select.RESUME_ENV in os.environ:
-        return Path(os.environ[checkpoint_select.RESUME_ENV]) if os.environ[checkpoint_select.RESUME_ENV] else None
+def _resume_from(cfg: TrainConfig, launch: Launch) -> Path | None:
+    """The checkpoint to resume from, chosen and verified once per job: by the launcher before it started any rank
+    (taken as is), or by global rank 0 for all ranks (a job started by hand or by Slurm)."""
+    if launch.verifies == LAUNCHER:  # the launcher checked it against cfg too (train/entry.py)
+        return launch.resume_from
     dist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
     path = dist.decided_by_rank0(lambda: checkpoint_select.resolve(cfg, cfg.resume))
     if path is not None:
@@ -218,10 +248,13 @@ def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | 
     return path
 
 
-def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) -> FitOutcome:
-    resume_from = _resume_from(cfg, chosen)
-    if resume_from and chosen is None and checkpoint_select.finished(cfg, resume_from, checkpoint.read_meta(resume_from)):
-        return FitOutcome(cfg.total_steps)  # a rank started by hand (srun, torchrun): `nca-scale train` checked before
+def _run(cfg: TrainConfig, launch: Launch, precision: str) -> FitOutcome:
+    resume_from = _resume_from(cfg, launch)
+    if resume_from and launch.verifies != LAUNCHER and \
+            checkpoint_select.finished(cfg, resume_from, checkpoint.read_meta(resume_from)):
+        return FitOutcome(cfg.total_steps)  # nothing written; a launcher that verifies says so before any rank starts
+    if logs.rank() == 0:
+        run_folder.write_config(cfg)
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))

@@ -5,7 +5,8 @@ requeue path is the same code for every backend) with bit-identical resume, the 
 addresses, a job array, a dependency chain, bad profiles, time limits.
 
 The 2-node jobs are submitted together (held, then released at once) and run side by side; each is signalled
-once it has logged a few steps. Every step lasts at least PAD seconds (min_step_time), so a signal lands mid-run
+once it has logged a few steps. Every step lasts at least PAD seconds (NCA_SCALE_TEST_STEP_TIME, train/faults.py;
+the jobs inherit it from the submitting environment, as Slurm exports it), so a signal lands mid-run
 however fast the machine is. The uninterrupted references are plain `nca-scale train nproc=2` runs on this host,
 started alongside.
 """
@@ -35,11 +36,12 @@ from launch_helpers import (
 )
 
 from nca_scale.launch import rendezvous
+from nca_scale.train.faults import STEP_TIME_ENV
 
 pytestmark = pytest.mark.usefixtures("slurm")
 
 STEPS = 30
-PAD = "min_step_time=0.2"  # >= 6 s of training per run
+PAD = {STEP_TIME_ENV: "0.2"}  # >= 6 s of training per run
 BACKENDS = {
     "megatron": ["backend=megatron", "parallel.tp=2"],  # tensor parallel across the two nodes
     "deepspeed": ["backend=deepspeed", "deepspeed.zero=2"],  # data parallel, optimizer state partitioned over the nodes
@@ -51,7 +53,7 @@ FINAL = f"checkpoints/step_{STEPS:08d}"
 
 
 def train_args(backend: str) -> list[str]:
-    return ["configs/train/cpu-tiny.yaml", f"steps={STEPS}", *BACKENDS[backend], *FAST, PAD]
+    return ["configs/train/cpu-tiny.yaml", f"steps={STEPS}", *BACKENDS[backend], *FAST]
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,7 @@ def two_node_runs(env, tmp_path_factory):
     """(backend, kind) -> (run dir, job id) for the 2-node jobs interrupted mid-run by `kind`;
     (backend, 'local') -> (run dir, process) for the uninterrupted local 2-process references."""
     base = tmp_path_factory.mktemp("two_node")
+    env = {**env, **PAD}
     runs = {}
     for backend, kind in INTERRUPTED:  # held until all are queued: none may finish before the loop below watches it
         out = base / f"{backend}-{kind}"
@@ -227,9 +230,9 @@ def test_time_limit_is_requeued_and_resumed(env, tmp_path):
     the job save and requeue itself, on every attempt, until it finishes."""
     out = tmp_path / "run"
     steps = 200
-    nca(env, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm", "cluster.nodes=1", "cluster.time=2",
-        "cluster.signal_lead_s=25", "cluster.max_restarts=10", f"steps={steps}", "min_step_time=0.5", *FAST,
-        f"out={out}")
+    nca({**env, STEP_TIME_ENV: "0.5"}, "submit", "configs/train/cpu-tiny.yaml", "cluster=local-slurm",
+        "cluster.nodes=1", "cluster.time=2", "cluster.signal_lead_s=25", "cluster.max_restarts=10", f"steps={steps}",
+        *FAST, f"out={out}")
     job = job_ids(out)[0]
     assert wait_for(job, timeout=1500) == "COMPLETED", (out / "launch" / job / f"{job}_0_log.out").read_text()[-3000:]
     restarts = [m for m in metrics(out) if "restart" in m]

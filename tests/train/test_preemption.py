@@ -14,13 +14,14 @@ import pytest
 from train_helpers import CLI, FAST, ROOT, metrics, train
 
 from nca_scale.train import checkpoint
+from nca_scale.train.faults import STEP_TIME_ENV
 
 
 def test_usr2_saves_the_step_it_stops_at_exits_75_and_the_resume_counts_a_restart(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{STEP_TIME_ENV: "0.05"})
     cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *FAST, "steps=2000",
-           "checkpoint.every=1000", "min_step_time=0.05"]
+           "checkpoint.every=1000"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (out / "progress.json").exists():  # after its first step the handler is in place
@@ -42,8 +43,9 @@ def test_usr2_saves_the_step_it_stops_at_exits_75_and_the_resume_counts_a_restar
     assert [(m["restart"], m["lost_steps"], m["reason"]) for m in restarts] == [(1, 0, "SIGUSR2")], restarts
 
 
-def _start(out, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+def _start(out, *extra: str, step_time: float = 0.0) -> subprocess.Popen:
+    """`nca-scale train` in the background; `step_time`: every step padded to at least that (faults.py)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", **{STEP_TIME_ENV: str(step_time)})
     cmd = [str(CLI), "train", "configs/train/cpu-tiny.yaml", f"out={out}", *FAST, "prefetch=false", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -71,7 +73,7 @@ def test_ctrl_c_at_a_random_step_saves_exits_130_and_resume_auto_ends_bit_identi
     steps = 16
     reference = _start(tmp_path / "alone", f"steps={steps}")
     out = tmp_path / "run"
-    proc = _start(out, f"steps={steps}", "min_step_time=0.15", "checkpoint.every_minutes=0.005")
+    proc = _start(out, f"steps={steps}", "checkpoint.every_minutes=0.005", step_time=0.15)
     _wait_for_training(proc, out)
     time.sleep(random.uniform(0.2, 1.2))
     proc.send_signal(signal.SIGINT)
@@ -92,7 +94,7 @@ def test_ctrl_c_at_a_random_step_saves_exits_130_and_resume_auto_ends_bit_identi
 
 def test_a_second_ctrl_c_aborts_at_once_without_saving(tmp_path):
     out = tmp_path / "run"
-    proc = _start(out, "steps=400", "min_step_time=30")  # the abort comes long before step 1 would end
+    proc = _start(out, "steps=400", step_time=30)  # the abort comes long before step 1 would end
     lines = []
     while not (lines and lines[-1].startswith("[nca-scale] backend torch:")):  # the line before the loop starts
         lines.append(proc.stdout.readline())
@@ -112,7 +114,7 @@ def test_a_second_ctrl_c_aborts_at_once_without_saving(tmp_path):
 def test_ctrl_c_with_two_processes_saves_every_rank_and_exits_130(tmp_path):
     """The launcher passes one Ctrl-C to each rank (torchrun, in a session of its own, never sees it)."""
     out = tmp_path / "run"
-    proc = _start(out, "steps=400", "min_step_time=0.1", "parallel.nproc=2")
+    proc = _start(out, "steps=400", "parallel.nproc=2", step_time=0.1)
     _wait_for_training(proc, out)
     proc.send_signal(signal.SIGINT)
     text = proc.communicate(timeout=120)[0]
@@ -152,7 +154,13 @@ def test_ranks_read_the_flags_about_once_a_second_and_stop_at_one_step(monkeypat
     def rank(r: int, step_time: float) -> None:
         saves = []
         cfg = SimpleNamespace(checkpoint=SimpleNamespace(every=0, every_minutes=0.1), total_steps=5000)
-        trainer = SimpleNamespace(step=0, cfg=cfg, stop_signal=None, save_checkpoint=lambda: saves.append(trainer.step))
+        trainer = SimpleNamespace(step=0, cfg=cfg, stop_signal=None, saved_at=clock[0])
+
+        def save_checkpoint() -> None:
+            saves.append(trainer.step)
+            trainer.saved_at = clock[0]
+
+        trainer.save_checkpoint = save_checkpoint
         trainer.request_stop = lambda s: setattr(trainer, "stop_signal", s)
         cb = preemption.Preemption()
         cb.pre_train(trainer)

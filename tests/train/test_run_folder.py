@@ -16,13 +16,13 @@ import pytest
 from train_helpers import CLI, FAST, ROOT
 
 from nca_scale.errors import UserError
-from nca_scale.train import checkpoint, lease
+from nca_scale.train import checkpoint, faults, lease
 
 ARGS = ["configs/train/cpu-tiny.yaml", *FAST, "prefetch=false", "checkpoint.every=4"]
 
 
-def _run(out, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+def _run(out, *extra: str, step_time: float = 0.0) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", **{faults.STEP_TIME_ENV: str(step_time)})
     return subprocess.Popen([str(CLI), "train", *ARGS, f"out={out}", *extra], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -41,7 +41,7 @@ def _losses(out) -> list:
 
 def test_a_second_training_into_a_live_run_folder_is_refused_fast_and_changes_nothing(tmp_path):
     alone, out = tmp_path / "alone", tmp_path / "run"
-    first = _run(out, "steps=8", "min_step_time=0.25")
+    first = _run(out, "steps=8", step_time=0.25)
     reference = _run(alone, "steps=8")
     deadline = time.time() + 120
     while not (out / "progress.json").exists():  # training, and so holding its lease
