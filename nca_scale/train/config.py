@@ -1,10 +1,9 @@
 """Training configuration: one typed tree, loaded from YAML plus `key=value` overrides (nca_scale.config).
 
 The run loop's keys (out, steps, batch_size, backend, resume, init_from, ...) are top-level; everything else is in
-sections: model, data, optim, schedule, transfer, parallel, checkpoint, megatron, deepspeed (config_sections.py).
-Saved configs carry `config_version`; older ones, and the previous release's flat names (e.g. tp -> parallel.tp),
-go through config_versions.py. `validate()` catches every layout error before any process or process group starts;
-`with_data_shape()` / `resolved()` read what the data decides (a text shard manifest) once, explicitly.
+sections: model, data, optim, schedule, transfer, parallel, checkpoint, megatron, deepspeed (config_sections.py,
+which also maps the previous release's flat names, e.g. tp -> parallel.tp). `validate()` catches every layout
+error before any process or process group starts.
 """
 
 from __future__ import annotations
@@ -18,10 +17,16 @@ from nca_scale.data.dyck import DyckConfig
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.nca.config import NCAConfig
-from nca_scale.train import backends, dist
-from nca_scale.train.backends import DeepSpeedConfig, MegatronConfig
-from nca_scale.train.config_sections import CheckpointConfig, ParallelConfig
-from nca_scale.train.config_versions import CONFIG_VERSION, FLAT_ALIASES, upgrade
+from nca_scale.train import dist
+from nca_scale.train.config_sections import (
+    FLAT_ALIASES,
+    CheckpointConfig,
+    DeepSpeedConfig,
+    MegatronConfig,
+    ParallelConfig,
+)
+
+BACKENDS = ("torch", "megatron", "deepspeed")
 
 
 def from_args(args: list[str], world: int | None = None) -> TrainConfig:
@@ -34,7 +39,7 @@ def from_args(args: list[str], world: int | None = None) -> TrainConfig:
         raise UserError("usage: nca-scale train CONFIG.yaml [key=value ...], e.g. configs/train/cpu-tiny.yaml")
     cfg = config.load(TrainConfig, positional[0], overrides, validate=False).with_world(world)
     cfg.validate()
-    return cfg.with_data_shape()
+    return cfg
 
 
 @dataclass(frozen=True)
@@ -55,34 +60,17 @@ class DataConfig:
     # nca_shards/text_shards: passes over the training shards a run may make (sequence i reads row i mod their
     # length); a run that needs more is refused before it starts, with the numbers (train/data_check.py)
     epochs: int = 1
-    # text_shards: (seq_len, vocab_size) of the shards, from their manifest: read once, by `with_shape` (not a key)
-    shape: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
-
-    def with_shape(self) -> DataConfig:
-        """This config with its text shards' manifest read (the one read: `seq_len` and `vocab_size` then answer
-        without I/O); a generated source, or shards already read: itself."""
-        if self.source != "text_shards" or self.shape is not None:
-            return self
-        manifest, read = text_manifest(self.shards), replace(self)
-        object.__setattr__(read, "shape", (manifest["seq_len"], manifest["vocab_size"]))  # frozen: set once, here
-        return read
-
-    def _read_shape(self) -> tuple[int, int]:
-        if self.shape is None:
-            raise RuntimeError(f"data.source=text_shards: the seq_len and vocabulary of {self.shards} are in its "
-                               "manifest; read it first (DataConfig.with_shape, TrainConfig.with_data_shape)")
-        return self.shape
 
     @property
     def seq_len(self) -> int:
         if self.source == "text_shards":
-            return self._read_shape()[0]
+            return text_manifest(self.shards)["seq_len"]
         return self.dyck.seq_len if self.source == "dyck" else self.nca.seq_len
 
     @property
     def vocab_size(self) -> int:
         if self.source == "text_shards":
-            return self._read_shape()[1]
+            return text_manifest(self.shards)["vocab_size"]
         return self.dyck.vocab_size if self.source == "dyck" else self.nca.vocab_size
 
     def validate(self) -> None:
@@ -201,7 +189,7 @@ class TrainConfig:
     # reference runs); resolved on the machine that trains (`resolved`), the start-up line says which and why
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
-    backend: str = backends.DEFAULT  # torch | megatron | deepspeed (train/backends/: the registry)
+    backend: str = "torch"  # torch | megatron | deepspeed
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # read by backend=megatron only
@@ -230,12 +218,9 @@ class TrainConfig:
     prefetch: bool = True  # make the next step's batch in a background thread (the same tokens either way)
     peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
 
-    # the version of these keys, written into saved configs (nca_scale.config.to_dict); a mapping of an older
-    # version is migrated by `upgrade` (nca_scale.config.from_dict calls it), key=value overrides with the previous
-    # release's flat names (tp, zero, checkpoint_every, ...) through KEY_ALIASES, with a deprecation warning
-    CONFIG_VERSION: ClassVar[int] = CONFIG_VERSION
+    # the previous release's flat keys (tp, zero, checkpoint_every, ...) -> their sections; nca_scale.config
+    # accepts them with a deprecation warning
     KEY_ALIASES: ClassVar[dict[str, str]] = FLAT_ALIASES
-    upgrade = staticmethod(upgrade)
 
     # ---- derived ---------------------------------------------------------------------------------
     @property
@@ -255,13 +240,9 @@ class TrainConfig:
     def seq_len(self) -> int:
         return self.data.seq_len
 
-    def with_data_shape(self) -> TrainConfig:
-        """This config with the data's shape read (a text shard manifest: DataConfig.with_shape)."""
-        return replace(self, data=self.data.with_shape())
-
-    def chosen_micro_batch(self) -> int:
-        """The micro_batch this world size runs: micro_batch, or with auto_micro_batch the largest that fits it
-        (what `resolved` writes into micro_batch, which the backends read)."""
+    @property
+    def micro(self) -> int:
+        """Sequences per rank per forward pass on this world size (see auto_micro_batch)."""
         share = self.batch_size // max(1, self.data_parallel)
         if not self.auto_micro_batch or share < 1:
             return self.micro_batch
@@ -272,7 +253,7 @@ class TrainConfig:
 
     @property
     def grad_accum(self) -> int:
-        return self.batch_size // (self.chosen_micro_batch() * self.data_parallel)
+        return self.batch_size // (self.micro * self.data_parallel)
 
     @property
     def tokens_per_step(self) -> int:
@@ -286,22 +267,23 @@ class TrainConfig:
         return min(limits)
 
     def resolved(self) -> TrainConfig:
-        """The config with the data's shape read (with_data_shape), model.vocab_size filled from the data (NCA,
-        Dyck or a text shard manifest) and the micro-batch this world size runs (chosen_micro_batch: what the
-        backends read), precision=auto made concrete for this device."""
-        data = self.data.with_shape()
-        return replace(self, data=data, model=self.model.with_vocab(data.vocab_size),
-                       micro_batch=self.chosen_micro_batch(),
-                       precision=self.chosen_precision()[0]).on_device()
+        """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest) and the
+        micro-batch this world size runs (what the backends read), precision=auto made concrete for this device."""
+        return replace(self, model=self.model.with_vocab(self.data.vocab_size), micro_batch=self.micro,
+                       precision=self.chosen_precision()[0], megatron=replace(self.megatron, **self.chosen_overlap()))
 
-    def on_device(self, gpu: bool | None = None) -> TrainConfig:
-        """The backend's section with its device-dependent keys made concrete for a GPU or not (None: this
-        device) by its on_device (megatron's overlaps: null = on with a GPU); other backends' sections keep theirs."""
-        name = self.backend
-        section = getattr(self, name) if backends.get(name).section else None
-        if not hasattr(section, "on_device"):
-            return self
-        return replace(self, **{name: section.on_device(dist.device().type == "cuda" if gpu is None else gpu)})
+    def chosen_overlap(self) -> dict[str, bool]:
+        """megatron's overlap keys made concrete for this device (null: on with a GPU); other backends keep them
+        null. Parameters are gathered in the forward only with the distributed optimizer and the gradient reduce
+        overlapped (megatron-core's schedule needs both)."""
+        if self.backend != "megatron":
+            return {}
+        gpu, m = dist.device().type == "cuda", self.megatron
+        grad = gpu if m.overlap_grad_reduce is None else m.overlap_grad_reduce
+        param = m.overlap_param_gather
+        if param is None:
+            param = gpu and grad and m.distributed_optimizer
+        return {"overlap_grad_reduce": grad, "overlap_param_gather": param}
 
     def chosen_precision(self) -> tuple[str, str]:
         """(precision, why): the config's own, or for precision=auto bf16 on a GPU and fp32 elsewhere."""
@@ -317,13 +299,17 @@ class TrainConfig:
         self.model.validate()
         self.data.validate()
         self.optim.validate()
-        backend = backends.get(self.backend)  # one line for an unknown name
-        self.parallel.validate(backend)
-        self.checkpoint.validate(backend)
-        for b in backends.sections():  # each refuses its keys that another backend does not read
-            getattr(self, b.name).validate(self.backend, self.optim.name)
-        if backend.check:
-            backend.check(self)
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.parallel.validate(self.backend)
+        self.checkpoint.validate(self.backend)
+        self.megatron.validate(self.backend, self.optim.name)
+        self.deepspeed.validate(self.backend, self.optim.name)
+        # asked only for DeepSpeed ZeRO-0: precision=auto resolves through the device (a CUDA context on a GPU)
+        if self.backend == "deepspeed" and self.deepspeed.zero == 0 and self.chosen_precision()[0] == "bf16":
+            # ZeRO-0 bf16 runs DeepSpeed's fp16 loss-scaling wrapper: 2e-3 off the bf16 loss in 10 steps, ZeRO-1..3 5e-5
+            raise UserError("DeepSpeed bf16 needs ZeRO (its ZeRO-0 bf16 path drifts from the bf16 reference); set "
+                            "deepspeed.zero=1, or precision=fp32")
         self._validate_backend_keys()
         self._validate_loop()
         self._validate_layout()
@@ -333,15 +319,15 @@ class TrainConfig:
         """A key of another backend's section set to anything but its default would be silently ignored (e.g.
         megatron.distributed_optimizer=false with backend=torch): refused, as the sections' own checks do for
         theirs."""
-        for owner in backends.sections():
-            if self.backend == owner.name:
+        for section, owner in (("megatron", "megatron"), ("deepspeed", "deepspeed")):
+            if self.backend == owner:
                 continue
-            ours, default = getattr(self, owner.name), owner.section()
+            ours, default = getattr(self, section), type(getattr(self, section))()
             for name in ours.__dataclass_fields__:
                 if (value := getattr(ours, name)) != getattr(default, name):
                     value = str(value).lower() if isinstance(value, bool) else value
-                    raise UserError(f"{owner.name}.{name}={value} is a {owner.name} setting and backend="
-                                    f"{self.backend} does not read it; drop it, or set backend={owner.name}")
+                    raise UserError(f"{section}.{name}={value} is a {owner} setting and backend="
+                                    f"{self.backend} does not read it; drop it, or set backend={owner}")
 
     def _validate_loop(self) -> None:
         if self.overwrite and self.resume != "never":
@@ -360,7 +346,7 @@ class TrainConfig:
         for name in ("dist_timeout_s", "rank0_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")
-        if self.recompute == "selective" and not backends.get(self.backend).selective_recompute:
+        if self.recompute == "selective" and self.backend != "megatron":
             raise UserError(f"recompute=selective is megatron's (it recomputes the core attention); backend="
                             f"{self.backend} recomputes whole layers: set recompute=full")
         if self.init_from is not None and not os.path.exists(self.init_from):
@@ -383,7 +369,7 @@ class TrainConfig:
             raise UserError(f"model.n_heads={m.n_heads} (kv heads {m.kv_heads}) is not divisible by tp={tp}")
         if m.n_layers % (pp * vpp):
             raise UserError(f"model.n_layers={m.n_layers} is not divisible by pp={pp} x vpp={vpp}")
-        vocab = m.vocab_size or self.data.with_shape().vocab_size
+        vocab = m.vocab_size or self.data.vocab_size
         if vocab % tp:
             raise UserError(f"vocabulary {vocab} is not divisible by tp={tp}; set model.vocab_size to a padded multiple")
         if m.ffn % tp:
@@ -393,7 +379,7 @@ class TrainConfig:
             raise UserError(f"batch_size={self.batch_size} (the recipe's global batch) cannot be split evenly over "
                             f"dp={dp} data-parallel ranks; use a batch_size that is a multiple of {dp}, or raise "
                             f"tp/pp so that dp divides {self.batch_size}")
-        if self.batch_size % (self.chosen_micro_batch() * dp):
+        if self.batch_size % (self.micro * dp):
             raise UserError(f"batch_size={self.batch_size} is not a multiple of micro_batch={self.micro_batch} x dp={dp}")
         if vpp > 1 and self.grad_accum % pp:
             raise UserError(f"the interleaved schedule needs micro-batches per step ({self.grad_accum}) divisible by pp={pp}")
