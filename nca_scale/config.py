@@ -4,8 +4,12 @@ Every component has a small dataclass config. `load(cls, path, overrides)` build
 dotted `key=value` overrides; an unknown key, a wrong type or an unreadable file raises `UserError` naming the
 key and where it came from. A dataclass-typed field may also be given as a path to its own YAML file, found
 relative to the YAML file that names it or a folder above it (nearest first), then in the project's configs/
-(`find_nested`). A class's `KEY_ALIASES`
-(old top-level key -> `section.key`) keeps renamed keys loading, with one deprecation warning per key.
+(`find_nested`).
+
+Versions: a class with a `CONFIG_VERSION` (TrainConfig) is written with it (`to_dict`: `config_version`), and its
+`upgrade(data, source)` brings a mapping of any version to today's keys before `from_dict` reads it; its
+`KEY_ALIASES` (old top-level key -> `section.key`) does the same for `key=value` overrides (`renamed_overrides`),
+with one deprecation warning per key (nca_scale/train/config_versions.py holds the table and the migrations).
 """
 
 from __future__ import annotations
@@ -187,7 +191,7 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-# ---- deprecated key names: a class's KEY_ALIASES maps an old top-level key to its new dotted `section.key` ------
+# ---- deprecated key names: an old top-level key -> its new dotted `section.key` ----------------------------------
 _WARNED: set[str] = set()
 
 
@@ -217,31 +221,29 @@ def rename_aliases(data: dict, aliases: dict[str, str], *, source: str, warn: bo
     return out
 
 
-def _alias(cls, dotted: str) -> str:
-    new = getattr(cls, "KEY_ALIASES", {}).get(dotted)
-    if new is None:
-        return dotted
-    _deprecated(dotted, new)
-    return new
-
-
 def _both_given(source: str, old: str, new: str) -> UserError:
     return UserError(f"{source}: both '{old}' and '{new}' are given; keep only '{new}' ('{old}' is its deprecated name)")
 
 
-def check_both_given(cls, overrides: list[tuple[str, str]], source: str = "command line") -> None:
-    """Overrides apply in order, so a later one would silently win: an old key with its new one is refused."""
+def renamed_overrides(cls, overrides: list[tuple[str, str]], source: str = "command line") -> list[tuple[str, str]]:
+    """`key=value` overrides with each old key of `cls.KEY_ALIASES` renamed (one deprecation warning per key).
+    Overrides apply in order, so a later one would silently win: an old key with its new one is refused."""
     aliases = getattr(cls, "KEY_ALIASES", {})
     keys = {k for k, _ in overrides}
     for old in sorted(keys & aliases.keys()):
         if aliases[old] in keys:
             raise _both_given(source, old, aliases[old])
+    for old in [k for k, _ in overrides if k in aliases]:
+        _deprecated(old, aliases[old])
+    return [(aliases.get(k, k), v) for k, v in overrides]
 
 
 def from_dict(cls, data: dict, *, source: str, prefix: str = ""):
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types are errors naming key and source."""
+    """Build dataclass `cls` from a mapping (of any version: `cls.upgrade`); unknown keys and wrong types are
+    errors naming key and source."""
     hints = _hints(cls)
-    data = rename_aliases(data, getattr(cls, "KEY_ALIASES", {}), source=source)
+    if hasattr(cls, "upgrade"):
+        data = cls.upgrade(data, source)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
     for key, value in data.items():
@@ -258,9 +260,10 @@ def from_dict(cls, data: dict, *, source: str, prefix: str = ""):
 
 
 def set_key(obj, dotted: str, raw: str, source: str = "command line", prefix: str = ""):
-    """Apply one `a.b.c=value` override to a (nested) dataclass instance, returning a new instance."""
-    head, _, rest = _alias(type(obj), dotted).partition(".")
-    names = {f.name for f in dataclasses.fields(obj)}
+    """Apply one `a.b.c=value` override to a (nested) dataclass instance, returning a new instance (old key names:
+    `renamed_overrides` first)."""
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in dataclasses.fields(obj) if f.init}
     if head not in names:
         valid = ", ".join(prefix + n for n in sorted(names))
         raise UserError(f"{source}: unknown key '{prefix}{dotted}' (valid keys: {valid})")
@@ -292,7 +295,22 @@ def split_overrides(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def to_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
+    """The mapping a config file holds, which from_dict reads back: the fields a config sets (init fields; a
+    value resolved from elsewhere is not one), nested configs as mappings, and first `config_version` for a class
+    with a CONFIG_VERSION."""
+    version = getattr(type(obj), "CONFIG_VERSION", None)
+    out = {} if version is None else {"config_version": version}
+    return {**out, **{f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 # ---- help: every key of a config tree, generated from the dataclasses --------------------------------------------
@@ -343,7 +361,7 @@ def describe_keys(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
 def load(cls, path: str | Path | None, overrides: list[tuple[str, str]] = (), validate: bool = True):
     """A `cls` from YAML file `path` (or defaults when None) with dotted overrides applied, then validated (unless
     `validate=False`: the caller validates, e.g. with the world size)."""
-    check_both_given(cls, list(overrides))
+    overrides = renamed_overrides(cls, list(overrides))
     NESTED_FILES.clear()
     obj = from_dict(cls, read_yaml(path), source=str(path)) if path else cls()
     for key, value in overrides:

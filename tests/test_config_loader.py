@@ -240,3 +240,22 @@ def test_an_edited_copy_of_configs_beside_the_naming_yaml_wins_and_is_recorded(t
         pass
     assert f"#   model in {exp / 'configs/train/cpu-tiny.yaml'}: {model}\n" in (tmp_path / "run/config.yaml").read_text()
     assert config.NESTED_FILES  # the latest load's
+
+
+def test_to_dict_writes_what_from_dict_reads(monkeypatch):
+    """A saved config holds the keys (and config_version), not what was resolved from elsewhere: text shards'
+    seq_len and vocabulary are read from their manifest by one explicit step (with_shape), never by a property."""
+    from nca_scale.config import from_dict, to_dict
+    from nca_scale.train import config as train_config
+    from nca_scale.train.config import TrainConfig
+
+    monkeypatch.setitem(train_config._TEXT_MANIFESTS, "memory://text", {"seq_len": 96, "vocab_size": 320})
+    cfg = load(TrainConfig, None, [("data.source", "text_shards"), ("data.shards", "memory://text")])
+    with pytest.raises(RuntimeError, match="read it first"):
+        cfg.seq_len  # noqa: B018 (the property is the test)
+    read = cfg.with_data_shape()
+    assert (read.seq_len, read.data.vocab_size, read.tokens_per_step) == (96, 320, 96 * read.batch_size)
+    assert read == cfg and read.resolved().model.vocab_size == 320
+    saved = to_dict(read.resolved())
+    assert "shape" not in saved["data"] and saved["config_version"] == TrainConfig.CONFIG_VERSION
+    assert from_dict(TrainConfig, saved, source="config.yaml") == read.resolved()

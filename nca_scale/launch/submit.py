@@ -116,14 +116,17 @@ def plan(words: list[str], path: str, overrides: list[tuple[str, str]], prof: pr
     if out is None or "://" in out:
         out = str(Path("runs/launch") / Path(path).stem)
     train = words == ["train"]
+    if train:  # the previous release's flat names (nproc=, tp=, ...) renamed here, once, with their warning
+        from nca_scale.train.config import TrainConfig
+
+        plain = config.renamed_overrides(TrainConfig, plain)
     if train and prof.executor == "slurm":
-        nproc = ("parallel.nproc", "nproc")  # nproc: the previous release's name
-        given = [v for k, v in plain if k in nproc]
+        given = [v for k, v in plain if k == "parallel.nproc"]
         if given and int(given[-1]) != prof.world:
             raise UserError(f"parallel.nproc={given[-1]} but the profile runs {prof.nodes} node(s) x {prof.tasks} "
                             f"task(s) = {prof.world} processes; drop parallel.nproc= or change "
                             "cluster.nodes/tasks_per_node")
-        plain = [(k, v) for k, v in plain if k not in nproc] + [("parallel.nproc", str(prof.world))]
+        plain = [(k, v) for k, v in plain if k != "parallel.nproc"] + [("parallel.nproc", str(prof.world))]
     if train and any(k == "overwrite" for k, _ in plain):
         raise UserError("overwrite=true is for `nca-scale train` only: a submitted run resumes when requeued; move "
                         "the old run folder aside yourself (mv RUN RUN.old) and submit again")
@@ -165,7 +168,7 @@ def layout(prof: profiles.ClusterProfile, cfg) -> str:
         per_node = f"{prof.gpus_per_node} GPU(s)" if prof.gpus_per_node else f"{prof.tasks} task(s)"
         where = f"{prof.nodes} node(s) x {per_node} = {cfg.world} ranks"
     return (f"layout: {where}; tp {cfg.parallel.tp} x pp {cfg.parallel.pp} x dp {cfg.data_parallel}; batch {cfg.batch_size} = "
-            f"micro-batch {cfg.micro} x {cfg.grad_accum} accumulation x dp {cfg.data_parallel}")
+            f"micro-batch {cfg.chosen_micro_batch()} x {cfg.grad_accum} accumulation x dp {cfg.data_parallel}")
 
 
 def _dry_run(prof, prof_name: str, planned: list[Planned], logs: Path, ex, offline: bool) -> str:

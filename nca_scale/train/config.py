@@ -1,9 +1,10 @@
 """Training configuration: one typed tree, loaded from YAML plus `key=value` overrides (nca_scale.config).
 
 The run loop's keys (out, steps, batch_size, backend, resume, init_from, ...) are top-level; everything else is in
-sections: model, data, optim, schedule, transfer, parallel, checkpoint, megatron, deepspeed (config_sections.py,
-which also maps the previous release's flat names, e.g. tp -> parallel.tp). `validate()` catches every layout
-error before any process or process group starts.
+sections: model, data, optim, schedule, transfer, parallel, checkpoint, megatron, deepspeed (config_sections.py).
+Saved configs carry `config_version`; older ones, and the previous release's flat names (e.g. tp -> parallel.tp),
+go through config_versions.py. `validate()` catches every layout error before any process or process group starts;
+`with_data_shape()` / `resolved()` read what the data decides (a text shard manifest) once, explicitly.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from nca_scale.model.config import ModelConfig
 from nca_scale.nca.config import NCAConfig
 from nca_scale.train import dist
 from nca_scale.train.config_sections import (
-    FLAT_ALIASES,
     CheckpointConfig,
     DeepSpeedConfig,
     MegatronConfig,
     ParallelConfig,
 )
+from nca_scale.train.config_versions import CONFIG_VERSION, FLAT_ALIASES, upgrade
 
 BACKENDS = ("torch", "megatron", "deepspeed")
 
@@ -39,7 +40,7 @@ def from_args(args: list[str], world: int | None = None) -> TrainConfig:
         raise UserError("usage: nca-scale train CONFIG.yaml [key=value ...], e.g. configs/train/cpu-tiny.yaml")
     cfg = config.load(TrainConfig, positional[0], overrides, validate=False).with_world(world)
     cfg.validate()
-    return cfg
+    return cfg.with_data_shape()
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,34 @@ class DataConfig:
     # nca_shards/text_shards: passes over the training shards a run may make (sequence i reads row i mod their
     # length); a run that needs more is refused before it starts, with the numbers (train/data_check.py)
     epochs: int = 1
+    # text_shards: (seq_len, vocab_size) of the shards, from their manifest: read once, by `with_shape` (not a key)
+    shape: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def with_shape(self) -> DataConfig:
+        """This config with its text shards' manifest read (the one read: `seq_len` and `vocab_size` then answer
+        without I/O); a generated source, or shards already read: itself."""
+        if self.source != "text_shards" or self.shape is not None:
+            return self
+        manifest, read = text_manifest(self.shards), replace(self)
+        object.__setattr__(read, "shape", (manifest["seq_len"], manifest["vocab_size"]))  # frozen: set once, here
+        return read
+
+    def _read_shape(self) -> tuple[int, int]:
+        if self.shape is None:
+            raise RuntimeError(f"data.source=text_shards: the seq_len and vocabulary of {self.shards} are in its "
+                               "manifest; read it first (DataConfig.with_shape, TrainConfig.with_data_shape)")
+        return self.shape
 
     @property
     def seq_len(self) -> int:
         if self.source == "text_shards":
-            return text_manifest(self.shards)["seq_len"]
+            return self._read_shape()[0]
         return self.dyck.seq_len if self.source == "dyck" else self.nca.seq_len
 
     @property
     def vocab_size(self) -> int:
         if self.source == "text_shards":
-            return text_manifest(self.shards)["vocab_size"]
+            return self._read_shape()[1]
         return self.dyck.vocab_size if self.source == "dyck" else self.nca.vocab_size
 
     def validate(self) -> None:
@@ -218,9 +236,12 @@ class TrainConfig:
     prefetch: bool = True  # make the next step's batch in a background thread (the same tokens either way)
     peak_flops: float | None = None  # per rank; None = the pinned table in nca_scale/train/speed.py
 
-    # the previous release's flat keys (tp, zero, checkpoint_every, ...) -> their sections; nca_scale.config
-    # accepts them with a deprecation warning
+    # the version of these keys, written into saved configs (nca_scale.config.to_dict); a mapping of an older
+    # version is migrated by `upgrade` (nca_scale.config.from_dict calls it), key=value overrides with the previous
+    # release's flat names (tp, zero, checkpoint_every, ...) through KEY_ALIASES, with a deprecation warning
+    CONFIG_VERSION: ClassVar[int] = CONFIG_VERSION
     KEY_ALIASES: ClassVar[dict[str, str]] = FLAT_ALIASES
+    upgrade = staticmethod(upgrade)
 
     # ---- derived ---------------------------------------------------------------------------------
     @property
@@ -240,9 +261,13 @@ class TrainConfig:
     def seq_len(self) -> int:
         return self.data.seq_len
 
-    @property
-    def micro(self) -> int:
-        """Sequences per rank per forward pass on this world size (see auto_micro_batch)."""
+    def with_data_shape(self) -> TrainConfig:
+        """This config with the data's shape read (a text shard manifest: DataConfig.with_shape)."""
+        return replace(self, data=self.data.with_shape())
+
+    def chosen_micro_batch(self) -> int:
+        """The micro_batch this world size runs: micro_batch, or with auto_micro_batch the largest that fits it
+        (what `resolved` writes into micro_batch, which the backends read)."""
         share = self.batch_size // max(1, self.data_parallel)
         if not self.auto_micro_batch or share < 1:
             return self.micro_batch
@@ -253,7 +278,7 @@ class TrainConfig:
 
     @property
     def grad_accum(self) -> int:
-        return self.batch_size // (self.micro * self.data_parallel)
+        return self.batch_size // (self.chosen_micro_batch() * self.data_parallel)
 
     @property
     def tokens_per_step(self) -> int:
@@ -267,9 +292,12 @@ class TrainConfig:
         return min(limits)
 
     def resolved(self) -> TrainConfig:
-        """The config with model.vocab_size filled from the data (NCA, Dyck or a text shard manifest) and the
-        micro-batch this world size runs (what the backends read), precision=auto made concrete for this device."""
-        return replace(self, model=self.model.with_vocab(self.data.vocab_size), micro_batch=self.micro,
+        """The config with the data's shape read (with_data_shape), model.vocab_size filled from the data (NCA,
+        Dyck or a text shard manifest) and the micro-batch this world size runs (chosen_micro_batch: what the
+        backends read), precision=auto made concrete for this device."""
+        data = self.data.with_shape()
+        return replace(self, data=data, model=self.model.with_vocab(data.vocab_size),
+                       micro_batch=self.chosen_micro_batch(),
                        precision=self.chosen_precision()[0], megatron=replace(self.megatron, **self.chosen_overlap()))
 
     def chosen_overlap(self) -> dict[str, bool]:
@@ -369,7 +397,7 @@ class TrainConfig:
             raise UserError(f"model.n_heads={m.n_heads} (kv heads {m.kv_heads}) is not divisible by tp={tp}")
         if m.n_layers % (pp * vpp):
             raise UserError(f"model.n_layers={m.n_layers} is not divisible by pp={pp} x vpp={vpp}")
-        vocab = m.vocab_size or self.data.vocab_size
+        vocab = m.vocab_size or self.data.with_shape().vocab_size
         if vocab % tp:
             raise UserError(f"vocabulary {vocab} is not divisible by tp={tp}; set model.vocab_size to a padded multiple")
         if m.ffn % tp:
@@ -379,7 +407,7 @@ class TrainConfig:
             raise UserError(f"batch_size={self.batch_size} (the recipe's global batch) cannot be split evenly over "
                             f"dp={dp} data-parallel ranks; use a batch_size that is a multiple of {dp}, or raise "
                             f"tp/pp so that dp divides {self.batch_size}")
-        if self.batch_size % (self.micro * dp):
+        if self.batch_size % (self.chosen_micro_batch() * dp):
             raise UserError(f"batch_size={self.batch_size} is not a multiple of micro_batch={self.micro_batch} x dp={dp}")
         if vpp > 1 and self.grad_accum % pp:
             raise UserError(f"the interleaved schedule needs micro-batches per step ({self.grad_accum}) divisible by pp={pp}")

@@ -1,7 +1,6 @@
 """The sections of TrainConfig that are not components: the parallel layout, checkpointing and the two backends'
 own keys. Each section checks what it can alone; checks that need another section (the model's shapes, the
-backend, the world size) are in TrainConfig.validate. FLAT_ALIASES maps the flat names of the previous release to
-their sectioned keys (docs/training.md, "Deprecated flat keys").
+backend, the world size) are in TrainConfig.validate. The previous release's flat names: config_versions.py.
 """
 
 from __future__ import annotations
@@ -151,25 +150,3 @@ class DeepSpeedConfig:
             raise UserError("deepspeed.offload=true runs DeepSpeed's CPU Adam, not SGD; use optim.name=adam|adamw or "
                             "deepspeed.offload=false")
 
-
-def _section(name: str, cls) -> dict[str, str]:
-    return {f: f"{name}.{f}" for f in cls.__dataclass_fields__}
-
-
-# the previous release's flat keys -> their sectioned keys; the flat names work (with a one-line deprecation
-# warning) until the next release. Recompute, the timeouts and the loop keys stayed top-level.
-FLAT_ALIASES: dict[str, str] = {
-    **_section("parallel", ParallelConfig),
-    **_section("megatron", MegatronConfig),
-    **_section("deepspeed", DeepSpeedConfig),
-    "checkpoint_every": "checkpoint.every", "keep_last": "checkpoint.keep_last", "checkpoint_url": "checkpoint.url",
-    "checkpoint_async": "checkpoint.asynchronous",
-}
-
-
-def sectioned(saved: dict) -> dict:
-    """A saved config (a checkpoint's meta.json, a run folder's config.yaml) in this release's sections: the flat
-    keys of older runs moved to theirs, silently (the user did not write them)."""
-    from nca_scale import config
-
-    return config.rename_aliases(saved, FLAT_ALIASES, source="a saved config", warn=False)

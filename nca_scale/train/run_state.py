@@ -66,7 +66,7 @@ def _total_steps(out: Path) -> int | None:
     from nca_scale.train.config import TrainConfig
 
     try:
-        return load(TrainConfig, out / CONFIG, validate=False).total_steps
+        return load(TrainConfig, out / CONFIG, validate=False).with_data_shape().total_steps
     except (UserError, OSError, ValueError, KeyError):
         return None  # no config.yaml, or its text shards are gone: the step alone
 

@@ -92,7 +92,7 @@ def gpu_config(cfg: TrainConfig) -> TrainConfig:
 def layout_of(cfg: TrainConfig) -> Layout:
     """The planner's Layout of a TrainConfig (resolved or not: the micro-batch its world size runs)."""
     return Layout(backend=cfg.backend, tp=cfg.parallel.tp, pp=cfg.parallel.pp, dp=cfg.data_parallel,
-                  vpp=cfg.parallel.vpp, micro_batch=cfg.micro, grad_accum=cfg.grad_accum,
+                  vpp=cfg.parallel.vpp, micro_batch=cfg.chosen_micro_batch(), grad_accum=cfg.grad_accum,
                   precision=cfg.precision, distributed_optimizer=cfg.megatron.distributed_optimizer,
                   zero=cfg.deepspeed.zero, recompute=cfg.recompute, sequence_parallel=cfg.parallel.sequence_parallel,
                   overlap_grad_reduce=bool(cfg.megatron.overlap_grad_reduce) if cfg.backend == "megatron" else True,

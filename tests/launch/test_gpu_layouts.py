@@ -128,7 +128,7 @@ def test_auto_micro_batch_keeps_the_interleaved_schedule_valid(no_slurm):
     # share 12 per rank, micro <= 4: 4 would give 3 micro-batches, not a multiple of pp=2; 3 gives 4
     cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=megatron", "parallel.nproc=2", "parallel.pp=2", "parallel.vpp=2", "model.n_layers=4",
                      "batch_size=12", "micro_batch=4", "auto_micro_batch=true"])
-    assert (cfg.micro, cfg.grad_accum) == (3, 4)
+    assert (cfg.chosen_micro_batch(), cfg.grad_accum) == (3, 4)
     assert cfg.resolved().micro_batch == 3  # what the backends read
     plain = from_args(["configs/train/cpu-tiny.yaml", "batch_size=12", "micro_batch=4", "parallel.nproc=1"])
-    assert (plain.micro, plain.grad_accum) == (4, 3)  # without auto_micro_batch, micro_batch is exact
+    assert (plain.chosen_micro_batch(), plain.grad_accum) == (4, 3)  # without auto_micro_batch, micro_batch is exact

@@ -15,7 +15,7 @@ import yaml
 from nca_scale import cli
 from nca_scale.launch.sweep import plan as sweep_plan
 from nca_scale.launch.sweep import spec as sweep_spec
-from nca_scale.train.config_sections import FLAT_ALIASES
+from nca_scale.train.config_versions import FLAT_ALIASES
 
 ROOT = Path(__file__).parents[2]
 PLANS = Path(__file__).parent / "plans"  # plan.json of every shipped spec, as planned when it was stored

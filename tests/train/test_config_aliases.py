@@ -1,21 +1,28 @@
 """The flat keys of the previous release (tp=2, zero: 3, checkpoint_every=...) still load, as deprecated aliases of
 the sectioned ones: every shipped config and every planned sweep run gives the same TrainConfig in both spellings,
-an alias logs one deprecation line per key and process, and an old key given with its new one is refused."""
+an alias logs one deprecation line per key and process, and an old key given with its new one is refused. The
+aliases are the flat release's names, no more; saved configs carry config_version and older ones are migrated (an
+unversioned flat checkpoint resumes), a newer one is refused with one line."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
-from train_helpers import ROOT
+from train_helpers import ROOT, losses, train
 
 from nca_scale import config
 from nca_scale.errors import UserError
 from nca_scale.launch.sweep import plan as sweep_plan
 from nca_scale.launch.sweep import spec as sweep_spec
 from nca_scale.train.config import TrainConfig, from_args
-from nca_scale.train.config_sections import FLAT_ALIASES, sectioned
+from nca_scale.train.config_versions import CONFIG_VERSION, FLAT_ALIASES, MIGRATIONS, read_saved, upgrade
 
 TRAIN_CONFIGS = sorted((ROOT / "configs/train").glob("*.yaml"))
 SWEEPS = sorted((ROOT / "configs/sweeps").glob("*.yaml"))
@@ -89,12 +96,118 @@ def test_an_old_key_with_its_new_one_is_refused(tmp_path):
         sweep_plan.plan(spec)
 
 
-def test_a_saved_flat_config_reads_in_sections():
-    """Old checkpoints' meta.json and run folders' config.yaml hold flat configs (checkpoint_select reads them)."""
+def test_a_saved_flat_config_reads_in_sections(caplog):
+    """Old checkpoints' meta.json and run folders' config.yaml hold flat configs without a version (version 1):
+    migrated silently; an unversioned sectioned one (saved between the sections and the versions) is unchanged."""
     old = {"model": {"d_model": 8}, "tp": 2, "distributed_optimizer": False, "checkpoint_async": None, "steps": 3}
-    assert sectioned(old) == {"model": {"d_model": 8}, "steps": 3, "parallel": {"tp": 2},
-                              "megatron": {"distributed_optimizer": False}, "checkpoint": {"asynchronous": None}}
-    assert sectioned(config.to_dict(TrainConfig())) == config.to_dict(TrainConfig())
+    with caplog.at_level(logging.WARNING):
+        assert read_saved(old, "meta.json") == {
+            "model": {"d_model": 8}, "steps": 3, "parallel": {"tp": 2}, "megatron": {"distributed_optimizer": False},
+            "checkpoint": {"asynchronous": None}, "config_version": CONFIG_VERSION}
+    assert not caplog.messages  # the user did not write these keys
+    saved = config.to_dict(TrainConfig())
+    assert saved["config_version"] == CONFIG_VERSION == 2 and list(saved)[0] == "config_version"
+    unversioned = {k: v for k, v in saved.items() if k != "config_version"}
+    assert read_saved(unversioned, "meta.json") == read_saved(saved, "meta.json") == saved
+    assert config.from_dict(TrainConfig, saved, source="config.yaml") == TrainConfig()
+
+
+def test_every_version_below_this_one_has_its_migration():
+    assert sorted(MIGRATIONS) == list(range(1, CONFIG_VERSION))
+
+
+@pytest.mark.parametrize("version", [CONFIG_VERSION + 1, 0, "2", True])
+def test_a_saved_config_of_an_unknown_version_is_one_line(version):
+    data = {"config_version": version, "steps": 3}
+    with pytest.raises(UserError) as e:
+        read_saved(data, "RUN/meta.json")
+    assert "\n" not in str(e.value) and str(e.value).startswith("RUN/meta.json: config_version")
+    if version == CONFIG_VERSION + 1:
+        assert "newer nca-scale" in str(e.value) and f"versions up to {CONFIG_VERSION}" in str(e.value)
+
+
+# the flat TrainConfig's fields at commit 8f40923 (8973f4a^, the last before the sections), from
+# `git show 8f40923:nca_scale/train/config.py`; test_the_aliases_are_the_flat_release_names checks this list against
+# git where the history is there
+FLAT_RELEASE = "8f40923652b2a02bbecc0845d1ae9be5687a5928"
+FLAT_FIELDS = """model data optim schedule transfer out steps tokens batch_size micro_batch auto_micro_batch seed precision
+backend nproc tp pp vpp dp sequence_parallel distributed_optimizer recompute zero offload zero_init overlap_grad_reduce
+overlap_param_gather grad_accum_fusion bias_swiglu_fusion rope_fusion cross_entropy_fusion overlap_comm
+contiguous_gradients bucket_size eval_every eval_batches log_every checkpoint_every keep_last checkpoint_url
+checkpoint_async dist_timeout_s rank0_timeout_s on_nonfinite max_rollbacks resume overwrite init_from wandb
+wandb_project progress prefetch peak_flops min_step_time""".split()
+
+
+def _fields_at(commit: str) -> list[str] | None:
+    """TrainConfig's field names in nca_scale/train/config.py at `commit`; None without that history (a shallow clone)."""
+    proc = subprocess.run(["git", "show", f"{commit}:nca_scale/train/config.py"], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode:
+        return None
+    body = proc.stdout.split("class TrainConfig:")[1].split("\nclass ")[0].split("\n    def ")[0]
+    return re.findall(r"^    (\w+):", body, flags=re.M)
+
+
+def test_the_aliases_are_the_flat_release_names():
+    """A fixed table: each flat field of the release before the sections that is no longer top-level, mapped to an
+    existing key; a key added since (megatron.optimizer_layout, checkpoint.every_minutes) has no flat alias."""
+    at_commit = _fields_at(FLAT_RELEASE)
+    assert at_commit in (None, FLAT_FIELDS), f"FLAT_FIELDS is not {FLAT_RELEASE[:7]}'s TrainConfig: {at_commit}"
+    top_level = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert FLAT_ALIASES.keys() == set(FLAT_FIELDS) - top_level - {"min_step_time"}  # removed, not moved (issue 26)
+    described = {key for key, *_ in config.describe_keys(TrainConfig)}
+    assert set(FLAT_ALIASES.values()) <= described
+    for new in ("megatron.optimizer_layout", "megatron.grad_reduce_in_fp32", "checkpoint.every_minutes"):
+        assert new in described and new.split(".")[1] not in FLAT_ALIASES
+
+
+def test_a_user_file_with_a_version_is_read_as_that_version(tmp_path):
+    """OUT/config.yaml passed back to `nca-scale train` (it starts with config_version): no aliases, no warnings;
+    a flat key in a version-2 file is an unknown key."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(config.to_dict(TrainConfig(steps=7))))
+    assert config.load(TrainConfig, saved).steps == 7
+    saved.write_text(yaml.safe_dump({"config_version": 2, "tp": 1}))
+    with pytest.raises(UserError, match="unknown key 'tp'"):
+        config.load(TrainConfig, saved)
+    assert upgrade({"config_version": 1, "tp": 2}, "x", warn=False) == {"parallel": {"tp": 2}}
+
+
+def _flat_v1(saved: dict) -> dict:
+    """A saved sectioned config as the flat release wrote it: no version, the moved keys top-level under their old
+    names, the keys added since left out."""
+    flat = {k: v for k, v in saved.items() if k not in ("config_version", "parallel", "checkpoint", "megatron",
+                                                         "deepspeed")}
+    for old, new in FLAT_ALIASES.items():
+        section, key = new.split(".")
+        flat[old] = saved[section][key]
+    return flat
+
+
+@pytest.mark.slow
+def test_an_unversioned_flat_checkpoint_resumes_and_a_newer_one_is_refused(tmp_path):
+    """A checkpoint whose meta.json holds a version-1 config (flat keys, no config_version) resumes and continues
+    the run exactly; one whose config_version is newer than this release's stops with one line, exit 2."""
+    whole = tmp_path / "whole"
+    train(whole, "steps=4", "checkpoint.every=2")
+    old = shutil.copytree(whole / "checkpoints/step_00000002", tmp_path / "old")
+    meta_path = old / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["config"]["config_version"] == CONFIG_VERSION  # written by this release
+    meta["config"] = _flat_v1(meta["config"])
+    meta_path.write_text(json.dumps(meta, indent=1))
+    rest = tmp_path / "rest"
+    train(rest, "steps=4", f"resume={meta_path.parent}")
+    assert losses(rest) == losses(whole)[2:]
+
+    newer = tmp_path / "newer"
+    shutil.copytree(meta_path.parent, newer)
+    meta["config"] = {**meta["config"], "config_version": CONFIG_VERSION + 1}
+    (newer / "meta.json").write_text(json.dumps(meta, indent=1))
+    proc = train(tmp_path / "refused", "steps=4", f"resume={newer}", check=False)
+    lines = [line for line in proc.stderr.splitlines() if "config_version" in line]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"config_version {CONFIG_VERSION + 1} was written by a newer nca-scale" in lines[0]
 
 
 def test_the_world_size_is_passed_in_not_read_from_the_environment(monkeypatch):

@@ -67,7 +67,7 @@ def _pairs(d: dict) -> list[tuple[str, str]]:
 
 def _partial_config(base: str, over: list[tuple[str, str]]) -> TrainConfig:
     """The train config these overrides give, without validation (text shards may not be built yet)."""
-    config.check_both_given(TrainConfig, over, source="sweep overrides")  # tp and parallel.tp: refused, not the last
+    over = config.renamed_overrides(TrainConfig, over, source="sweep overrides")  # tp with parallel.tp: refused
     return _applied(base, tuple(over))
 
 

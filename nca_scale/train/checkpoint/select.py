@@ -23,7 +23,8 @@ from nca_scale.train import checkpoint
 from nca_scale.train.checkpoint import mirror
 from nca_scale.train.checkpoint.verify import verify
 from nca_scale.train.config import TrainConfig
-from nca_scale.train.config_sections import MegatronConfig, sectioned
+from nca_scale.train.config_sections import MegatronConfig
+from nca_scale.train.config_versions import read_saved
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ def _optimizer_layout(megatron: dict, layout: dict) -> str:
 def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     """Refuse a resume that could not continue the same run exactly."""
     meta = checkpoint.read_meta(path)
-    saved, current = sectioned(meta["config"]), to_dict(cfg.resolved())  # older checkpoints hold flat keys
+    saved = read_saved(meta["config"], source=f"{path}/{checkpoint.META}")  # an older version: migrated
+    current = to_dict(cfg.resolved())
     if meta["backend"] != cfg.backend:
         raise UserError(f"{path} was written by backend={meta['backend']}; resume it with that backend, or use init_from=")
     keys = [*SAME_NUMBERS, *BACKEND_STATE.get(cfg.backend, ())]
