@@ -210,8 +210,9 @@ def test_rollback_reloads_the_last_checkpoint_and_skips_the_bad_step(tmp_path, c
 
 
 def test_skipped_steps_are_carried_across_a_resume(tmp_path):
-    """Stopped after the rollback, resumed with a healthy engine: step 5's batch is still skipped, and the run
-    ends with the weights and losses of the one that never stopped."""
+    """Stopped after the rollback, resumed with a healthy engine: the resumed run's checkpoints still list step
+    5 as skipped (a later rollback past it would skip it again), and the run ends with the weights and losses of
+    the one that never stopped."""
     alone = FakeEngine(nonfinite={4: 1})
     make(tmp_path / "alone", "steps=8", "checkpoint.every=2", "on_nonfinite=rollback", engine=alone).fit()
     out = tmp_path / "run"
@@ -222,6 +223,7 @@ def test_skipped_steps_are_carried_across_a_resume(tmp_path):
     trainer.resume(checkpoint.step_dir(out, 6))
     trainer.fit()
     assert engine.state() == alone.state() and 4 not in engine.trained
+    assert checkpoint.read_meta(checkpoint.step_dir(out, 8))["skipped_steps"] == [4]
     assert [r.loss for r in train_rows(out)] == [r.loss for r in train_rows(tmp_path / "alone")]
 
 
