@@ -236,8 +236,7 @@ def test_an_edited_copy_of_configs_beside_the_naming_yaml_wins_and_is_recorded(t
     assert cfg.model.n_layers == 3
     assert f"model: configs/model/cpu-tiny.yaml -> {model}" in caplog.text
     assert "data.nca: configs/nca/tiny.yaml -> " + str(exp / "configs/nca/tiny.yaml") in caplog.text
-    with run_folder.start(cfg, hold=False):
-        pass
+    run_folder.write_config(cfg)
     assert f"#   model in {exp / 'configs/train/cpu-tiny.yaml'}: {model}\n" in (tmp_path / "run/config.yaml").read_text()
     assert config.NESTED_FILES  # the latest load's
 

@@ -72,11 +72,13 @@ class TrainWork:
         from nca_scale.train import dist
         from nca_scale.train.config import from_args
         from nca_scale.train.entry import train
+        from nca_scale.train.launch_record import SLURM, Launch
 
         args = list(self.args)
         if restarted():
             args.append("resume=auto")  # a requeued run continues from its latest complete checkpoint
-        return train(from_args(args, world=dist.launched_world()), args)
+        # every task alike: rank 0 chooses and verifies the checkpoint and holds the run folder for the job
+        return train(from_args(args, world=dist.launched_world()), args, Launch.by_ranks(SLURM))
 
 
 @dataclass(frozen=True)

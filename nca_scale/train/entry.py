@@ -1,13 +1,16 @@
 """The `nca-scale train` command as a library call: `train(cfg, args)`, used by the CLI, sweeps and Slurm tasks.
 
 Every config, layout and run-folder error is raised before any process starts. Under torchrun/srun (RANK set)
-this process is one rank of the job; otherwise it trains here (nproc=1) or starts nproc local ranks under
-torchrun and waits for them. The result is an `Outcome`: what a launcher needs to decide what happens next
-(exit status, and for a preemption stop the signal that caused it).
+this process is one rank of the job; otherwise it chooses and verifies the checkpoint, takes the run folder,
+and trains here (nproc=1) or starts nproc local ranks under torchrun and waits for them. Either way it writes
+how the ranks start in one launch record (launch_record.Launch) and every rank runs `rank(cfg, launch)`, the one
+rank entry point. The result is an `Outcome`: what a launcher needs to decide what happens next (exit status,
+and for a preemption stop the signal that caused it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -18,14 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nca_scale import procs
+from nca_scale import logs, procs
 from nca_scale.train import data_check, preemption, run_files, run_folder, transfer
 from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.config import TrainConfig
-
-# The pid of the `nca-scale train` that started torchrun, in the ranks' environment: a rank whose parent is no
-# longer that command's child dies (worker.py, procs.die_with_parent).
-LAUNCHER_ENV = "NCA_SCALE_LAUNCHER_PID"
+from nca_scale.train.launch_record import BY_HAND, IN_PROCESS, LAUNCHER, RANK0, TORCHRUN, Launch
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +36,17 @@ class Outcome:
     signal: int | None = None  # the signal that stopped the run (SIGUSR2, SIGTERM), when this process saw it
 
 
-def train(cfg: TrainConfig, args: list[str]) -> Outcome:
+def train(cfg: TrainConfig, args: list[str], launch: Launch | None = None) -> Outcome:
     """Train `cfg`; `args` are the command-line words it came from (`CONFIG key=value ...`), handed to the ranks
-    when nproc > 1 starts them under torchrun."""
+    when nproc > 1 starts them under torchrun. `launch`: how this process was started, from the launcher that
+    decided it (a Slurm job's task); None: decided here."""
     run_folder.check(cfg)  # every run-folder error (a run already there, not writable), before any process
     data_check.check(cfg)  # shards too short for the run's steps or evaluations
-    if "RANK" not in os.environ:
-        _warn_oversubscribed(cfg.parallel.nproc)
-    from nca_scale.train.trainer import run
-
-    if "RANK" in os.environ:  # one rank of a job torchrun/srun started: the ranks agree on the checkpoint in `run`
-        # before the rendezvous, so every rank has checked; rank 0 holds the lease for the job
-        with run_folder.start(cfg, writer=os.environ["RANK"] == "0"):
-            return _in_process(run, cfg, None)
+    if launch is None and "RANK" in os.environ:
+        launch = Launch.by_ranks(BY_HAND)  # one rank of a job torchrun/srun started
+    if launch is not None:  # every rank has checked; rank 0 chooses the checkpoint and holds the lease for all
+        return rank(cfg, launch)
+    _warn_oversubscribed(cfg.parallel.nproc)
     resume = checkpoint_select.resolve(cfg, cfg.resume)  # verified here, once; the ranks take it as is
     if resume and checkpoint_select.finished(cfg, resume, checkpoint_select.check_resumable(cfg, resume)):
         return Outcome(0)  # said so; nothing started, nothing written
@@ -59,15 +57,28 @@ def train(cfg: TrainConfig, args: list[str]) -> Outcome:
         if named != Path(cfg.init_from):
             log.info(f"init_from={cfg.init_from}: the run's latest checkpoint, {named}")
         transfer.check(cfg, checkpoint_select.resolve(cfg, os.path.abspath(named)))
-    # this command holds the run folder's lease while it trains; with nproc > 1 rank 0 writes config.yaml (worker.py)
-    with run_folder.start(cfg, write=cfg.parallel.nproc == 1):
-        if cfg.parallel.nproc > 1:
+    launch = Launch(IN_PROCESS if cfg.parallel.nproc == 1 else TORCHRUN, verifies=LAUNCHER, folder=LAUNCHER,
+                    checkpoint=str(resume or ""), launcher_pid=os.getpid() if cfg.parallel.nproc > 1 else None)
+    with run_folder.take(cfg):  # this command holds the run folder's lease while its ranks train
+        if launch.launcher == TORCHRUN:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={cfg.parallel.nproc}", "-m", "nca_scale.train.worker", *args]
-            env = {**os.environ, checkpoint_select.RESUME_ENV: str(resume or ""), LAUNCHER_ENV: str(os.getpid())}
             started = time.time()
-            return _diverged_ranks(_launch(cmd, env), cfg, started)
-        return _in_process(run, cfg, (resume,))
+            return _diverged_ranks(_launch(cmd, {**os.environ, **launch.env()}), cfg, started)
+        return rank(cfg, launch)
+
+
+def rank(cfg: TrainConfig, launch: Launch) -> Outcome:
+    """One rank of the training `launch` describes, on every path: the one process of `nca-scale train`
+    parallel.nproc=1, each rank it starts under torchrun (worker.py), each rank of a job torchrun or srun started
+    by hand (worker.py, or this command with RANK set) and each task of a Slurm job (launch/task.py). With
+    folder=RANK0 rank 0 holds the run folder's lease for the job; the checkpoint is the launcher's or rank 0's
+    choice (trainer.run)."""
+    from nca_scale.train.trainer import run
+
+    holds = launch.folder == RANK0 and logs.rank() == 0
+    with run_folder.take(cfg) if holds else contextlib.nullcontext():
+        return _outcome(run(cfg, launch))
 
 
 def _warn_oversubscribed(nproc: int) -> None:
@@ -118,6 +129,6 @@ def _diverged_ranks(outcome: Outcome, cfg: TrainConfig, started: float) -> Outco
     return outcome
 
 
-def _in_process(run, cfg: TrainConfig, chosen) -> Outcome:
-    fitted = run(cfg, chosen=chosen)  # a FitOutcome: a stop for a signal is exit status 75 or 130 (Ctrl-C)
+def _outcome(fitted) -> Outcome:
+    """A rank's FitOutcome as the command's Outcome: a stop for a signal is exit status 75 or 130 (Ctrl-C)."""
     return Outcome(fitted.exit_code, fitted.stop_signal)

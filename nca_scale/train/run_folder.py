@@ -6,12 +6,12 @@ make a later resume=auto mix the two runs. resume=auto (or resume=CKPT) continue
 old run aside to OUT.old-<time> first. Every start writes the fully resolved config to OUT/config.yaml.
 
 A folder whose run is still training (its lease, train/lease.py) is refused whatever the keys say, resume=auto and
-overwrite=true included, naming the holder; the run holds the lease from `start` until it ends.
+overwrite=true included, naming the holder; the run holds the lease from `take` until it ends. Which process
+checks, takes and writes is the launch record's to say (launch_record.py: `folder`; rank 0 writes config.yaml).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -52,44 +52,39 @@ def check(cfg: TrainConfig) -> None:
         parse_location(cfg.checkpoint.url, what="checkpoint.url").check_writable("checkpoint.url")
 
 
-def start(cfg: TrainConfig, writer: bool = True, *, move: bool = True, write: bool = True,
-          hold: bool = True) -> contextlib.AbstractContextManager:
-    """After every check passed: take OUT's lease (`hold`: the process that runs the training, or rank 0 of a job
-    started by srun/torchrun), move an old run aside (overwrite=true; `move`) and write OUT/config.yaml (`write`: in
-    a process that trains, since resolving precision=auto touches the GPU). Only the `writer` (rank 0, or the
-    launching command) touches the folder. Returns the lease, released when the `with` around the run ends."""
-    if not writer:
-        return contextlib.nullcontext()
+def take(cfg: TrainConfig) -> lease.Lease:
+    """After every check passed, in the one process that holds OUT for the training (the launching command, or
+    rank 0 of a job started by hand or by Slurm): take OUT's lease and, with overwrite=true, move an old run aside.
+    Returns the lease, released when the `with` around the run ends."""
     out = Path(cfg.out)
     try:
-        held = lease.Lease(out).acquire() if hold else contextlib.nullcontext()
+        held = lease.Lease(out).acquire()
     except OSError as e:
         raise UserError(f"out={cfg.out} is not writable ({e.strerror or e}); choose another out=") from None
     try:
-        if move and cfg.overwrite and holds_run(out):
-            _move_aside(out, keep=lease.NAME if hold else None)
-        if write:
-            _write_config(cfg)
+        if cfg.overwrite and holds_run(out):
+            _move_aside(out)
     except BaseException:
-        held.__exit__(None, None, None)
+        held.release()
         raise
     return held
 
 
-def _move_aside(out: Path, keep: str | None) -> None:
-    """OUT -> OUT.old-<time>, all but `keep` (this run's lease), which stays in OUT."""
+def _move_aside(out: Path) -> None:
+    """OUT -> OUT.old-<time>, all but this run's lease, which stays in OUT."""
     aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
     n = 1
     while aside.exists():  # two overwrites within one second
         aside, n = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
     out.rename(aside)
-    if keep:
-        out.mkdir()
-        os.rename(aside / keep, out / keep)
+    out.mkdir()
+    os.rename(aside / lease.NAME, out / lease.NAME)
     log.info("overwrite=true: moved the old run in %s to %s", out, aside)
 
 
-def _write_config(cfg: TrainConfig) -> None:
+def write_config(cfg: TrainConfig) -> None:
+    """OUT/config.yaml, the resolved config of this start: by rank 0, in a process that trains (resolving
+    precision=auto touches the GPU), once the checkpoint is chosen (trainer._run)."""
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -25,14 +25,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nca_scale import logs
 from nca_scale.errors import UserError
 from nca_scale.model.config import describe
-from nca_scale.train import backends, callbacks, checkpoint, dist, faults, transfer
+from nca_scale.train import backends, callbacks, checkpoint, dist, faults, run_folder, transfer
 from nca_scale.train.callbacks import Callback, Checkpointer
 from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.checkpoint.saver import Saver
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch, BatchLoader, Prefetcher, build_source, target_mask
+from nca_scale.train.launch_record import LAUNCHER, Launch
 from nca_scale.train.preemption import EXIT_DIVERGED, Preemption, exit_status
 from nca_scale.train.run_state import RunSummary
 from nca_scale.train.schedule import lr_at
@@ -225,9 +227,8 @@ class Trainer:
         return metrics
 
 
-def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> FitOutcome:
-    """Train `cfg` in this process (one rank of the job): how it ended. `chosen`: (checkpoint to resume from, or
-    None), already resolved and verified by the caller."""
+def run(cfg: TrainConfig, launch: Launch) -> FitOutcome:
+    """Train `cfg` in this process, one rank of the training `launch` describes (entry.rank): how it ended."""
     if cfg.backend == "megatron" and cfg.parallel.tp > 1:
         # one hardware queue per GPU, so that megatron's TP communication overlaps the compute in issue order;
         # CUDA reads it when this process creates its context (dist.init), which has not happened yet
@@ -235,16 +236,14 @@ def run(cfg: TrainConfig, chosen: tuple[Path | None] | None = None) -> FitOutcom
     precision, why = cfg.chosen_precision()  # before `resolved` makes precision=auto concrete
     cfg = cfg.resolved()
     with checkpoint.weights_only_loads(cfg.backend):  # every checkpoint this run reads, upstream loaders too
-        return _run(cfg, chosen, f"precision {precision} ({why})")
+        return _run(cfg, launch, f"precision {precision} ({why})")
 
 
-def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | None:
-    """The checkpoint to resume from, verified once per job: by the caller (`chosen`), by the `nca-scale train`
-    that started this rank (RESUME_ENV), or else by rank 0 for all ranks (a job started by srun/torchrun)."""
-    if chosen is not None:  # the caller checked it against cfg too (train/entry.py)
-        return chosen[0]
-    if checkpoint_select.RESUME_ENV in os.environ:
-        return Path(os.environ[checkpoint_select.RESUME_ENV]) if os.environ[checkpoint_select.RESUME_ENV] else None
+def _resume_from(cfg: TrainConfig, launch: Launch) -> Path | None:
+    """The checkpoint to resume from, chosen and verified once per job: by the launcher before it started any rank
+    (taken as is), or by global rank 0 for all ranks (a job started by hand or by Slurm)."""
+    if launch.verifies == LAUNCHER:  # the launcher checked it against cfg too (train/entry.py)
+        return launch.resume_from
     dist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
     path = dist.decided_by_rank0(lambda: checkpoint_select.resolve(cfg, cfg.resume))
     if path is not None:
@@ -252,10 +251,13 @@ def _resume_from(cfg: TrainConfig, chosen: tuple[Path | None] | None) -> Path | 
     return path
 
 
-def _run(cfg: TrainConfig, chosen: tuple[Path | None] | None, precision: str) -> FitOutcome:
-    resume_from = _resume_from(cfg, chosen)
-    if resume_from and chosen is None and checkpoint_select.finished(cfg, resume_from, checkpoint.read_meta(resume_from)):
-        return FitOutcome(cfg.total_steps)  # a rank started by hand (srun, torchrun): `nca-scale train` checked before
+def _run(cfg: TrainConfig, launch: Launch, precision: str) -> FitOutcome:
+    resume_from = _resume_from(cfg, launch)
+    if resume_from and launch.verifies != LAUNCHER and \
+            checkpoint_select.finished(cfg, resume_from, checkpoint.read_meta(resume_from)):
+        return FitOutcome(cfg.total_steps)  # nothing written; a launcher that verifies says so before any rank starts
+    if logs.rank() == 0:
+        run_folder.write_config(cfg)
     # a resumed run takes its weights from its own checkpoint; the transfer source matters only at the start
     weights = transfer.fresh_weights(cfg) if resume_from else transfer.initial_weights(cfg)
     engine = backends.build(cfg, weights, transfer.frozen_names(cfg))

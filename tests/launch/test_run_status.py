@@ -22,8 +22,7 @@ CONFIG = "configs/train/cpu-tiny.yaml"
 def _run_folder(out, stopped: str | None, holder: dict | None = None) -> None:
     """A run folder of 40 steps (of 100) as a training leaves it: config.yaml, metrics, progress, `latest`."""
     cfg = load(TrainConfig, CONFIG, [("out", str(out)), ("steps", "100")])
-    with run_folder.start(cfg, hold=False):
-        pass
+    run_folder.write_config(cfg)
     writer = MetricsWriter(out)
     writer.append(TrainRow(40, 40 * 1024, 3.25, 1e-3, 0.5, {"tokens_per_s": 2048.0}))
     writer.append(EvalRow(40, 40 * 1024, 3.5, 33.12))

@@ -23,6 +23,7 @@ from nca_scale.train.checkpoint import commit as checkpoint_commit
 from nca_scale.train.checkpoint import select as checkpoint_select
 from nca_scale.train.checkpoint import verify as checkpoint_verify
 from nca_scale.train.config import from_args
+from nca_scale.train.launch_record import LAUNCH_ENV
 
 CONFIG = str(ROOT / "configs/train/cpu-tiny.yaml")
 
@@ -233,7 +234,7 @@ def test_a_resumed_checkpoint_is_checksummed_once_per_job(tmp_path):
 
     def resume(log: Path, cmd: list[str]) -> list[str]:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hook), "SHA_LOG": str(log)}
-        env.pop(checkpoint_select.RESUME_ENV, None)
+        env.pop(LAUNCH_ENV, None)
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"resumed from {saved} at step 2" in proc.stdout, proc.stdout

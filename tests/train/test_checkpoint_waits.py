@@ -15,7 +15,7 @@ from train_helpers import FAST, ROOT
 
 from nca_scale.cli import main
 from nca_scale.train import checkpoint
-from nca_scale.train.checkpoint import select as checkpoint_select
+from nca_scale.train.launch_record import LAUNCH_ENV
 
 # Imported by every Python process of the job (PYTHONPATH): rank 0 takes DELAY_S longer to choose a checkpoint.
 SITECUSTOMIZE = """
@@ -42,7 +42,7 @@ def test_a_slow_checkpoint_choice_on_rank_0_outlasts_the_group_timeout(reference
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hook), "RANK0_DELAY_S": str(DELAY_S)}
-    env.pop(checkpoint_select.RESUME_ENV, None)
+    env.pop(LAUNCH_ENV, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "nca_scale.train.worker", "configs/train/cpu-tiny.yaml", f"out={out}", *FAST, "parallel.nproc=2", "steps=11",
            "resume=auto", f"dist_timeout_s={TIMEOUT_S}"]

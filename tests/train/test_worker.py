@@ -21,7 +21,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_process_spawned_by_a_rank_dies_with_it():
-    env = dict(os.environ, NCA_SCALE_LAUNCHER_PID="1")  # set in ranks; must not make the child kill itself
+    # the launch record of a rank `nca-scale train` started (launcher pid 1): must not make the child kill itself
+    env = dict(os.environ, NCA_SCALE_LAUNCH='{"launcher": "nca-scale torchrun", "verifies": "launcher", '
+               '"folder": "launcher", "launcher_pid": 1}')
     rank = subprocess.Popen([sys.executable, "-c", RANK, CHILD], stdout=subprocess.PIPE, text=True, env=env)
     try:
         child = int(rank.stdout.readline())
