@@ -1,10 +1,11 @@
-"""What a Slurm task does with its work's Outcome (nca_scale.launch.task): a preemption stop (75 after SIGUSR2)
-requeues the job; a diverged run (EXIT_DIVERGED: a non-finite loss) fails it and is never requeued, since the
-same loss would come back."""
+"""What the launchers make of a run's outcome: a Slurm task (nca_scale.launch.task) requeues the job after a
+preemption stop (75 after SIGUSR2) and fails it, never requeued, after a divergence (EXIT_DIVERGED: a non-finite
+loss, which would come back); `sweep status` shows such a run as DIVERGED."""
 
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,27 @@ def test_a_preempted_job_is_requeued_and_a_diverged_one_fails(monkeypatch, statu
         with pytest.raises(RuntimeError, match=r"exited with status 3 \(diverged: a non-finite loss; not requeued\)"):
             job()
         assert commands == []
+
+
+def test_sweep_status_shows_a_diverged_run(tmp_path, monkeypatch):
+    """A run whose progress.json says it diverged is DIVERGED in `sweep status`, not a failed or pending job."""
+    import yaml
+
+    from nca_scale.launch.sweep import plan as sweep_plan
+    from nca_scale.launch.sweep import spec as sweep_spec
+    from nca_scale.launch.sweep import status as sweep_status
+    from nca_scale.train import run_files
+
+    monkeypatch.chdir(Path(__file__).parents[2])
+    spec = {"train": "configs/train/cpu-tiny.yaml", "sizes": ["cpu-tiny"], "seeds": [0], "seq_len": 128,
+            "nca": "configs/nca/tiny.yaml", "arms": [{"arm": "scratch"}],
+            "domains": [{"domain": "web", "tokens": [80000]}], "data": {"tokenizer": "configs/data/tokenizer-cpu.yaml"},
+            "out": str(tmp_path / "sweep")}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    loaded = sweep_spec.load(str(tmp_path / "spec.yaml"))
+    run = sweep_plan.plan(loaded)[0]
+    Path(run.out).mkdir(parents=True)
+    run_files.Progress(3, 3072, 0.0, 0.1, stopped="diverged").write(run.out)
+    rows, _ = sweep_status.status_rows(loaded)
+    assert {r["run"]: r["state"] for r in rows} == {run.name: "DIVERGED"}
+    assert "# 1 diverged" in sweep_status.status_table(rows)

@@ -54,6 +54,8 @@ def status_rows(spec: sweep_spec.SweepSpec) -> tuple[list[dict], list[str]]:
         state = "FINISHED" if r.name in done else states.get(r.name, "NOT SUBMITTED")
         if state == "COMPLETED":  # the job ended well but wrote no record: it did not finish its run
             state = "INCOMPLETE"
+        elif state != "FINISHED" and (ended := run_files.Progress.read(r.out)) and ended.stopped == "diverged":
+            state = "DIVERGED"  # a non-finite loss (exit 3): its job failed and was not requeued
         job = recorded.get(r.name)
         rows.append({"run": r.name, "stage": r.stage, "state": state, "step": p.step, "steps": r.steps,
                      "loss": p.loss, "eval_loss": p.evals[-1].eval_loss if p.evals else None,
