@@ -184,6 +184,24 @@ def _flat_v1(saved: dict) -> dict:
     return flat
 
 
+@pytest.mark.parametrize("backend, key, was, now", [("deepspeed", "deepspeed.zero", 1, 2),
+                                                    ("megatron", "megatron.distributed_optimizer", False, True)])
+def test_a_flat_checkpoint_is_compared_in_sections(tmp_path, backend, key, was, now):
+    """Resume's checks read an old checkpoint's flat keys in their sections: a flat `zero: 1` is deepspeed.zero, so
+    resuming it with deepspeed.zero=2 is refused (unmigrated, the key would be missing and not compared)."""
+    from nca_scale.train.checkpoint.select import check_resumable
+
+    def cfg(value):
+        return config.load(TrainConfig, None, [("backend", backend), (key, str(value).lower())], validate=False)
+
+    layout = {"world": 1, "tp": 1, "pp": 1, "vpp": 1, "dp": 1, "zero": was if backend == "deepspeed" else 0}
+    meta = {"step": 2, "tokens": 0, "backend": backend, "layout": layout, "config": _flat_v1(config.to_dict(cfg(was).resolved()))}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    assert check_resumable(cfg(was), tmp_path)["step"] == 2
+    with pytest.raises(UserError, match=f"{key} is {str(was).lower()} in the checkpoint but {str(now).lower()} here"):
+        check_resumable(cfg(now), tmp_path)
+
+
 @pytest.mark.slow
 def test_an_unversioned_flat_checkpoint_resumes_and_a_newer_one_is_refused(tmp_path):
     """A checkpoint whose meta.json holds a version-1 config (flat keys, no config_version) resumes and continues
