@@ -7,7 +7,7 @@ of version N -> N + 1 in MIGRATIONS; a newer version than this release knows is 
 
     1  the flat TrainConfig: tp, zero, checkpoint_every, ... at the top level (up to commit 8f40923, the parent of
        8973f4a), and every config saved before versions existed (the sectioned ones of later releases as well:
-       the 1 -> 2 migration leaves them unchanged)
+       the 1 -> 2 migration leaves them unchanged but for min_step_time, a test's key removed in issue 26)
     2  the sections parallel, checkpoint, megatron, deepspeed (issue 16, commit 8973f4a); config_version written
 
 A user's YAML file or command line carries no version: its keys are read as version 1's onwards, so the flat names
@@ -41,7 +41,15 @@ FLAT_ALIASES: dict[str, str] = {
 
 
 def v1_to_v2(data: dict, source: str, warn: bool) -> dict:
-    """The flat keys moved to their sections (a user's are deprecated aliases: `warn`); sectioned ones stay."""
+    """The flat keys moved to their sections (a user's are deprecated aliases: `warn`); sectioned ones stay.
+    `min_step_time` (a test's step pacing, a key of the configs saved before version 2) is gone: dropped from a
+    saved config or at its default (0), one line for a user's other value (issue 26: tests pace steps with
+    faults.STEP_TIME_ENV)."""
+    if "min_step_time" in data:
+        if warn and data["min_step_time"]:  # a user asking for pacing (an old run's config.yaml holds 0.0)
+            raise UserError(f"{source}: min_step_time was removed (tests pace steps with the environment variable "
+                            "NCA_SCALE_TEST_STEP_TIME, nca_scale/train/faults.py); drop the key")
+        data = {k: v for k, v in data.items() if k != "min_step_time"}
     return config.rename_aliases(data, FLAT_ALIASES, source=source, warn=warn)
 
 

@@ -322,3 +322,30 @@ def test_what_each_callback_writes(tmp_path):
     p = progress(tmp_path)
     assert (p.step, p.tokens, p.restart, p.stopped) == (5, 5120, 0, "finished") and p.step_time > 0
     assert sorted(f.name for f in tmp_path.iterdir()) == ["checkpoints", "metrics.jsonl", "progress.json"]
+
+
+# ---- the loop's test hook
+
+
+def test_step_pacing_is_a_test_hook_of_the_environment_not_a_config_key(tmp_path, monkeypatch):
+    """NCA_SCALE_TEST_STEP_TIME pads every step (its step_time included) through faults.test_callbacks(); the
+    former key min_step_time is refused from a user with another value than its default, and dropped from the
+    configs saved before it left (config version 1)."""
+    from nca_scale.errors import UserError
+    from nca_scale.train import faults
+    from nca_scale.train.config_versions import read_saved
+
+    assert faults.test_callbacks() == []
+    monkeypatch.setenv(faults.STEP_TIME_ENV, "0.05")
+    t0 = time.perf_counter()
+    make(tmp_path, "steps=3").fit()
+    assert time.perf_counter() - t0 >= 0.15 and all(r.measures["step_time"] >= 0.05 for r in train_rows(tmp_path))
+    with pytest.raises(UserError, match="unknown key 'min_step_time'"):
+        from_args([*ARGS, "min_step_time=0.5"])
+    old = tmp_path / "config.yaml"  # an older run's OUT/config.yaml, given back to `nca-scale train`
+    old.write_text("model: configs/model/cpu-tiny.yaml\ndata: {source: dyck}\nsteps: 7\nmin_step_time: 0.0\n")
+    assert from_args([str(old)]).steps == 7
+    old.write_text(old.read_text().replace("min_step_time: 0.0", "min_step_time: 0.5"))
+    with pytest.raises(UserError, match="min_step_time was removed .*NCA_SCALE_TEST_STEP_TIME"):
+        from_args([str(old)])
+    assert "min_step_time" not in read_saved({"steps": 3, "min_step_time": 0.25}, "RUN/meta.json")
