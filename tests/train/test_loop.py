@@ -1,5 +1,5 @@
 """The training loop in-process (issue 26): the real Trainer, callbacks, Saver, commit protocol and run files
-around a fake Engine (fake_engine.py), in a one-rank gloo group of this process. Save cadence (checkpoint.every,
+around a fake Engine (fake_engine.py), in a one-rank process group of this process. Save cadence (checkpoint.every,
 every_minutes, the final save, background writes), stops (request_stop, a preemption signal), rollback on
 non-finite losses, skipped steps across a resume, divergence, evaluation cadence, callback order and what each
 callback writes. The whole file runs in seconds; what needs processes (real backends, signals across
@@ -14,6 +14,7 @@ import signal
 import time
 
 import pytest
+import torch
 import torch.distributed as dist
 from fake_engine import ALWAYS, FakeEngine
 
@@ -29,13 +30,14 @@ ARGS = ["configs/train/cpu-tiny.yaml", "model.n_layers=2", "data.nca.bank.size=8
 
 @pytest.fixture(scope="module", autouse=True)
 def one_rank_group(tmp_path_factory):
-    """The Trainer's collectives (the preemption flags) on a one-rank gloo group of this process."""
+    """The Trainer's collectives (the preemption flags) on a one-rank group of this process."""
     if dist.is_initialized():  # another in-process test of this worker made one
         assert dist.get_world_size() == 1
         yield
         return
     store = dist.FileStore(str(tmp_path_factory.mktemp("group") / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    # the flags' all-reduce runs on the device's tensors (train/dist.py: NCCL where there is a GPU)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=store, rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 
