@@ -32,7 +32,7 @@ from nca_scale.train.callbacks import STOPS, Callback
 
 log = logging.getLogger(__name__)
 
-# The exit statuses of a run (docs/training.md, "Exit statuses"): 0 finished; 1 failed (a crash, a rank lost);
+# The exit statuses of a run (the table in docs/training.md, "The loop and its callbacks"): 0 finished; 1 failed;
 # 2 a bad config or input, before anything trained; and these three, after which the run folder is consistent:
 EXIT_DIVERGED = 3  # stopped on a non-finite loss without saving it (Trainer.non_finite): never requeued
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; a launcher that sees it may requeue the job
