@@ -17,7 +17,7 @@ step's metrics dict, as listed here, and the documented priorities below.
     metrics step, tokens, loss, lr,        Trainer, before post_step          every post_step
       grad_norm, step_time, data_time,
       fwd_bwd_time, optimizer_time,
-      checkpoint_time (logged steps)      (a test's faults.Pace, TESTS, pads
+      checkpoint_time (logged steps)       (a test's faults.Pace, TESTS, pads
                                            step_time)
     metrics tokens_per_s, mfu,             SpeedMonitor (MEASURES)            MetricsLog, Wandb, ProgressBar (LOGS)
       peak_memory_gib (logged, GPU)
