@@ -1,5 +1,7 @@
 """The import rules of docs/architecture.md, checked on the source (every `import`, also those inside functions):
-no module imports a layer above its own, and no two modules import each other, directly or in a ring.
+no module imports a layer above its own, and no two modules import each other, directly or in a ring. And the
+backend rule: a backend is one folder of nca_scale/train/backends/ and one line of its registry; nothing outside
+that package names one.
 
 `KNOWN` lists the violations that exist today (none since issue 16). It is a ratchet: a new violation fails,
 and so does a listed one that is gone, so the list can only shrink and always says what is left."""
@@ -100,3 +102,70 @@ def test_imports_go_one_direction_without_cycles():
     new, gone = found - KNOWN, KNOWN - found
     assert not new, f"imports against docs/architecture.md's layer order or in a cycle: {sorted(new)}"
     assert not gone, f"fixed, so remove from KNOWN in tests/test_layers.py: {sorted(gone)}"
+
+
+# ---- backends ---------------------------------------------------------------------------------------------------
+BACKENDS = PACKAGE / "train" / "backends"
+REGISTRY = "nca_scale.train.backends"
+
+
+def backend_folders() -> set[str]:
+    return {p.name for p in BACKENDS.iterdir() if (p / "__init__.py").is_file()}
+
+
+def naming(source: str, where: str, names: set[str]) -> list[str]:
+    """Where the module `source` (file `where`) names a backend: imports one's modules (`nca_scale.train.backends.<name>...`,
+    also `from nca_scale.train.backends import <name>`) or its library (a top-level package named like a backend;
+    torch, every backend's base, excepted), or holds its name as a string, an attribute or a keyword
+    (`== "megatron"`, `cfg.megatron`, `replace(cfg, megatron=...)`). The user's `backend:` value and the config's
+    sections go through the registry (backends.get, backends.sections())."""
+    libraries = names - {"torch"}
+    found = []
+    for node in ast.walk(ast.parse(source, where)):
+        if isinstance(node, ast.Import):
+            hits = [a.name for a in node.names if a.name.split(".")[0] in libraries or a.name.startswith(REGISTRY + ".")]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            m = node.module
+            hits = [m] if m.split(".")[0] in libraries or m.startswith(REGISTRY + ".") else []
+            hits += [f"{m}.{a.name}" for a in node.names if m == REGISTRY and a.name in names]
+        elif isinstance(node, ast.Constant) and node.value in names:
+            hits = [repr(node.value)]
+        elif isinstance(node, ast.Attribute) and node.attr in names:
+            hits = ["." + node.attr]
+        elif isinstance(node, ast.keyword) and node.arg in names:
+            hits = [node.arg + "="]
+        else:
+            continue
+        found += [f"{where}:{node.lineno}: {hit}" for hit in hits]
+    return found
+
+
+def backend_naming() -> list[str]:
+    names = backend_folders()
+    return [hit for path in sorted(PACKAGE.rglob("*.py")) if BACKENDS not in path.parents
+            for hit in naming(path.read_text(), str(path.relative_to(PACKAGE.parent)), names)]
+
+
+def test_a_backend_is_one_folder_and_one_registry_line():
+    from nca_scale.train import backends
+    from nca_scale.train.config import TrainConfig
+
+    assert set(backends.REGISTRY) == backend_folders(), "a folder of train/backends/ without its registry line, or a " \
+        "registry line without its folder"
+    fields = TrainConfig.__dataclass_fields__
+    for b in backends.sections():  # a backend's own keys are TrainConfig's section of its name
+        assert b.name in fields and fields[b.name].default_factory is b.section, b.name
+
+
+def test_nothing_outside_the_backends_names_one():
+    found = backend_naming()
+    assert not found, f"backend names outside train/backends/ (ask the registry, train/backends/__init__.py): {found}"
+
+
+def test_the_checker_sees_a_backend_named():
+    planted = ("import deepspeed.comm\nfrom nca_scale.train.backends.megatron.engine import MegatronEngine\n"
+               "from nca_scale.train.backends import torch\nimport torch.nn\nfrom nca_scale.train import backends\n"
+               "def f(cfg):\n    return cfg.backend == 'megatron' or cfg.deepspeed.zero or replace(cfg, torch=1)\n")
+    got = [hit.split(": ", 1)[1] for hit in naming(planted, "planted.py", backend_folders())]
+    assert got == ["deepspeed.comm", "nca_scale.train.backends.megatron.engine", "nca_scale.train.backends.torch",
+                   "'megatron'", ".deepspeed", "torch="], got

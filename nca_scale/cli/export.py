@@ -78,7 +78,7 @@ def export_main(args: list[str]) -> int:
 
 def import_main(args: list[str]) -> int:
     from nca_scale.model import hf
-    from nca_scale.train import checkpoint
+    from nca_scale.train import backends, checkpoint
     from nca_scale.train.checkpoint import commit as checkpoint_commit
     from nca_scale.train.config import TrainConfig
 
@@ -88,10 +88,10 @@ def import_main(args: list[str]) -> int:
     if checkpoint.is_complete(out):
         raise UserError(f"{out} already holds a checkpoint; choose a new out=")
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {k: v.contiguous() for k, v in tensors.items()}}, out / "state.pt")
+    train_cfg = TrainConfig(model=cfg, out=str(out), steps=0)  # the default backend's checkpoint
+    backends.format_of(train_cfg.backend).write_weights(out, tensors)
     if (Path(src) / "tokenizer.model").is_file():
         shutil.copyfile(Path(src) / "tokenizer.model", out / "tokenizer.model")
-    train_cfg = TrainConfig(model=cfg, backend="torch", out=str(out), steps=0)
     checkpoint_commit.write_meta(out, train_cfg, step=0, tokens=0)
     meta = json.loads((out / checkpoint.META).read_text())
     meta["imported_from"] = {"path": str(Path(src).resolve()), "max_position_embeddings": conf.get("max_position_embeddings"),

@@ -96,7 +96,7 @@ class Estimate:
 def stage_memory(model, seq_len: int, layout: Layout) -> RankMemory:
     """The pipeline stage with the most bytes (the first holds the most micro-batches in flight, the last the
     logits); DP rank 0."""
-    stages = {0, layout.pp - 1} if layout.backend == "megatron" else {0}
+    stages = {0, layout.pp - 1}
     return max((rank_memory(model, seq_len, layout, s) for s in stages), key=lambda m: m.total)
 
 
@@ -120,12 +120,11 @@ def step_time(model, seq_len: int, layout: Layout, hw: Hardware, gpus_per_node: 
     if dp == 1:
         reduce = gather = 0.0
         hide_reduce = hide_gather = 0.0
-    elif layout.backend == "deepspeed" and layout.zero == 3:
+    elif (traffic := layout.backend.dp_traffic(layout)) == "gathered":
         reduce = layout.grad_accum * share * memory.params * ab / bw
         gather = 2 * layout.grad_accum * share * memory.params * ab / bw
         hide_reduce, hide_gather = 2 / 3 * compute, 1 / 3 * compute
-    elif (layout.backend == "megatron" and layout.distributed_optimizer) or (
-            layout.backend == "deepspeed" and layout.zero >= 1):
+    elif traffic == "sharded":
         reduce, gather = share * memory.grads / bw, share * memory.weights / bw
         hide_reduce, hide_gather = 2 / 3 * per_micro, 1 / 3 * per_micro
     else:
@@ -157,13 +156,13 @@ def candidates(model, seq_len: int, batch: int, base: Layout, micro_cap: int, hw
     out = []
     shapes = [(n, gpus_per_node) for n in range(1, nodes + 1)]
     shapes += [(1, g) for g in _divisors(gpus_per_node) if g < gpus_per_node]
-    megatron = base.backend == "megatron"
+    split = base.backend.model_parallel  # TP and PP layouts
     for n, g in shapes:
         world = n * g
-        tps = [t for t in _divisors(g) if megatron and not (model.n_heads % t or model.kv_heads % t
+        tps = [t for t in _divisors(g) if split and not (model.n_heads % t or model.kv_heads % t
                                                             or model.vocab_size % t or model.ffn % t)] or [1]
         for tp in tps:
-            pps = [p for p in _divisors(model.n_layers) if megatron and (world // tp) % p == 0] or [1]
+            pps = [p for p in _divisors(model.n_layers) if split and (world // tp) % p == 0] or [1]
             for pp in pps:
                 if world % (tp * pp):
                     continue
@@ -172,7 +171,7 @@ def candidates(model, seq_len: int, batch: int, base: Layout, micro_cap: int, hw
                     continue
                 share = batch // dp
                 for micro in [m for m in _divisors(share) if m <= micro_cap]:
-                    for rec in ((False, "selective", "full") if megatron else (base.recompute,)):
+                    for rec in ((False, "selective", "full") if split else (base.recompute,)):
                         layout = replace(base, tp=tp, pp=pp, dp=dp, vpp=1, micro_batch=micro,
                                          grad_accum=share // micro, recompute=rec,
                                          sequence_parallel=base.sequence_parallel and tp > 1)

@@ -3,18 +3,10 @@ activations, as arithmetic (no tensors). The launch layer's planner picks layout
 train/simulate.py builds the same ranks for real (meta device, fake process group) and tests check that the
 weight, gradient and optimizer bytes here equal those of the real tensors exactly.
 
-Anchors (docs/gpu.md, "Memory and layout planner"):
-- megatron-core's DDP buffers and distributed optimizer (megatron/core/distributed/param_and_grad_buffer.py,
-  optimizer/distrib_optimizer.py, 0.16): one contiguous buffer per model chunk, parameters laid out in reverse
-  registration order, each start padded to 64 elements, buckets of max(4e7, 1e6 x dp) elements (overlapped
-  reduce, first chunk of the first pipeline stage only) ending on a multiple of lcm(dp, 128); bf16 parameters
-  and fp32 gradients (grad_reduce_in_fp32), and per DP rank fp32 main parameters and Adam moments of its share
-  of every bucket. Per parameter that is 6 + 12/dp bytes, the figure of megatron-core's distributed optimizer
-  documentation (bf16 parameters, fp32 gradients).
-- DeepSpeed ZeRO-3 (deepspeed/runtime/zero/stage3.py, 0.19): each parameter partitioned into ceil(n / dp)
-  elements per rank (bf16), an fp32 flat copy and Adam moments of those partitions, a bf16 gradient partition
-  buffer and one bf16 reduce bucket; ZeRO's paper (Rajbhandari et al. 2020, Figure 1): 16 bytes per parameter
-  over dp ranks, 1.9 GB per GPU for 7.5B parameters on 64 GPUs.
+What a backend keeps of the weights, gradients and optimizer state is the backend's own arithmetic, in its folder
+(train/backends/<name>/memory.py, anchored there on its library's buffers): a Layout carries it as `backend` (a
+`Sharding`), since this layer sits below train and cannot look a backend up by name. Here is what does not depend
+on the backend (docs/gpu.md, "Memory and layout planner"):
 - Activations: the tensors autograd keeps for the backward, counted per tensor for this project's layer (RMSNorm,
   fused QKV, RoPE, flash-style attention that stores no s x s scores, SwiGLU) as Korthikanti et al. (2022)
   count them for GPT; pipeline stages hold the micro-batches 1F1B keeps in flight (Megatron-LM's
@@ -25,17 +17,40 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from nca_scale.model.config import ModelConfig, layer_params
+from nca_scale.model.config import ModelConfig
 
 GB = 1e9
+
+
+class Sharding(Protocol):
+    """A backend's part of the arithmetic: how it lays a model's states over the ranks (Layout.backend)."""
+
+    native: bool  # its model is the native Llama (model/llama.py), not megatron-core's fused-QKV layer
+    model_parallel: bool  # it splits the model over TP ranks and pipeline stages
+
+    def settings(self, cfg) -> dict:
+        """Its Layout keys (distributed_optimizer, zero, overlap_grad_reduce) from a TrainConfig."""
+
+    def describe(self, layout: Layout) -> str:
+        """The layout's parallelism, e.g. `tp 2 x pp 1 x dp 4`."""
+
+    def states(self, cfg: ModelConfig, layout: Layout, stage: int, dp_rank: int) -> tuple[int, int, int, int, int]:
+        """(parameters, weight, gradient, optimizer, transient bytes) of one rank: pipeline stage `stage`, DP rank
+        `dp_rank`; transient: a state that exists only for a moment (ZeRO-3's gathered layer)."""
+
+    def dp_traffic(self, layout: Layout) -> Literal["gathered", "sharded", "replicated"]:
+        """What its DP group exchanges per step (launch/planner.py): the parameters gathered for every
+        micro-batch and the gradients reduce-scattered (gathered), the gradients reduce-scattered and the updated
+        parameters gathered once (sharded), or the gradients all-reduced (replicated)."""
 
 
 @dataclass(frozen=True)
 class Layout:
     """How one training run is spread over GPUs, and what each GPU computes at a time."""
 
-    backend: str = "megatron"  # megatron | deepspeed | torch
+    backend: Sharding
     tp: int = 1
     pp: int = 1
     dp: int = 1
@@ -56,13 +71,7 @@ class Layout:
         return self.tp * self.pp * self.dp
 
     def describe(self) -> str:
-        if self.backend == "deepspeed":
-            par = f"ZeRO-{self.zero} x dp {self.dp}"
-        elif self.backend == "megatron":
-            par = f"tp {self.tp} x pp {self.pp}" + (f" (vpp {self.vpp})" if self.vpp > 1 else "") + f" x dp {self.dp}"
-            par += ", distributed optimizer" if self.distributed_optimizer else ""
-        else:
-            par = f"DDP x dp {self.dp}"
+        par = self.backend.describe(self)
         rec = "" if not self.recompute else f", recompute {'full' if self.recompute is True else self.recompute}"
         return f"{par}; micro-batch {self.micro_batch} x {self.grad_accum} accumulation{rec}"
 
@@ -96,149 +105,21 @@ class RankMemory:
         return f"{self.total / GB:.1f} GB (" + ", ".join(f"{k} {v / GB:.2f}" for k, v in parts if v) + ")"
 
 
-def _bytes(precision: str) -> int:
+def dtype_bytes(precision: str) -> int:
     return 2 if precision == "bf16" else 4
 
 
-# ---- megatron-core ------------------------------------------------------------------------------------------
-def megatron_chunk_params(cfg: ModelConfig, tp: int, pp: int, stage: int, vpp: int = 1,
-                          chunk: int = 0) -> list[tuple[int, bool]]:
-    """(elements, shared_embedding) of each parameter of model chunk `chunk` on pipeline stage `stage`, one TP
-    rank, in GPTModel's registration order (local spec: embedding, per layer input norm, linear_proj, linear_qkv,
-    pre-MLP norm, fc1, fc2; final norm; output layer)."""
-    d, v = cfg.d_model, cfg.vocab_size
-    first = stage == 0 and chunk == 0
-    last = stage == pp - 1 and chunk == vpp - 1
-    tied = cfg.tie_embeddings
-    out: list[tuple[int, bool]] = []
-    if first:
-        out.append((v // tp * d, tied and not last))
-    qkv = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim // tp * d
-    for _ in range(cfg.n_layers // (pp * vpp)):
-        out += [(d, False), (d * cfg.n_heads * cfg.head_dim // tp, False), (qkv, False), (d, False),
-                (2 * cfg.ffn // tp * d, False), (cfg.ffn // tp * d, False)]
-    if last:
-        out.append((d, False))
-        if not tied or not first:
-            out.append((v // tp * d, tied))
-    return out
+def moment_bytes(optimizer: str) -> int:
+    """Optimizer state per parameter: Adam's two fp32 moments, nothing for plain SGD."""
+    return {"sgd": 0, "adam": 8, "adamw": 8}[optimizer]
 
 
-@dataclass(frozen=True)
-class Buffer:
-    """megatron-core's _ParamAndGradBuffer layout: total padded elements, each parameter's [start, end), and the
-    buckets' [start, end)."""
-
-    numel: int
-    params: list[tuple[int, int]]
-    buckets: list[tuple[int, int]]
-
-
-def megatron_buffer(params: list[tuple[int, bool]], dp: int, bucket_size: int | None,
-                    distributed_optimizer: bool) -> Buffer:
-    """The layout of one chunk's buffer, as _ParamAndGradBuffer.__init__ computes it (reverse order, 64-element
-    aligned starts and lcm(dp, 128)-aligned bucket ends with the distributed optimizer)."""
-    def pad(n: int, k: int) -> int:
-        return -(-n // k) * k
-
-    end_pad = math.lcm(dp, 128) if distributed_optimizer else 1
-    start_pad = 64 if distributed_optimizer else 1
-    starts: list[tuple[int, int]] = []
-    buckets: list[tuple[int, int]] = []
-    pos = bucket_start = 0
-    in_bucket = 0
-    end = 0
-    for numel, shared in params[::-1]:
-        pos = pad(pos, start_pad)
-        if shared and distributed_optimizer and in_bucket:
-            buckets.append((bucket_start, pad(pos, end_pad)))
-            pos = bucket_start = buckets[-1][1]
-            in_bucket = 0
-        end = pos + numel
-        starts.append((pos, end))
-        in_bucket += 1
-        if (bucket_size is not None and end - bucket_start >= bucket_size) or (shared and distributed_optimizer):
-            buckets.append((bucket_start, pad(end, end_pad)))
-            pos = bucket_start = buckets[-1][1]
-            in_bucket = 0
-        else:
-            pos = end
-    if in_bucket:
-        buckets.append((bucket_start, pad(end, end_pad)))
-    return Buffer(buckets[-1][1] if buckets else 0, starts, buckets)
-
-
-def megatron_bucket_size(layout: Layout, stage: int, chunk: int) -> int | None:
-    """Elements per gradient bucket of a chunk: megatron-core buckets only the first chunk of the first stage,
-    and only with an overlapped reduce."""
-    if not layout.overlap_grad_reduce or stage > 0 or chunk > 0:
-        return None
-    return layout.bucket_size or max(40_000_000, 1_000_000 * layout.dp)
-
-
-def megatron_shard_elements(buf: Buffer, dp: int, dp_rank: int) -> tuple[int, int]:
-    """(elements, parameters) of the buffer that DP rank `dp_rank`'s distributed optimizer owns: its 1/dp of every
-    bucket, intersected with the parameters (padding holds no optimizer state)."""
-    elements = count = 0
-    for b0, b1 in buf.buckets:
-        share = (b1 - b0) // dp
-        r0, r1 = b0 + dp_rank * share, b0 + (dp_rank + 1) * share
-        for p0, p1 in buf.params:
-            n = min(p1, r1) - max(p0, r0)
-            if n > 0:
-                elements += n
-                count += 1
-    return elements, count
-
-
-def megatron_states(cfg: ModelConfig, layout: Layout, stage: int, dp_rank: int = 0) -> tuple[int, int, int, int]:
-    """(parameters, weight bytes, gradient bytes, optimizer bytes) of one megatron rank: weights are the bf16
-    parameter buffer with the distributed optimizer (else the parameters), gradients the fp32 grad buffer,
-    optimizer = fp32 main parameters (bf16 runs) + Adam moments of the rank's share (Adam's per-parameter step
-    scalars are not counted)."""
-    pb = _bytes(layout.precision)
-    params = weights = grads = optimizer = 0
-    state = {"sgd": 0, "adam": 8, "adamw": 8}[layout.optimizer]
-    main = 4 if layout.precision == "bf16" else 0
-    for chunk in range(layout.vpp):
-        plist = megatron_chunk_params(cfg, layout.tp, layout.pp, stage, layout.vpp, chunk)
-        n = sum(p for p, _ in plist)
-        params += n
-        buf = megatron_buffer(plist, layout.dp, megatron_bucket_size(layout, stage, chunk), layout.distributed_optimizer)
-        grads += buf.numel * 4
-        if layout.distributed_optimizer:
-            weights += buf.numel * pb
-            owned, _ = megatron_shard_elements(buf, layout.dp, dp_rank)
-            optimizer += owned * (main + state)
-        else:
-            weights += n * pb
-            optimizer += n * (main + state)
-    return params, weights, grads, optimizer
-
-
-# ---- DeepSpeed ----------------------------------------------------------------------------------------------
+# ---- the native Llama ---------------------------------------------------------------------------------------
 def native_params(cfg: ModelConfig) -> list[int]:
     """Elements of each parameter of the native Llama (torch and DeepSpeed backends), in registration order."""
     from nca_scale.model.layout import logical_shapes
 
     return [math.prod(s) for s in logical_shapes(cfg).values()]
-
-
-def deepspeed_states(cfg: ModelConfig, layout: Layout) -> tuple[int, int, int, int, int]:
-    """(parameters, weight, gradient, optimizer, transient bytes) of one ZeRO-3 rank: bf16 partitions of
-    ceil(n / dp) per parameter, a gradient partition buffer and one reduce bucket of `bucket_size` elements (d_model^2
-    by default, backends/deepspeed.zero_buckets), both in the model's dtype (DeepSpeed accumulates gradients in it
-    unless data_types.grad_accum_dtype says otherwise), fp32 partitions and Adam moments; transient:
-    the largest layer gathered in bf16 with its gradient (DeepSpeed's estimator's 4 x largest layer)."""
-    if layout.zero != 3:
-        raise ValueError("deepspeed_states models ZeRO-3")
-    numels = native_params(cfg)
-    part = sum(-(-n // layout.dp) for n in numels)
-    pb = _bytes(layout.precision)
-    state = {"sgd": 0, "adam": 8, "adamw": 8}[layout.optimizer]
-    bucket = layout.bucket_size or cfg.d_model ** 2
-    largest = max(layer_params(cfg), max(numels))
-    return sum(numels), part * pb, (part + bucket) * pb, part * (4 + state), 4 * largest
 
 
 # ---- activations --------------------------------------------------------------------------------------------
@@ -289,10 +170,10 @@ def in_flight(layout: Layout, stage: int) -> float:
 def activation_bytes(cfg: ModelConfig, seq_len: int, layout: Layout, stage: int = 0) -> tuple[int, int]:
     """(activation bytes of the layers, bytes of the logits and loss) on pipeline stage `stage` at its peak."""
     tokens = layout.micro_batch * seq_len
-    ab = _bytes(layout.precision)
-    tp = layout.tp if layout.backend == "megatron" else 1
+    ab = dtype_bytes(layout.precision)
+    tp = layout.tp if layout.backend.model_parallel else 1
     sp = layout.sequence_parallel and tp > 1
-    native = layout.backend != "megatron"
+    native = layout.backend.native
     per_layer, per_layer32 = layer_activation_elements(cfg, tp, sp, layout.recompute, native)
     layers = cfg.n_layers // layout.pp
     acts = tokens * layers * (per_layer * ab + per_layer32 * 4) * in_flight(layout, stage)
@@ -311,29 +192,15 @@ def logits_transient(cfg: ModelConfig, seq_len: int, layout: Layout, stage: int)
     (and the logits' gradient next to the fp32 one in the backward)."""
     if stage != layout.pp - 1:
         return 0
-    tp = layout.tp if layout.backend == "megatron" else 1
-    return int(layout.micro_batch * seq_len * cfg.vocab_size / tp * _bytes(layout.precision))
+    tp = layout.tp if layout.backend.model_parallel else 1
+    return int(layout.micro_batch * seq_len * cfg.vocab_size / tp * dtype_bytes(layout.precision))
 
 
 def rank_memory(cfg: ModelConfig, seq_len: int, layout: Layout, stage: int = 0, dp_rank: int = 0) -> RankMemory:
-    """Every byte class of one rank: pipeline stage `stage` (megatron), DP rank `dp_rank`."""
+    """Every byte class of one rank: pipeline stage `stage`, DP rank `dp_rank`."""
     acts, logits = activation_bytes(cfg, seq_len, layout, stage)
-    if layout.backend == "deepspeed" and layout.zero == 3:
-        params, w, g, o, transient = deepspeed_states(cfg, layout)
-        return RankMemory(params, w, g, o, acts, logits, transient + logits_transient(cfg, seq_len, layout, stage))
-    if layout.backend == "megatron":
-        params, w, g, o = megatron_states(cfg, layout, stage, dp_rank)
-        return RankMemory(params, w, g, o, acts, logits, logits_transient(cfg, seq_len, layout, stage))
-    # torch DDP / DeepSpeed ZeRO 0-2: replicated weights (fp32 master when bf16 autocasts: the weights are fp32)
-    n = sum(native_params(cfg))
-    state = {"sgd": 0, "adam": 8, "adamw": 8}[layout.optimizer]
-    shard = layout.dp if layout.backend == "deepspeed" and layout.zero >= 1 else 1
-    grad_shard = layout.dp if layout.backend == "deepspeed" and layout.zero >= 2 else 1
-    pb = _bytes(layout.precision)
-    extra = logits_transient(cfg, seq_len, layout, stage)
-    if layout.backend == "deepspeed":
-        return RankMemory(n, n * pb, n * 4 // grad_shard, n * (4 + state) // shard, acts, logits, extra)
-    return RankMemory(n, n * 4, n * 4, n * state, acts, logits, extra)
+    params, w, g, o, transient = layout.backend.states(cfg, layout, stage, dp_rank)
+    return RankMemory(params, w, g, o, acts, logits, transient + logits_transient(cfg, seq_len, layout, stage))
 
 
 def step_flops(cfg: ModelConfig, seq_len: int, layout: Layout, tokens_per_step: int) -> float:

@@ -18,16 +18,10 @@ from nca_scale.data.dyck import DyckConfig
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
 from nca_scale.nca.config import NCAConfig
-from nca_scale.train import dist
-from nca_scale.train.config_sections import (
-    CheckpointConfig,
-    DeepSpeedConfig,
-    MegatronConfig,
-    ParallelConfig,
-)
+from nca_scale.train import backends, dist
+from nca_scale.train.backends import DeepSpeedConfig, MegatronConfig
+from nca_scale.train.config_sections import CheckpointConfig, ParallelConfig
 from nca_scale.train.config_versions import CONFIG_VERSION, FLAT_ALIASES, upgrade
-
-BACKENDS = ("torch", "megatron", "deepspeed")
 
 
 def from_args(args: list[str], world: int | None = None) -> TrainConfig:
@@ -207,7 +201,7 @@ class TrainConfig:
     # reference runs); resolved on the machine that trains (`resolved`), the start-up line says which and why
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
-    backend: str = "torch"  # torch | megatron | deepspeed
+    backend: str = backends.DEFAULT  # torch | megatron | deepspeed (train/backends/: the registry)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     megatron: MegatronConfig = field(default_factory=MegatronConfig)  # read by backend=megatron only
@@ -298,20 +292,16 @@ class TrainConfig:
         data = self.data.with_shape()
         return replace(self, data=data, model=self.model.with_vocab(data.vocab_size),
                        micro_batch=self.chosen_micro_batch(),
-                       precision=self.chosen_precision()[0], megatron=replace(self.megatron, **self.chosen_overlap()))
+                       precision=self.chosen_precision()[0]).on_device()
 
-    def chosen_overlap(self) -> dict[str, bool]:
-        """megatron's overlap keys made concrete for this device (null: on with a GPU); other backends keep them
-        null. Parameters are gathered in the forward only with the distributed optimizer and the gradient reduce
-        overlapped (megatron-core's schedule needs both)."""
-        if self.backend != "megatron":
-            return {}
-        gpu, m = dist.device().type == "cuda", self.megatron
-        grad = gpu if m.overlap_grad_reduce is None else m.overlap_grad_reduce
-        param = m.overlap_param_gather
-        if param is None:
-            param = gpu and grad and m.distributed_optimizer
-        return {"overlap_grad_reduce": grad, "overlap_param_gather": param}
+    def on_device(self, gpu: bool | None = None) -> TrainConfig:
+        """The backend's section with its device-dependent keys made concrete for a GPU or not (None: this
+        device) by its on_device (megatron's overlaps: null = on with a GPU); other backends' sections keep theirs."""
+        name = self.backend
+        section = getattr(self, name) if backends.get(name).section else None
+        if not hasattr(section, "on_device"):
+            return self
+        return replace(self, **{name: section.on_device(dist.device().type == "cuda" if gpu is None else gpu)})
 
     def chosen_precision(self) -> tuple[str, str]:
         """(precision, why): the config's own, or for precision=auto bf16 on a GPU and fp32 elsewhere."""
@@ -327,17 +317,13 @@ class TrainConfig:
         self.model.validate()
         self.data.validate()
         self.optim.validate()
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.parallel.validate(self.backend)
-        self.checkpoint.validate(self.backend)
-        self.megatron.validate(self.backend, self.optim.name)
-        self.deepspeed.validate(self.backend, self.optim.name)
-        # asked only for DeepSpeed ZeRO-0: precision=auto resolves through the device (a CUDA context on a GPU)
-        if self.backend == "deepspeed" and self.deepspeed.zero == 0 and self.chosen_precision()[0] == "bf16":
-            # ZeRO-0 bf16 runs DeepSpeed's fp16 loss-scaling wrapper: 2e-3 off the bf16 loss in 10 steps, ZeRO-1..3 5e-5
-            raise UserError("DeepSpeed bf16 needs ZeRO (its ZeRO-0 bf16 path drifts from the bf16 reference); set "
-                            "deepspeed.zero=1, or precision=fp32")
+        backend = backends.get(self.backend)  # one line for an unknown name
+        self.parallel.validate(backend)
+        self.checkpoint.validate(backend)
+        for b in backends.sections():  # each refuses its keys that another backend does not read
+            getattr(self, b.name).validate(self.backend, self.optim.name)
+        if backend.check:
+            backend.check(self)
         self._validate_backend_keys()
         self._validate_loop()
         self._validate_layout()
@@ -347,15 +333,15 @@ class TrainConfig:
         """A key of another backend's section set to anything but its default would be silently ignored (e.g.
         megatron.distributed_optimizer=false with backend=torch): refused, as the sections' own checks do for
         theirs."""
-        for section, owner in (("megatron", "megatron"), ("deepspeed", "deepspeed")):
-            if self.backend == owner:
+        for owner in backends.sections():
+            if self.backend == owner.name:
                 continue
-            ours, default = getattr(self, section), type(getattr(self, section))()
+            ours, default = getattr(self, owner.name), owner.section()
             for name in ours.__dataclass_fields__:
                 if (value := getattr(ours, name)) != getattr(default, name):
                     value = str(value).lower() if isinstance(value, bool) else value
-                    raise UserError(f"{section}.{name}={value} is a {owner} setting and backend="
-                                    f"{self.backend} does not read it; drop it, or set backend={owner}")
+                    raise UserError(f"{owner.name}.{name}={value} is a {owner.name} setting and backend="
+                                    f"{self.backend} does not read it; drop it, or set backend={owner.name}")
 
     def _validate_loop(self) -> None:
         if self.overwrite and self.resume != "never":
@@ -374,7 +360,7 @@ class TrainConfig:
         for name in ("dist_timeout_s", "rank0_timeout_s"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name}={getattr(self, name)} must be > 0 (seconds)")
-        if self.recompute == "selective" and self.backend != "megatron":
+        if self.recompute == "selective" and not backends.get(self.backend).selective_recompute:
             raise UserError(f"recompute=selective is megatron's (it recomputes the core attention); backend="
                             f"{self.backend} recomputes whole layers: set recompute=full")
         if self.init_from is not None and not os.path.exists(self.init_from):

@@ -9,8 +9,8 @@ is built on the CPU with random weights and runs one training step on random tok
 fake group return without communicating, so the loss is this rank's own, not the job's).
 
 Each simulated rank reports its parameter count and the bytes of its weights, gradients and optimizer state,
-counted from the real objects, next to the planner's arithmetic for the same rank (model/memory.py), which must
-agree exactly, and the planner's activation estimate.
+counted from the real objects (the backend's Simulation.count), next to the planner's arithmetic for the same rank
+(model/memory.py and the backend's memory.py), which must agree exactly, and the planner's activation estimate.
 
 `nca-scale train CONFIG simulate=NODESxGPUS` runs this instead of training (cli/train.py)."""
 
@@ -33,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 from nca_scale.errors import UserError
 from nca_scale.model.layout import logical_shapes
 from nca_scale.model.memory import GB, Layout, RankMemory, rank_memory
+from nca_scale.train import backends
 from nca_scale.train import dist as tdist
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
@@ -74,14 +75,10 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def gpu_settings(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with what a GPU rank would choose (precision=auto -> bf16, megatron's overlaps on); checkpoint writes
-    synchronous (nothing is written here). Reads no data."""
+    """`cfg` with what a GPU rank would choose (precision=auto -> bf16, the backend's device keys: megatron's
+    overlaps on); checkpoint writes synchronous (nothing is written here). Reads no data."""
     precision = "bf16" if cfg.precision == "auto" else cfg.precision
-    m = cfg.megatron
-    grad = True if m.overlap_grad_reduce is None else m.overlap_grad_reduce
-    param = (grad and m.distributed_optimizer) if m.overlap_param_gather is None else m.overlap_param_gather
-    megatron = replace(m, overlap_grad_reduce=grad, overlap_param_gather=param) if cfg.backend == "megatron" else m
-    return replace(cfg, precision=precision, megatron=megatron, checkpoint=replace(cfg.checkpoint, asynchronous=False))
+    return replace(cfg, precision=precision, checkpoint=replace(cfg.checkpoint, asynchronous=False)).on_device(gpu=True)
 
 
 def gpu_config(cfg: TrainConfig) -> TrainConfig:
@@ -91,30 +88,28 @@ def gpu_config(cfg: TrainConfig) -> TrainConfig:
 
 def layout_of(cfg: TrainConfig) -> Layout:
     """The planner's Layout of a TrainConfig (resolved or not: the micro-batch its world size runs)."""
-    return Layout(backend=cfg.backend, tp=cfg.parallel.tp, pp=cfg.parallel.pp, dp=cfg.data_parallel,
+    sharding = backends.get(cfg.backend).load_memory()
+    return Layout(backend=sharding, tp=cfg.parallel.tp, pp=cfg.parallel.pp, dp=cfg.data_parallel,
                   vpp=cfg.parallel.vpp, micro_batch=cfg.chosen_micro_batch(), grad_accum=cfg.grad_accum,
-                  precision=cfg.precision, distributed_optimizer=cfg.megatron.distributed_optimizer,
-                  zero=cfg.deepspeed.zero, recompute=cfg.recompute, sequence_parallel=cfg.parallel.sequence_parallel,
-                  overlap_grad_reduce=bool(cfg.megatron.overlap_grad_reduce) if cfg.backend == "megatron" else True,
-                  bucket_size=cfg.parallel.bucket_size, optimizer=cfg.optim.name)
+                  precision=cfg.precision, recompute=cfg.recompute, sequence_parallel=cfg.parallel.sequence_parallel,
+                  bucket_size=cfg.parallel.bucket_size, optimizer=cfg.optim.name, **sharding.settings(cfg))
+
+
+def _simulation(cfg: TrainConfig):
+    """The backend's Simulation (backends/base.py)."""
+    return backends.get(cfg.backend).load_simulation()
 
 
 def roles(cfg: TrainConfig) -> list[int]:
-    """The global ranks whose memory differs in kind: TP rank 0, DP rank 0 of the first and of the last pipeline
-    stage (megatron's rank order: tp fastest, then dp, then pp)."""
-    if cfg.backend != "megatron" or cfg.parallel.pp == 1:
-        return [0]
-    return [0, cfg.parallel.tp * cfg.data_parallel * (cfg.parallel.pp - 1)]
+    """The global ranks whose memory differs in kind (megatron: TP rank 0, DP rank 0 of the first and of the last
+    pipeline stage)."""
+    return _simulation(cfg).roles(cfg)
 
 
 def simulate(cfg: TrainConfig, ranks: list[int] | None = None, real: bool = False) -> list[RankReport]:
     """Build `ranks` (default: `roles`) of `cfg`'s layout (cfg validated for its world size, parallel.nproc) one
     after another in this process; real=True builds on the CPU and runs one step."""
-    if cfg.backend == "torch":
-        raise UserError("simulate= builds megatron or DeepSpeed ranks; backend=torch replicates the whole model on "
-                        "every rank (its memory is the planner's: nca-scale submit ... dry_run=true)")
-    if cfg.backend == "deepspeed" and cfg.deepspeed.zero != 3:
-        raise UserError(f"simulate= models DeepSpeed ZeRO-3 (deepspeed.zero={cfg.deepspeed.zero})")
+    _simulation(cfg).refuse(cfg)
     if dist.is_initialized():
         raise UserError("simulate= runs in a process without a process group (not under torchrun/srun)")
     cfg = gpu_config(cfg)
@@ -126,8 +121,9 @@ def simulate(cfg: TrainConfig, ranks: list[int] | None = None, real: bool = Fals
 
 
 @contextlib.contextmanager
-def _fake_group(rank: int, world: int):
-    """The fake process group as rank `rank` of `world`; megatron's gloo side groups become fake groups too."""
+def _fake_group(rank: int, world: int, teardown):
+    """The fake process group as rank `rank` of `world`; gloo side groups (megatron's) become fake groups too;
+    `teardown()` after it is destroyed."""
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     env = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": "0"}
@@ -148,19 +144,8 @@ def _fake_group(rank: int, world: int):
     finally:
         sys.excepthook = hook
         dist.new_group = new_group
-        with contextlib.suppress(Exception):
-            from megatron.core import parallel_state
-
-            parallel_state.destroy_model_parallel()
         dist.destroy_process_group()
-        if "deepspeed" in sys.modules:  # DeepSpeed's handles on the groups just destroyed
-            import deepspeed.comm.comm as ds_comm
-            from deepspeed.utils import groups
-
-            ds_comm.cdb = None
-            for name, value in vars(groups).items():
-                if name.startswith("_") and name.isupper() and isinstance(value, (dist.ProcessGroup, dict)):
-                    setattr(groups, name, None if isinstance(value, dist.ProcessGroup) else {})
+        teardown()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -211,23 +196,15 @@ def _on_meta(cpu: bool):
 def built(cfg: TrainConfig, rank: int, real: bool = False):
     """The engine of global rank `rank` of `cfg` (resolved, validated for its world size) on the fake process
     group, on the meta device unless `real`; the group is torn down on exit."""
-    from nca_scale.train import backends, cpu_compat
-
-    if cfg.backend == "megatron":
-        cpu_compat.activate()
-    else:
-        cpu_compat.activate_deepspeed()
+    sim = _simulation(cfg)
+    cfg = sim.prepare(cfg, real)
     shapes = logical_shapes(cfg.model)
     if real:
         weights = lambda name: _random(shapes[name], name, cfg)  # noqa: E731
     else:
         weights = lambda name: torch.empty(shapes[name], device=_META)  # noqa: E731
-        if cfg.backend == "deepspeed":
-            # zero.Init's partitioned build broadcasts each initial tensor from rank 0, which meta tensors cannot
-            # be; ZeRO-3 then partitions the whole model at deepspeed.initialize instead, into the same partitions
-            cfg = replace(cfg, deepspeed=replace(cfg.deepspeed, zero_init=False))
-    with _fake_group(rank, cfg.world):
-        with contextlib.nullcontext() if real else _on_meta(cpu=cfg.backend == "deepspeed"):
+    with _fake_group(rank, cfg.world, sim.teardown):
+        with contextlib.nullcontext() if real else _on_meta(cpu=sim.meta_cpu):
             engine = backends.build(cfg, weights, set())
         yield engine
 
@@ -247,12 +224,7 @@ def _random(shape: tuple[int, ...], name: str, cfg: TrainConfig) -> torch.Tensor
 def _one(cfg: TrainConfig, rank: int, real: bool) -> RankReport:
     t0 = time.perf_counter()
     with built(cfg, rank, real) as engine:
-        if cfg.backend == "megatron":
-            role, stage, dp_rank = _megatron_role()
-            params, w, g, o = megatron_bytes(engine)
-        else:
-            role, stage, dp_rank = f"dp {dist.get_rank()}", 0, dist.get_rank()
-            params, w, g, o = deepspeed_bytes(engine)
+        role, stage, dp_rank, (params, w, g, o) = _simulation(cfg).count(engine)
         loss = step(cfg, engine) if real else None
     if stage != cfg.parallel.pp - 1:
         loss = None  # the loss exists on the last pipeline stage only
@@ -260,73 +232,6 @@ def _one(cfg: TrainConfig, rank: int, real: bool) -> RankReport:
     report = RankReport(rank, role, params, w, g, o, planned, time.perf_counter() - t0, real, loss)
     log.info(report.describe())
     return report
-
-
-def _megatron_role() -> tuple[str, int, int]:
-    from megatron.core import parallel_state as ps
-
-    tp, pp, dp = (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
-                  ps.get_data_parallel_rank())
-    return f"tp {tp} pp {pp} dp {dp}", pp, dp
-
-
-def megatron_bytes(engine) -> tuple[int, int, int, int]:
-    """(parameters, weight, gradient, optimizer bytes) of a built MegatronEngine: the DDP buffers' parameter
-    (distributed optimizer) and gradient storage, the optimizer's fp32 main parameters that are not views of the
-    model's, and its state tensors (Adam moments; the per-parameter step scalars are not counted). A step that has
-    not run yet gets its zero state first, as a save would (megatron.ensure_optimizer_state)."""
-    from nca_scale.train.backends.megatron import ensure_optimizer_state
-
-    params = weights = grads = 0
-    model = set()
-    for chunk in engine.chunks:
-        for p in chunk.parameters():
-            params += p.numel()
-            model.add(id(p))
-            if not any(b.param_data is not None for b in chunk.buffers):
-                weights += p.numel() * p.element_size()
-        for b in chunk.buffers:
-            grads += b.grad_data.numel() * b.grad_data.element_size()
-            if b.param_data is not None:
-                weights += b.param_data.numel() * b.param_data.element_size()
-    optimizer = 0
-    for opt in engine._optimizers():
-        if engine.cfg.megatron.distributed_optimizer:
-            ensure_optimizer_state(opt)
-        inner = opt.optimizer
-        for group in inner.param_groups:
-            for p in group["params"]:
-                if id(p) not in model and p._base is None:
-                    optimizer += p.numel() * p.element_size()
-        for state in inner.state.values():
-            optimizer += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t) and t.dim())
-    if not engine.cfg.megatron.distributed_optimizer and engine.cfg.optim.name != "sgd":
-        # torch Adam creates its moments at the first step: two fp32 tensors like each main parameter
-        if not any(opt.optimizer.state for opt in engine._optimizers()):
-            optimizer += sum(2 * p.numel() * 4 for opt in engine._optimizers()
-                             for g in opt.optimizer.param_groups for p in g["params"])
-    return params, weights, grads, optimizer
-
-
-def deepspeed_bytes(engine) -> tuple[int, int, int, int]:
-    """(parameters, weight, gradient, optimizer bytes) of a ZeRO-3 DeepSpeedEngine: the bf16 partitions of every
-    parameter, the fp32 gradient partition buffer and the reduce bucket, the fp32 flat partitions and Adam's moments
-    (made at the first step as zeros like the fp32 partitions: counted as such before it)."""
-    ds = engine.engine
-    params = weights = 0
-    for p in ds.module.parameters():
-        params += p.ds_numel
-        weights += p.ds_tensor.numel() * p.ds_tensor.element_size()
-    opt = ds.optimizer
-    grads = opt.grad_partitions_flat_buffer.numel() * opt.grad_partitions_flat_buffer.element_size()
-    grads += sum(b.buffer.numel() * b.buffer.element_size() for b in opt.ipg_buckets.values()
-                 if getattr(b, "buffer", None) is not None)
-    flat = sum(t.numel() * t.element_size() for t in opt.fp32_partitioned_groups_flat)
-    state = sum(t.numel() * t.element_size() for s in opt.optimizer.state.values() for t in s.values()
-                if torch.is_tensor(t) and t.dim())
-    if not state and engine.cfg.optim.name != "sgd":
-        state = 2 * flat
-    return params, weights, grads, flat + state
 
 
 class _EmptyAsZeros(TorchFunctionMode):

@@ -229,10 +229,7 @@ class Trainer:
 
 def run(cfg: TrainConfig, launch: Launch) -> FitOutcome:
     """Train `cfg` in this process, one rank of the training `launch` describes (entry.rank): how it ended."""
-    if cfg.backend == "megatron" and cfg.parallel.tp > 1:
-        # one hardware queue per GPU, so that megatron's TP communication overlaps the compute in issue order;
-        # CUDA reads it when this process creates its context (dist.init), which has not happened yet
-        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    backends.prepare_process(cfg)  # before this process creates its CUDA context (dist.init)
     precision, why = cfg.chosen_precision()  # before `resolved` makes precision=auto concrete
     cfg = cfg.resolved()
     with checkpoint.weights_only_loads(cfg.backend):  # every checkpoint this run reads, upstream loaders too

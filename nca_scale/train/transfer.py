@@ -17,12 +17,11 @@ import torch
 
 from nca_scale.errors import UserError
 from nca_scale.model.config import ModelConfig
-from nca_scale.model.layout import init_tensor, logical_shapes, split_qkv
-from nca_scale.train import checkpoint
+from nca_scale.model.layout import init_tensor, logical_shapes
+from nca_scale.train import backends, checkpoint
 from nca_scale.train.config import TrainConfig
 
 Weights = Callable[[str], torch.Tensor]
-DCP, LEGACY = "dcp", "state.pt"  # a torch-backend checkpoint's torch.distributed.checkpoint dir; before it, rank 0's file
 EMBEDDINGS = ("tok_emb.weight", "head.weight")
 MODULES = {"attn": ("attn.",), "mlp": ("mlp.",), "norm": ("attn_norm.", "mlp_norm.")}
 
@@ -131,38 +130,18 @@ def frozen_names(cfg: TrainConfig) -> set[str]:
 
 
 def read_logical(path: Path, model: ModelConfig) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a checkpoint under logical names, whichever backend wrote it; no optimizer state is
-    read where the format allows (torch DCP, megatron torch_dist: only the model's items are read)."""
+    """Full fp32 weights of a checkpoint under logical names, whichever backend wrote it (its Format's reader); no
+    optimizer state is read where the format allows."""
     meta = checkpoint.read_meta(path)
-    backend = meta["backend"]
-    with checkpoint.weights_only_loads(backend):  # zero_to_fp32 below passes weights_only=False itself
-        if backend == "torch" and (path / LEGACY).is_file():  # mmap: only the model's pages are read
-            return torch.load(path / LEGACY, map_location="cpu", weights_only=True, mmap=True)["model"]
-        if backend == "torch":
-            return read_dcp(path / DCP, "model.")
-        if backend == "deepspeed" and meta["layout"]["zero"] == 0:  # not a ZeRO checkpoint: one full copy
-            module = torch.load(path / "ds" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
-            return {k: v.float() for k, v in module.items()}
-        if backend == "deepspeed":
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-            return {k: v.float() for k, v in get_fp32_state_dict_from_zero_checkpoint(str(path), tag="ds").items()}
-        model_keys = [k for k in dcp_keys(path / "dist") if not k.startswith("optimizer")]
-        return _from_megatron(read_dcp(path / "dist", "", model_keys), model)
+    with checkpoint.weights_only_loads(meta["backend"]):
+        return backends.format_of(meta["backend"]).read_weights(path, meta, model)
 
 
 def logical_reader(path: Path, model: ModelConfig) -> Weights:
-    """logical name -> that tensor of a checkpoint, read when asked for: a torch DCP checkpoint is read tensor
-    by tensor, so a rank holds one source tensor at a time and reads only those its model part needs (a
-    pipeline stage its layers); a tensor is read whole even where a TP rank keeps a slice (DCP stores it as one
-    torch.save item). Other formats are read whole first (read_logical)."""
-    if checkpoint.read_meta(path)["backend"] == "torch" and not (path / LEGACY).is_file():
-        def read(name: str) -> torch.Tensor:
-            with checkpoint.weights_only_loads("torch"):
-                return read_dcp(path / DCP, "model.", ["model." + name])[name]
-
-        return read
-    return read_logical(path, model).__getitem__
+    """logical name -> that tensor of a checkpoint, read when asked for where its format can (a torch DCP
+    checkpoint: tensor by tensor), else read whole first (read_logical)."""
+    meta = checkpoint.read_meta(path)
+    return backends.format_of(meta["backend"]).weight_reader(path, meta, model)
 
 
 def dcp_keys(path: Path) -> list[str]:
@@ -188,25 +167,3 @@ def read_dcp(path: Path, prefix: str, keys: list[str] | None = None) -> dict[str
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(wanted, storage_reader=reader, no_dist=True)
     return {k[len(prefix):]: v for k, v in wanted.items()}
-
-
-def _from_megatron(sd: dict[str, torch.Tensor], model: ModelConfig) -> dict[str, torch.Tensor]:
-    """megatron-core's checkpoint names (layers stacked on dim 0, fc1 = [gate; up], fused per-group qkv, norms
-    stored as TE-style layer_norm_weight) -> logical names."""
-    out = {"tok_emb.weight": sd["embedding.word_embeddings.weight"], "norm.weight": sd["decoder.final_layernorm.weight"]}
-    if not model.tie_embeddings:
-        out["head.weight"] = sd["output_layer.weight"]
-    layers = "decoder.layers."
-    for i in range(model.n_layers):
-        p = f"layers.{i}."
-        q, k, v = split_qkv(model, sd[layers + "self_attention.linear_qkv.weight"][i])
-        gate, up = sd[layers + "mlp.linear_fc1.weight"][i].chunk(2)
-        out |= {
-            p + "attn_norm.weight": sd[layers + "self_attention.linear_qkv.layer_norm_weight"][i],
-            p + "attn.wq.weight": q, p + "attn.wk.weight": k, p + "attn.wv.weight": v,
-            p + "attn.wo.weight": sd[layers + "self_attention.linear_proj.weight"][i],
-            p + "mlp_norm.weight": sd[layers + "mlp.linear_fc1.layer_norm_weight"][i],
-            p + "mlp.w_gate.weight": gate, p + "mlp.w_up.weight": up,
-            p + "mlp.w_down.weight": sd[layers + "mlp.linear_fc2.weight"][i],
-        }
-    return {k: v.float().contiguous() for k, v in out.items()}

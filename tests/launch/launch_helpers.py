@@ -106,7 +106,8 @@ def final_weights(backend: str, ckpt: Path, tmp: Path) -> dict:
 
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="ds")
     if backend == "torch":
-        from nca_scale.train.transfer import DCP, read_dcp
+        from nca_scale.train.backends.torch.format import DCP
+        from nca_scale.train.transfer import read_dcp
 
         return read_dcp(ckpt / DCP, "model.")
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save

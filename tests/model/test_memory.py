@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from nca_scale.model.config import ModelConfig, param_counts
-from nca_scale.model.memory import (
-    GB,
-    Layout,
-    activation_bytes,
-    megatron_buffer,
-    megatron_shard_elements,
-    rank_memory,
-)
+from nca_scale.model.memory import GB, activation_bytes, rank_memory
+from nca_scale.model.memory import Layout as AnyLayout
+from nca_scale.train import backends
+from nca_scale.train.backends.megatron.memory import megatron_buffer, megatron_shard_elements
+
+Layout = partial(AnyLayout, backends.get("megatron").load_memory())  # the backends' arithmetic: train/backends/*/memory.py
+DEEPSPEED = backends.get("deepspeed").load_memory()
 
 PAPER = ModelConfig(n_layers=24, d_model=2048, n_heads=32, ffn_hidden=8192, vocab_size=64000)  # configs/model/paper-1.6b
 SEVEN_B = ModelConfig(n_layers=26, d_model=4096, n_heads=32, vocab_size=64000)  # configs/model/7b.yaml
@@ -48,7 +49,7 @@ def test_distributed_optimizer_is_the_documented_6_plus_12_over_dp_bytes_per_par
 def test_zero3_matches_the_zero_papers_figure_1():
     # ZeRO (Rajbhandari et al. 2020), Figure 1: 7.5B parameters, 64 GPUs, mixed-precision Adam (K = 12):
     # P_os+g+p = (2 + 2 + K) x 7.5B / 64 = 1.875 GB, printed as 1.9 GB
-    mem = rank_memory(SEVEN_B, 1024, Layout(backend="deepspeed", zero=3, dp=64, micro_batch=1, bucket_size=1))
+    mem = rank_memory(SEVEN_B, 1024, AnyLayout(DEEPSPEED, zero=3, dp=64, micro_batch=1, bucket_size=1))
     per_parameter = mem.states / (mem.params / 64)
     assert per_parameter == pytest.approx(16, rel=1e-3)
     assert round(per_parameter * 7.5e9 / 64 / GB, 1) == 1.9

@@ -1,7 +1,7 @@
 """The DeepSpeed backend on CPU/gloo with 2 processes: ZeRO 1/2/3 (and offload) reproduce the single process's
 losses, grad norms, gathered weights and Adam moments, with plain SGD too; bf16 ZeRO-3 matches the bf16 single
 process; resume is bit-exact in fp32 and bf16. (Nothing is JIT-compiled but DeepSpeedCPUAdam for offload, ~90 s
-on a fresh machine: cpu_compat keeps DeepSpeed from building its inference-only shm_comm op.)"""
+on a fresh machine: the engine keeps DeepSpeed from building its inference-only shm_comm op.)"""
 
 import os
 from pathlib import Path
@@ -122,7 +122,7 @@ def test_local_rank_becomes_the_device_index_with_one_gpu_per_task(monkeypatch, 
     LOCAL_RANK as the device index (set_device, zero.Init), which would be "invalid device ordinal"; the
     launcher's value stays the node-local rank for the node's shared files."""
     from nca_scale import files
-    from nca_scale.train.backends.deepspeed import local_rank_is_device
+    from nca_scale.train.backends.deepspeed.engine import local_rank_is_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
@@ -151,11 +151,11 @@ def _bf16_rope() -> None:
 
     from nca_scale.model.layout import init_tensor
     from nca_scale.model.llama import rope_tables
-    from nca_scale.train.backends.deepspeed import DeepSpeedEngine
+    from nca_scale.train import backends
     from nca_scale.train.config import from_args
 
     cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=deepspeed", "precision=bf16", "deepspeed.zero=1"]).resolved()
-    engine = DeepSpeedEngine(cfg, lambda name: init_tensor(cfg.model, name, 0), set())
+    engine = backends.build(cfg, lambda name: init_tensor(cfg.model, name, 0), set())
     module = engine.engine.module
     cos, sin = rope_tables(cfg.model.head_dim, cfg.seq_len, cfg.model.rope_theta)
     print(json.dumps({"dtypes": [str(module.rope_cos.dtype), str(module.rope_sin.dtype)],

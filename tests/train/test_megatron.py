@@ -160,8 +160,8 @@ def test_optimizer_layout_default_and_refusals():
     """fully_reshardable where the layout has TP or PP; checkpoints of earlier releases are dp_reshardable; the
     deprecated fully_sharded_model_space and keys without effect are refused."""
     from nca_scale.errors import UserError
+    from nca_scale.train.backends import MegatronConfig
     from nca_scale.train.checkpoint.select import _optimizer_layout
-    from nca_scale.train.config_sections import MegatronConfig
 
     m = MegatronConfig()
     assert [m.optimizer_sharding(tp, pp) for tp, pp in ((1, 1), (2, 1), (1, 2), (2, 2))] == [
@@ -226,7 +226,7 @@ def test_bf16_resume_is_bit_identical(megatron_tp2_bf16, tmp_path):
 
 # ---- TransformerEngine's FusedAdam gets no per-parameter step (issue 14.2) --------------------------------
 def test_only_torch_adam_gets_the_injected_step():
-    from nca_scale.train.backends.megatron import ensure_optimizer_state
+    from nca_scale.train.backends.megatron.engine import ensure_optimizer_state
 
     class FusedAdam(torch.optim.Optimizer):  # stands in for TE's: step per group, none per parameter
         def __init__(self, params):

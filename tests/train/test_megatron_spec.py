@@ -1,6 +1,6 @@
 """The megatron block spec without TransformerEngine (torch SDPA core attention, sequence-parallel RMSNorm)
 against megatron-core's local spec (DotProductAttention, WrappedTorchNorm): the same GPTModel weights give the
-same loss and gradients. Runs in a child process: megatron needs the CPU shim (nca_scale.train.cpu_compat),
+same loss and gradients. Runs in a child process: megatron needs the CPU shim (backends/megatron/cpu_compat.py),
 which must not leak into other tests."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _gpu(monkeypatch) -> None:
                                    "RuntimeError('TransformerEngine was built for CUDA 12.8')"])
 def test_a_transformer_engine_that_fails_to_import_falls_back_to_the_local_spec(error, monkeypatch, tmp_path, caplog):
     """A TE built for another CUDA/cuDNN raises OSError or RuntimeError on import, not ImportError."""
-    from nca_scale.train.backends import megatron_spec
+    from nca_scale.train.backends.megatron import spec as megatron_spec
 
     package = tmp_path / "transformer_engine" / "pytorch"
     package.mkdir(parents=True)
@@ -72,7 +72,7 @@ def test_a_transformer_engine_that_fails_to_import_falls_back_to_the_local_spec(
     _gpu(monkeypatch)
     megatron_spec.use_te.cache_clear()  # kept per process: this test's answer must not outlive it either
     try:
-        with caplog.at_level("WARNING", logger="nca_scale.train.backends.megatron_spec"):
+        with caplog.at_level("WARNING", logger="nca_scale.train.backends.megatron.spec"):
             assert megatron_spec.use_te() is False
             assert megatron_spec.use_te() is False  # asked again (each chunk's spec, the start-up line): one warning
     finally:
@@ -93,7 +93,7 @@ def test_torch_compile_fusions_need_a_c_compiler_and_triton_on_a_gpu(gpu, cc, tr
     import shutil
 
     from nca_scale.errors import UserError
-    from nca_scale.train.backends import megatron_spec
+    from nca_scale.train.backends.megatron import spec as megatron_spec
     from nca_scale.train.config import from_args
 
     monkeypatch.delenv("CC", raising=False)
@@ -119,8 +119,8 @@ def _compare() -> dict:
     import torch
     import torch.nn.functional as F
 
-    from nca_scale.train import cpu_compat
     from nca_scale.train import dist as tdist
+    from nca_scale.train.backends.megatron import cpu_compat
 
     cpu_compat.activate()
     tdist.init()
@@ -131,7 +131,7 @@ def _compare() -> dict:
     from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from nca_scale.train.backends import megatron_spec
+    from nca_scale.train.backends.megatron import spec as megatron_spec
 
     ps.initialize_model_parallel(tensor_model_parallel_size=1)
     train_cfg = type("Cfg", (), {"micro_batch": 2, "seq_len": 32, "optim": type("O", (), {"name": "adamw"})})()

@@ -38,11 +38,11 @@ def test_parameters_are_gathered_in_the_forward_only_with_the_distributed_optimi
 def test_gpu_fusions_on_where_the_kernel_exists_off_with_a_line_where_not(monkeypatch, caplog):
     from megatron.core.models.common.embeddings import rope_utils  # noqa: F401  (imported before the mock)
 
-    from nca_scale.train.backends import megatron_spec
+    from nca_scale.train.backends.megatron import spec as megatron_spec
 
     _gpu(monkeypatch, True)  # no Apex, no TransformerEngine on this machine
     monkeypatch.setattr(megatron_spec, "compiles", lambda gpu: True)  # a GPU machine's C compiler and Triton
-    with caplog.at_level(logging.INFO, logger="nca_scale.train.backends.megatron_spec"):
+    with caplog.at_level(logging.INFO, logger="nca_scale.train.backends.megatron.spec"):
         got = megatron_spec.kernel_settings(from_args([*MEGATRON, "precision=bf16"]).resolved())
         fp32 = megatron_spec.kernel_settings(from_args([*MEGATRON, "precision=fp32"]).resolved())
     assert got == {"gradient_accumulation_fusion": False, "bias_activation_fusion": True,
@@ -59,7 +59,7 @@ def test_gpu_fusions_on_where_the_kernel_exists_off_with_a_line_where_not(monkey
 
 
 def test_cpu_fusions_are_off_unless_asked_and_recompute_is_passed_on(monkeypatch):
-    from nca_scale.train.backends import megatron_spec
+    from nca_scale.train.backends.megatron import spec as megatron_spec
 
     _gpu(monkeypatch, False)
     assert not any(megatron_spec.kernel_settings(from_args(MEGATRON).resolved()).values())
@@ -77,7 +77,7 @@ def test_cpu_fusions_are_off_unless_asked_and_recompute_is_passed_on(monkeypatch
 def test_a_fusion_set_true_without_its_kernel_is_refused_before_the_model_is_built(monkeypatch, key, needs):
     from megatron.core.models.common.embeddings import rope_utils  # noqa: F401  (imported before the mock)
 
-    from nca_scale.train.backends import megatron_spec
+    from nca_scale.train.backends.megatron import spec as megatron_spec
 
     _gpu(monkeypatch, True)
     with pytest.raises(UserError, match=f"^megatron.{key}=true needs {needs}, which this machine lacks; set "
@@ -107,7 +107,7 @@ def test_keys_the_backend_does_not_read_are_refused(args, message):
     (2, ["parallel.bucket_size=5000000", "deepspeed.overlap_comm=false"], {"reduce_bucket_size": 5_000_000, "overlap_comm": False}),
 ])
 def test_deepspeed_buckets_follow_the_model_width(zero, extra, want):
-    from nca_scale.train.backends.deepspeed import zero_buckets
+    from nca_scale.train.backends.deepspeed.engine import zero_buckets
 
     cfg = from_args(["configs/train/cpu-tiny.yaml", "backend=deepspeed", f"deepspeed.zero={zero}", *extra]).resolved()
     assert cfg.model.d_model == 64

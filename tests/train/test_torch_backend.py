@@ -25,8 +25,8 @@ from train_helpers import (
 )
 
 from nca_scale.train import dist as tdist
+from nca_scale.train.backends.torch.format import DCP
 from nca_scale.train.config import from_args
-from nca_scale.train.transfer import DCP
 
 
 def test_metrics_lines(reference):

@@ -106,7 +106,8 @@ def test_a_transfer_reads_no_optimizer_state_and_one_tensor_at_a_time(source):
     init_from uses) about one tensor's (216 kB for a 64 kB tensor, .metadata read twice)."""
     from train_helpers import model_config
 
-    from nca_scale.train.transfer import DCP, logical_reader, read_logical
+    from nca_scale.train.backends.torch.format import DCP
+    from nca_scale.train.transfer import logical_reader, read_logical
 
     cfg = model_config(source)
     weights = read_logical(source, cfg)  # also imports what the reads need, before counting

@@ -68,7 +68,8 @@ def torch_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str
     """(weights, {moment: tensors}) of a torch-backend checkpoint (DCP: optimizer state keyed by parameter
     name) under logical names. A tied head (the embedding's parameter under a second name) has no optimizer
     state of its own and is left out, as in the other backends' states."""
-    from nca_scale.train.transfer import DCP, read_dcp
+    from nca_scale.train.backends.torch.format import DCP
+    from nca_scale.train.transfer import read_dcp
 
     weights, optim = read_dcp(ckpt / DCP, "model."), read_dcp(ckpt / DCP, "optimizer.state.")
     if model_config(ckpt).tie_embeddings:
@@ -137,7 +138,7 @@ def megatron_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[
     optimizer always), else the model's."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    from nca_scale.train.transfer import _from_megatron
+    from nca_scale.train.backends.megatron.format import logical as _from_megatron
 
     cfg = model_config(ckpt)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,6 @@
-"""The interface every backend implements; the Trainer talks only to this."""
+"""What every backend implements: the Engine the Trainer talks to, the Format of its checkpoints (read outside
+the engine: resume checks, transfer, export, evaluation) and its Simulation (`train simulate=`); and the code
+they share."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ from typing import Protocol
 
 import torch
 
+from nca_scale.model.config import ModelConfig
 from nca_scale.train import dist as tdist
-from nca_scale.train.config import OptimConfig
+from nca_scale.train.config import OptimConfig, TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
+from nca_scale.train.transfer import Weights
 
 
 class Writing:
@@ -60,6 +64,69 @@ class Engine(Protocol):
 
     def load(self, path: Path, optimizer: bool = True) -> None:
         """Restore what `save` wrote (model only when optimizer=False)."""
+
+
+class Format:
+    """What a backend's checkpoints hold, for the readers outside its engine. The defaults fit a format whose
+    files any layout loads and pickle nothing but tensors and plain data."""
+
+    # config keys a resume must keep besides those that change the numbers (checkpoint/select.py): the settings
+    # that shape the saved optimizer state, which the backend's loader cannot convert
+    resume_keys: tuple[str, ...] = ()
+
+    def safe_classes(self) -> list[type]:
+        """Classes its files pickle besides tensors and plain data, allowed in weights-only loads."""
+        return []
+
+    def layout(self, cfg: TrainConfig) -> dict:
+        """meta.json's `layout` (zero: the ZeRO stage, 0 where there is none; every manifest holds it)."""
+        return {"world": cfg.world, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp,
+                "dp": cfg.data_parallel, "zero": 0}
+
+    def check_resumable(self, path: Path, cfg: TrainConfig, saved: dict, layout: dict) -> None:
+        """Refuse (UserError) a checkpoint at `path` its engine cannot load into `cfg`'s layout; `saved`: its config
+        in this release's sections, `layout`: its meta.json layout."""
+
+    def read_weights(self, path: Path, meta: dict, model: ModelConfig) -> dict[str, torch.Tensor]:
+        """Full fp32 weights under logical names, without the optimizer state where the files allow (called inside
+        checkpoint.weights_only_loads)."""
+        raise NotImplementedError
+
+    def weight_reader(self, path: Path, meta: dict, model: ModelConfig) -> Weights:
+        """logical name -> that tensor, read when asked for (default: every tensor at once, transfer.read_logical)."""
+        from nca_scale.train.transfer import read_logical
+
+        return read_logical(path, model).__getitem__
+
+    def write_weights(self, path: Path, tensors: dict[str, torch.Tensor]) -> None:
+        """A checkpoint's files holding model weights alone, under logical names (`nca-scale import` writes the
+        default backend's)."""
+        raise NotImplementedError
+
+
+class Simulation:
+    """What `train simulate=` (train/simulate.py) needs of a backend to build its ranks on PyTorch's fake process
+    group and the meta device, and to count what they hold."""
+
+    meta_cpu = False  # allocations on the CPU go to the meta device too (else only the GPU's)
+
+    def refuse(self, cfg: TrainConfig) -> None:
+        """UserError for a config this backend's simulation does not model."""
+
+    def prepare(self, cfg: TrainConfig, real: bool) -> TrainConfig:
+        """Before the build: the config a meta build (real=False) or a real CPU build takes."""
+        return cfg
+
+    def roles(self, cfg: TrainConfig) -> list[int]:
+        """The global ranks whose memory differs in kind."""
+        return [0]
+
+    def count(self, engine) -> tuple[str, int, int, tuple[int, int, int, int]]:
+        """(role, pipeline stage, DP rank, (parameters, weight, gradient, optimizer bytes)) of a built engine."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """After the fake group is destroyed: forget the handles the backend kept on its groups."""
 
 
 def freeze(model: torch.nn.Module, frozen: set[str]) -> list[torch.nn.Parameter]:

@@ -67,19 +67,18 @@ def latest_name(out: str | Path) -> str | None:
 
 @contextlib.contextmanager
 def weights_only_loads(backend: str) -> Iterator[None]:
-    """Inside this block every torch.load of this process is weights-only, including those inside DeepSpeed
-    (whose checkpoint engine and zero_to_fp32 pass weights_only=False) and megatron-core (which registers its
-    own safe classes): unpickling a checkpoint then cannot run code. For DeepSpeed, the three plain-data
-    classes its ZeRO optimizer files hold are allowed by name."""
+    """Inside this block every torch.load of this process is weights-only, including those inside the backends'
+    libraries (some pass weights_only=False, others register their own safe classes): unpickling a checkpoint
+    then cannot run code. The plain-data classes the format of `backend` pickles (Format.safe_classes) are
+    allowed by name."""
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
         raise UserError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set; nca-scale loads checkpoints weights-only: unset it")
-    if backend == "deepspeed":
-        import torch
-        from deepspeed.runtime.fp16.loss_scaler import LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
+    from nca_scale.train import backends
 
-        torch.serialization.add_safe_globals([LossScaler, ZeroStageEnum, fragment_address])
+    if safe := backends.format_of(backend).safe_classes():
+        import torch
+
+        torch.serialization.add_safe_globals(safe)
     before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import nca_scale
 from nca_scale.config import to_dict
 from nca_scale.files import fsync, write_atomic
-from nca_scale.train import checkpoint, faults
+from nca_scale.train import backends, checkpoint, faults
 from nca_scale.train.checkpoint.verify import file_table
 from nca_scale.train.config import TrainConfig
 
@@ -37,7 +37,7 @@ def write_meta(path: Path, cfg: TrainConfig, step: int, tokens: int, files: dict
         "tokens": tokens,
         "sequences_consumed": step * cfg.batch_size,  # the data position: global batch s = [s*B, (s+1)*B)
         "backend": cfg.backend,
-        "layout": {"world": cfg.world, "tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.vpp, "dp": cfg.data_parallel, "zero": cfg.deepspeed.zero},
+        "layout": backends.format_of(cfg.backend).layout(cfg),
         "version": nca_scale.__version__,
         "config": to_dict(cfg),
         **extra,

@@ -19,14 +19,17 @@ from pathlib import Path
 from nca_scale.config import to_dict
 from nca_scale.errors import UserError
 from nca_scale.files import fsync, write_atomic
-from nca_scale.train import checkpoint
+from nca_scale.train import backends, checkpoint
 from nca_scale.train.checkpoint import mirror
 from nca_scale.train.checkpoint.verify import verify
 from nca_scale.train.config import TrainConfig
-from nca_scale.train.config_sections import MegatronConfig
 from nca_scale.train.config_versions import read_saved
 
 log = logging.getLogger(__name__)
+
+# The checkpoint a launching `nca-scale train` chose and verified, handed to the ranks it starts ("" = none):
+# they take it as is instead of checksumming every file again (trainer._resume_from).
+RESUME_ENV = "NCA_SCALE_RESUME_FROM"
 
 
 def following_latest(out: str | Path) -> list[Path]:
@@ -103,10 +106,9 @@ def rewind(cfg: TrainConfig, path: Path) -> dict | None:
     return {"resumed_from": str(path), "step": step, "abandoned": aside.name, "steps": names}
 
 
-# What a resume must keep to continue the same run: every setting that changes the numbers, and per backend the
-# settings that shape the saved optimizer state (which its loader cannot convert).
+# What a resume must keep to continue the same run: every setting that changes the numbers, and the backend's
+# settings that shape the saved optimizer state (its Format.resume_keys: its loader cannot convert them).
 SAME_NUMBERS = ("model", "data", "batch_size", "seed", "precision")
-BACKEND_STATE = {"deepspeed": ("deepspeed.zero",), "megatron": ("megatron.distributed_optimizer",)}
 _ABSENT = object()
 
 
@@ -141,14 +143,6 @@ def finished(cfg: TrainConfig, path: Path, meta: dict) -> bool:
     return True
 
 
-def _optimizer_layout(megatron: dict, layout: dict) -> str:
-    """The distributed optimizer's checkpoint layout a megatron run wrote; runs from before
-    megatron.optimizer_layout existed wrote dp_reshardable."""
-    if "optimizer_layout" not in megatron:
-        return "dp_reshardable"
-    return MegatronConfig(optimizer_layout=megatron["optimizer_layout"]).optimizer_sharding(layout["tp"], layout["pp"])
-
-
 def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     """Refuse a resume that could not continue the same run exactly."""
     meta = checkpoint.read_meta(path)
@@ -156,27 +150,13 @@ def check_resumable(cfg: TrainConfig, path: Path) -> dict:
     current = to_dict(cfg.resolved())
     if meta["backend"] != cfg.backend:
         raise UserError(f"{path} was written by backend={meta['backend']}; resume it with that backend, or use init_from=")
-    keys = [*SAME_NUMBERS, *BACKEND_STATE.get(cfg.backend, ())]
+    form = backends.format_of(cfg.backend)
+    keys = [*SAME_NUMBERS, *form.resume_keys]
     found = [d for key in keys for d in _differences(_at(saved, key), _at(current, key), key)]
     if found:
         shown = "; ".join(f"{k} is {_value(was)} in the checkpoint but {_value(now)} here" for k, was, now in found)
         fix = " ".join(f"{k}={_value(was)}" for k, was, _ in found)
         raise UserError(f"{path} cannot continue this run exactly: {shown}; resume with {fix} (or start from its "
                         "weights with init_from=)")
-    layout = meta["layout"]
-    moved = [k for k in ("tp", "pp", "vpp") if layout[k] != getattr(cfg.parallel, k)]
-    if cfg.backend == "megatron" and moved and saved["megatron"]["distributed_optimizer"] and \
-            _optimizer_layout(saved["megatron"], layout) != "fully_reshardable":
-        raise UserError(
-            f"{path} holds dp_reshardable distributed-optimizer state, which reshards over DP only, but "
-            f"{', '.join(moved)} changed; resume under its parallel.tp/pp/vpp (runs with "
-            "megatron.optimizer_layout=fully_reshardable, the default with tp or pp > 1, or "
-            "megatron.distributed_optimizer=false reshard freely)"
-        )
-    if cfg.backend == "deepspeed" and layout.get("zero") and layout["dp"] != cfg.data_parallel:
-        # DeepSpeed partitions ZeRO optimizer state per DP rank and cannot load it into another partitioning
-        raise UserError(
-            f"{path} holds DeepSpeed ZeRO-{layout['zero']} state partitioned over dp={layout['dp']}, but this run has "
-            f"dp={cfg.data_parallel}; resume with parallel.nproc={layout['world']}, or start from its weights with init_from="
-        )
+    form.check_resumable(path, cfg, saved, meta["layout"])  # what its engine cannot load into this layout
     return meta

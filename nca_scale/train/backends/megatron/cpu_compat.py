@@ -1,4 +1,4 @@
-"""Lets megatron-core 0.16 (and DeepSpeed) run on a CPU-only torch with gloo. Nothing here acts when CUDA is
+"""Lets megatron-core 0.16 run on a CPU-only torch with gloo. Nothing here acts when CUDA is
 present.
 
 megatron-core assumes CUDA in device queries, RNG handling, buffer allocation and type asserts. Each patch
@@ -9,8 +9,6 @@ resumes bit-exact.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -50,18 +48,6 @@ def activate() -> None:
     if not _active:
         _install()
         _active = True
-
-
-def activate_deepspeed() -> None:
-    """DeepSpeed probes for an accelerator and warns before falling back to the CPU; name it up front."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        import deepspeed.ops
-
-        # DeepSpeed's CPU accelerator JIT-compiles its shared-memory all-reduce op on a machine's first
-        # init_distributed (~60 s of gcc). Only inference_all_reduce uses it; training collectives go through
-        # torch.distributed either way, so marking it unavailable changes no number.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _install() -> None:

@@ -1,14 +1,15 @@
-"""megatron-core backend: GPTModel (spec from megatron_spec: TransformerEngine's on GPUs that have it, else
+"""megatron-core backend: GPTModel (spec from spec.py: TransformerEngine's on GPUs that have it, else
 the local spec with torch SDPA attention), TP (+ sequence parallel), PP (1F1B, or interleaved with vpp > 1),
 DP with megatron's DDP and distributed optimizer, bf16, full activation recompute, and `torch_dist`
 distributed checkpoints that load under another TP/PP layout, saved and loaded fully parallel over DP, written
 in the background with checkpoint.asynchronous.
 
-On CPU machines nca_scale.train.cpu_compat is activated first; on GPUs nothing is patched.
+On CPU machines cpu_compat.py is activated first; on GPUs nothing is patched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -20,13 +21,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
-from nca_scale.train import checkpoint, cpu_compat, faults
+from nca_scale.train import checkpoint, faults
 from nca_scale.train import dist as tdist
-from nca_scale.train.backends.base import Writing
+from nca_scale.train.backends.base import Simulation, Weights, Writing
+from nca_scale.train.backends.megatron import cpu_compat
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
-from nca_scale.train.transfer import Weights
 
 tdist.quiet_upstream_warnings()
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 class MegatronEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
         cpu_compat.activate()
-        tdist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
         from megatron.core import parallel_state as ps
 
         self.cfg, self.ps, self.weights, self.frozen = cfg, ps, weights, frozen
@@ -61,7 +61,7 @@ class MegatronEngine:
         from megatron.core.distributed import finalize_model_grads
         from megatron.core.transformer.transformer_config import TransformerConfig
 
-        from nca_scale.train.backends import megatron_spec
+        from nca_scale.train.backends.megatron import spec
 
         cfg, m = self.cfg, self.cfg.model
         dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
@@ -79,7 +79,7 @@ class MegatronEngine:
             batch_p2p_comm=torch.cuda.is_available(),
             # weights are written from the layout-independent init below; skip megatron's own
             use_cpu_initialization=not torch.cuda.is_available(), perform_initialization=False,
-            **megatron_spec.kernel_settings(cfg),  # fusions and recompute (refused here if this machine lacks one)
+            **spec.kernel_settings(cfg),  # fusions and recompute (refused here if this machine lacks one)
         )
         config.finalize_model_grads_func = finalize_model_grads
         return config
@@ -87,12 +87,12 @@ class MegatronEngine:
     def _build_chunk(self, vp: int):
         from megatron.core.models.gpt.gpt_model import GPTModel
 
-        from nca_scale.train.backends import megatron_spec
+        from nca_scale.train.backends.megatron import spec
 
         cfg, ps = self.cfg, self.ps
         vp_stage = vp if cfg.parallel.vpp > 1 else None
         model = GPTModel(
-            config=self.config, transformer_layer_spec=megatron_spec.block_spec(cfg, self.config, vp_stage),
+            config=self.config, transformer_layer_spec=spec.block_spec(cfg, self.config, vp_stage),
             vocab_size=cfg.model.vocab_size,
             max_sequence_length=cfg.seq_len, position_embedding_type="rope", rotary_base=int(cfg.model.rope_theta),
             share_embeddings_and_output_weights=cfg.model.tie_embeddings,
@@ -425,3 +425,67 @@ class BackgroundWrite(Writing):
         for active in self.queue.async_calls:
             active.async_caller.close(abort=True)
         self.queue.async_calls.clear()
+
+
+class MegatronSimulation(Simulation):
+    def prepare(self, cfg: TrainConfig, real: bool) -> TrainConfig:
+        cpu_compat.activate()
+        return cfg
+
+    def roles(self, cfg: TrainConfig) -> list[int]:
+        """TP rank 0, DP rank 0 of the first and of the last pipeline stage (megatron's rank order: tp fastest,
+        then dp, then pp)."""
+        if cfg.parallel.pp == 1:
+            return [0]
+        return [0, cfg.parallel.tp * cfg.data_parallel * (cfg.parallel.pp - 1)]
+
+    def count(self, engine: MegatronEngine) -> tuple[str, int, int, tuple[int, int, int, int]]:
+        ps = engine.ps
+        tp, pp, dp = (ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank(),
+                      ps.get_data_parallel_rank())
+        return f"tp {tp} pp {pp} dp {dp}", pp, dp, held_bytes(engine)
+
+    def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            from megatron.core import parallel_state
+
+            parallel_state.destroy_model_parallel()
+
+
+def held_bytes(engine: MegatronEngine) -> tuple[int, int, int, int]:
+    """(parameters, weight, gradient, optimizer bytes) of a built engine: the DDP buffers' parameter (distributed
+    optimizer) and gradient storage, the optimizer's fp32 main parameters that are not views of the model's, and
+    its state tensors (Adam moments; the per-parameter step scalars are not counted). A step that has not run yet
+    gets its zero state first, as a save would (ensure_optimizer_state)."""
+    params = weights = grads = 0
+    model = set()
+    for chunk in engine.chunks:
+        for p in chunk.parameters():
+            params += p.numel()
+            model.add(id(p))
+            if not any(b.param_data is not None for b in chunk.buffers):
+                weights += p.numel() * p.element_size()
+        for b in chunk.buffers:
+            grads += b.grad_data.numel() * b.grad_data.element_size()
+            if b.param_data is not None:
+                weights += b.param_data.numel() * b.param_data.element_size()
+    optimizer = 0
+    for opt in engine._optimizers():
+        if engine.cfg.megatron.distributed_optimizer:
+            ensure_optimizer_state(opt)
+        inner = opt.optimizer
+        for group in inner.param_groups:
+            for p in group["params"]:
+                if id(p) not in model and p._base is None:
+                    optimizer += p.numel() * p.element_size()
+        for state in inner.state.values():
+            optimizer += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t) and t.dim())
+    if not engine.cfg.megatron.distributed_optimizer and engine.cfg.optim.name != "sgd":
+        # torch Adam creates its moments at the first step: two fp32 tensors like each main parameter
+        if not any(opt.optimizer.state for opt in engine._optimizers()):
+            optimizer += sum(2 * p.numel() * 4 for opt in engine._optimizers()
+                             for g in opt.optimizer.param_groups for p in g["params"])
+    return params, weights, grads, optimizer
+
+
+SIMULATION = MegatronSimulation()

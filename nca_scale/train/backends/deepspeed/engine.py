@@ -8,28 +8,27 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from nca_scale.errors import UserError
 from nca_scale.model.llama import Llama, masked_loss
-from nca_scale.train import cpu_compat
 from nca_scale.train import dist as tdist
-from nca_scale.train.backends.base import freeze, torch_optimizer
+from nca_scale.train.backends.base import Simulation, Weights, freeze, torch_optimizer
+from nca_scale.train.backends.deepspeed.format import TAG
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
-from nca_scale.train.transfer import Weights
 
-_TAG = "ds"  # one tag per checkpoint directory
 tdist.quiet_upstream_warnings()
 
 
 class DeepSpeedEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
-        cpu_compat.activate_deepspeed()
-        tdist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
+        on_cpu()
         self.cfg, self.device = cfg, tdist.device()
         local_rank_is_device(self.device)  # before DeepSpeed reads LOCAL_RANK
         import deepspeed
@@ -98,15 +97,27 @@ class DeepSpeedEngine:
         return tdist.mean_over(sum(losses) / len(losses))
 
     def save(self, path: Path) -> None:
-        self.engine.save_checkpoint(str(path), tag=_TAG)
+        self.engine.save_checkpoint(str(path), tag=TAG)
 
     def load(self, path: Path, optimizer: bool = True) -> None:
         self.engine.load_checkpoint(
-            str(path), tag=_TAG, load_optimizer_states=optimizer, load_lr_scheduler_states=False,
+            str(path), tag=TAG, load_optimizer_states=optimizer, load_lr_scheduler_states=False,
             load_module_only=not optimizer,
         )
         if optimizer and self.cfg.deepspeed.offload:
             _replay_cpu_adam_powers(self.engine.optimizer.optimizer)
+
+
+def on_cpu() -> None:
+    """DeepSpeed probes for an accelerator and warns before falling back to the CPU; name it up front."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed.ops
+
+        # DeepSpeed's CPU accelerator JIT-compiles its shared-memory all-reduce op on a machine's first
+        # init_distributed (~60 s of gcc). Only inference_all_reduce uses it; training collectives go through
+        # torch.distributed either way, so marking it unavailable changes no number.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 NODE_LOCAL_RANK = "NCA_SCALE_LOCAL_RANK"  # the launcher's LOCAL_RANK where local_rank_is_device changed it
@@ -173,3 +184,56 @@ def _replay_cpu_adam_powers(cpu_adam) -> None:
     for t in range(1, max(steps) + 1):
         cpu_adam.ds_opt_adam.adam_update(cpu_adam.opt_id, t, group["lr"], beta1, beta2, group["eps"],
                                          group["weight_decay"], group["bias_correction"], *dummy)
+
+
+class DeepSpeedSimulation(Simulation):
+    meta_cpu = True  # DeepSpeed allocates its partitions on its accelerator, the CPU here
+
+    def refuse(self, cfg: TrainConfig) -> None:
+        if cfg.deepspeed.zero != 3:
+            raise UserError(f"simulate= models DeepSpeed ZeRO-3 (deepspeed.zero={cfg.deepspeed.zero})")
+
+    def prepare(self, cfg: TrainConfig, real: bool) -> TrainConfig:
+        on_cpu()
+        if real:
+            return cfg
+        # zero.Init's partitioned build broadcasts each initial tensor from rank 0, which meta tensors cannot be;
+        # ZeRO-3 then partitions the whole model at deepspeed.initialize instead, into the same partitions
+        return replace(cfg, deepspeed=replace(cfg.deepspeed, zero_init=False))
+
+    def count(self, engine: DeepSpeedEngine) -> tuple[str, int, int, tuple[int, int, int, int]]:
+        return f"dp {dist.get_rank()}", 0, dist.get_rank(), held_bytes(engine)
+
+    def teardown(self) -> None:
+        """DeepSpeed's handles on the groups just destroyed."""
+        import deepspeed.comm.comm as ds_comm
+        from deepspeed.utils import groups
+
+        ds_comm.cdb = None
+        for name, value in vars(groups).items():
+            if name.startswith("_") and name.isupper() and isinstance(value, (dist.ProcessGroup, dict)):
+                setattr(groups, name, None if isinstance(value, dist.ProcessGroup) else {})
+
+
+def held_bytes(engine: DeepSpeedEngine) -> tuple[int, int, int, int]:
+    """(parameters, weight, gradient, optimizer bytes) of a ZeRO-3 engine: the bf16 partitions of every parameter,
+    the fp32 gradient partition buffer and the reduce bucket, the fp32 flat partitions and Adam's moments (made at
+    the first step as zeros like the fp32 partitions: counted as such before it)."""
+    ds = engine.engine
+    params = weights = 0
+    for p in ds.module.parameters():
+        params += p.ds_numel
+        weights += p.ds_tensor.numel() * p.ds_tensor.element_size()
+    opt = ds.optimizer
+    grads = opt.grad_partitions_flat_buffer.numel() * opt.grad_partitions_flat_buffer.element_size()
+    grads += sum(b.buffer.numel() * b.buffer.element_size() for b in opt.ipg_buckets.values()
+                 if getattr(b, "buffer", None) is not None)
+    flat = sum(t.numel() * t.element_size() for t in opt.fp32_partitioned_groups_flat)
+    state = sum(t.numel() * t.element_size() for s in opt.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim())
+    if not state and engine.cfg.optim.name != "sgd":
+        state = 2 * flat
+    return params, weights, grads, flat + state
+
+
+SIMULATION = DeepSpeedSimulation()

@@ -27,21 +27,22 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nca_scale.errors import UserError
 from nca_scale.model.llama import Llama, masked_loss
 from nca_scale.train import checkpoint, faults
 from nca_scale.train import dist as tdist
-from nca_scale.train.backends.base import Writing, freeze, torch_optimizer
+from nca_scale.train.backends.base import Simulation, Weights, Writing, freeze, torch_optimizer
+from nca_scale.train.backends.torch.format import DCP, LEGACY
 from nca_scale.train.config import TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
-from nca_scale.train.transfer import DCP, LEGACY, Weights, dcp_keys
+from nca_scale.train.transfer import dcp_keys
 
 log = logging.getLogger(__name__)
 
 
 class TorchEngine:
     def __init__(self, cfg: TrainConfig, weights: Weights, frozen: set[str]):
-        tdist.init(cfg.dist_timeout_s, cfg.rank0_timeout_s)
         self.cfg, self.device = cfg, tdist.device()
         self.dp_rank, self.dp_size = dist.get_rank(), dist.get_world_size()
         self.model = Llama(cfg.model, cfg.seq_len, weights=weights).to(self.device)
@@ -176,3 +177,12 @@ class BackgroundSave(Writing):
         finish or their processes exit (gloo then fails them at once)."""
         if everywhere:
             self.renew_group()
+
+
+class TorchSimulation(Simulation):
+    def refuse(self, cfg: TrainConfig) -> None:
+        raise UserError("simulate= builds megatron or DeepSpeed ranks; backend=torch replicates the whole model on "
+                        "every rank (its memory is the planner's: nca-scale submit ... dry_run=true)")
+
+
+SIMULATION = TorchSimulation()
