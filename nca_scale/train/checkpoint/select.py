@@ -27,10 +27,6 @@ from nca_scale.train.config_versions import read_saved
 
 log = logging.getLogger(__name__)
 
-# The checkpoint a launching `nca-scale train` chose and verified, handed to the ranks it starts ("" = none):
-# they take it as is instead of checksumming every file again (trainer._resume_from).
-RESUME_ENV = "NCA_SCALE_RESUME_FROM"
-
 
 def following_latest(out: str | Path) -> list[Path]:
     """The committed checkpoints of the run `latest` points into, oldest first: those up to the one it names,
