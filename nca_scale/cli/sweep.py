@@ -60,9 +60,10 @@ def launch(args: list[str]) -> int:
     from nca_scale.launch.sweep.launch import LaunchOptions
     from nca_scale.launch.sweep.launch import launch as launch_sweep
 
-    spec, path, opts = _spec(args, {"wait", "dry_run", "check_cluster"})
+    spec, path, opts = _spec(args, {"wait", "dry_run", "check_cluster", "retry_diverged"})
     return launch_sweep(spec, path, LaunchOptions(wait=_flag(opts, "wait"), dry_run=_flag(opts, "dry_run"),
-                                                  check_cluster=_flag(opts, "check_cluster")))
+                                                  check_cluster=_flag(opts, "check_cluster"),
+                                                  retry_diverged=_flag(opts, "retry_diverged")))
 
 
 def status(args: list[str]) -> int:

@@ -37,13 +37,12 @@ def test_a_preempted_job_is_requeued_and_a_diverged_one_fails(monkeypatch, statu
         assert commands == []
 
 
-def test_sweep_status_shows_a_diverged_run(tmp_path, monkeypatch):
-    """A run whose progress.json says it diverged is DIVERGED in `sweep status`, not a failed or pending job."""
+def _diverged_run(tmp_path, monkeypatch):
+    """A one-run sweep (spec, run) whose run's progress.json says it diverged at step 3."""
     import yaml
 
     from nca_scale.launch.sweep import plan as sweep_plan
     from nca_scale.launch.sweep import spec as sweep_spec
-    from nca_scale.launch.sweep import status as sweep_status
     from nca_scale.train import run_files
 
     monkeypatch.chdir(Path(__file__).parents[2])
@@ -56,6 +55,30 @@ def test_sweep_status_shows_a_diverged_run(tmp_path, monkeypatch):
     run = sweep_plan.plan(loaded)[0]
     Path(run.out).mkdir(parents=True)
     run_files.Progress(3, 3072, 0.0, 0.1, stopped="diverged").write(run.out)
+    return loaded, run
+
+
+def test_sweep_status_shows_a_diverged_run(tmp_path, monkeypatch):
+    """A run whose progress.json says it diverged is DIVERGED in `sweep status`, not a failed or pending job."""
+    from nca_scale.launch.sweep import status as sweep_status
+
+    loaded, run = _diverged_run(tmp_path, monkeypatch)
     rows, _ = sweep_status.status_rows(loaded)
     assert {r["run"]: r["state"] for r in rows} == {run.name: "DIVERGED"}
     assert "# 1 diverged" in sweep_status.status_table(rows)
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_sweep_launch_does_not_resubmit_a_diverged_run_unless_asked(tmp_path, monkeypatch, caplog, retry):
+    """The same config and data would diverge at the same step again: `sweep launch` names the run and leaves
+    it, and retry_diverged=true lists it as to submit (a dry run: nothing is submitted either way)."""
+    from nca_scale.launch.sweep.launch import LaunchOptions, launch
+
+    loaded, run = _diverged_run(tmp_path, monkeypatch)
+    with caplog.at_level("INFO", logger="nca_scale"):
+        assert launch(loaded, str(tmp_path / "spec.yaml"), LaunchOptions(dry_run=True, retry_diverged=retry)) == 0
+    text = caplog.text
+    warned = "1 runs diverged" in text and run.name in text and "retry_diverged=true submits them" in text
+    assert warned != retry, text
+    assert (f"#  {run.name}: nca-scale train" in text) == retry, text
+    assert f"0 finished, 0 queued or running, {int(retry)} to submit" in text, text

@@ -29,7 +29,7 @@ from nca_scale.launch.sweep import data as sweep_data
 from nca_scale.launch.sweep import plan as sweep_plan
 from nca_scale.launch.sweep import results as sweep_results
 from nca_scale.launch.sweep import spec as sweep_spec
-from nca_scale.launch.sweep.status import todo
+from nca_scale.launch.sweep.status import diverged, todo
 from nca_scale.launch.task import Task
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class LaunchOptions:
     wait: bool = False  # on Slurm, wait for the stage-2 jobs to end (on this machine a launch always waits)
     dry_run: bool = False  # list the runs it would submit; prepare and queue nothing; no Slurm needed
     check_cluster: bool = False  # with dry_run: also check the profile and the recorded jobs on the live cluster
+    retry_diverged: bool = False  # submit again the runs that ended on a non-finite loss (after a code or data fix)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ def launch(spec: sweep_spec.SweepSpec, spec_path: str, opts: LaunchOptions) -> i
         log.info("# offline dry run: skipped the live checks (sinfo, sbatch --test-only, the states of jobs already "
                  "submitted: runs recorded as submitted are listed as to submit); check_cluster=true runs them")
     pending, flying, done = todo(runs, spec.sweep_dir, live=live or prof.executor != "slurm")
+    if not opts.retry_diverged and (bad := [r.name for r in pending if diverged(r)]):
+        pending = [r for r in pending if r.name not in bad]
+        log.warning("# %d runs diverged (a non-finite loss; `sweep status` says DIVERGED) and are not submitted "
+                    "again, where they would diverge at the same step: %s; retry_diverged=true submits them",
+                    len(bad), ", ".join(bad))
     log.info("# sweep %s: %d runs: %d finished, %d queued or running, %d to submit (%s, %s)", spec.name, len(runs),
              len(done), len(flying), len(pending), prof_name, prof.executor)
     if not pending:

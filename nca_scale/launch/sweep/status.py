@@ -42,6 +42,13 @@ def todo(runs: list[sweep_plan.Run], sweep_dir: Path, live: bool = True
     return [r for r in runs if r.name not in done and r.name not in flying], flying, done
 
 
+def diverged(r: sweep_plan.Run) -> bool:
+    """Whether the run's last start ended on a non-finite loss (exit 3): the same config and data would diverge
+    at the same step again."""
+    ended = run_files.Progress.read(r.out)
+    return bool(ended and ended.stopped == "diverged")
+
+
 def status_rows(spec: sweep_spec.SweepSpec) -> tuple[list[dict], list[str]]:
     """(one row per planned run: state, step, losses, restarts, job and log; notes on skipped results lines)."""
     runs = sweep_plan.plan(spec)
@@ -54,7 +61,7 @@ def status_rows(spec: sweep_spec.SweepSpec) -> tuple[list[dict], list[str]]:
         state = "FINISHED" if r.name in done else states.get(r.name, "NOT SUBMITTED")
         if state == "COMPLETED":  # the job ended well but wrote no record: it did not finish its run
             state = "INCOMPLETE"
-        elif state != "FINISHED" and (ended := run_files.Progress.read(r.out)) and ended.stopped == "diverged":
+        elif state != "FINISHED" and diverged(r):
             state = "DIVERGED"  # a non-finite loss (exit 3): its job failed and was not requeued
         job = recorded.get(r.name)
         rows.append({"run": r.name, "stage": r.stage, "state": state, "step": p.step, "steps": r.steps,
