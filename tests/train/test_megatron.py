@@ -161,7 +161,7 @@ def test_optimizer_layout_default_and_refusals():
     deprecated fully_sharded_model_space and keys without effect are refused."""
     from nca_scale.errors import UserError
     from nca_scale.train.backends import MegatronConfig
-    from nca_scale.train.checkpoint.select import _optimizer_layout
+    from nca_scale.train.backends.megatron.format import _optimizer_layout
 
     m = MegatronConfig()
     assert [m.optimizer_sharding(tp, pp) for tp, pp in ((1, 1), (2, 1), (1, 2), (2, 2))] == [
