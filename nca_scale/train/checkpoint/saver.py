@@ -23,7 +23,8 @@ The mirror (checkpoint.url=) is a copy of committed checkpoints: rank 0 publishe
 retrying with backoff; when it keeps failing the run warns and goes on (the local commit is the truth), and the
 next commit publishes the newest checkpoint.
 
-What a checkpoint holds is the backend's (Engine.save/load); a later per-backend format object plugs in there.
+What a checkpoint holds is the backend's: its engine writes and loads it (Engine.save/load), its Format
+(train/backends/<name>/format.py) describes it to the readers outside the engine.
 """
 
 from __future__ import annotations
