@@ -174,6 +174,16 @@ def wait_for_rank0() -> None:
         dist.barrier(group=side_group())
 
 
+def leave() -> None:
+    """End this rank's groups before its process exits without training (a finished run resumed): once every rank
+    has arrived, so that no rank's exit finds a peer's gloo connections still open (that aborted a rank now and
+    then: "terminate called without an active exception", exit -6)."""
+    if dist.is_initialized():
+        wait_for_rank0()
+        dist.destroy_process_group()
+        _side.clear()
+
+
 class RankFailure(UserError):
     """Checkpoint, verification or commit work that failed on one rank, raised on every rank with that rank and its
     error named (shared_failure): the job ends within seconds on all of them, not when a collective times out."""

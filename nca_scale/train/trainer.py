@@ -252,6 +252,7 @@ def _run(cfg: TrainConfig, launch: Launch, precision: str) -> FitOutcome:
     resume_from = _resume_from(cfg, launch)
     if resume_from and launch.verifies != LAUNCHER and \
             checkpoint_select.finished(cfg, resume_from, checkpoint.read_meta(resume_from)):
+        dist.leave()  # every rank ends its groups together
         return FitOutcome(cfg.total_steps)  # nothing written; a launcher that verifies says so before any rank starts
     if logs.rank() == 0:
         run_folder.write_config(cfg)
