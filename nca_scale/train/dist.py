@@ -175,9 +175,9 @@ def wait_for_rank0() -> None:
 
 
 def leave() -> None:
-    """End this rank's groups before its process exits without training (a finished run resumed): once every rank
-    has arrived, so that no rank's exit finds a peer's gloo connections still open (that aborted a rank now and
-    then: "terminate called without an active exception", exit -6)."""
+    """End this rank's groups before its process exits (after training, or without it: a finished run resumed):
+    once every rank has arrived, so that no rank's exit finds a peer's gloo connections still open (that aborted
+    a rank now and then: "terminate called without an active exception", exit -6)."""
     if dist.is_initialized():
         wait_for_rank0()
         dist.destroy_process_group()

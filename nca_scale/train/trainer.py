@@ -278,4 +278,7 @@ def _run(cfg: TrainConfig, launch: Launch, precision: str) -> FitOutcome:
         f"batch {cfg.batch_size} x seq {cfg.seq_len} = {cfg.tokens_per_step:,} tokens/step, micro-batch "
         f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps; {precision}"
     )
-    return trainer.fit()
+    outcome = trainer.fit()
+    if dist.rank_and_world()[1] > 1:  # a rank whose process exits with a peer's gloo connections open can abort
+        dist.leave()
+    return outcome
