@@ -12,6 +12,7 @@ import torch
 
 from nca_scale.model.config import ModelConfig
 from nca_scale.train import dist as tdist
+from nca_scale.train import faults
 from nca_scale.train.config import OptimConfig, TrainConfig
 from nca_scale.train.data import Batch
 from nca_scale.train.speed import StepPhases
@@ -22,6 +23,16 @@ class Writing:
     """A save whose files are still being written (checkpoint.asynchronous: megatron, torch); the Saver
     (train/checkpoint/saver.py) commits it once poll() or wait() says every rank's files are complete, and
     abandons it past its deadline. A backend implements poll and abandon; wait is the same for all."""
+
+    @staticmethod
+    def write_files(name: str, write, *args, **kwargs):
+        """`write(*args, **kwargs)`: a backend's background writer of checkpoint `name`, in its thread or process.
+        The one place the tests' hooks (train/faults.py) reach the backends: a fault before the files, and the
+        chaos test's window once they are written (before the save completes)."""
+        faults.hit("writer", name)
+        written = write(*args, **kwargs)
+        faults.pause_for_tests(name, "writing in the background")
+        return written
 
     def poll(self) -> bool:
         """Whether every rank has written its files; a collective (every rank calls it at the same step). A

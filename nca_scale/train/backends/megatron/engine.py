@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nca_scale.model.layout import megatron_shard, megatron_sources, megatron_tp_dim
-from nca_scale.train import checkpoint, faults
+from nca_scale.train import checkpoint
 from nca_scale.train import dist as tdist
 from nca_scale.train.backends.base import Simulation, Weights, Writing
 from nca_scale.train.backends.megatron import cpu_compat
@@ -403,9 +403,7 @@ def _write_in_background(write, name: str, *args, **kwargs) -> None:
     from nca_scale import procs
 
     procs.die_with_parent()
-    faults.hit("writer", name)
-    write(*args, **kwargs)
-    faults.pause_for_tests(name, "writing in the background")  # files written, .metadata not yet (the test's window)
+    Writing.write_files(name, write, *args, **kwargs)  # the tests' window: files written, .metadata not yet
 
 
 class BackgroundWrite(Writing):
