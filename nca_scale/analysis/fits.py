@@ -72,10 +72,15 @@ def _minimize(form, theta, x, y, target, delta, iters=400):
         g = np.einsum("snp,sn->sp", jac, psi)
         h = np.einsum("snp,sn,snq->spq", jac, w, jac)
         damp = lam[:, None, None] * (np.einsum("spp->sp", h)[:, :, None] * eye + 1e-12 * eye)
+        # a start whose terms overflowed has a non-finite Jacobian: it takes no step (its damping grows until it
+        # stops), and it cannot break the others' solve (pinv's SVD does not converge on inf or NaN)
+        ok = np.isfinite(h).all(axis=(1, 2)) & np.isfinite(g).all(axis=1)
+        step = np.zeros_like(theta)
+        a, b = h[ok] + damp[ok], -g[ok][..., None]
         try:
-            step = np.linalg.solve(h + damp, -g[..., None])[..., 0]
+            step[ok] = np.linalg.solve(a, b)[..., 0]
         except np.linalg.LinAlgError:  # a start whose Jacobian lost a column (a term underflowed): least squares
-            step = (np.linalg.pinv(h + damp) @ -g[..., None])[..., 0]
+            step[ok] = (np.linalg.pinv(a) @ b)[..., 0]
         new = theta + step
         new_obj = _huber(_model(form, new, x, y)[0] - target, delta)
         better = np.isfinite(new_obj) & (new_obj < obj)
