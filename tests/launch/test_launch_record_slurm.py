@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from launch_helpers import FAST, ROOT, job_ids, nca, wait_for
+from start_log import SITECUSTOMIZE
 
 from nca_scale.train import checkpoint
 from nca_scale.train.checkpoint import commit as checkpoint_commit
@@ -19,20 +20,6 @@ from nca_scale.train.launch_record import SLURM, Launch
 pytestmark = pytest.mark.usefixtures("slurm")
 CONFIG = str(ROOT / "configs/train/cpu-tiny.yaml")
 
-# Imported by every Python process of the job (PYTHONPATH, which sbatch passes on): logs each checksummed file
-# with its process and each rank's record.
-SITECUSTOMIZE = """
-import json, os
-from dataclasses import asdict
-from nca_scale.train.checkpoint import verify
-from nca_scale.train import entry
-_sha256, _rank = verify.sha256, entry.rank
-def _write(line):
-    with open(os.environ["START_LOG"], "a") as f:
-        f.write(line + "\\n")
-verify.sha256 = lambda path: _write(f"sha256 {os.getpid()} {path}") or _sha256(path)
-entry.rank = lambda cfg, launch: _write(f"rank {os.environ['RANK']} {json.dumps(asdict(launch))}") or _rank(cfg, launch)
-"""
 
 
 @pytest.mark.slow

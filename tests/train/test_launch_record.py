@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from start_log import SITECUSTOMIZE
 from train_helpers import FAST, ROOT
 
 from nca_scale import procs
@@ -179,19 +180,6 @@ def test_the_record_is_one_json_value_and_refuses_a_contradiction(monkeypatch):
         Launch(BY_HAND, RANK0, RANK0, checkpoint="/runs/r/checkpoints/step_00000002")  # rank 0 chooses, not the launcher
 
 
-# Imported by every Python process of the job (PYTHONPATH): logs each checksummed file and each rank's record.
-SITECUSTOMIZE = """
-import json, os
-from dataclasses import asdict
-from nca_scale.train.checkpoint import verify
-from nca_scale.train import entry
-_sha256, _rank = verify.sha256, entry.rank
-def _write(line):
-    with open(os.environ["START_LOG"], "a") as f:
-        f.write(line + "\\n")
-verify.sha256 = lambda path: _write(f"sha256 {os.getpid()} {path}") or _sha256(path)
-entry.rank = lambda cfg, launch: _write(f"rank {os.environ['RANK']} {json.dumps(asdict(launch))}") or _rank(cfg, launch)
-"""
 
 
 def test_two_ranks_started_by_hand_verify_once_share_one_record_and_leave_a_finished_run_as_it_was(tmp_path):
