@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
+from nca_scale.train import dist as tdist
 from nca_scale.train import speed
 from nca_scale.train.callbacks import SpeedMonitor
 from nca_scale.train.config import from_args
@@ -56,7 +56,7 @@ def _gpu_named(monkeypatch, name: str) -> None:
 def test_unknown_gpu_warns_and_logs_mfu_null(monkeypatch, caplog):
     """Before, an unknown name raised KeyError in SpeedMonitor.pre_train: the run died before step 1."""
     _gpu_named(monkeypatch, "NVIDIA Future 9000")
-    monkeypatch.setattr(dist, "get_world_size", lambda *a: 8)
+    monkeypatch.setattr(tdist, "rank_and_world", lambda: (0, 8))  # 8 GPUs: the peak is 8 x one GPU's
     cfg = from_args(["configs/train/cpu-tiny.yaml"]).resolved()
     trainer = SimpleNamespace(cfg=cfg, should_log=lambda: False)  # memory: test_phase_timers.py
     monitor = SpeedMonitor()
@@ -72,7 +72,7 @@ def test_unknown_gpu_warns_and_logs_mfu_null(monkeypatch, caplog):
 
 def test_known_gpu_mfu(monkeypatch):
     _gpu_named(monkeypatch, "NVIDIA H100 80GB HBM3")
-    monkeypatch.setattr(dist, "get_world_size", lambda *a: 8)
+    monkeypatch.setattr(tdist, "rank_and_world", lambda: (0, 8))  # 8 GPUs: the peak is 8 x one GPU's
     trainer = SimpleNamespace(cfg=from_args(["configs/train/cpu-tiny.yaml"]).resolved(), should_log=lambda: False)
     monitor = SpeedMonitor()
     monitor.pre_train(trainer)
