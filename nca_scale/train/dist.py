@@ -177,8 +177,9 @@ def wait_for_rank0() -> None:
 def leave() -> None:
     """End this rank's groups before its process exits (after training, or without it: a finished run resumed):
     once every rank has arrived, so that no rank's exit finds a peer's gloo connections still open (that aborted
-    a rank now and then: "terminate called without an active exception", exit -6)."""
-    if dist.is_initialized():
+    a rank now and then: "terminate called without an active exception", exit -6). One process has no peer: it
+    keeps its group (an in-process caller may train again)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
         wait_for_rank0()
         dist.destroy_process_group()
         _side.clear()

@@ -279,6 +279,5 @@ def _run(cfg: TrainConfig, launch: Launch, precision: str) -> FitOutcome:
         f"{cfg.micro_batch} x {cfg.grad_accum} accumulation; {cfg.total_steps} steps; {precision}"
     )
     outcome = trainer.fit()
-    if dist.rank_and_world()[1] > 1:  # a rank whose process exits with a peer's gloo connections open can abort
-        dist.leave()
+    dist.leave()  # every rank ends its groups together
     return outcome
